@@ -1,0 +1,184 @@
+"""`bigmodel VERB [flags]`: each verb parses flags into config dataclasses and calls one function.
+
+Errors meant for users (`BigModelError`) print as one line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bigmodel.config import (DataConfig, GenerateConfig, ModelConfig, TrainConfig, add_flags, load_yaml,
+                             resolve)
+from bigmodel.errors import BigModelError
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from bigmodel.data.prepare import prepare
+
+    cfg = resolve(DataConfig, load_yaml(args.config).get("data"), args)
+    if not cfg.input:
+        raise BigModelError("prepare needs --input PATH [PATH ...]")
+    meta = prepare(cfg)
+    clean = meta["cleaning"]
+    print(f"wrote {cfg.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
+          f"({meta['dtype']}), vocabulary {meta['vocab_size']:,}")
+    print(f"documents: {clean['documents_in']:,} read, {clean['documents_kept']:,} kept, "
+          f"{clean['duplicates_dropped']:,} duplicates and {clean['empty_dropped']:,} empty dropped, "
+          f"{clean['control_chars_removed']:,} control characters removed")
+    if "pii_replaced" in clean:
+        print("personal data replaced: " + ", ".join(f"{k} {v}" for k, v in clean["pii_replaced"].items()))
+
+
+def pretrain_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, dict]:
+    """Layer defaults < preset < YAML < flags; a resumed run starts from its saved config."""
+    from bigmodel.data.batches import load_meta
+    from bigmodel.model.transformer import preset
+
+    recipe = load_yaml(args.config)
+    if args.resume and args.out:
+        saved = Path(args.out) / "last" / "config.yaml"
+        if saved.is_file():
+            recipe = {**load_yaml(str(saved)), "preset": None}
+    train = resolve(TrainConfig, recipe.get("train"), args)
+    if not train.data:
+        raise BigModelError("pretrain needs --data DIR (a folder made by `bigmodel prepare`)")
+    preset_name = args.preset or recipe.get("preset")
+    model_values = {"vocab_size": load_meta(train.data)["vocab_size"]}
+    model_values.update(preset(preset_name) if preset_name else {})
+    model = resolve(ModelConfig, model_values, recipe.get("model"), args)
+    return model, train, {"preset": preset_name, "model": model, "train": train}
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from bigmodel.train.trainer import pretrain
+
+    model, train, sections = pretrain_configs(args)
+    result = pretrain(model, train, sections)
+    if result:
+        print(f"done: val loss {result['val_loss']:.4f} at iteration {int(result['iter'])}; "
+              f"checkpoints in {train.out}/best and {train.out}/last")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from bigmodel.evaluate.lm import evaluate_lm
+    from bigmodel.train.checkpoint import load_checkpoint
+
+    model, tok, folder = load_checkpoint(args.ckpt)
+    report = evaluate_lm(model, tok, args.data, args.split)
+    print(f"{report.source}: loss {report.loss:.4f} | perplexity {report.perplexity:.3f} | "
+          f"bits/byte {report.bits_per_byte:.4f} | {report.tokens:,} tokens, {report.bytes:,} bytes "
+          f"| checkpoint {folder}")
+    if report.unknown_chars:
+        print(f"note: {report.unknown_chars} characters are not in the tokenizer's vocabulary "
+              f"(e.g. {report.unknown_examples}); they were scored as <|unk|>")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise BigModelError(f"{path}: no such prompt file")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise BigModelError(f"{path}: not valid UTF-8") from None
+        prompts = [line.replace("\\n", "\n") for line in lines if line.strip()]
+        if not prompts:
+            raise BigModelError(f"{path}: holds no prompts")
+        return prompts
+    if args.prompt is None:
+        raise BigModelError("generate needs --prompt TEXT or --prompt-file FILE")
+    return [args.prompt]
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from bigmodel.infer.generate import generate_texts, stream_text
+    from bigmodel.train.checkpoint import load_checkpoint
+
+    cfg = resolve(GenerateConfig, {"temperature": 0.0} if args.greedy else None, args)
+    if args.greedy:
+        cfg.temperature = 0.0
+    prompts = _prompts(args)
+    model, tok, _ = load_checkpoint(args.ckpt)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for i, prompt in enumerate(prompts):
+        if len(prompts) > 1:
+            print(f"=== prompt {i + 1} ===", flush=True)
+        if cfg.num_samples == 1:
+            sys.stdout.write(prompt)
+            for piece in stream_text(model, tok, prompt, cfg, generator):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            for j, text in enumerate(generate_texts(model, tok, prompt, cfg)):
+                print(f"--- sample {j + 1} ---\n{prompt}{text}")
+        sys.stdout.flush()
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from bigmodel.recipes.quickstart import quickstart
+
+    quickstart(Path(args.out), args.minutes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bigmodel", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("prepare", help="clean a corpus, train a tokenizer, write token shards")
+    p.add_argument("--config", help="YAML recipe (its `data:` section)")
+    add_flags(p, DataConfig)
+    p.set_defaults(func=cmd_prepare)
+
+    p = verbs.add_parser("pretrain", help="train a GPT on a prepared folder")
+    p.add_argument("--config", help="YAML recipe with `preset:`, `model:` and `train:` sections")
+    p.add_argument("--preset", help="baby | small | gpt2 | gpt2-medium")
+    add_flags(p, TrainConfig)
+    add_flags(p, ModelConfig)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = verbs.add_parser("evaluate", help="loss, perplexity and bits per byte of a checkpoint")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
+    p.add_argument("--data", required=True, help="prepared folder or raw text file")
+    p.add_argument("--split", default="val", help="split of a prepared folder (default: val)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("generate", help="continue a prompt, streaming the text")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
+    p.add_argument("--prompt", help="text to continue")
+    p.add_argument("--prompt-file", help="one prompt per line (write \\n for a newline inside one)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    add_flags(p, GenerateConfig)
+    p.set_defaults(func=cmd_generate)
+
+    p = verbs.add_parser("quickstart", help="prepare, pretrain, evaluate and generate on Python's own source")
+    p.add_argument("--out", default="runs/quickstart", help="where everything goes (default: runs/quickstart)")
+    p.add_argument("--minutes", type=float, default=3.0, help="training time budget (default: 3)")
+    p.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except BigModelError as e:
+        print(f"bigmodel {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"bigmodel {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Config dataclasses for each stage, loaded from YAML and overridden by command-line flags.
+
+Every field of a stage's dataclass becomes a flag (`max_iters` → `--max-iters`), so a YAML
+recipe and a command line speak the same names. Precedence: defaults < preset < YAML < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bigmodel.errors import BigModelError
+from bigmodel.model.transformer import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    """`bigmodel prepare`: raw files in, tokenizer and token shards out."""
+
+    input: list[str] = field(default_factory=list)
+    out: str = "data/prepared"
+    text_field: str = "text"  # JSONL key holding the text
+    text_column: str = "text"  # CSV/TSV column holding the text
+    tokenizer: str = "bpe"  # bpe | char | path to an existing tokenizer.json
+    vocab_size: int = 8192  # BPE only
+    val_fraction: float = 0.1  # the last fraction of the token stream, as nanoGPT splits
+    scrub_pii: bool = False
+    dedup: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """`bigmodel pretrain`: the optimisation loop and what it records."""
+
+    data: str = ""
+    out: str = "runs/pretrain"
+    max_iters: int = 2000
+    batch_size: int = 12  # sequences per micro-batch per process
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # the floor cosine decay ends on
+    warmup_iters: int = 100
+    lr_decay_iters: int = 0  # 0 means max_iters
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    save_interval: int = 0  # 0 means at every evaluation
+    dtype: str = "fp32"  # fp32 | bf16 (autocast)
+    compile: bool = False
+    seed: int = 1337
+    resume: bool = False
+    tensorboard: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("fp32", "bf16"):
+            raise BigModelError(f"--dtype must be fp32 or bf16, not {self.dtype!r}")
+        for name in ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters"):
+            if getattr(self, name) <= 0:
+                raise BigModelError(f"--{name.replace('_', '-')} must be positive")
+
+
+@dataclass
+class GenerateConfig:
+    """`bigmodel generate`: how to continue a prompt."""
+
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 means greedy
+    top_k: int = 0  # 0 keeps every token
+    top_p: float = 1.0
+    num_samples: int = 1
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise BigModelError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+        if self.max_new_tokens < 0 or self.num_samples < 1:
+            raise BigModelError("need --max-new-tokens >= 0 and --num-samples >= 1")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> Any:
+    """`int`, `float`, `str`, `bool` or `list[str]` from a (string) annotation."""
+    tp = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation
+    if isinstance(tp, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field; unset flags stay None so they never mask YAML values."""
+    group = parser.add_argument_group(cls.__name__)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        tp = _base_type(f.type)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"(default: {default})"
+        if tp is bool:
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text)
+        elif typing.get_origin(tp) is list:
+            group.add_argument(_flag(f.name), dest=f.name, nargs="+", default=None, help=help_text)
+        else:
+            group.add_argument(_flag(f.name), dest=f.name, type=tp, default=None, help=help_text)
+
+
+def load_yaml(path: str | None) -> dict:
+    """The YAML recipe as a dict ({} without one); errors name the file."""
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise BigModelError(f"config file {path}: not found")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise BigModelError(f"config file {path}: not valid YAML ({e})".splitlines()[0]) from None
+    if not isinstance(values, dict):
+        raise BigModelError(f"config file {path}: expected a mapping at the top level")
+    return values
+
+
+def resolve(cls: type, *layers: dict | argparse.Namespace | None) -> Any:
+    """Build `cls` from layered values; later layers win, None values are skipped."""
+    known = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for layer in layers:
+        if layer is None:
+            continue
+        items = vars(layer) if isinstance(layer, argparse.Namespace) else layer
+        if isinstance(layer, dict):
+            unknown = sorted(set(items) - known)
+            if unknown:
+                raise BigModelError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+        values.update({k: v for k, v in items.items() if k in known and v is not None})
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise BigModelError(f"{cls.__name__}: {e}") from None
+
+
+def save_yaml(path: Path, sections: dict[str, Any]) -> None:
+    """Write the resolved config (dataclasses become mappings) for a run to be reproduced."""
+    plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in sections.items()}
+    path.write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
+
+
+__all__ = ["DataConfig", "GenerateConfig", "ModelConfig", "TrainConfig", "add_flags", "load_yaml",
+           "resolve", "save_yaml"]

@@ -1,0 +1,1 @@
+"""Raw text → cleaned documents → tokenizer → memory-mapped token shards → batches."""

@@ -1,0 +1,294 @@
+"""The decoder-only Transformer (GPT family) in one file, read top to bottom.
+
+Every variant is a flag on `ModelConfig`: LayerNorm or RMSNorm, learned or rotary positions,
+GELU or SwiGLU MLP, grouped-query attention (`n_kv_head < n_head`), tied embeddings.
+Attention goes through `F.scaled_dot_product_attention`; generation uses a preallocated
+`KVCache` so each new token costs one small forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bigmodel.errors import BigModelError
+
+
+@dataclass
+class ModelConfig:
+    """Shape and flavour of the network; saved as `model.json` beside every checkpoint."""
+
+    vocab_size: int = 50304
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int = 0  # 0 means n_head (plain multi-head attention)
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    positions: str = "learned"  # learned | rope
+    mlp: str = "gelu"  # gelu | swiglu
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head == 0:
+            self.n_kv_head = self.n_head
+        checks = {
+            "n_embd must be divisible by n_head": self.n_embd % self.n_head == 0,
+            "n_head must be divisible by n_kv_head": self.n_head % self.n_kv_head == 0,
+            "norm must be layernorm or rmsnorm": self.norm in ("layernorm", "rmsnorm"),
+            "positions must be learned or rope": self.positions in ("learned", "rope"),
+            "mlp must be gelu or swiglu": self.mlp in ("gelu", "swiglu"),
+            "block_size, vocab_size and n_layer must be positive": min(
+                self.block_size, self.vocab_size, self.n_layer
+            )
+            > 0,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise BigModelError(f"model config: {message}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BigModelError(f"model config: unknown field(s) {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    # nanoGPT's CPU recipe for character-level Shakespeare.
+    "baby": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
+    # nanoGPT's shakespeare_char GPU recipe.
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
+}
+
+
+def preset(name: str) -> dict:
+    """The field overrides a named preset stands for."""
+    if name not in PRESETS:
+        raise BigModelError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+class RMSNorm(nn.Module):
+    """Scale by the root mean square: LayerNorm without the mean and the bias."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every (position, frequency) pair, shape (block_size, head_dim // 2)."""
+    half = config.head_dim // 2
+    inv_freq = 1.0 / config.rope_base ** (torch.arange(half, dtype=torch.float32) / half)
+    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of each head by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, so decoding never copies the past."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
+                 dtype: torch.dtype, device: torch.device | str) -> None:
+        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
+        self.length = 0  # positions filled so far (the same for every layer)
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys/values for `layer`; return all keys/values seen so far."""
+        start, end = self.length, self.length + k.size(2)
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.config = config
+        self.layer = layer
+        kv_width = config.n_kv_head * config.head_dim
+        self.qkv = nn.Linear(config.n_embd, config.n_embd + 2 * kv_width, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None) -> torch.Tensor:
+        cfg = self.config
+        B, T, C = x.shape
+        kv_width = cfg.n_kv_head * cfg.head_dim
+        q, k, v = self.qkv(x).split((C, kv_width, kv_width), dim=2)
+        q = q.view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
+        k = k.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        v = v.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(self.layer, k, v)
+        if cfg.n_kv_head != cfg.n_head:
+            repeat = cfg.n_head // cfg.n_kv_head
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        mask = None
+        if past and T > 1:  # new tokens see all of the past and the causal part of themselves
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=(past == 0 and T > 1),
+            dropout_p=cfg.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    """GELU: up, gelu, down. SwiGLU: silu(gate) * up, down, at 2/3 of the width so it costs the same."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        hidden = 4 * config.n_embd
+        if self.swiglu:
+            hidden = 256 * math.ceil(hidden * 2 / 3 / 256)
+            self.gate = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.up = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.down = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.gate(x)) * self.up(x) if self.swiglu else F.gelu(self.up(x))
+        return self.dropout(self.down(h))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer)
+        self.norm2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                cache: KVCache | None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), rope, cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.positions == "learned":
+            self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        else:
+            cos, sin = rope_tables(config)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm_f = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so depth doesn't blow up the stream.
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters that compute (position embeddings aside; tied weights counted once)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.config.positions == "learned":
+            n -= self.pos_emb.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                cache: KVCache | None = None, last_only: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits for `idx` (B, T) and, with `targets`, the mean cross-entropy (-1 is ignored).
+
+        With a `cache`, `idx` holds only the new tokens and positions continue after the
+        cached ones. `last_only` computes logits for the final position alone (generation).
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise BigModelError(
+                f"sequence of {start + T} tokens is longer than the context ({self.config.block_size})"
+            )
+        x = self.tok_emb(idx)
+        rope = None
+        if self.config.positions == "learned":
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        else:
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope, cache)
+        if cache is not None:
+            cache.length += T
+        x = self.norm_f(x)
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                   ignore_index=-1)
+        return logits, loss
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward, PaLM appendix B): 6N + 12·L·C·T."""
+        cfg = self.config
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size

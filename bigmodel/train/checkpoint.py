@@ -1,0 +1,87 @@
+"""Checkpoint folders: written whole under a temporary name, then swapped in by rename.
+
+A folder holds `model.safetensors` (weights), `model.json` (ModelConfig), `config.yaml`
+(the resolved run config), `tokenizer.json` and, for resumable ones, `trainer_state.pt`
+(optimizer, iteration, RNG and sampler state; tensors and plain values only, so it loads
+with `weights_only=True`). A run folder holds `best/` and `last/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from tokenizers import Tokenizer
+
+from bigmodel.config import save_yaml
+from bigmodel.data.tokenizer import load_tokenizer
+from bigmodel.errors import BigModelError
+from bigmodel.model.transformer import GPT, ModelConfig
+
+WEIGHTS = "model.safetensors"
+MODEL_CONFIG = "model.json"
+TRAINER_STATE = "trainer_state.pt"
+
+
+def save_checkpoint(path: Path, model: GPT, tokenizer: Tokenizer, sections: dict[str, Any],
+                    trainer_state: dict[str, Any] | None = None) -> None:
+    """Write the folder as `path.tmp`, then replace `path` with it (old one kept until then)."""
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / WEIGHTS))
+    (tmp / MODEL_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
+    save_yaml(tmp / "config.yaml", sections)
+    tokenizer.save(str(tmp / "tokenizer.json"))
+    if trainer_state is not None:
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint folder itself, or a run folder's `best/` (then `last/`).
+
+    A folder left as `X.old` by a kill between the two renames counts as `X`.
+    """
+    p = Path(path)
+    if (p / WEIGHTS).is_file():
+        return p
+    order = [prefer, "last" if prefer == "best" else "best"]
+    for name in order:
+        for candidate in (p / name, p / f"{name}.old"):
+            if (candidate / WEIGHTS).is_file():
+                return candidate
+    if not p.exists():
+        raise BigModelError(f"{path}: no such checkpoint folder")
+    raise BigModelError(f"{path}: not a checkpoint (no {WEIGHTS}) nor a run folder with best/ or last/")
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, Path]:
+    """The model (eval mode) and tokenizer of a checkpoint or run folder, and the folder used."""
+    folder = resolve_checkpoint(path)
+    config_file = folder / MODEL_CONFIG
+    if not config_file.is_file():
+        raise BigModelError(f"{folder}: {MODEL_CONFIG} is missing")
+    config = ModelConfig.from_dict(json.loads(config_file.read_text()))
+    model = GPT(config)
+    try:
+        load_model(model, str(folder / WEIGHTS), strict=True, device=str(device))
+    except (RuntimeError, OSError) as e:
+        raise BigModelError(f"{folder / WEIGHTS}: does not fit {MODEL_CONFIG} ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), load_tokenizer(folder), folder
+
+
+def load_trainer_state(folder: Path) -> dict[str, Any]:
+    path = folder / TRAINER_STATE
+    if not path.is_file():
+        raise BigModelError(f"{folder}: no {TRAINER_STATE}; this checkpoint cannot be resumed")
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,199 @@
+"""The pretraining loop: AdamW, warm-up + cosine, clipping, accumulation, autocast, DDP.
+
+One code path: a single process is a world of size one, bf16 is an autocast context,
+compile is a wrapped module. Everything a resumed run needs to continue exactly (weights,
+optimizer, iteration, RNG, sampler position) goes into `last/` at every save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from bigmodel.config import TrainConfig
+from bigmodel.data.batches import WindowSampler, load_meta, open_split
+from bigmodel.data.tokenizer import load_tokenizer
+from bigmodel.errors import BigModelError
+from bigmodel.model.transformer import GPT, ModelConfig
+from bigmodel.train import distributed
+from bigmodel.train.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
+from bigmodel.train.track import Tracker
+
+
+def lr_at(it: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to `lr`, cosine decay to `min_lr` at `lr_decay_iters`, then flat."""
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= decay_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: biases and norm gains are left alone."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if cfg.dtype == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Trainer:
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, sections: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.sections = sections
+        self.dist = distributed.setup(cfg.device)
+        self.run_dir = Path(cfg.out)
+        meta = load_meta(cfg.data)
+        if model_cfg.vocab_size < meta["vocab_size"]:
+            raise BigModelError(
+                f"--vocab-size {model_cfg.vocab_size} is smaller than the tokenizer's {meta['vocab_size']}"
+            )
+        self.tokenizer = load_tokenizer(cfg.data)
+        torch.manual_seed(cfg.seed)
+        self.raw_model = GPT(model_cfg).to(self.dist.device)
+        self.optimizer = make_optimizer(self.raw_model, cfg, self.dist.device)
+        block, world = model_cfg.block_size, self.dist.world_size
+        self.train_batches = WindowSampler(open_split(cfg.data, "train"), block, cfg.batch_size,
+                                           cfg.seed, self.dist.rank, world)
+        self.splits = {s: open_split(cfg.data, s) for s in ("train", "val")}
+        self.start_iter = 0
+        self.best_val = math.inf
+        torch.manual_seed(cfg.seed + self.dist.rank)  # dropout differs per rank; init did not
+        if cfg.resume:
+            self._restore()
+        model: torch.nn.Module = self.raw_model
+        if world > 1:
+            model = DDP(model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None)
+        self.model = torch.compile(model) if cfg.compile else model
+
+    # --- state -------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        folder = resolve_checkpoint(self.run_dir, prefer="last")
+        state = load_trainer_state(folder)
+        load_model(self.raw_model, str(folder / "model.safetensors"), device=str(self.dist.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_iter = int(state["iter"])
+        self.best_val = float(state["best_val"])
+        self.train_batches.restore(state["sampler"])
+        torch.set_rng_state(state["torch_rng"][self.dist.rank])
+
+    def _state(self, it: int) -> dict[str, Any]:
+        rng = torch.get_rng_state()
+        if self.dist.world_size > 1:
+            gathered = [torch.empty_like(rng) for _ in range(self.dist.world_size)]
+            torch.distributed.all_gather_object(gathered, rng)
+            rng = torch.stack(gathered)
+        else:
+            rng = rng.unsqueeze(0)
+        return {"iter": it, "best_val": self.best_val, "optimizer": self.optimizer.state_dict(),
+                "sampler": self.train_batches.state(), "torch_rng": rng}
+
+    def _save(self, name: str, it: int) -> None:
+        state = self._state(it)  # every rank joins the gather; only rank 0 writes
+        if self.dist.is_main:
+            save_checkpoint(self.run_dir / name, self.raw_model, self.tokenizer, self.sections, state)
+
+    # --- loop --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss on `eval_iters` fixed batches per split (the same windows every time)."""
+        self.model.eval()
+        losses = {}
+        for split, tokens in self.splits.items():
+            sampler = WindowSampler(tokens, self.raw_model.config.block_size, self.cfg.batch_size,
+                                    seed=self.cfg.seed + 1, rank=self.dist.rank, world_size=self.dist.world_size)
+            total = 0.0
+            for _ in range(self.cfg.eval_iters):
+                x, y = (t.to(self.dist.device) for t in sampler.next())
+                with autocast(self.cfg, self.dist.device):
+                    _, loss = self.model(x, y)
+                total += loss.item()
+            losses[split] = self.dist.mean(total / self.cfg.eval_iters)
+        self.model.train()
+        return losses
+
+    def _step(self, it: int) -> float:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
+        lr = lr_at(it, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        for micro in range(self.cfg.grad_accum):
+            x, y = (t.to(self.dist.device, non_blocking=True) for t in self.train_batches.next())
+            last = micro == self.cfg.grad_accum - 1
+            sync = contextlib.nullcontext() if last or self.dist.world_size == 1 else self.model.no_sync()
+            with sync, autocast(self.cfg, self.dist.device):
+                _, loss = self.model(x, y)
+                (loss / self.cfg.grad_accum).backward()
+            total += loss.item()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        mean = total / self.cfg.grad_accum
+        if not math.isfinite(mean):
+            raise BigModelError(
+                f"loss became {mean} at iteration {it}; stopped without saving. The last good "
+                f"checkpoint is {self.run_dir / 'last'} (try a lower --lr or --grad-clip)"
+            )
+        return mean
+
+    def fit(self) -> dict[str, float]:
+        """Train to `max_iters`; returns the last evaluation."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tokens_per_iter = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.raw_model.config.block_size
+        save_every = cfg.save_interval or cfg.eval_interval
+        tracker = Tracker(self.run_dir, cfg.max_iters, self.start_iter, self.dist.is_main, cfg.tensorboard)
+        started = time.perf_counter()
+        window_start, window_iters, loss = started, 0, math.nan
+        last_eval: dict[str, float] = {}
+        try:
+            for it in range(self.start_iter, cfg.max_iters + 1):
+                if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+                    now = time.perf_counter()
+                    rate = tokens_per_iter * window_iters / max(now - window_start, 1e-9)
+                    losses = self.evaluate()
+                    last_eval = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
+                                 "lr": lr_at(it, cfg), "tokens_per_s": rate, "elapsed_s": now - started}
+                    tracker.evaluation(last_eval)
+                    if losses["val"] < self.best_val:
+                        self.best_val = losses["val"]
+                        self._save("best", it)
+                    window_start, window_iters = time.perf_counter(), 0
+                if it % save_every == 0 or it == cfg.max_iters:
+                    self._save("last", it)
+                if it == cfg.max_iters:
+                    break
+                loss = self._step(it)
+                window_iters += 1
+                rate = tokens_per_iter * window_iters / max(time.perf_counter() - window_start, 1e-9)
+                tracker.step(loss, lr_at(it, cfg), rate)
+        finally:
+            tracker.close()
+            distributed.teardown()
+        return last_eval
+
+
+def pretrain(model_cfg: ModelConfig, cfg: TrainConfig, sections: dict[str, Any]) -> dict[str, float]:
+    return Trainer(model_cfg, cfg, sections).fit()
