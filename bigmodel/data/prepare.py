@@ -30,13 +30,17 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def _clean_pass(cfg: DataConfig, cleaned: Path) -> tuple[CorpusReader, Cleaner]:
-    """Read, clean and store each kept document as one JSON line: [text, ends_source]."""
+    """Read, clean and store each kept document as one JSON line: [text, ends_source].
+
+    Paragraphs of one file are stored rejoined by their blank line, so the tokenizer is
+    trained on exactly the text it will encode."""
     reader = CorpusReader(cfg.input, cfg.text_field, cfg.text_column)
     cleaner = Cleaner(dedup=cfg.dedup, scrub=cfg.scrub_pii)
     with cleaned.open("w", encoding="utf-8") as out:
         for doc in tqdm(reader, desc="clean", unit=" docs", mininterval=1.0):
             text = cleaner(doc.text)
             if text is not None:
+                text = text if doc.ends_source else text + "\n\n"
                 out.write(json.dumps([text, doc.ends_source], ensure_ascii=False) + "\n")
     if cleaner.counts["documents_kept"] == 0:
         raise BigModelError(
@@ -66,13 +70,13 @@ def _build_tokenizer(cfg: DataConfig, cleaned: Path, n_docs: int):
 
 
 def _encode_pass(tok, cleaned: Path, out: Path, dtype: np.dtype, n_docs: int) -> int:
-    """Append every document's ids to `out`: paragraphs of one file rejoined by a blank
-    line, and an end-of-text token after each file, record or row."""
+    """Append every document's ids to `out`, and an end-of-text token after each file,
+    record or row."""
     eot = special_id(tok, EOT)
     total = 0
     with out.open("wb") as fh, tqdm(total=n_docs, desc="encode", unit=" docs", mininterval=1.0) as bar:
         for batch in batched(_documents(cleaned), ENCODE_BATCH):
-            texts = [text if ends else text + "\n\n" for text, ends in batch]
+            texts = [text for text, _ in batch]
             for (_, ends), enc in zip(batch, tok.encode_batch(texts, add_special_tokens=False)):
                 ids = enc.ids + [eot] if ends and eot is not None else enc.ids
                 np.asarray(ids, dtype=dtype).tofile(fh)

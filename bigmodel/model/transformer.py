@@ -187,7 +187,7 @@ class MLP(nn.Module):
         self.swiglu = config.mlp == "swiglu"
         hidden = 4 * config.n_embd
         if self.swiglu:
-            hidden = 256 * math.ceil(hidden * 2 / 3 / 256)
+            hidden = 64 * math.ceil(hidden * 2 / 3 / 64)
             self.gate = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.up = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.down = nn.Linear(hidden, config.n_embd, bias=config.bias)

@@ -1,0 +1,85 @@
+"""Batch-1 greedy decoding on the 124M GPT-2 shape: bigmodel vs `transformers` generate.
+
+Both models get the same random weights (ours are copied into GPT2LMHeadModel), a 16-token
+prompt and 128 new tokens, with their KV caches, in fp32. Prints tokens/s for each and,
+last, `ratio: X.XX` (ours over transformers; higher is better for us).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from _common import save
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from bigmodel.config import GenerateConfig
+from bigmodel.infer.generate import generate_ids
+from bigmodel.model.transformer import GPT, ModelConfig, preset
+
+
+def to_transformers(ours: GPT) -> GPT2LMHeadModel:
+    """The same network as GPT2LMHeadModel (its Conv1D stores weights transposed)."""
+    cfg = ours.config
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                                    n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=None, eos_token_id=None,
+                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    sd = ours.state_dict()
+    new = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
+           "transformer.ln_f.weight": sd["norm_f.weight"], "transformer.ln_f.bias": sd["norm_f.bias"]}
+    names = {"norm1": "ln_1", "norm2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
+             "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
+    for i in range(cfg.n_layer):
+        for ours_name, hf_name in names.items():
+            w, b = sd[f"blocks.{i}.{ours_name}.weight"], sd[f"blocks.{i}.{ours_name}.bias"]
+            new[f"transformer.h.{i}.{hf_name}.weight"] = w if ours_name.startswith("norm") else w.t().contiguous()
+            new[f"transformer.h.{i}.{hf_name}.bias"] = b
+    hf.load_state_dict(new, strict=False)
+    hf.tie_weights()
+    return hf.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    ours = GPT(ModelConfig(vocab_size=50257, **preset("gpt2"))).eval()
+    hf = to_transformers(ours)
+    prompt = torch.randint(50257, (1, args.prompt_tokens))
+    cfg = GenerateConfig(temperature=0.0, max_new_tokens=args.new_tokens)
+
+    def run_ours() -> torch.Tensor:
+        return torch.stack(list(generate_ids(ours, prompt[0].tolist(), cfg)), dim=1)
+
+    def run_hf() -> torch.Tensor:
+        out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens,
+                          min_new_tokens=args.new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+        return out[:, args.prompt_tokens:]
+
+    with torch.inference_mode():
+        same = torch.equal(run_ours(), run_hf())  # also the warm-up
+        times: dict[str, list[float]] = {"bigmodel": [], "transformers": []}
+        for _ in range(args.repeats):  # interleaved, so drift on a noisy machine hits both
+            for name, fn in (("bigmodel", run_ours), ("transformers", run_hf)):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    rates = {k: args.new_tokens / statistics.median(v) for k, v in times.items()}
+    ratio = rates["bigmodel"] / rates["transformers"]
+    path = save("generate_speed", {"shape": "gpt2 124M", "dtype": "fp32", "batch": 1,
+                                   "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                                   "same_tokens": same, "tokens_per_s": rates, "seconds": times, "ratio": ratio})
+    print(f"same greedy tokens from both: {same}")
+    for name, rate in rates.items():
+        print(f"{name:>13}: {rate:6.1f} tokens/s (median of {args.repeats})")
+    print(f"figures: {path}")
+    print(f"ratio: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The command line as a user meets it: one clear line and a non-zero exit for bad input."""
+
+import json
+
+import pytest
+
+from .conftest import run_cli
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert lines and lines[-1].startswith("bigmodel ") and "error:" in lines[-1], result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1]
+
+
+def test_missing_input_file(tmp_path):
+    _one_line_error(run_cli("prepare", "--input", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")),
+                    "nope.txt", "no such file")
+
+
+def test_non_utf8_input(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\xfe broken\n")
+    _one_line_error(run_cli("prepare", "--input", str(bad), "--out", str(tmp_path / "o")), "bad.txt", "UTF-8")
+
+
+def test_empty_corpus(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text('{"text": "  "}\n', encoding="utf-8")
+    _one_line_error(run_cli("prepare", "--input", str(empty), "--out", str(tmp_path / "o")), "empty after cleaning")
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "junk").mkdir()
+    _one_line_error(run_cli("generate", "--ckpt", str(tmp_path / "junk"), "--prompt", "hi"), "not a checkpoint")
+    _one_line_error(run_cli("evaluate", "--ckpt", str(tmp_path / "gone"), "--data", str(tmp_path)), "no such")
+
+
+def test_prompt_longer_than_context(trained_run):
+    _one_line_error(run_cli("generate", "--ckpt", str(trained_run), "--prompt", "x" * 500), "context holds 32")
+
+
+def test_pretrain_without_prepared_data(tmp_path):
+    _one_line_error(run_cli("pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "r")), "meta.json")
+
+
+def test_generate_and_evaluate_from_the_command_line(trained_run, shakespeare_char, tmp_path):
+    gen = run_cli("generate", "--ckpt", str(trained_run), "--prompt", "KING:", "--max-new-tokens", "20", "--seed", "1")
+    assert gen.returncode == 0 and gen.stdout.startswith("KING:") and len(gen.stdout.strip()) >= 20
+    report = tmp_path / "eval.json"
+    ev = run_cli("evaluate", "--ckpt", str(trained_run), "--data", str(shakespeare_char), "--json", str(report))
+    assert ev.returncode == 0, ev.stderr
+    figures = json.loads(report.read_text())
+    assert figures["tokens"] > 100_000 and 1.0 < figures["loss"] < 3.5
+    assert figures["perplexity"] == pytest.approx(2.718281828 ** figures["loss"], rel=1e-6)
+
+
+def test_evaluate_reports_characters_the_tokenizer_lacks(trained_run, tmp_path):
+    text = tmp_path / "accents.txt"
+    text.write_text("To be, or not to be: café, naïve, 東京.\n", encoding="utf-8")
+    ev = run_cli("evaluate", "--ckpt", str(trained_run), "--data", str(text))
+    assert ev.returncode == 0, ev.stderr
+    assert "not in the tokenizer's vocabulary" in ev.stdout and "'é'" in ev.stdout

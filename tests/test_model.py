@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from bigmodel.errors import BigModelError
+from bigmodel.model.transformer import GPT, KVCache, ModelConfig, preset
+
+VARIANTS = [
+    {},
+    {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False},
+    {"n_kv_head": 1, "positions": "rope"},
+    {"tie_embeddings": False},
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kv_cache_decoding_matches_a_full_forward(variant):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_embd=32, block_size=24, **variant)
+    model = GPT(cfg).eval()
+    idx = torch.randint(50, (2, 20))
+    full, _ = model(idx)
+    cache = KVCache(cfg, 2, cfg.block_size, torch.float32, "cpu")
+    pieces = [model(idx[:, :7], cache=cache)[0]]  # prefill, then one token at a time, then a chunk
+    for t in range(7, 12):
+        pieces.append(model(idx[:, t:t + 1], cache=cache)[0])
+    pieces.append(model(idx[:, 12:], cache=cache)[0])
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_loss_ignores_minus_one_and_tied_weights_are_shared():
+    cfg = ModelConfig(vocab_size=30, n_layer=1, n_head=2, n_embd=16, block_size=8)
+    model = GPT(cfg)
+    assert model.lm_head.weight is model.tok_emb.weight
+    x = torch.randint(30, (2, 8))
+    y = x.clone()
+    y[:, 4:] = -1
+    logits, loss = model(x, y)
+    expected = torch.nn.functional.cross_entropy(logits[:, :4].reshape(-1, 30), x[:, :4].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_presets_have_the_documented_shapes():
+    gpt2 = GPT(ModelConfig(vocab_size=50257, **preset("gpt2")))
+    assert 123e6 < gpt2.num_params() < 125e6  # GPT-2 small: 124M
+    assert preset("baby") == dict(n_layer=4, n_head=4, n_embd=128, block_size=64)
+    with pytest.raises(BigModelError, match="unknown preset"):
+        preset("huge")
+
+
+def test_too_long_input_and_bad_config_are_clear_errors():
+    model = GPT(ModelConfig(vocab_size=10, n_layer=1, n_head=2, n_embd=8, block_size=4))
+    with pytest.raises(BigModelError, match="longer than the context"):
+        model(torch.zeros(1, 5, dtype=torch.long))
+    with pytest.raises(BigModelError, match="divisible"):
+        ModelConfig(n_embd=10, n_head=3)

@@ -1,0 +1,111 @@
+import csv
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bigmodel.config import TrainConfig
+from bigmodel.data.batches import load_meta
+from bigmodel.errors import BigModelError
+from bigmodel.train.trainer import lr_at, pretrain
+
+from .conftest import tiny_model
+
+
+def rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def test_training_lowers_loss_and_leaves_a_readable_run(trained_run):
+    metrics = rows(trained_run)
+    assert [r["iter"] for r in metrics] == [0, 50, 100, 150]
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 1.0
+    assert metrics[-1]["tokens_per_s"] > 0
+    assert (trained_run / "loss.png").stat().st_size > 10_000
+    for name in ("best", "last"):
+        files = {p.name for p in (trained_run / name).iterdir()}
+        assert {"model.safetensors", "model.json", "config.yaml", "tokenizer.json", "trainer_state.pt"} <= files
+    assert not list(trained_run.glob("*.tmp"))
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=110)
+    assert lr_at(0, cfg) < lr_at(9, cfg) < 1e-3
+    assert lr_at(10, cfg) == pytest.approx(1e-3)
+    assert lr_at(60, cfg) == pytest.approx(5.5e-4)
+    assert lr_at(110, cfg) == pytest.approx(1e-4) and lr_at(500, cfg) == pytest.approx(1e-4)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(shakespeare_char, tmp_path):
+    model = tiny_model(load_meta(shakespeare_char)["vocab_size"])
+    cfg = TrainConfig(data=str(shakespeare_char), out=str(tmp_path), max_iters=200, lr=1e6, warmup_iters=0,
+                      min_lr=1e6, grad_clip=0, eval_interval=1000, eval_iters=1, batch_size=4)
+    with pytest.raises(BigModelError, match="loss became (nan|inf) at iteration"):
+        pretrain(model, cfg, {"model": model, "train": cfg})
+    assert (tmp_path / "last" / "model.safetensors").is_file()  # saved at iteration 0, untouched
+
+
+def _pretrain_cmd(data, out, **overrides):
+    flags = {"n-layer": 2, "n-head": 2, "n-embd": 64, "block-size": 64, "batch-size": 16, "max-iters": 300,
+             "eval-interval": 100, "save-interval": 25, "eval-iters": 4, "dropout": 0.1, "seed": 7}
+    flags.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    return ["pretrain", "--data", str(data), "--out", str(out), *(x for k, v in flags.items() for x in (f"--{k}", str(v)))]
+
+
+def _bigmodel(args):
+    return [sys.executable, "-m", "bigmodel.cli", *args]
+
+
+def _losses(run_dir):
+    return [(r["iter"], r["train_loss"], r["val_loss"]) for r in rows(run_dir)]
+
+
+def test_sigkilled_run_resumes_to_the_same_final_loss(shakespeare_char, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_bigmodel(_pretrain_cmd(shakespeare_char, whole)), check=True, capture_output=True)
+
+    proc = subprocess.Popen(_bigmodel(_pretrain_cmd(shakespeare_char, killed)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not (killed / "metrics.csv").is_file() or len(rows(killed)) < 2):
+        time.sleep(0.05)
+    time.sleep(0.3)  # land somewhere between two checkpoints
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(rows(killed)) < 4
+    resumed = subprocess.run(_bigmodel([*_pretrain_cmd(shakespeare_char, killed), "--resume"]),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+
+    assert _losses(killed) == _losses(whole)
+    a, b = load_file(whole / "last" / "model.safetensors"), load_file(killed / "last" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_torchrun_matches_one_process_at_the_same_global_batch(shakespeare_char, tmp_path):
+    common = dict(max_iters=60, eval_interval=20, save_interval=60, dropout=0)
+    one = _pretrain_cmd(shakespeare_char, tmp_path / "one", batch_size=16, **common)
+    subprocess.run(_bigmodel(one), check=True, capture_output=True)
+    two = _pretrain_cmd(shakespeare_char, tmp_path / "two", batch_size=8, **common)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                "127.0.0.1", "--master_port", str(_free_port()), "-m", "bigmodel.cli", *two]
+    result = subprocess.run(torchrun, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    single, double = rows(tmp_path / "one"), rows(tmp_path / "two")
+    assert [r["iter"] for r in single] == [r["iter"] for r in double] == [0, 20, 40, 60]
+    for a, b in zip(single, double):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-3)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-3)
+    assert double[-1]["val_loss"] < double[0]["val_loss"] - 0.5
