@@ -10,8 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from bigmodel.config import (DataConfig, GenerateConfig, ModelConfig, TrainConfig, add_flags, load_yaml,
-                             resolve)
+from bigmodel.config import DataConfig, GenerateConfig, ModelConfig, TrainConfig, add_flags, load_yaml, resolve
 from bigmodel.errors import BigModelError
 
 
@@ -102,9 +101,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from bigmodel.infer.generate import generate_texts, stream_text
     from bigmodel.train.checkpoint import load_checkpoint
 
-    cfg = resolve(GenerateConfig, {"temperature": 0.0} if args.greedy else None, args)
-    if args.greedy:
-        cfg.temperature = 0.0
+    cfg = resolve(GenerateConfig, args, {"temperature": 0.0} if args.greedy else None)
     prompts = _prompts(args)
     model, tok, _ = load_checkpoint(args.ckpt)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -40,7 +40,7 @@ def test_reader_errors_name_file_and_place(tmp_path, name, content, message):
 
 def test_non_utf8_names_the_line(tmp_path):
     path = tmp_path / "latin1.txt"
-    path.write_bytes("fine\n".encode() + "caf\xe9\n".encode("latin-1"))
+    path.write_bytes(b"fine\n" + "caf\xe9\n".encode("latin-1"))
     with pytest.raises(BigModelError, match="line 2 is not valid UTF-8"):
         list(CorpusReader([str(path)]))
 
@@ -72,8 +72,8 @@ def test_pii_scrubbing_types_and_validation():
 
 def test_prepare_char_writes_bins_meta_and_tokenizer(tmp_path):
     src = tmp_path / "corpus.txt"
-    src.write_text("\n\n".join(f"paragraph {i} about {'x' * (i % 7)}" for i in range(300)) + "\n\nparagraph 1 about x\n",
-                   encoding="utf-8")
+    paragraphs = [f"paragraph {i} about {'x' * (i % 7)}" for i in range(300)] + ["paragraph 1 about x"]
+    src.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
     meta = prepare(DataConfig(input=[str(src)], out=str(tmp_path / "out"), tokenizer="char", val_fraction=0.1))
     out = tmp_path / "out"
     train = np.memmap(out / "train.bin", dtype=np.uint16, mode="r")

@@ -13,11 +13,14 @@ from .conftest import TANGPOEMS, tiny_model
 
 def test_greedy_is_deterministic_and_matches_top_k_1_and_tiny_top_p(trained_run):
     model, tok, _ = load_checkpoint(trained_run)
-    prompt = "ROMEO:\n"
-    greedy = "".join(stream_text(model, tok, prompt, GenerateConfig(temperature=0, max_new_tokens=40)))
-    assert greedy == "".join(stream_text(model, tok, prompt, GenerateConfig(temperature=0, max_new_tokens=40)))
-    assert greedy == "".join(stream_text(model, tok, prompt, GenerateConfig(temperature=1, top_k=1, max_new_tokens=40)))
-    assert greedy == "".join(stream_text(model, tok, prompt, GenerateConfig(temperature=1, top_p=1e-6, max_new_tokens=40)))
+
+    def complete(**sampling) -> str:
+        return "".join(stream_text(model, tok, "ROMEO:\n", GenerateConfig(max_new_tokens=40, **sampling)))
+
+    greedy = complete(temperature=0)
+    assert greedy == complete(temperature=0)
+    assert greedy == complete(temperature=1, top_k=1)
+    assert greedy == complete(temperature=1, top_p=1e-6)
     assert len(greedy) == 40
 
 

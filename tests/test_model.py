@@ -12,14 +12,16 @@ VARIANTS = [
 ]
 
 
+@pytest.mark.parametrize("batch", [1, 2])  # batch 1 decodes through the one-row OpenBLAS path
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_kv_cache_decoding_matches_a_full_forward(variant):
+@torch.no_grad()
+def test_kv_cache_decoding_matches_a_full_forward(variant, batch):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_embd=32, block_size=24, **variant)
     model = GPT(cfg).eval()
-    idx = torch.randint(50, (2, 20))
+    idx = torch.randint(50, (batch, 20))
     full, _ = model(idx)
-    cache = KVCache(cfg, 2, cfg.block_size, torch.float32, "cpu")
+    cache = KVCache(cfg, batch, cfg.block_size, torch.float32, "cpu")
     pieces = [model(idx[:, :7], cache=cache)[0]]  # prefill, then one token at a time, then a chunk
     for t in range(7, 12):
         pieces.append(model(idx[:, t:t + 1], cache=cache)[0])

@@ -55,7 +55,8 @@ def _pretrain_cmd(data, out, **overrides):
     flags = {"n-layer": 2, "n-head": 2, "n-embd": 64, "block-size": 64, "batch-size": 16, "max-iters": 300,
              "eval-interval": 100, "save-interval": 25, "eval-iters": 4, "dropout": 0.1, "seed": 7}
     flags.update({k.replace("_", "-"): v for k, v in overrides.items()})
-    return ["pretrain", "--data", str(data), "--out", str(out), *(x for k, v in flags.items() for x in (f"--{k}", str(v)))]
+    pairs = [(f"--{k}", str(v)) for k, v in flags.items()]
+    return ["pretrain", "--data", str(data), "--out", str(out), *(arg for pair in pairs for arg in pair)]
 
 
 def _bigmodel(args):
@@ -105,7 +106,7 @@ def test_two_process_torchrun_matches_one_process_at_the_same_global_batch(shake
     assert result.returncode == 0, result.stderr[-2000:]
     single, double = rows(tmp_path / "one"), rows(tmp_path / "two")
     assert [r["iter"] for r in single] == [r["iter"] for r in double] == [0, 20, 40, 60]
-    for a, b in zip(single, double):
+    for a, b in zip(single, double, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-3)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-3)
     assert double[-1]["val_loss"] < double[0]["val_loss"] - 0.5

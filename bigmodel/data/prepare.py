@@ -77,7 +77,7 @@ def _encode_pass(tok, cleaned: Path, out: Path, dtype: np.dtype, n_docs: int) ->
     with out.open("wb") as fh, tqdm(total=n_docs, desc="encode", unit=" docs", mininterval=1.0) as bar:
         for batch in batched(_documents(cleaned), ENCODE_BATCH):
             texts = [text for text, _ in batch]
-            for (_, ends), enc in zip(batch, tok.encode_batch(texts, add_special_tokens=False)):
+            for (_, ends), enc in zip(batch, tok.encode_batch(texts, add_special_tokens=False), strict=True):
                 ids = enc.ids + [eot] if ends and eot is not None else enc.ids
                 np.asarray(ids, dtype=dtype).tofile(fh)
                 total += len(ids)

@@ -96,7 +96,7 @@ def evaluate_text(model: GPT, tok: Tokenizer, path: str) -> LMReport:
         ids.extend(enc.ids + ([eot] if doc.ends_source and eot is not None else []))
         n_bytes += len(text.encode("utf-8"))
         if unk is not None:
-            for token_id, (start, end) in zip(enc.ids, enc.offsets):
+            for token_id, (start, end) in zip(enc.ids, enc.offsets, strict=True):
                 if token_id == unk:
                     unknown[text[start:end]] = unknown.get(text[start:end], 0) + 1
     nll, scored = score_tokens(model, np.asarray(ids, dtype=np.int64))

@@ -8,9 +8,12 @@ Attention goes through `F.scaled_dot_product_attention`; generation uses a preal
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -88,6 +91,40 @@ def preset(name: str) -> dict:
     return dict(PRESETS[name])
 
 
+def one_row_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True for a single fp32 row on the CPU outside autograd: batch-1 decoding."""
+    return (x.numel() == x.size(-1) and x.device.type == "cpu" and weight.dtype == torch.float32
+            and not torch.is_grad_enabled())
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Leave the cores to OpenBLAS: spinning torch threads would fight it for them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class Linear(nn.Linear):
+    """nn.Linear with a fast path for a single row on the CPU, outside autograd.
+
+    Batch-1 decoding is bound by how fast the weights stream from memory. PyTorch's CPU
+    build multiplies one row through a matrix-vector kernel that uses one core; numpy's
+    OpenBLAS uses them all and streams about twice as fast here, so one row goes that way.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not one_row_on_cpu(x, self.weight):
+            return super().forward(x)
+        y = torch.from_numpy(np.dot(x.detach().reshape(1, -1).numpy(), self.weight.detach().numpy().T))
+        if self.bias is not None:
+            y += self.bias
+        return y.view(*x.shape[:-1], -1)
+
+
 class RMSNorm(nn.Module):
     """Scale by the root mean square: LayerNorm without the mean and the bias."""
 
@@ -146,8 +183,8 @@ class CausalSelfAttention(nn.Module):
         self.config = config
         self.layer = layer
         kv_width = config.n_kv_head * config.head_dim
-        self.qkv = nn.Linear(config.n_embd, config.n_embd + 2 * kv_width, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.qkv = Linear(config.n_embd, config.n_embd + 2 * kv_width, bias=config.bias)
+        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
@@ -188,9 +225,9 @@ class MLP(nn.Module):
         hidden = 4 * config.n_embd
         if self.swiglu:
             hidden = 64 * math.ceil(hidden * 2 / 3 / 64)
-            self.gate = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.up = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.down = nn.Linear(hidden, config.n_embd, bias=config.bias)
+            self.gate = Linear(config.n_embd, hidden, bias=config.bias)
+        self.up = Linear(config.n_embd, hidden, bias=config.bias)
+        self.down = Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -228,7 +265,7 @@ class GPT(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm_f = make_norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
@@ -261,6 +298,13 @@ class GPT(nn.Module):
         With a `cache`, `idx` holds only the new tokens and positions continue after the
         cached ones. `last_only` computes logits for the final position alone (generation).
         """
+        if one_row_on_cpu(idx, self.lm_head.weight):  # every Linear takes its OpenBLAS path
+            with one_torch_thread():
+                return self._forward(idx, targets, cache, last_only)
+        return self._forward(idx, targets, cache, last_only)
+
+    def _forward(self, idx: torch.Tensor, targets: torch.Tensor | None, cache: KVCache | None,
+                 last_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
