@@ -110,3 +110,12 @@ def test_two_process_torchrun_matches_one_process_at_the_same_global_batch(shake
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-3)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-3)
     assert double[-1]["val_loss"] < double[0]["val_loss"] - 0.5
+
+
+def test_tensorboard_events_and_bf16_autocast(shakespeare_char, tmp_path):
+    model = tiny_model(load_meta(shakespeare_char)["vocab_size"])
+    cfg = TrainConfig(data=str(shakespeare_char), out=str(tmp_path), max_iters=40, batch_size=8, lr=3e-3,
+                      eval_interval=20, eval_iters=2, dtype="bf16", tensorboard=True)
+    result = pretrain(model, cfg, {"model": model, "train": cfg})
+    assert result["val_loss"] < rows(tmp_path)[0]["val_loss"]
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
