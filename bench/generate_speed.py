@@ -9,36 +9,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 
 import torch
 from _common import save
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2LMHeadModel
 
 from bigmodel.config import GenerateConfig
 from bigmodel.infer.generate import generate_ids
+from bigmodel.model.hf import gpt2_to_hf
 from bigmodel.model.transformer import GPT, ModelConfig, preset
 
 
 def to_transformers(ours: GPT) -> GPT2LMHeadModel:
-    """The same network as GPT2LMHeadModel (its Conv1D stores weights transposed)."""
-    cfg = ours.config
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-                                    n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=None, eos_token_id=None,
-                                    resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
-    sd = ours.state_dict()
-    new = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
-           "transformer.ln_f.weight": sd["norm_f.weight"], "transformer.ln_f.bias": sd["norm_f.bias"]}
-    names = {"norm1": "ln_1", "norm2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
-             "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
-    for i in range(cfg.n_layer):
-        for ours_name, hf_name in names.items():
-            w, b = sd[f"blocks.{i}.{ours_name}.weight"], sd[f"blocks.{i}.{ours_name}.bias"]
-            new[f"transformer.h.{i}.{hf_name}.weight"] = w if ours_name.startswith("norm") else w.t().contiguous()
-            new[f"transformer.h.{i}.{hf_name}.bias"] = b
-    hf.load_state_dict(new, strict=False)
-    hf.tie_weights()
-    return hf.eval()
+    """The same network as GPT2LMHeadModel, through bigmodel's Hugging Face export."""
+    with tempfile.TemporaryDirectory() as folder:
+        gpt2_to_hf(ours, folder)
+        return GPT2LMHeadModel.from_pretrained(folder).eval()
 
 
 def main() -> None:

@@ -120,6 +120,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
         sys.stdout.flush()
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from bigmodel.model.hf import gpt2_from_hf, read_hf_tokenizer
+    from bigmodel.train.checkpoint import save_checkpoint
+
+    source = Path(args.from_hf)
+    model = gpt2_from_hf(source)
+    save_checkpoint(Path(args.out), model, read_hf_tokenizer(source), {"converted_from": str(source.resolve())})
+    print(f"wrote {args.out}: {model.num_params() / 1e6:.1f}M parameters from {source}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from bigmodel.model.hf import gpt2_to_hf
+    from bigmodel.train.checkpoint import load_checkpoint
+
+    model, tok, folder = load_checkpoint(args.ckpt)
+    gpt2_to_hf(model, args.to_hf, tok)
+    print(f"wrote {args.to_hf} from {folder}: load it with transformers' GPT2LMHeadModel.from_pretrained")
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from bigmodel.recipes.quickstart import quickstart
 
@@ -156,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     add_flags(p, GenerateConfig)
     p.set_defaults(func=cmd_generate)
+
+    p = verbs.add_parser("convert", help="turn a Hugging Face GPT-2-family folder into a bigmodel checkpoint")
+    p.add_argument("--from-hf", required=True, help="folder with config.json, model.safetensors, tokenizer.json")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.set_defaults(func=cmd_convert)
+
+    p = verbs.add_parser("export", help="write a checkpoint as a Hugging Face folder transformers loads")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
+    p.add_argument("--to-hf", required=True, help="folder to write")
+    p.set_defaults(func=cmd_export)
 
     p = verbs.add_parser("quickstart", help="prepare, pretrain, evaluate and generate on Python's own source")
     p.add_argument("--out", default="runs/quickstart", help="where everything goes (default: runs/quickstart)")

@@ -35,7 +35,7 @@ class ModelConfig:
     bias: bool = True
     norm: str = "layernorm"  # layernorm | rmsnorm
     positions: str = "learned"  # learned | rope
-    mlp: str = "gelu"  # gelu | swiglu
+    mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's approximation) | swiglu
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
@@ -48,7 +48,7 @@ class ModelConfig:
             "n_head must be divisible by n_kv_head": self.n_head % self.n_kv_head == 0,
             "norm must be layernorm or rmsnorm": self.norm in ("layernorm", "rmsnorm"),
             "positions must be learned or rope": self.positions in ("learned", "rope"),
-            "mlp must be gelu or swiglu": self.mlp in ("gelu", "swiglu"),
+            "mlp must be gelu, gelu_tanh or swiglu": self.mlp in ("gelu", "gelu_tanh", "swiglu"),
             "block_size, vocab_size and n_layer must be positive": min(
                 self.block_size, self.vocab_size, self.n_layer
             )
@@ -222,6 +222,7 @@ class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
+        self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"
         hidden = 4 * config.n_embd
         if self.swiglu:
             hidden = 64 * math.ceil(hidden * 2 / 3 / 64)
@@ -231,7 +232,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.gate(x)) * self.up(x) if self.swiglu else F.gelu(self.up(x))
+        h = F.silu(self.gate(x)) * self.up(x) if self.swiglu else F.gelu(self.up(x), approximate=self.approximate)
         return self.dropout(self.down(h))
 
 

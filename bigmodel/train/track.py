@@ -47,7 +47,7 @@ class Tracker:
         self.enabled = enabled
         self.csv_path = run_dir / "metrics.csv"
         self.png_path = run_dir / "loss.png"
-        self.title = run_dir.name
+        self.title = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name else run_dir.name
         self.bar = tqdm(total=total_iters, initial=start_iter, desc="train", unit="it",
                         disable=not enabled, dynamic_ncols=True, mininterval=0.5)
         self.writer = None

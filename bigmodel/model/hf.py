@@ -1,0 +1,124 @@
+"""Hugging Face interop: read and write the `config.json` + `model.safetensors` +
+`tokenizer.json` folder that `transformers` loads with `from_pretrained`.
+
+GPT-2-family decoders map one to one onto `GPT` with learned positions and LayerNorm;
+GPT-2's Conv1D layers store weights as (in, out), ours as (out, in), hence the transposes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders
+from tokenizers.models import BPE
+from tokenizers.pre_tokenizers import ByteLevel
+
+from bigmodel.data.tokenizer import EOT, load_tokenizer
+from bigmodel.errors import BigModelError
+from bigmodel.model.transformer import GPT, ModelConfig
+
+# ours → GPT-2's, inside block i; Conv1D weights are transposed, LayerNorm ones are not
+GPT2_BLOCK_NAMES = {"norm1": "ln_1", "norm2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
+                    "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
+GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                    "gelu_fast": "gelu_tanh"}
+
+
+def read_hf_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise BigModelError(f"{folder}: no config.json; not a Hugging Face model folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """`model.safetensors`, else `pytorch_model.bin` loaded with `weights_only=True`."""
+    if (folder / "model.safetensors").is_file():
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").is_file():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise BigModelError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
+
+
+def read_hf_tokenizer(folder: Path) -> Tokenizer:
+    """`tokenizer.json`, else GPT-2's `vocab.json` + `merges.txt`."""
+    if (folder / "tokenizer.json").is_file():
+        return load_tokenizer(folder)
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        tok = Tokenizer(BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
+        tok.pre_tokenizer = ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        return tok
+    raise BigModelError(f"{folder}: no tokenizer.json (nor vocab.json + merges.txt)")
+
+
+def gpt2_config(hf: dict) -> ModelConfig:
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in GPT2_ACTIVATIONS:
+        raise BigModelError(f"config.json: activation_function {activation!r} is not supported")
+    return ModelConfig(vocab_size=hf["vocab_size"], block_size=hf.get("n_positions", 1024), n_layer=hf["n_layer"],
+                       n_head=hf["n_head"], n_embd=hf["n_embd"], norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+                       mlp=GPT2_ACTIVATIONS[activation], bias=True, positions="learned",
+                       tie_embeddings=hf.get("tie_word_embeddings", True))
+
+
+def gpt2_from_hf(folder: str | Path) -> GPT:
+    """A `GPT` holding the weights of a GPT-2-family `transformers` checkpoint."""
+    folder = Path(folder)
+    hf = read_hf_config(folder)
+    if hf.get("model_type") != "gpt2":
+        raise BigModelError(f"{folder}: model_type {hf.get('model_type')!r} is not supported yet (supported: gpt2)")
+    model = GPT(gpt2_config(hf))
+    weights = {k.removeprefix("transformer."): v for k, v in read_hf_weights(folder).items()}
+    state = {"tok_emb.weight": weights["wte.weight"], "pos_emb.weight": weights["wpe.weight"],
+             "norm_f.weight": weights["ln_f.weight"], "norm_f.bias": weights["ln_f.bias"]}
+    for i in range(model.config.n_layer):
+        for ours, theirs in GPT2_BLOCK_NAMES.items():
+            w = weights[f"h.{i}.{theirs}.weight"]
+            state[f"blocks.{i}.{ours}.weight"] = w if ours.startswith("norm") else w.t()
+            state[f"blocks.{i}.{ours}.bias"] = weights[f"h.{i}.{theirs}.bias"]
+    state["lm_head.weight"] = weights.get("lm_head.weight", weights["wte.weight"])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BigModelError(f"{folder}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval()
+
+
+def gpt2_to_hf(model: GPT, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
+    """Write a folder `GPT2LMHeadModel.from_pretrained` loads to the same logits."""
+    cfg = model.config
+    unsupported = {"positions": (cfg.positions, "learned"), "norm": (cfg.norm, "layernorm"),
+                   "bias": (cfg.bias, True), "n_kv_head": (cfg.n_kv_head, cfg.n_head)}
+    for field, (value, needed) in unsupported.items():
+        if value != needed:
+            raise BigModelError(f"GPT-2 format needs {field}={needed}, this model has {value}")
+    if cfg.mlp == "swiglu":
+        raise BigModelError("GPT-2 format needs a GELU MLP, this model has swiglu")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = model.state_dict()
+    out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
+           "transformer.ln_f.weight": sd["norm_f.weight"], "transformer.ln_f.bias": sd["norm_f.bias"]}
+    for i in range(cfg.n_layer):
+        for ours, theirs in GPT2_BLOCK_NAMES.items():
+            w = sd[f"blocks.{i}.{ours}.weight"]
+            out[f"transformer.h.{i}.{theirs}.weight"] = w if ours.startswith("norm") else w.t()
+            out[f"transformer.h.{i}.{theirs}.bias"] = sd[f"blocks.{i}.{ours}.bias"]
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    save_file({k: v.contiguous() for k, v in out.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+              "n_positions": cfg.block_size, "n_ctx": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
+              "n_head": cfg.n_head, "layer_norm_epsilon": cfg.norm_eps,
+              "activation_function": "gelu_new" if cfg.mlp == "gelu_tanh" else "gelu",
+              "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+              "tie_word_embeddings": cfg.tie_embeddings}
+    eot = tokenizer.token_to_id(EOT) if tokenizer is not None else None
+    config["bos_token_id"] = config["eos_token_id"] = eot
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))

@@ -1,0 +1,68 @@
+"""Hugging Face interop, checked against `transformers` itself."""
+
+import pytest
+import torch
+
+from bigmodel.data.tokenizer import train_bpe
+from bigmodel.errors import BigModelError
+from bigmodel.model.hf import gpt2_from_hf, gpt2_to_hf
+from bigmodel.model.transformer import GPT, ModelConfig
+from bigmodel.train.checkpoint import load_checkpoint
+
+from .conftest import SHAKESPEARE, run_cli
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture
+def hf_gpt2(tmp_path):
+    """A random GPT2LMHeadModel saved the way transformers saves, with a tokenizer beside it."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=320, n_positions=48, n_embd=64, n_layer=2, n_head=4)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    folder = tmp_path / "hf"
+    model.save_pretrained(folder)
+    text = SHAKESPEARE.read_text(encoding="utf-8")[:50_000] if SHAKESPEARE.is_file() else "hello world " * 500
+    train_bpe([text], vocab_size=320).save(str(folder / "tokenizer.json"))
+    return model, folder
+
+
+@torch.no_grad()
+def test_gpt2_import_gives_the_same_logits(hf_gpt2, tmp_path):
+    theirs, folder = hf_gpt2
+    result = run_cli("convert", "--from-hf", str(folder), "--out", str(tmp_path / "ckpt"))
+    assert result.returncode == 0, result.stderr
+    ours, tok, _ = load_checkpoint(tmp_path / "ckpt")
+    assert ours.config.mlp == "gelu_tanh" and tok.get_vocab_size() <= 320
+    idx = torch.randint(320, (3, 40))
+    torch.testing.assert_close(ours(idx)[0], theirs(idx).logits, atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_gpt2_export_loads_in_transformers_with_the_same_logits(hf_gpt2, tmp_path):
+    _, folder = hf_gpt2
+    ours = gpt2_from_hf(folder)
+    gpt2_to_hf(ours, tmp_path / "exported")
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
+    idx = torch.randint(320, (2, 48))
+    torch.testing.assert_close(reloaded(idx).logits, ours(idx)[0], atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_our_trained_checkpoint_exports_through_the_cli(trained_run, tmp_path):
+    result = run_cli("export", "--ckpt", str(trained_run), "--to-hf", str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    ours, tok, _ = load_checkpoint(trained_run)
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.tensor([tok.encode("ROMEO: what say you?").ids])
+    torch.testing.assert_close(theirs(idx).logits, ours(idx)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_unsupported_models_are_refused_with_a_reason(tmp_path):
+    with pytest.raises(BigModelError, match="positions=learned"):
+        gpt2_to_hf(GPT(ModelConfig(vocab_size=10, n_layer=1, n_head=2, n_embd=8, block_size=8, positions="rope")),
+                   tmp_path / "x")
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    result = run_cli("convert", "--from-hf", str(tmp_path / "bert"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 1 and "model_type 'bert' is not supported yet" in result.stderr
