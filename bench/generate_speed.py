@@ -19,10 +19,10 @@ from transformers import GPT2LMHeadModel
 from bigmodel.config import GenerateConfig
 from bigmodel.infer.generate import generate_ids
 from bigmodel.model.hf import gpt2_to_hf
-from bigmodel.model.transformer import GPT, ModelConfig, preset
+from bigmodel.model.transformer import ModelConfig, Transformer, preset
 
 
-def to_transformers(ours: GPT) -> GPT2LMHeadModel:
+def to_transformers(ours: Transformer) -> GPT2LMHeadModel:
     """The same network as GPT2LMHeadModel, through bigmodel's Hugging Face export."""
     with tempfile.TemporaryDirectory() as folder:
         gpt2_to_hf(ours, folder)
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
-    ours = GPT(ModelConfig(vocab_size=50257, **preset("gpt2"))).eval()
+    ours = Transformer(ModelConfig(vocab_size=50257, **preset("gpt2"))).eval()
     hf = to_transformers(ours)
     prompt = torch.randint(50257, (1, args.prompt_tokens))
     cfg = GenerateConfig(temperature=0.0, max_new_tokens=args.new_tokens)

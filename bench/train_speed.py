@@ -19,7 +19,7 @@ from _common import matmul_peak_flops, save
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from bigmodel.config import TrainConfig
-from bigmodel.model.transformer import GPT, ModelConfig, preset
+from bigmodel.model.transformer import ModelConfig, Transformer, preset
 from bigmodel.train.trainer import make_optimizer
 
 VOCAB = 65
@@ -51,7 +51,7 @@ def measure(name: str, dtype: str, steps: int) -> dict[str, float]:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=VOCAB, **preset(name))
     batch = BATCH[name]
-    ours = GPT(cfg)
+    ours = Transformer(cfg)
     theirs = hf_model(cfg)
     runners = {
         "bigmodel": step_fn(ours, lambda m, w: m(w[:, :-1], w[:, 1:])[1], dtype),
@@ -70,7 +70,7 @@ def measure(name: str, dtype: str, steps: int) -> dict[str, float]:
     rates = {k: tokens / statistics.median(v) for k, v in times.items()}
     return {"batch": batch, "block_size": cfg.block_size, "tokens_per_s": rates,
             "ratio": rates["bigmodel"] / rates["transformers"],
-            "flops_per_token": GPT(cfg).flops_per_token()}
+            "flops_per_token": Transformer(cfg).flops_per_token()}
 
 
 def main() -> None:

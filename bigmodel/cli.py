@@ -121,11 +121,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from bigmodel.model.hf import gpt2_from_hf, read_hf_tokenizer
+    from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
     from bigmodel.train.checkpoint import save_checkpoint
 
-    source = Path(args.from_hf)
-    model = gpt2_from_hf(source)
+    source = find_hf_folder(args.from_hf)
+    model = from_hf(source)
     save_checkpoint(Path(args.out), model, read_hf_tokenizer(source), {"converted_from": str(source.resolve())})
     print(f"wrote {args.out}: {model.num_params() / 1e6:.1f}M parameters from {source}")
 
@@ -137,6 +137,27 @@ def cmd_export(args: argparse.Namespace) -> None:
     model, tok, folder = load_checkpoint(args.ckpt)
     gpt2_to_hf(model, args.to_hf, tok)
     print(f"wrote {args.to_hf} from {folder}: load it with transformers' GPT2LMHeadModel.from_pretrained")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from bigmodel.infer.embed import embed_texts
+    from bigmodel.train.checkpoint import load_checkpoint
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise BigModelError(f"{path}: no such input file")
+    try:
+        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise BigModelError(f"{path}: not valid UTF-8") from None
+    if not texts:
+        raise BigModelError(f"{path}: holds no lines to embed")
+    model, tok, _ = load_checkpoint(args.ckpt)
+    vectors = embed_texts(model, tok, texts, args.batch_size, args.max_length)
+    np.save(args.out, vectors)
+    print(f"wrote {args.out}: {vectors.shape[0]} vectors of {vectors.shape[1]} dimensions")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
@@ -154,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, DataConfig)
     p.set_defaults(func=cmd_prepare)
 
-    p = verbs.add_parser("pretrain", help="train a GPT on a prepared folder")
+    p = verbs.add_parser("pretrain", help="train a Transformer on a prepared folder")
     p.add_argument("--config", help="YAML recipe with `preset:`, `model:` and `train:` sections")
     p.add_argument("--preset", help="baby | small | gpt2 | gpt2-medium")
     add_flags(p, TrainConfig)
@@ -176,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, GenerateConfig)
     p.set_defaults(func=cmd_generate)
 
-    p = verbs.add_parser("convert", help="turn a Hugging Face GPT-2-family folder into a bigmodel checkpoint")
-    p.add_argument("--from-hf", required=True, help="folder with config.json, model.safetensors, tokenizer.json")
+    p = verbs.add_parser("convert", help="turn a Hugging Face GPT-2 or BERT folder into a bigmodel checkpoint")
+    p.add_argument("--from-hf", required=True,
+                   help="folder with config.json, model.safetensors, tokenizer.json; or `minilm` (pip package)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.set_defaults(func=cmd_convert)
 
@@ -185,6 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
     p.add_argument("--to-hf", required=True, help="folder to write")
     p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("embed", help="one mean-pooled, L2-normalised vector per input line (.npy)")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder (e.g. from `convert --from-hf minilm`)")
+    p.add_argument("--input", required=True, help="UTF-8 text file, one text per line")
+    p.add_argument("--out", required=True, help=".npy file to write")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=256, help="tokens kept per line (default: 256)")
+    p.set_defaults(func=cmd_embed)
 
     p = verbs.add_parser("quickstart", help="prepare, pretrain, evaluate and generate on Python's own source")
     p.add_argument("--out", default="runs/quickstart", help="where everything goes (default: runs/quickstart)")

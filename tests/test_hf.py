@@ -6,7 +6,7 @@ import torch
 from bigmodel.data.tokenizer import train_bpe
 from bigmodel.errors import BigModelError
 from bigmodel.model.hf import gpt2_from_hf, gpt2_to_hf
-from bigmodel.model.transformer import GPT, ModelConfig
+from bigmodel.model.transformer import ModelConfig, Transformer
 from bigmodel.train.checkpoint import load_checkpoint
 
 from .conftest import SHAKESPEARE, run_cli
@@ -60,9 +60,11 @@ def test_our_trained_checkpoint_exports_through_the_cli(trained_run, tmp_path):
 
 def test_unsupported_models_are_refused_with_a_reason(tmp_path):
     with pytest.raises(BigModelError, match="positions=learned"):
-        gpt2_to_hf(GPT(ModelConfig(vocab_size=10, n_layer=1, n_head=2, n_embd=8, block_size=8, positions="rope")),
-                   tmp_path / "x")
-    (tmp_path / "bert").mkdir()
-    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
-    result = run_cli("convert", "--from-hf", str(tmp_path / "bert"), "--out", str(tmp_path / "o"))
-    assert result.returncode == 1 and "model_type 'bert' is not supported yet" in result.stderr
+        rope = ModelConfig(vocab_size=10, n_layer=1, n_head=2, n_embd=8, block_size=8, positions="rope")
+        gpt2_to_hf(Transformer(rope), tmp_path / "x")
+    for name, config, message in [("t5", '{"model_type": "t5"}', "model_type 't5' is not supported yet"),
+                                  ("bert", '{"model_type": "bert"}', "lack 'intermediate_size'")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(config)
+        result = run_cli("convert", "--from-hf", str(tmp_path / name), "--out", str(tmp_path / "o"))
+        assert result.returncode == 1 and message in result.stderr, result.stderr

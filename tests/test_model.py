@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bigmodel.errors import BigModelError
-from bigmodel.model.transformer import GPT, KVCache, ModelConfig, preset
+from bigmodel.model.transformer import KVCache, ModelConfig, Transformer, preset
 
 VARIANTS = [
     {},
@@ -18,7 +18,7 @@ VARIANTS = [
 def test_kv_cache_decoding_matches_a_full_forward(variant, batch):
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_embd=32, block_size=24, **variant)
-    model = GPT(cfg).eval()
+    model = Transformer(cfg).eval()
     idx = torch.randint(50, (batch, 20))
     full, _ = model(idx)
     cache = KVCache(cfg, batch, cfg.block_size, torch.float32, "cpu")
@@ -31,7 +31,7 @@ def test_kv_cache_decoding_matches_a_full_forward(variant, batch):
 
 def test_loss_ignores_minus_one_and_tied_weights_are_shared():
     cfg = ModelConfig(vocab_size=30, n_layer=1, n_head=2, n_embd=16, block_size=8)
-    model = GPT(cfg)
+    model = Transformer(cfg)
     assert model.lm_head.weight is model.tok_emb.weight
     x = torch.randint(30, (2, 8))
     y = x.clone()
@@ -42,7 +42,7 @@ def test_loss_ignores_minus_one_and_tied_weights_are_shared():
 
 
 def test_presets_have_the_documented_shapes():
-    gpt2 = GPT(ModelConfig(vocab_size=50257, **preset("gpt2")))
+    gpt2 = Transformer(ModelConfig(vocab_size=50257, **preset("gpt2")))
     assert 123e6 < gpt2.num_params() < 125e6  # GPT-2 small: 124M
     assert preset("baby") == dict(n_layer=4, n_head=4, n_embd=128, block_size=64)
     with pytest.raises(BigModelError, match="unknown preset"):
@@ -50,7 +50,7 @@ def test_presets_have_the_documented_shapes():
 
 
 def test_too_long_input_and_bad_config_are_clear_errors():
-    model = GPT(ModelConfig(vocab_size=10, n_layer=1, n_head=2, n_embd=8, block_size=4))
+    model = Transformer(ModelConfig(vocab_size=10, n_layer=1, n_head=2, n_embd=8, block_size=4))
     with pytest.raises(BigModelError, match="longer than the context"):
         model(torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(BigModelError, match="divisible"):

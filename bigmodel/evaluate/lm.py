@@ -19,7 +19,7 @@ from bigmodel.data.batches import open_split
 from bigmodel.data.readers import CorpusReader
 from bigmodel.data.tokenizer import EOT, special_id, unknown_id
 from bigmodel.errors import BigModelError
-from bigmodel.model.transformer import GPT
+from bigmodel.model.transformer import Transformer
 
 
 @dataclass
@@ -38,7 +38,7 @@ class LMReport:
 
 
 @torch.no_grad()
-def score_tokens(model: GPT, tokens: np.ndarray, batch_size: int = 16) -> tuple[float, int]:
+def score_tokens(model: Transformer, tokens: np.ndarray, batch_size: int = 16) -> tuple[float, int]:
     """Summed next-token negative log-likelihood (nats) and how many tokens were scored."""
     block = model.config.block_size
     device = next(model.parameters()).device
@@ -71,7 +71,7 @@ def _report(source: str, nll: float, scored: int, n_bytes: int, **extra) -> LMRe
                     **extra)
 
 
-def evaluate_split(model: GPT, tok: Tokenizer, data_dir: str, split: str = "val") -> LMReport:
+def evaluate_split(model: Transformer, tok: Tokenizer, data_dir: str, split: str = "val") -> LMReport:
     """Score a split prepared by `bigmodel prepare` (which must share the model's tokenizer)."""
     tokens = open_split(data_dir, split)
     if int(tokens.max()) >= model.config.vocab_size:
@@ -82,7 +82,7 @@ def evaluate_split(model: GPT, tok: Tokenizer, data_dir: str, split: str = "val"
     return _report(f"{data_dir} ({split})", nll, scored, n_bytes)
 
 
-def evaluate_text(model: GPT, tok: Tokenizer, path: str) -> LMReport:
+def evaluate_text(model: Transformer, tok: Tokenizer, path: str) -> LMReport:
     """Score a raw text file, tokenized the way the checkpoint's training data was."""
     reader = CorpusReader([path])
     eot = special_id(tok, EOT)
@@ -105,7 +105,7 @@ def evaluate_text(model: GPT, tok: Tokenizer, path: str) -> LMReport:
                    unknown_examples=examples)
 
 
-def evaluate_lm(model: GPT, tok: Tokenizer, data: str, split: str = "val") -> LMReport:
+def evaluate_lm(model: Transformer, tok: Tokenizer, data: str, split: str = "val") -> LMReport:
     """`data` is a prepared folder (its `split`) or a raw .txt/.jsonl/.csv file."""
     if Path(data).is_dir():
         return evaluate_split(model, tok, data, split)

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from bigmodel.config import GenerateConfig
 from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
 from bigmodel.errors import BigModelError
-from bigmodel.model.transformer import GPT, KVCache
+from bigmodel.model.transformer import KVCache, Transformer
 
 
 def sample_next(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator) -> torch.Tensor:
@@ -36,7 +36,7 @@ def sample_next(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Gene
 
 
 @torch.no_grad()
-def generate_ids(model: GPT, prompt: list[int], cfg: GenerateConfig, batch_size: int = 1,
+def generate_ids(model: Transformer, prompt: list[int], cfg: GenerateConfig, batch_size: int = 1,
                  stop_id: int | None = None, generator: torch.Generator | None = None,
                  ) -> Iterator[torch.Tensor]:
     """Yield the next token of each of `batch_size` continuations, step by step.
@@ -72,7 +72,7 @@ def generate_ids(model: GPT, prompt: list[int], cfg: GenerateConfig, batch_size:
             logits, _ = model(token[:, None], cache=cache, last_only=True)
 
 
-def stream_text(model: GPT, tok: Tokenizer, prompt: str, cfg: GenerateConfig,
+def stream_text(model: Transformer, tok: Tokenizer, prompt: str, cfg: GenerateConfig,
                 generator: torch.Generator | None = None) -> Iterator[str]:
     """Pieces of text of one continuation of `prompt`, as they are produced."""
     stop_id = special_id(tok, EOT)
@@ -90,7 +90,7 @@ def stream_text(model: GPT, tok: Tokenizer, prompt: str, cfg: GenerateConfig,
         yield tail
 
 
-def generate_texts(model: GPT, tok: Tokenizer, prompt: str, cfg: GenerateConfig) -> list[str]:
+def generate_texts(model: Transformer, tok: Tokenizer, prompt: str, cfg: GenerateConfig) -> list[str]:
     """All `cfg.num_samples` continuations of `prompt`, each cut at its end-of-text token."""
     stop_id = special_id(tok, EOT)
     steps = list(generate_ids(model, tok.encode(prompt, add_special_tokens=False).ids, cfg,

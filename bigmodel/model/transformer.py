@@ -1,7 +1,9 @@
-"""The decoder-only Transformer (GPT family) in one file, read top to bottom.
+"""The Transformer family in one file, read top to bottom: GPT-style decoders and
+BERT-style encoders.
 
-Every variant is a flag on `ModelConfig`: LayerNorm or RMSNorm, learned or rotary positions,
-GELU or SwiGLU MLP, grouped-query attention (`n_kv_head < n_head`), tied embeddings.
+Every variant is a flag on `ModelConfig`: causal or bidirectional attention, pre- or
+post-norm blocks, LayerNorm or RMSNorm, learned or rotary positions, GELU or SwiGLU MLP,
+grouped-query attention (`n_kv_head < n_head`), token-type embeddings, tied embeddings.
 Attention goes through `F.scaled_dot_product_attention`; generation uses a preallocated
 `KVCache` so each new token costs one small forward pass.
 """
@@ -39,6 +41,10 @@ class ModelConfig:
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
+    causal: bool = True  # False: every token sees every other (an encoder, as BERT)
+    norm_first: bool = True  # False: post-norm blocks, as BERT
+    type_vocab_size: int = 0  # > 0: token-type (segment) embeddings, as BERT
+    embed_norm: bool = False  # normalise the summed embeddings, as BERT
 
     def __post_init__(self) -> None:
         if self.n_kv_head == 0:
@@ -177,7 +183,7 @@ class KVCache:
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
-class CausalSelfAttention(nn.Module):
+class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.config = config
@@ -188,7 +194,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None) -> torch.Tensor:
+                cache: KVCache | None, padding_mask: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
         B, T, C = x.shape
         kv_width = cfg.n_kv_head * cfg.head_dim
@@ -206,10 +212,14 @@ class CausalSelfAttention(nn.Module):
             repeat = cfg.n_head // cfg.n_kv_head
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         mask = None
-        if past and T > 1:  # new tokens see all of the past and the causal part of themselves
+        if cfg.causal and T > 1 and (past or padding_mask is not None):
+            # new tokens see all of the past and the causal part of themselves
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        if padding_mask is not None:  # padding keys are hidden from every query
+            keys = padding_mask[:, None, None, :]
+            mask = keys if mask is None else mask & keys
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=(past == 0 and T > 1),
+            q, k, v, attn_mask=mask, is_causal=cfg.causal and T > 1 and mask is None,
             dropout_p=cfg.dropout if self.training else 0.0,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
@@ -237,22 +247,26 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)). Post-norm (BERT): norm(x + attn(x)), ..."""
 
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
+        self.norm_first = config.norm_first
         self.norm1 = make_norm(config)
-        self.attn = CausalSelfAttention(config, layer)
+        self.attn = SelfAttention(config, layer)
         self.norm2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), rope, cache)
-        return x + self.mlp(self.norm2(x))
+                cache: KVCache | None, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.attn(self.norm1(x), rope, cache, padding_mask)
+            return x + self.mlp(self.norm2(x))
+        x = self.norm1(x + self.attn(x, rope, cache, padding_mask))
+        return self.norm2(x + self.mlp(x))
 
 
-class GPT(nn.Module):
+class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -263,9 +277,12 @@ class GPT(nn.Module):
             cos, sin = rope_tables(config)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        if config.type_vocab_size:
+            self.type_emb = nn.Embedding(config.type_vocab_size, config.n_embd)
+        self.embed_norm = make_norm(config) if config.embed_norm else nn.Identity()
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.norm_f = make_norm(config)
+        self.norm_f = make_norm(config) if config.norm_first else nn.Identity()  # post-norm ends normalised
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -292,20 +309,33 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                cache: KVCache | None = None, last_only: bool = False
+                cache: KVCache | None = None, last_only: bool = False,
+                padding_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for `idx` (B, T) and, with `targets`, the mean cross-entropy (-1 is ignored).
 
         With a `cache`, `idx` holds only the new tokens and positions continue after the
         cached ones. `last_only` computes logits for the final position alone (generation).
+        `padding_mask` (B, T) is True for real tokens; `token_types` are segment ids.
         """
         if one_row_on_cpu(idx, self.lm_head.weight):  # every Linear takes its OpenBLAS path
             with one_torch_thread():
-                return self._forward(idx, targets, cache, last_only)
-        return self._forward(idx, targets, cache, last_only)
+                x = self.hidden_states(idx, cache, padding_mask, token_types)
+        else:
+            x = self.hidden_states(idx, cache, padding_mask, token_types)
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                   ignore_index=-1)
+        return logits, loss
 
-    def _forward(self, idx: torch.Tensor, targets: torch.Tensor | None, cache: KVCache | None,
-                 last_only: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
+                      padding_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
+                      ) -> torch.Tensor:
+        """The last layer's output (B, T, n_embd), before the language-model head."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -318,20 +348,14 @@ class GPT(nn.Module):
             x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
         else:
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
-        x = self.drop(x)
+        if self.config.type_vocab_size:
+            x = x + self.type_emb(token_types if token_types is not None else torch.zeros_like(idx))
+        x = self.drop(self.embed_norm(x))
         for block in self.blocks:
-            x = block(x, rope, cache)
+            x = block(x, rope, cache, padding_mask)
         if cache is not None:
             cache.length += T
-        x = self.norm_f(x)
-        if last_only:
-            x = x[:, -1:, :]
-        logits = self.lm_head(x)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
-                                   ignore_index=-1)
-        return logits, loss
+        return self.norm_f(x)
 
     def flops_per_token(self) -> float:
         """Training FLOPs per token (forward + backward, PaLM appendix B): 6N + 12·L·C·T."""

@@ -1,7 +1,7 @@
 """`bigmodel quickstart`: the whole life cycle on data every machine has.
 
 The running Python's own standard library (about 13 MB of code and docstrings, tests left
-out) is prepared with a byte-level BPE tokenizer, a small GPT is pretrained on it for a
+out) is prepared with a byte-level BPE tokenizer, a small Transformer is pretrained on it for a
 fixed time budget, evaluated on the held-out tail, and asked to complete a Python prompt.
 """
 
@@ -19,7 +19,7 @@ from bigmodel.data.batches import load_meta
 from bigmodel.data.prepare import prepare
 from bigmodel.evaluate.lm import evaluate_lm
 from bigmodel.infer.generate import stream_text
-from bigmodel.model.transformer import GPT, ModelConfig
+from bigmodel.model.transformer import ModelConfig, Transformer
 from bigmodel.train.checkpoint import load_checkpoint
 from bigmodel.train.trainer import autocast, make_optimizer, pretrain
 
@@ -41,7 +41,7 @@ def stdlib_sources() -> list[Path]:
 
 def seconds_per_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> float:
     """Time a few optimizer steps on random tokens, to turn a time budget into iterations."""
-    model = GPT(model_cfg)
+    model = Transformer(model_cfg)
     optimizer = make_optimizer(model, train_cfg, torch.device("cpu"))
     x = torch.randint(model_cfg.vocab_size, (train_cfg.batch_size, model_cfg.block_size))
     times = []
@@ -80,7 +80,7 @@ def quickstart(out: Path, minutes: float = 3.0) -> None:
     budget = minutes * 60 * 0.92  # evaluation and checkpoints take the rest
     train_cfg.eval_interval = max(10, int(budget / step) // 8)
     train_cfg.max_iters = 8 * train_cfg.eval_interval
-    _banner(f"2/4 pretrain: {GPT(model_cfg).num_params() / 1e6:.1f}M parameters, {train_cfg.max_iters} "
+    _banner(f"2/4 pretrain: {Transformer(model_cfg).num_params() / 1e6:.1f}M parameters, {train_cfg.max_iters} "
             f"iterations (~{minutes:g} min at {step * 1000:.0f} ms each)")
     result = pretrain(model_cfg, train_cfg, {"model": model_cfg, "train": train_cfg})
     from bigmodel.train.track import read_metrics

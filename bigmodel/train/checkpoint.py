@@ -21,14 +21,14 @@ from tokenizers import Tokenizer
 from bigmodel.config import save_yaml
 from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.errors import BigModelError
-from bigmodel.model.transformer import GPT, ModelConfig
+from bigmodel.model.transformer import ModelConfig, Transformer
 
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model.json"
 TRAINER_STATE = "trainer_state.pt"
 
 
-def save_checkpoint(path: Path, model: GPT, tokenizer: Tokenizer, sections: dict[str, Any],
+def save_checkpoint(path: Path, model: Transformer, tokenizer: Tokenizer, sections: dict[str, Any],
                     trainer_state: dict[str, Any] | None = None) -> None:
     """Write the folder as `path.tmp`, then replace `path` with it (old one kept until then)."""
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
@@ -65,14 +65,14 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     raise BigModelError(f"{path}: not a checkpoint (no {WEIGHTS}) nor a run folder with best/ or last/")
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, Path]:
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[Transformer, Tokenizer, Path]:
     """The model (eval mode) and tokenizer of a checkpoint or run folder, and the folder used."""
     folder = resolve_checkpoint(path)
     config_file = folder / MODEL_CONFIG
     if not config_file.is_file():
         raise BigModelError(f"{folder}: {MODEL_CONFIG} is missing")
     config = ModelConfig.from_dict(json.loads(config_file.read_text()))
-    model = GPT(config)
+    model = Transformer(config)
     try:
         load_model(model, str(folder / WEIGHTS), strict=True, device=str(device))
     except (RuntimeError, OSError) as e:

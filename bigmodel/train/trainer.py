@@ -21,7 +21,7 @@ from bigmodel.config import TrainConfig
 from bigmodel.data.batches import WindowSampler, load_meta, open_split
 from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.errors import BigModelError
-from bigmodel.model.transformer import GPT, ModelConfig
+from bigmodel.model.transformer import ModelConfig, Transformer
 from bigmodel.train import distributed
 from bigmodel.train.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
 from bigmodel.train.track import Tracker
@@ -68,7 +68,7 @@ class Trainer:
             )
         self.tokenizer = load_tokenizer(cfg.data)
         torch.manual_seed(cfg.seed)
-        self.raw_model = GPT(model_cfg).to(self.dist.device)
+        self.raw_model = Transformer(model_cfg).to(self.dist.device)
         self.optimizer = make_optimizer(self.raw_model, cfg, self.dist.device)
         block, world = model_cfg.block_size, self.dist.world_size
         self.train_batches = WindowSampler(open_split(cfg.data, "train"), block, cfg.batch_size,
