@@ -10,7 +10,16 @@ import json
 import sys
 from pathlib import Path
 
-from bigmodel.config import DataConfig, GenerateConfig, ModelConfig, TrainConfig, add_flags, load_yaml, resolve
+from bigmodel.config import (
+    DataConfig,
+    FinetuneConfig,
+    GenerateConfig,
+    ModelConfig,
+    TrainConfig,
+    add_flags,
+    load_yaml,
+    resolve,
+)
 from bigmodel.errors import BigModelError
 
 
@@ -62,6 +71,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if args.task == "classify":
+        return evaluate_classifier(args)
     from bigmodel.evaluate.lm import evaluate_lm
     from bigmodel.train.checkpoint import load_checkpoint
 
@@ -75,6 +86,60 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
               f"(e.g. {report.unknown_examples}); they were scored as <|unk|>")
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+
+
+def evaluate_classifier(args: argparse.Namespace) -> None:
+    from bigmodel.data.labelled import read_labelled
+    from bigmodel.evaluate.classify import classification_metrics, plot_confusion, report_text
+    from bigmodel.infer.classify import predict_texts
+    from bigmodel.train.checkpoint import load_checkpoint
+
+    model, tok, folder = load_checkpoint(args.ckpt, with_head=True)
+    labels = model.head_config.labels
+    examples = read_labelled(args.data, args.text_column, args.label_column)
+    unknown = sorted({e.label for e in examples} - set(labels))
+    if unknown:
+        raise BigModelError(f"{args.data}: labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}")
+    y_true = [labels.index(e.label) for e in examples]
+    y_pred = predict_texts(model, tok, [e.text for e in examples]).argmax(-1).tolist()
+    figures = classification_metrics(y_true, y_pred, labels)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_confusion(figures["confusion_matrix"], labels, out / "confusion.png", f"{folder} on {Path(args.data).name}")
+    (out / "metrics.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False))
+    print(report_text(y_true, y_pred, labels))
+    print(f"accuracy {figures['accuracy']:.4f} | macro-F1 {figures['macro_f1']:.4f} | "
+          f"{len(examples)} examples | {out / 'metrics.json'}, {out / 'confusion.png'}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from bigmodel.infer.classify import predict_texts
+    from bigmodel.train.checkpoint import load_checkpoint
+
+    if args.input == "-":
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    else:
+        path = Path(args.input)
+        if not path.is_file():
+            raise BigModelError(f"{path}: no such input file")
+        try:
+            texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise BigModelError(f"{path}: not valid UTF-8") from None
+    model, tok, _ = load_checkpoint(args.ckpt, with_head=True)
+    head = model.head_config
+    scores = predict_texts(model, tok, texts) if texts else None
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    for i, text in enumerate(texts):
+        if head.task == "regress":
+            record = {"text": text, "value": scores[i, 0].item()}
+        else:
+            probs = scores[i].softmax(-1).tolist()
+            record = {"text": text, "label": head.labels[int(scores[i].argmax())],
+                      "probabilities": dict(zip(head.labels, probs, strict=True))}
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if args.out:
+        out.close()
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -139,6 +204,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {args.to_hf} from {folder}: load it with transformers' GPT2LMHeadModel.from_pretrained")
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from bigmodel.train.finetune import finetune
+
+    cfg = resolve(FinetuneConfig, load_yaml(args.config).get("finetune"), args)
+    best = finetune(cfg)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k in ("accuracy", "macro_f1", "mse"))
+    print(f"best: {shown} at step {int(best['step'])}; checkpoint in {cfg.out}/best")
+
+
 def cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -182,11 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, ModelConfig)
     p.set_defaults(func=cmd_pretrain)
 
-    p = verbs.add_parser("evaluate", help="loss, perplexity and bits per byte of a checkpoint")
+    p = verbs.add_parser("evaluate", help="loss, perplexity, bits per byte; or classifier accuracy and F1")
     p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
-    p.add_argument("--data", required=True, help="prepared folder or raw text file")
+    p.add_argument("--data", required=True, help="prepared folder or raw text file; labelled file with --task classify")
+    p.add_argument("--task", default="lm", choices=("lm", "classify"))
     p.add_argument("--split", default="val", help="split of a prepared folder (default: val)")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--out", default="runs/evaluate", help="classify: where metrics.json and confusion.png go")
     p.set_defaults(func=cmd_evaluate)
 
     p = verbs.add_parser("generate", help="continue a prompt, streaming the text")
@@ -207,6 +285,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
     p.add_argument("--to-hf", required=True, help="folder to write")
     p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("finetune", help="train a classifier or regressor on top of a pretrained model")
+    p.add_argument("--config", help="YAML recipe (its `finetune:` section)")
+    add_flags(p, FinetuneConfig)
+    p.set_defaults(func=cmd_finetune)
+
+    p = verbs.add_parser("predict", help="label and probabilities per input line, as JSONL")
+    p.add_argument("--ckpt", required=True, help="fine-tuned checkpoint folder or run folder")
+    p.add_argument("--input", required=True, help="UTF-8 text file, one text per line, or - for stdin")
+    p.add_argument("--out", help="JSONL file to write (default: stdout)")
+    p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser("embed", help="one mean-pooled, L2-normalised vector per input line (.npy)")
     p.add_argument("--ckpt", required=True, help="checkpoint folder (e.g. from `convert --from-hf minilm`)")

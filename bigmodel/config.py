@@ -71,6 +71,42 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """`bigmodel finetune`: a pretrained model, a labelled dataset, a task head."""
+
+    init: str = ""  # bigmodel checkpoint or Hugging Face folder (or `minilm`)
+    task: str = "classify"  # classify | regress
+    train: str = ""
+    val: str = ""
+    out: str = "runs/finetune"
+    text_column: str = "text"
+    label_column: str = "label"
+    method: str = "full"  # full | freeze | lora
+    freeze_layers: int = 2  # with freeze: how many top blocks still train
+    lora_r: int = 8
+    epochs: int = 3
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup: float = 0.1  # fraction of the steps
+    max_length: int = 128
+    batch_size: int = 32
+    dtype: str = "fp32"  # fp32 | bf16 (autocast)
+    eval_every: int = 0  # steps between evaluations; 0 means once per epoch
+    patience: int = 3  # evaluations without improvement before stopping
+    max_train: int = 0  # use only the first N training rows; 0 means all
+    augment: bool = False  # random deletion and swap of words, for small datasets
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        choices = {"task": ("classify", "regress"), "method": ("full", "freeze", "lora"), "dtype": ("fp32", "bf16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise BigModelError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+
+
+@dataclass
 class GenerateConfig:
     """`bigmodel generate`: how to continue a prompt."""
 
@@ -159,5 +195,5 @@ def save_yaml(path: Path, sections: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
 
 
-__all__ = ["DataConfig", "GenerateConfig", "ModelConfig", "TrainConfig", "add_flags", "load_yaml",
+__all__ = ["DataConfig", "FinetuneConfig", "GenerateConfig", "ModelConfig", "TrainConfig", "add_flags", "load_yaml",
            "resolve", "save_yaml"]

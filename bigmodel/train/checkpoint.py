@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from bigmodel.config import save_yaml
 from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.errors import BigModelError
+from bigmodel.model.heads import HEAD_FILE, HeadConfig, SequenceModel
 from bigmodel.model.transformer import ModelConfig, Transformer
 
 WEIGHTS = "model.safetensors"
@@ -28,9 +29,11 @@ MODEL_CONFIG = "model.json"
 TRAINER_STATE = "trainer_state.pt"
 
 
-def save_checkpoint(path: Path, model: Transformer, tokenizer: Tokenizer, sections: dict[str, Any],
-                    trainer_state: dict[str, Any] | None = None) -> None:
-    """Write the folder as `path.tmp`, then replace `path` with it (old one kept until then)."""
+def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: Tokenizer,
+                    sections: dict[str, Any], trainer_state: dict[str, Any] | None = None) -> None:
+    """Write the folder as `path.tmp`, then replace `path` with it (old one kept until then).
+
+    A `SequenceModel` also leaves `head.json` (task, labels, pooling)."""
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -38,6 +41,8 @@ def save_checkpoint(path: Path, model: Transformer, tokenizer: Tokenizer, sectio
     (tmp / MODEL_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
     save_yaml(tmp / "config.yaml", sections)
     tokenizer.save(str(tmp / "tokenizer.json"))
+    if isinstance(model, SequenceModel):
+        model.head_config.save(tmp)
     if trainer_state is not None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
     if path.exists():
@@ -65,18 +70,30 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     raise BigModelError(f"{path}: not a checkpoint (no {WEIGHTS}) nor a run folder with best/ or last/")
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[Transformer, Tokenizer, Path]:
-    """The model (eval mode) and tokenizer of a checkpoint or run folder, and the folder used."""
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_head: bool = False,
+                    ) -> tuple[Any, Tokenizer, Path]:
+    """The model (eval mode) and tokenizer of a checkpoint or run folder, and the folder used.
+
+    `with_head` asks for the fine-tuned `SequenceModel` (the folder must hold `head.json`);
+    otherwise the plain `Transformer`, even from a fine-tuned folder (its head dropped).
+    """
     folder = resolve_checkpoint(path)
     config_file = folder / MODEL_CONFIG
     if not config_file.is_file():
         raise BigModelError(f"{folder}: {MODEL_CONFIG} is missing")
     config = ModelConfig.from_dict(json.loads(config_file.read_text()))
-    model = Transformer(config)
+    has_head = (folder / HEAD_FILE).is_file()
+    if with_head and not has_head:
+        raise BigModelError(f"{folder}: not a fine-tuned checkpoint (no {HEAD_FILE}); run `bigmodel finetune`")
+    model: Any = Transformer(config)
+    if has_head:
+        model = SequenceModel(model, HeadConfig.load(folder))
     try:
         load_model(model, str(folder / WEIGHTS), strict=True, device=str(device))
     except (RuntimeError, OSError) as e:
         raise BigModelError(f"{folder / WEIGHTS}: does not fit {MODEL_CONFIG} ({str(e).splitlines()[0]})") from None
+    if has_head and not with_head:
+        model = model.backbone
     return model.to(device).eval(), load_tokenizer(folder), folder
 
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bigmodel.config import TrainConfig
+from bigmodel.config import FinetuneConfig, TrainConfig
 from bigmodel.data.batches import WindowSampler, load_meta, open_split
 from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.errors import BigModelError
@@ -38,8 +38,10 @@ def lr_at(it: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: biases and norm gains are left alone."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig | FinetuneConfig, device: torch.device
+                   ) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, with weight decay on matrices only: biases and
+    norm gains are left alone."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -49,7 +51,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast(cfg: TrainConfig | FinetuneConfig, device: torch.device) -> contextlib.AbstractContextManager:
     if cfg.dtype == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -1,0 +1,59 @@
+"""Task heads on top of the Transformer: one vector per sequence, then a linear layer.
+
+Encoders pool by the attention-masked mean of their last hidden states (what sentence
+encoders such as MiniLM were trained for); decoders take their last real token, the only
+one that has seen the whole text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from bigmodel.model.transformer import ModelConfig, Transformer
+
+HEAD_FILE = "head.json"
+
+
+@dataclass
+class HeadConfig:
+    task: str = "classify"  # classify | regress
+    labels: list[str] = field(default_factory=list)  # class names, in output order
+    pooling: str = "mean"  # mean | last
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.labels) if self.task == "classify" else 1
+
+    def save(self, folder: Path) -> None:
+        (folder / HEAD_FILE).write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, folder: Path) -> HeadConfig:
+        return cls(**json.loads((folder / HEAD_FILE).read_text(encoding="utf-8")))
+
+
+class SequenceModel(nn.Module):
+    """A backbone `Transformer` and a head that turns a whole sequence into scores."""
+
+    def __init__(self, backbone: Transformer, head: HeadConfig, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config: ModelConfig = backbone.config  # what checkpoints record as model.json
+        self.head_config = head
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.config.n_embd, head.n_outputs)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scores (B, n_outputs) for right-padded `ids` whose real tokens `mask` marks."""
+        hidden = self.backbone.hidden_states(ids, padding_mask=mask)
+        if self.head_config.pooling == "last":
+            pooled = hidden[torch.arange(len(ids), device=ids.device), mask.sum(1) - 1]
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.head(self.dropout(pooled))

@@ -1,0 +1,98 @@
+"""Fine-tuning, classifier evaluation and prediction, through the command line."""
+
+import csv
+import json
+import random
+
+import pytest
+
+from bigmodel.config import FinetuneConfig
+from bigmodel.train.checkpoint import load_checkpoint
+from bigmodel.train.finetune import finetune
+
+from .conftest import run_cli
+
+
+def write_rows(path, rows, header=("text", "label")):
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def synthetic(n, seed):
+    """Label = which of two words the text holds, somewhere among random letters."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["good", "evil"])
+        noise = "".join(rng.choice("xyz ") for _ in range(rng.randint(3, 12)))
+        rows.append((f"{noise[:4]}{label}{noise[4:]}", label))
+    return rows
+
+
+def test_decoder_checkpoint_fine_tunes_to_perfect_train_accuracy(trained_run, tmp_path):
+    train = write_rows(tmp_path / "train.csv", synthetic(160, 0))
+    val = write_rows(tmp_path / "val.csv", synthetic(40, 1))
+    best = finetune(FinetuneConfig(init=str(trained_run), train=str(train), val=str(val), out=str(tmp_path / "ft"),
+                                   epochs=8, lr=3e-3, batch_size=16, patience=8))
+    assert best["accuracy"] == 1.0
+    result = run_cli("evaluate", "--task", "classify", "--ckpt", str(tmp_path / "ft"), "--data", str(train),
+                     "--out", str(tmp_path / "eval"))
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert figures["accuracy"] == 1.0 and figures["report"]["good"]["f1-score"] == 1.0
+    assert (tmp_path / "eval" / "confusion.png").stat().st_size > 5_000
+    model, _, _ = load_checkpoint(tmp_path / "ft", with_head=True)
+    assert model.head_config.labels == ["evil", "good"] and model.head_config.pooling == "last"
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("xx good zz\nyevil y\n", encoding="utf-8")
+    predicted = run_cli("predict", "--ckpt", str(tmp_path / "ft"), "--input", str(lines))
+    assert predicted.returncode == 0, predicted.stderr
+    records = [json.loads(line) for line in predicted.stdout.splitlines()]
+    assert [r["label"] for r in records] == ["good", "evil"]
+    assert sum(records[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_regression_learns_a_number(trained_run, tmp_path):
+    rng = random.Random(0)
+    values = {"a": 0.0, "m": 0.5, "z": 1.0}
+    rows = [(ch * rng.randint(2, 6), str(values[ch])) for ch in (rng.choice("amz") for _ in range(120))]
+    train = write_rows(tmp_path / "t.csv", rows)
+    best = finetune(FinetuneConfig(init=str(trained_run), task="regress", train=str(train), val=str(train),
+                                   out=str(tmp_path / "r"), epochs=10, lr=3e-3, batch_size=16, patience=10))
+    assert best["mse"] < 0.02  # the labels' own variance is about 0.17
+
+
+def _one_line_error(result, fragment):
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert fragment in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("missing_column", "no column 'label'"),
+    ("empty", "holds no examples"),
+    ("one_label", "only one label"),
+    ("unseen_label", "validation labels not in training: 'maybe'"),
+    ("non_utf8", "line 3 is not valid UTF-8"),
+])
+def test_bad_fine_tuning_input_is_one_clear_line(trained_run, tmp_path, case, fragment):
+    good = write_rows(tmp_path / "good.csv", [("a b", "yes"), ("c d", "no")])
+    train, val = good, good
+    if case == "missing_column":
+        train = write_rows(tmp_path / "x.csv", [("a", "yes")], header=("text", "sentiment"))
+    elif case == "empty":
+        train = tmp_path / "empty.csv"
+        train.write_text("text,label\n", encoding="utf-8")
+    elif case == "one_label":
+        train = write_rows(tmp_path / "x.csv", [("a", "yes"), ("b", "yes")])
+    elif case == "unseen_label":
+        val = write_rows(tmp_path / "v.csv", [("a", "yes"), ("b", "maybe")])
+    else:
+        train = tmp_path / "bad.csv"
+        train.write_bytes(b"text,label\na,yes\n\xff\xfe,no\n")
+    result = run_cli("finetune", "--init", str(trained_run), "--train", str(train), "--val", str(val),
+                     "--out", str(tmp_path / "o"), "--epochs", "1")
+    _one_line_error(result, fragment)
