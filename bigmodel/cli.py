@@ -54,7 +54,7 @@ def pretrain_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig
     if not train.data:
         raise BigModelError("pretrain needs --data DIR (a folder made by `bigmodel prepare`)")
     preset_name = args.preset or recipe.get("preset")
-    model_values = {"vocab_size": load_meta(train.data)["vocab_size"]}
+    model_values = {"vocab_size": load_meta(train.data)["vocab_size"], "causal": train.objective == "clm"}
     model_values.update(preset(preset_name) if preset_name else {})
     model = resolve(ModelConfig, model_values, recipe.get("model"), args)
     return model, train, {"preset": preset_name, "model": model, "train": train}

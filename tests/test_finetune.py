@@ -5,6 +5,8 @@ import json
 import random
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from bigmodel.config import FinetuneConfig
 from bigmodel.train.checkpoint import load_checkpoint
@@ -96,3 +98,31 @@ def test_bad_fine_tuning_input_is_one_clear_line(trained_run, tmp_path, case, fr
     result = run_cli("finetune", "--init", str(trained_run), "--train", str(train), "--val", str(val),
                      "--out", str(tmp_path / "o"), "--epochs", "1")
     _one_line_error(result, fragment)
+
+
+def _accuracy_from_cli(ckpt, data, out):
+    result = run_cli("evaluate", "--task", "classify", "--ckpt", str(ckpt), "--data", str(data), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return json.loads((out / "metrics.json").read_text())["accuracy"]
+
+
+def test_lora_merges_into_a_plain_checkpoint_that_scores_the_same(trained_run, tmp_path):
+    train = write_rows(tmp_path / "train.csv", synthetic(160, 0))
+    val = write_rows(tmp_path / "val.csv", synthetic(60, 1))
+    best = finetune(FinetuneConfig(init=str(trained_run), train=str(train), val=str(val), out=str(tmp_path / "ft"),
+                                   method="lora", lora_r=4, epochs=6, lr=1e-2, batch_size=16, patience=6))
+    assert best["accuracy"] > 0.7
+    names = load_file(tmp_path / "ft" / "best" / "model.safetensors").keys()
+    assert not any("lora" in n or "base_layer" in n for n in names)
+    assert _accuracy_from_cli(tmp_path / "ft", val, tmp_path / "eval") == pytest.approx(best["accuracy"])
+
+
+def test_freeze_trains_only_the_head_and_the_top_blocks(trained_run, tmp_path):
+    train = write_rows(tmp_path / "train.csv", synthetic(80, 0))
+    finetune(FinetuneConfig(init=str(trained_run), train=str(train), val=str(train), out=str(tmp_path / "ft"),
+                            method="freeze", freeze_layers=1, epochs=2, lr=1e-2, batch_size=16))
+    before = load_checkpoint(trained_run)[0].state_dict()
+    after = load_checkpoint(tmp_path / "ft", with_head=True)[0].backbone.state_dict()
+    assert torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"])
+    assert torch.equal(before["tok_emb.weight"], after["tok_emb.weight"])
+    assert not torch.equal(before["blocks.1.attn.qkv.weight"], after["blocks.1.attn.qkv.weight"])

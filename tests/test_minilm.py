@@ -81,3 +81,17 @@ def test_embed_matches_sentence_transformers_mean_pooling(minilm, tmp_path):
         reference = torch.nn.functional.normalize(hidden.mean(0), dim=0).numpy()
         assert float(vector @ reference) >= 0.9999
     assert abs(np.linalg.norm(ours, axis=1) - 1).max() < 1e-5
+
+
+def test_a_folder_with_only_vocab_txt_tokenizes_like_tokenizer_json(tmp_path):
+    import shutil
+
+    from bigmodel.model.hf import read_hf_tokenizer
+
+    source = find_hf_folder("minilm")
+    for name in ("vocab.txt", "tokenizer_config.json"):
+        shutil.copy(source / name, tmp_path / name)
+    wordpiece, reference = read_hf_tokenizer(tmp_path), read_hf_tokenizer(source)
+    reference.no_padding()  # the shipped tokenizer.json pads every text to 128
+    for text in SENTENCES:
+        assert wordpiece.encode(text).ids == reference.encode(text).ids

@@ -119,3 +119,30 @@ def test_tensorboard_events_and_bf16_autocast(shakespeare_char, tmp_path):
     result = pretrain(model, cfg, {"model": model, "train": cfg})
     assert result["val_loss"] < rows(tmp_path)[0]["val_loss"]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_masked_lm_pretraining_lowers_loss_and_raises_masked_accuracy(shakespeare_char, tmp_path):
+    model = tiny_model(load_meta(shakespeare_char)["vocab_size"], causal=False, n_embd=64)
+    cfg = TrainConfig(data=str(shakespeare_char), out=str(tmp_path), objective="mlm", max_iters=800, batch_size=32,
+                      lr=3e-3, warmup_iters=20, eval_interval=400, eval_iters=8)
+    pretrain(model, cfg, {"model": model, "train": cfg})
+    first, *_, last = rows(tmp_path)
+    assert last["val_loss"] < first["val_loss"] - 1.0
+    assert last["val_mask_acc"] > first["val_mask_acc"] + 0.15
+
+
+def test_masking_follows_the_bert_recipe(shakespeare_char):
+    from bigmodel.data.tokenizer import MASK, load_tokenizer
+    from bigmodel.train.objectives import MaskedLM
+
+    tok = load_tokenizer(shakespeare_char)
+    mlm = MaskedLM(tok, tok.get_vocab_size(), seed=0)
+    tokens = torch.randint(60, (200, 100))
+    inputs, targets = mlm(tokens)
+    chosen = targets != -1
+    assert 0.14 < chosen.float().mean() < 0.16
+    assert torch.equal(targets[chosen], tokens[chosen])
+    masked = inputs[chosen] == tok.token_to_id(MASK)
+    kept = inputs[chosen] == tokens[chosen]
+    assert 0.77 < masked.float().mean() < 0.83 and 0.08 < kept.float().mean() < 0.13
+    assert torch.equal(inputs[~chosen], tokens[~chosen])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders
+from tokenizers import BertWordPieceTokenizer, Tokenizer, decoders
 from tokenizers.models import BPE
 from tokenizers.pre_tokenizers import ByteLevel
 
@@ -80,9 +80,14 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def read_hf_tokenizer(folder: Path) -> Tokenizer:
-    """`tokenizer.json`, else GPT-2's `vocab.json` + `merges.txt`."""
+    """`tokenizer.json`, else BERT's `vocab.txt` (WordPiece), else GPT-2's `vocab.json` + `merges.txt`."""
     if (folder / "tokenizer.json").is_file():
         return load_tokenizer(folder)
+    if (folder / "vocab.txt").is_file():
+        lowercase = json.loads((folder / "tokenizer_config.json").read_text()).get("do_lower_case", True) \
+            if (folder / "tokenizer_config.json").is_file() else True
+        wordpiece = BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=lowercase)
+        return Tokenizer.from_str(wordpiece.to_str())
     if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
         tok = Tokenizer(BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
         tok.pre_tokenizer = ByteLevel(add_prefix_space=False)

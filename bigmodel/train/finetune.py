@@ -100,7 +100,13 @@ def apply_method(model: SequenceModel, cfg: FinetuneConfig) -> torch.nn.Module:
 
 def plain_model(runner: torch.nn.Module, cfg: FinetuneConfig) -> SequenceModel:
     """What a checkpoint holds: for LoRA, a copy with the adapters merged, so training goes on."""
-    return copy.deepcopy(runner).merge_and_unload() if cfg.method == "lora" else runner
+    if cfg.method != "lora":
+        return runner
+    merged = copy.deepcopy(runner).merge_and_unload()
+    backbone = merged.backbone
+    if backbone.config.tie_embeddings:  # the copy unties them; the checkpoint format expects them shared
+        backbone.lm_head.weight = backbone.tok_emb.weight
+    return merged
 
 
 def task_loss(head: HeadConfig, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

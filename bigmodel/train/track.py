@@ -43,8 +43,9 @@ class Tracker:
     """Only the main process tracks; the others get a silent one."""
 
     def __init__(self, run_dir: Path, total_iters: int, start_iter: int, enabled: bool,
-                 tensorboard: bool) -> None:
+                 tensorboard: bool, fields: list[str] = METRIC_FIELDS) -> None:
         self.enabled = enabled
+        self.fields = fields
         self.csv_path = run_dir / "metrics.csv"
         self.png_path = run_dir / "loss.png"
         self.title = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name else run_dir.name
@@ -62,7 +63,7 @@ class Tracker:
 
     def _write_rows(self, rows: list[dict[str, float]]) -> None:
         with self.csv_path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+            writer = csv.DictWriter(fh, fieldnames=self.fields)
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: (int(v) if k == "iter" else v) for k, v in row.items()})
@@ -76,13 +77,14 @@ class Tracker:
     def evaluation(self, row: dict[str, float]) -> None:
         if not self.enabled:
             return
+        extra = f" | masked acc {row['val_mask_acc']:.3f}" if "val_mask_acc" in row else ""
         self.bar.write(f"iter {int(row['iter']):>6} | train {row['train_loss']:.4f} | "
-                       f"val {row['val_loss']:.4f} | lr {row['lr']:.2e} | "
+                       f"val {row['val_loss']:.4f}{extra} | lr {row['lr']:.2e} | "
                        f"{row['tokens_per_s'] / 1000:.1f}k tok/s | {row['elapsed_s']:.1f}s")
         with self.csv_path.open("a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=METRIC_FIELDS).writerow(row)
+            csv.DictWriter(fh, fieldnames=self.fields).writerow(row)
         if self.writer is not None:
-            for key in ("train_loss", "val_loss", "lr", "tokens_per_s"):
+            for key in self.fields[1:]:
                 self.writer.add_scalar(key, row[key], int(row["iter"]))
             self.writer.flush()
 

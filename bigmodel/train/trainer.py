@@ -24,7 +24,8 @@ from bigmodel.errors import BigModelError
 from bigmodel.model.transformer import ModelConfig, Transformer
 from bigmodel.train import distributed
 from bigmodel.train.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
-from bigmodel.train.track import Tracker
+from bigmodel.train.objectives import MaskedLM, masked_accuracy
+from bigmodel.train.track import METRIC_FIELDS, Tracker
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
@@ -76,6 +77,11 @@ class Trainer:
         self.train_batches = WindowSampler(open_split(cfg.data, "train"), block, cfg.batch_size,
                                            cfg.seed, self.dist.rank, world)
         self.splits = {s: open_split(cfg.data, s) for s in ("train", "val")}
+        self.mlm = None
+        if cfg.objective == "mlm":
+            if model_cfg.causal:
+                raise BigModelError("--objective mlm needs a bidirectional model (--no-causal)")
+            self.mlm = MaskedLM(self.tokenizer, meta["vocab_size"], cfg.seed + 2)
         self.start_iter = 0
         self.best_val = math.inf
         torch.manual_seed(cfg.seed + self.dist.rank)  # dropout differs per rank; init did not
@@ -96,6 +102,8 @@ class Trainer:
         self.start_iter = int(state["iter"])
         self.best_val = float(state["best_val"])
         self.train_batches.restore(state["sampler"])
+        if self.mlm is not None:
+            self.mlm.generator.set_state(state["masking"])
         torch.set_rng_state(state["torch_rng"][self.dist.rank])
 
     def _state(self, it: int) -> dict[str, Any]:
@@ -106,8 +114,11 @@ class Trainer:
             rng = torch.stack(gathered)
         else:
             rng = rng.unsqueeze(0)
-        return {"iter": it, "best_val": self.best_val, "optimizer": self.optimizer.state_dict(),
-                "sampler": self.train_batches.state(), "torch_rng": rng}
+        state = {"iter": it, "best_val": self.best_val, "optimizer": self.optimizer.state_dict(),
+                 "sampler": self.train_batches.state(), "torch_rng": rng}
+        if self.mlm is not None:
+            state["masking"] = self.mlm.generator.get_state()
+        return state
 
     def _save(self, name: str, it: int) -> None:
         state = self._state(it)  # every rank joins the gather; only rank 0 writes
@@ -124,15 +135,29 @@ class Trainer:
         for split, tokens in self.splits.items():
             sampler = WindowSampler(tokens, self.raw_model.config.block_size, self.cfg.batch_size,
                                     seed=self.cfg.seed + 1, rank=self.dist.rank, world_size=self.dist.world_size)
-            total = 0.0
+            masking = torch.Generator().manual_seed(self.cfg.seed + 3)
+            total, correct, counted = 0.0, 0, 0
             for _ in range(self.cfg.eval_iters):
-                x, y = (t.to(self.dist.device) for t in sampler.next())
+                x, y = self._inputs(sampler, masking)
                 with autocast(self.cfg, self.dist.device):
-                    _, loss = self.model(x, y)
+                    logits, loss = self.model(x, y)
                 total += loss.item()
+                if self.mlm is not None:
+                    hits, n = masked_accuracy(logits, y)
+                    correct, counted = correct + hits, counted + n
             losses[split] = self.dist.mean(total / self.cfg.eval_iters)
+            if self.mlm is not None:
+                losses[f"{split}_mask_acc"] = self.dist.mean(correct / max(counted, 1))
         self.model.train()
         return losses
+
+    def _inputs(self, sampler: WindowSampler, masking: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next (inputs, targets): shifted windows for causal LM, masked ones for MLM."""
+        x, y = sampler.next()
+        if self.mlm is not None:
+            x, y = self.mlm(x, masking)
+        return x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
 
     def _step(self, it: int) -> float:
         """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
@@ -141,7 +166,7 @@ class Trainer:
             group["lr"] = lr
         total = 0.0
         for micro in range(self.cfg.grad_accum):
-            x, y = (t.to(self.dist.device, non_blocking=True) for t in self.train_batches.next())
+            x, y = self._inputs(self.train_batches)
             last = micro == self.cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.dist.world_size == 1 else self.model.no_sync()
             with sync, autocast(self.cfg, self.dist.device):
@@ -166,7 +191,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tokens_per_iter = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.raw_model.config.block_size
         save_every = cfg.save_interval or cfg.eval_interval
-        tracker = Tracker(self.run_dir, cfg.max_iters, self.start_iter, self.dist.is_main, cfg.tensorboard)
+        fields = [*METRIC_FIELDS, "val_mask_acc"] if self.mlm is not None else METRIC_FIELDS
+        tracker = Tracker(self.run_dir, cfg.max_iters, self.start_iter, self.dist.is_main, cfg.tensorboard, fields)
         started = time.perf_counter()
         window_start, window_iters, loss = started, 0, math.nan
         last_eval: dict[str, float] = {}
@@ -178,6 +204,8 @@ class Trainer:
                     losses = self.evaluate()
                     last_eval = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
                                  "lr": lr_at(it, cfg), "tokens_per_s": rate, "elapsed_s": now - started}
+                    if self.mlm is not None:
+                        last_eval["val_mask_acc"] = losses["val_mask_acc"]
                     tracker.evaluation(last_eval)
                     if losses["val"] < self.best_val:
                         self.best_val = losses["val"]
