@@ -112,6 +112,7 @@ def test_lora_merges_into_a_plain_checkpoint_that_scores_the_same(trained_run, t
     best = finetune(FinetuneConfig(init=str(trained_run), train=str(train), val=str(val), out=str(tmp_path / "ft"),
                                    method="lora", lora_r=4, epochs=6, lr=1e-2, batch_size=16, patience=6))
     assert best["accuracy"] > 0.7
+    assert best["trainable_params"] < 0.2 * best["total_params"]  # adapters and the classifier only
     names = load_file(tmp_path / "ft" / "best" / "model.safetensors").keys()
     assert not any("lora" in n or "base_layer" in n for n in names)
     assert _accuracy_from_cli(tmp_path / "ft", val, tmp_path / "eval") == pytest.approx(best["accuracy"])

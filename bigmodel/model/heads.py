@@ -46,7 +46,7 @@ class SequenceModel(nn.Module):
         self.config: ModelConfig = backbone.config  # what checkpoints record as model.json
         self.head_config = head
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.config.n_embd, head.n_outputs)
+        self.classifier = nn.Linear(backbone.config.n_embd, head.n_outputs)  # not "head": peft matches suffixes
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Scores (B, n_outputs) for right-padded `ids` whose real tokens `mask` marks."""
@@ -56,4 +56,4 @@ class SequenceModel(nn.Module):
         else:
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return self.head(self.dropout(pooled))
+        return self.classifier(self.dropout(pooled))

@@ -93,7 +93,7 @@ def apply_method(model: SequenceModel, cfg: FinetuneConfig) -> torch.nn.Module:
 
         targets = sorted({name.rsplit(".", 1)[-1] for name, _ in model.backbone.named_modules()} & set(LORA_TARGETS))
         config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.05, target_modules=targets,
-                            modules_to_save=["head"])
+                            modules_to_save=["classifier"])
         return get_peft_model(model, config)
     return model
 
@@ -167,8 +167,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, float]:
         nonlocal best, stale
         rate = seen / (time.perf_counter() - started)  # training only: taken before evaluating
         figures = score(head, predict_scores(runner, val_ids, pad, head.n_outputs, cfg.dtype), val_y)
-        figures.update(step=step, examples_per_s=rate)
-        shown = " | ".join(f"{k} {v:.4f}" for k, v in figures.items() if k not in ("metric", "step"))
+        figures.update(step=step, examples_per_s=rate, trainable_params=trainable, total_params=total)
+        shown = " | ".join(f"{k} {figures[k]:.4f}" for k in ("accuracy", "macro_f1", "mse", "examples_per_s")
+                           if k in figures)
         tqdm.write(f"step {step:>6} | {shown}")
         if figures["metric"] > best["metric"]:
             best, stale = figures, 0
