@@ -89,7 +89,10 @@ def apply_method(model: SequenceModel, cfg: FinetuneConfig) -> torch.nn.Module:
                 p.requires_grad = True
         return model
     if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise BigModelError("--method lora needs the peft library: pip install 'bigmodel[lora]'") from None
 
         targets = sorted({name.rsplit(".", 1)[-1] for name, _ in model.backbone.named_modules()} & set(LORA_TARGETS))
         config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.05, target_modules=targets,
