@@ -112,20 +112,24 @@ def evaluate_classifier(args: argparse.Namespace) -> None:
           f"{len(examples)} examples | {out / 'metrics.json'}, {out / 'confusion.png'}")
 
 
+def read_lines(name: str, what: str = "input") -> list[str]:
+    """The non-blank lines of a UTF-8 file, or of standard input for `-`."""
+    if name == "-":
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    path = Path(name)
+    if not path.is_file():
+        raise BigModelError(f"{path}: no such {what} file")
+    try:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise BigModelError(f"{path}: not valid UTF-8") from None
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from bigmodel.infer.classify import predict_texts
     from bigmodel.train.checkpoint import load_checkpoint
 
-    if args.input == "-":
-        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    else:
-        path = Path(args.input)
-        if not path.is_file():
-            raise BigModelError(f"{path}: no such input file")
-        try:
-            texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError:
-            raise BigModelError(f"{path}: not valid UTF-8") from None
+    texts = read_lines(args.input)
     model, tok, _ = load_checkpoint(args.ckpt, with_head=True)
     head = model.head_config
     scores = predict_texts(model, tok, texts) if texts else None
@@ -144,16 +148,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def _prompts(args: argparse.Namespace) -> list[str]:
     if args.prompt_file:
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise BigModelError(f"{path}: no such prompt file")
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise BigModelError(f"{path}: not valid UTF-8") from None
-        prompts = [line.replace("\\n", "\n") for line in lines if line.strip()]
+        prompts = [line.replace("\\n", "\n") for line in read_lines(args.prompt_file, "prompt")]
         if not prompts:
-            raise BigModelError(f"{path}: holds no prompts")
+            raise BigModelError(f"{args.prompt_file}: holds no prompts")
         return prompts
     if args.prompt is None:
         raise BigModelError("generate needs --prompt TEXT or --prompt-file FILE")
@@ -219,15 +216,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from bigmodel.infer.embed import embed_texts
     from bigmodel.train.checkpoint import load_checkpoint
 
-    path = Path(args.input)
-    if not path.is_file():
-        raise BigModelError(f"{path}: no such input file")
-    try:
-        texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise BigModelError(f"{path}: not valid UTF-8") from None
+    texts = read_lines(args.input)
     if not texts:
-        raise BigModelError(f"{path}: holds no lines to embed")
+        raise BigModelError(f"{args.input}: holds no lines to embed")
     model, tok, _ = load_checkpoint(args.ckpt)
     vectors = embed_texts(model, tok, texts, args.batch_size, args.max_length)
     np.save(args.out, vectors)

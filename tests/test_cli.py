@@ -64,3 +64,12 @@ def test_evaluate_reports_characters_the_tokenizer_lacks(trained_run, tmp_path):
     ev = run_cli("evaluate", "--ckpt", str(trained_run), "--data", str(text))
     assert ev.returncode == 0, ev.stderr
     assert "not in the tokenizer's vocabulary" in ev.stdout and "'é'" in ev.stdout
+
+
+def test_prompts_from_a_file_each_get_a_completion(trained_run, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("KING:\nQUEEN:\\nMy lord\n", encoding="utf-8")
+    result = run_cli("generate", "--ckpt", str(trained_run), "--prompt-file", str(prompts), "--max-new-tokens", "10",
+                     "--greedy")
+    assert result.returncode == 0, result.stderr
+    assert "=== prompt 1 ===\nKING:" in result.stdout and "=== prompt 2 ===\nQUEEN:\nMy lord" in result.stdout
