@@ -193,12 +193,13 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from bigmodel.model.hf import gpt2_to_hf
+    from bigmodel.model.hf import to_hf
     from bigmodel.train.checkpoint import load_checkpoint
 
     model, tok, folder = load_checkpoint(args.ckpt)
-    gpt2_to_hf(model, args.to_hf, tok)
-    print(f"wrote {args.to_hf} from {folder}: load it with transformers' GPT2LMHeadModel.from_pretrained")
+    to_hf(model, args.to_hf, tok)
+    family = "GPT2LMHeadModel" if model.config.causal else "BertModel"
+    print(f"wrote {args.to_hf} from {folder}: load it with transformers' {family}.from_pretrained")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -272,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.set_defaults(func=cmd_convert)
 
-    p = verbs.add_parser("export", help="write a checkpoint as a Hugging Face folder transformers loads")
+    p = verbs.add_parser("export", help="write a GPT-2- or BERT-shaped checkpoint as a folder transformers loads")
     p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
     p.add_argument("--to-hf", required=True, help="folder to write")
     p.set_defaults(func=cmd_export)

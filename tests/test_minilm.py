@@ -95,3 +95,14 @@ def test_a_folder_with_only_vocab_txt_tokenizes_like_tokenizer_json(tmp_path):
     reference.no_padding()  # the shipped tokenizer.json pads every text to 128
     for text in SENTENCES:
         assert wordpiece.encode(text).ids == reference.encode(text).ids
+
+
+@torch.no_grad()
+def test_export_round_trips_through_transformers(minilm, tmp_path):
+    ckpt, ours, tok, _ = minilm
+    result = run_cli("export", "--ckpt", str(ckpt), "--to-hf", str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    reloaded = transformers.BertModel.from_pretrained(tmp_path / "hf", add_pooling_layer=False).eval()
+    tok.no_padding()
+    ids = torch.tensor([tok.encode(SENTENCES[1]).ids])
+    assert (reloaded(input_ids=ids).last_hidden_state - ours.hidden_states(ids)).abs().max().item() <= 1e-4

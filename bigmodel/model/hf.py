@@ -161,16 +161,58 @@ def bert_from_hf(folder: Path) -> Transformer:
     return load_state(model, state, folder)
 
 
+def check_exportable(cfg: ModelConfig, family: str, needs: dict[str, object]) -> None:
+    """Refuse, with the reason, a model the target format cannot express."""
+    needs = {"positions": "learned", "norm": "layernorm", "bias": True, "n_kv_head": cfg.n_head, **needs}
+    for field, needed in needs.items():
+        if getattr(cfg, field) != needed:
+            raise BigModelError(f"{family} format needs {field}={needed}, this model has {getattr(cfg, field)}")
+    if cfg.mlp == "swiglu":
+        raise BigModelError(f"{family} format needs a GELU MLP, this model has swiglu")
+
+
+def to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
+    """Export as GPT-2 (causal models) or BERT (encoders), whichever the model is."""
+    (gpt2_to_hf if model.config.causal else bert_to_hf)(model, folder, tokenizer)
+
+
+def bert_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
+    """Write a folder `BertModel.from_pretrained` loads to the same hidden states."""
+    cfg = model.config
+    check_exportable(cfg, "BERT", {"causal": False, "norm_first": False, "embed_norm": True})
+    if not cfg.type_vocab_size:
+        raise BigModelError("BERT format needs token-type embeddings (type_vocab_size > 0)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = model.state_dict()
+    out = {"embeddings.word_embeddings.weight": sd["tok_emb.weight"],
+           "embeddings.position_embeddings.weight": sd["pos_emb.weight"],
+           "embeddings.token_type_embeddings.weight": sd["type_emb.weight"],
+           "embeddings.LayerNorm.weight": sd["embed_norm.weight"], "embeddings.LayerNorm.bias": sd["embed_norm.bias"]}
+    for i in range(cfg.n_layer):
+        prefix = f"encoder.layer.{i}."
+        for part in ("weight", "bias"):
+            for name, chunk in zip(("query", "key", "value"), sd[f"blocks.{i}.attn.qkv.{part}"].chunk(3), strict=True):
+                out[f"{prefix}attention.self.{name}.{part}"] = chunk
+            for ours, theirs in BERT_BLOCK_NAMES.items():
+                out[f"{prefix}{theirs}.{part}"] = sd[f"blocks.{i}.{ours}.{part}"]
+    save_file({k: v.contiguous() for k, v in out.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt"})
+    config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": cfg.vocab_size,
+              "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+              "intermediate_size": 4 * cfg.n_embd, "hidden_act": "gelu_new" if cfg.mlp == "gelu_tanh" else "gelu",
+              "max_position_embeddings": cfg.block_size, "type_vocab_size": cfg.type_vocab_size,
+              "layer_norm_eps": cfg.norm_eps, "hidden_dropout_prob": cfg.dropout,
+              "attention_probs_dropout_prob": cfg.dropout, "position_embedding_type": "absolute"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))
+
+
 def gpt2_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
     """Write a folder `GPT2LMHeadModel.from_pretrained` loads to the same logits."""
     cfg = model.config
-    unsupported = {"positions": (cfg.positions, "learned"), "norm": (cfg.norm, "layernorm"),
-                   "bias": (cfg.bias, True), "n_kv_head": (cfg.n_kv_head, cfg.n_head)}
-    for field, (value, needed) in unsupported.items():
-        if value != needed:
-            raise BigModelError(f"GPT-2 format needs {field}={needed}, this model has {value}")
-    if cfg.mlp == "swiglu":
-        raise BigModelError("GPT-2 format needs a GELU MLP, this model has swiglu")
+    check_exportable(cfg, "GPT-2", {"causal": True, "norm_first": True, "embed_norm": False, "type_vocab_size": 0})
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict()
