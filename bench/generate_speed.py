@@ -1,13 +1,14 @@
 """Batch-1 greedy decoding on the 124M GPT-2 shape: bigmodel vs `transformers` generate.
 
-Both models get the same random weights (ours are copied into GPT2LMHeadModel), a 16-token
-prompt and 128 new tokens, with their KV caches, in fp32. Prints tokens/s for each and,
-last, `ratio: X.XX` (ours over transformers; higher is better for us).
+Both models get the same random weights (ours are exported into GPT2LMHeadModel), a 16-token
+prompt and 128 new tokens, with their KV caches, in fp32. A row for our model with bf16
+weights is printed beside. Last line `ratio: X.XX`: ours over transformers, both fp32.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -41,8 +42,13 @@ def main() -> None:
     prompt = torch.randint(50257, (1, args.prompt_tokens))
     cfg = GenerateConfig(temperature=0.0, max_new_tokens=args.new_tokens)
 
+    ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16)  # what `bigmodel quantize --method bf16` writes
+
     def run_ours() -> torch.Tensor:
         return torch.stack(list(generate_ids(ours, prompt[0].tolist(), cfg)), dim=1)
+
+    def run_ours_bf16() -> torch.Tensor:
+        return torch.stack(list(generate_ids(ours_bf16, prompt[0].tolist(), cfg)), dim=1)
 
     def run_hf() -> torch.Tensor:
         out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens,
@@ -51,9 +57,11 @@ def main() -> None:
 
     with torch.inference_mode():
         same = torch.equal(run_ours(), run_hf())  # also the warm-up
-        times: dict[str, list[float]] = {"bigmodel": [], "transformers": []}
+        bf16_same = torch.equal(run_ours_bf16(), run_hf())
+        runs = (("bigmodel", run_ours), ("bigmodel bf16 weights", run_ours_bf16), ("transformers", run_hf))
+        times: dict[str, list[float]] = {name: [] for name, _ in runs}
         for _ in range(args.repeats):  # interleaved, so drift on a noisy machine hits both
-            for name, fn in (("bigmodel", run_ours), ("transformers", run_hf)):
+            for name, fn in runs:
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
@@ -61,10 +69,13 @@ def main() -> None:
     ratio = rates["bigmodel"] / rates["transformers"]
     path = save("generate_speed", {"shape": "gpt2 124M", "dtype": "fp32", "batch": 1,
                                    "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-                                   "same_tokens": same, "tokens_per_s": rates, "seconds": times, "ratio": ratio})
-    print(f"same greedy tokens from both: {same}")
+                                   "same_tokens": same, "bf16_same_tokens": bf16_same, "tokens_per_s": rates,
+                                   "bf16_ratio": rates["bigmodel bf16 weights"] / rates["transformers"],
+                                   "seconds": times, "ratio": ratio})
+    print(f"same greedy tokens from both: {same} (bf16 weights: {bf16_same})")
     for name, rate in rates.items():
-        print(f"{name:>13}: {rate:6.1f} tokens/s (median of {args.repeats})")
+        print(f"{name:>21}: {rate:6.1f} tokens/s (median of {args.repeats}), "
+              f"{rate / rates['transformers']:.2f}x transformers fp32")
     print(f"figures: {path}")
     print(f"ratio: {ratio:.2f}")
 

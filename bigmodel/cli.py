@@ -226,6 +226,36 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {vectors.shape[0]} vectors of {vectors.shape[1]} dimensions")
 
 
+def compress_checkpoint(args: argparse.Namespace, change, what: str) -> None:
+    """Load, measure, `change` the model in place (or return a new one), save, measure again."""
+    from bigmodel.evaluate.lm import evaluate_lm
+    from bigmodel.train.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+
+    model, tok, folder = load_checkpoint(args.ckpt)
+    before = evaluate_lm(model, tok, args.text)
+    model = change(model) or model
+    save_checkpoint(Path(args.out), model, tok, {"compressed_from": str(folder.resolve()), "compression": what})
+    after = evaluate_lm(load_checkpoint(args.out)[0], tok, args.text)
+    size_before, size_after = (folder / WEIGHTS).stat().st_size, (Path(args.out) / WEIGHTS).stat().st_size
+    change_pct = 100 * (after.perplexity / before.perplexity - 1)
+    print(f"{what}: weights {size_before / 1e6:.2f} MB -> {size_after / 1e6:.2f} MB; perplexity on {args.text} "
+          f"{before.perplexity:.4f} -> {after.perplexity:.4f} ({change_pct:+.2f}%)")
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from bigmodel.infer.compress import to_bf16
+
+    if args.method != "bf16":
+        raise BigModelError(f"--method {args.method} is not available yet; use bf16")
+    compress_checkpoint(args, to_bf16, "bf16 weights")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from bigmodel.infer.compress import prune_magnitude
+
+    compress_checkpoint(args, lambda m: prune_magnitude(m, args.sparsity), f"{args.sparsity:.0%} magnitude pruning")
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from bigmodel.recipes.quickstart import quickstart
 
@@ -296,6 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=256, help="tokens kept per line (default: 256)")
     p.set_defaults(func=cmd_embed)
+
+    p = verbs.add_parser("quantize", help="store the weights in bf16; prints size and perplexity change")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--method", default="bf16", help="bf16 (int8 is not available yet)")
+    p.add_argument("--text", required=True, help="prepared folder or text file to measure perplexity on")
+    p.set_defaults(func=cmd_quantize)
+
+    p = verbs.add_parser("prune", help="zero the smallest weights of each block matrix; prints the cost")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of each matrix set to zero (default 0.5)")
+    p.add_argument("--text", required=True, help="prepared folder or text file to measure perplexity on")
+    p.set_defaults(func=cmd_prune)
 
     p = verbs.add_parser("quickstart", help="prepare, pretrain, evaluate and generate on Python's own source")
     p.add_argument("--out", default="runs/quickstart", help="where everything goes (default: runs/quickstart)")

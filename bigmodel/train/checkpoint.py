@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 from tokenizers import Tokenizer
 
@@ -88,6 +89,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_h
     model: Any = Transformer(config)
     if has_head:
         model = SequenceModel(model, HeadConfig.load(folder))
+    with safe_open(str(folder / WEIGHTS), "pt") as stored:  # a bf16 checkpoint stays bf16
+        dtype = stored.get_tensor(next(iter(stored.keys()))).dtype
+    if dtype.is_floating_point:
+        model = model.to(dtype)
     try:
         load_model(model, str(folder / WEIGHTS), strict=True, device=str(device))
     except (RuntimeError, OSError) as e:

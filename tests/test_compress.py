@@ -1,0 +1,32 @@
+import re
+
+from safetensors.torch import load_file
+
+from .conftest import run_cli
+
+
+def _perplexity_change(stdout: str) -> float:
+    return float(re.search(r"\(([+-][0-9.]+)%\)", stdout).group(1))
+
+
+def test_bf16_weights_halve_the_size_and_keep_perplexity(trained_run, shakespeare_char, tmp_path):
+    result = run_cli("quantize", "--ckpt", str(trained_run), "--out", str(tmp_path / "q"), "--method", "bf16",
+                     "--text", str(shakespeare_char))
+    assert result.returncode == 0, result.stderr
+    assert abs(_perplexity_change(result.stdout)) <= 2.0
+    weights = load_file(tmp_path / "q" / "model.safetensors")
+    assert all(str(t.dtype) == "torch.bfloat16" for t in weights.values())
+    gen = run_cli("generate", "--ckpt", str(tmp_path / "q"), "--prompt", "KING:", "--max-new-tokens", "10")
+    assert gen.returncode == 0 and gen.stdout.startswith("KING:"), gen.stderr
+
+
+def test_pruning_zeroes_half_of_each_block_matrix_and_still_generates(trained_run, shakespeare_char, tmp_path):
+    result = run_cli("prune", "--ckpt", str(trained_run), "--out", str(tmp_path / "p"), "--sparsity", "0.5",
+                     "--text", str(shakespeare_char))
+    assert result.returncode == 0, result.stderr
+    assert "50% magnitude pruning" in result.stdout and _perplexity_change(result.stdout) > 0
+    weights = load_file(tmp_path / "p" / "model.safetensors")
+    matrices = [t for k, t in weights.items() if k.startswith("blocks.") and t.dim() == 2]
+    assert matrices and all(abs((t == 0).float().mean().item() - 0.5) < 0.01 for t in matrices)
+    gen = run_cli("generate", "--ckpt", str(tmp_path / "p"), "--prompt", "KING:", "--max-new-tokens", "10")
+    assert gen.returncode == 0 and gen.stdout.startswith("KING:"), gen.stderr
