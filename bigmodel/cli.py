@@ -256,6 +256,24 @@ def cmd_prune(args: argparse.Namespace) -> None:
     compress_checkpoint(args, lambda m: prune_magnitude(m, args.sparsity), f"{args.sparsity:.0%} magnitude pruning")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import os
+
+    try:
+        import uvicorn
+
+        from bigmodel.serve.app import create_app
+    except ImportError:
+        raise BigModelError("serving needs FastAPI and uvicorn: pip install 'bigmodel[serve]'") from None
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise BigModelError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+    app = create_app(args.ckpt, api_key, args.max_queue, args.max_new_tokens_limit)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from bigmodel.recipes.quickstart import quickstart
 
@@ -340,6 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of each matrix set to zero (default 0.5)")
     p.add_argument("--text", required=True, help="prepared folder or text file to measure perplexity on")
     p.set_defaults(func=cmd_prune)
+
+    p = verbs.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, models, metrics)")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-env", help="name of an environment variable holding the key clients must send")
+    p.add_argument("--max-queue", type=int, default=16, help="requests admitted at once; more get 429")
+    p.add_argument("--max-new-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
+    p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("quickstart", help="prepare, pretrain, evaluate and generate on Python's own source")
     p.add_argument("--out", default="runs/quickstart", help="where everything goes (default: runs/quickstart)")
