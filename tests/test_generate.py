@@ -21,6 +21,7 @@ def test_greedy_is_deterministic_and_matches_top_k_1_and_tiny_top_p(trained_run)
     assert greedy == complete(temperature=0)
     assert greedy == complete(temperature=1, top_k=1)
     assert greedy == complete(temperature=1, top_p=1e-6)
+    assert greedy == complete(temperature=1e-300)  # no overflow to inf / NaN probabilities
     assert len(greedy) == 40
 
 

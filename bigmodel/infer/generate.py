@@ -20,7 +20,7 @@ from bigmodel.model.transformer import KVCache, Transformer
 
 def sample_next(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator) -> torch.Tensor:
     """One token id per row of `logits` (B, V)."""
-    if cfg.temperature == 0:
+    if cfg.temperature < 1e-4:  # greedy; dividing by a tinier temperature would overflow to inf
         return logits.argmax(dim=-1)
     logits = logits.float() / cfg.temperature
     if cfg.top_k:

@@ -6,7 +6,6 @@ served one generation at a time behind a bounded queue (429 when it is full); sh
 forward passes across requests is not built yet.
 """
 
-from __future__ import annotations
 
 import json
 import secrets
@@ -14,13 +13,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bigmodel.config import GenerateConfig
 from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
@@ -28,33 +28,66 @@ from bigmodel.infer.generate import generate_ids
 from bigmodel.train.checkpoint import load_checkpoint
 
 
-class CompletionRequest(BaseModel):
-    model: str | None = None
-    prompt: str | list[str]
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=8)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
-
-
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str
 
 
-class ChatRequest(BaseModel):
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int = Field(64, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=8)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: bool = False
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def request_models(max_new_tokens: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """Request bodies whose schema states this server's own `max_tokens` limit."""
+    NonEmpty = Annotated[str, Field(min_length=1)]
+    MaxTokens = Annotated[int, Field(ge=1, le=max_new_tokens)]
+
+    class Sampling(BaseModel):
+        model: str | None = None
+        max_tokens: MaxTokens = min(16, max_new_tokens)
+        temperature: float = Field(1.0, ge=0, le=2)
+        top_p: float = Field(1.0, gt=0, le=1)
+        n: int = Field(1, ge=1, le=8)
+        stop: str | list[str] | None = None
+        seed: int | None = None
+        stream: bool = False
+
+        @field_validator("max_tokens", "temperature", "top_p", "n", "seed", mode="before")
+        @classmethod
+        def numbers_are_numbers(cls, value: object) -> object:
+            if isinstance(value, str | bool):  # JSON "5" or true is not a number, whatever pydantic would make of it
+                raise ValueError("must be a JSON number")
+            return value
+
+        @field_validator("stream", mode="before")
+        @classmethod
+        def stream_is_boolean(cls, value: object) -> object:
+            if not isinstance(value, bool):
+                raise ValueError("must be true or false")
+            return value
+
+    class CompletionRequest(Sampling):
+        prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=8)]
+
+    class ChatRequest(Sampling):
+        messages: list[Message] = Field(min_length=1)
+
+    return CompletionRequest, ChatRequest
+
+
+ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
+    400: "invalid field", 401: "wrong or missing API key", 413: "prompt longer than the context",
+    429: "queue full"}.items()}
+STREAMED = {200: {"description": "the completion, or with `stream` server-sent events ending in [DONE]",
+                  "content": {"text/event-stream": {"schema": {"type": "object", "properties": {"data": {"type": "string"}}}}}},
+            **ERRORS}
 
 
 def chat_prompt(messages: list[Message]) -> str:
@@ -116,11 +149,17 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16,
     gate = threading.Lock()  # one generation at a time on the model
     slots = threading.BoundedSemaphore(max_queue)
     metrics = Metrics()
+    CompletionRequest, ChatRequest = request_models(max_new_tokens_limit)
     app = FastAPI(title="bigmodel", version="0.1.0")
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError) -> JSONResponse:
         return JSONResponse(error_body(e.message, e.kind, e.param), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if e.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(e.detail), kind), status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
@@ -142,16 +181,13 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16,
         metrics.observe(request.url.path, response.status_code, time.perf_counter() - started)
         return response
 
-    def tokens_of(prompt: str, max_tokens: int) -> list[int]:
+    def tokens_of(prompt: str) -> list[int]:
         ids = tok.encode(prompt, add_special_tokens=False).ids
         if not ids:
-            raise ApiError(400, "prompt is empty", "invalid_request_error", "prompt")
+            raise ApiError(400, "prompt has no tokens", "invalid_request_error", "prompt")
         if len(ids) >= model.config.block_size:
             raise ApiError(413, f"prompt is {len(ids)} tokens; the context holds {model.config.block_size}",
                            "invalid_request_error", "prompt")
-        if max_tokens > max_new_tokens_limit:
-            raise ApiError(400, f"max_tokens may be at most {max_new_tokens_limit}", "invalid_request_error",
-                           "max_tokens")
         return ids
 
     def pieces(ids: list[int], req, choice: int) -> Iterator[tuple[str, str | None]]:
@@ -186,7 +222,7 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16,
         slots.release()
 
     def complete(prompts: list[str], req, kind: str) -> dict:
-        ids_list = [tokens_of(p, req.max_tokens) for p in prompts]
+        ids_list = [tokens_of(p) for p in prompts]
         admitted()
         try:
             choices, completion_tokens = [], 0
@@ -210,23 +246,24 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
-    def stream(prompt: str, req, kind: str) -> StreamingResponse:
-        ids = tokens_of(prompt, req.max_tokens)
-        if req.n != 1:
-            raise ApiError(400, "stream supports n=1", "invalid_request_error", "n")
+    def stream(prompts: list[str], req, kind: str) -> StreamingResponse:
+        """Server-sent events, one choice after another (index = prompt × n + sample)."""
+        ids_list = [tokens_of(p) for p in prompts]
         admitted()
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def events() -> Iterator[str]:
             try:
-                if kind == "chat.completion.chunk":
-                    first = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                    yield f"data: {json.dumps(chunk(first))}\n\n"
-                for piece, reason in pieces(ids, req, 0):
-                    choice = ({"index": 0, "text": piece, "finish_reason": reason, "logprobs": None}
-                              if kind == "text_completion" else
-                              {"index": 0, "delta": {"content": piece} if piece else {}, "finish_reason": reason})
-                    yield f"data: {json.dumps(chunk(choice))}\n\n"
+                for index, (ids, sample) in enumerate((ids, c) for ids in ids_list for c in range(req.n)):
+                    if kind == "chat.completion.chunk":
+                        first = {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                        yield f"data: {json.dumps(chunk(first))}\n\n"
+                    for piece, reason in pieces(ids, req, sample):
+                        choice = ({"index": index, "text": piece, "finish_reason": reason, "logprobs": None}
+                                  if kind == "text_completion" else
+                                  {"index": index, "delta": {"content": piece} if piece else {},
+                                   "finish_reason": reason})
+                        yield f"data: {json.dumps(chunk(choice))}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
                 release()
@@ -244,26 +281,22 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16,
     def prometheus() -> str:
         return metrics.text()
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={401: ERRORS[401]})
     def models() -> dict:
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "bigmodel"}]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=STREAMED)
     def completions(req: CompletionRequest):
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not prompts:
-            raise ApiError(400, "prompt is empty", "invalid_request_error", "prompt")
         if req.stream:
-            if len(prompts) != 1:
-                raise ApiError(400, "stream supports a single prompt", "invalid_request_error", "prompt")
-            return stream(prompts[0], req, "text_completion")
+            return stream(prompts, req, "text_completion")
         return complete(prompts, req, "text_completion")
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=STREAMED)
     def chat(req: ChatRequest):
         prompt = chat_prompt(req.messages)
         if req.stream:
-            return stream(prompt, req, "chat.completion.chunk")
+            return stream([prompt], req, "chat.completion.chunk")
         return complete([prompt], req, "chat.completion")
 
     return app
