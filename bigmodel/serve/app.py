@@ -85,9 +85,9 @@ def request_models(max_new_tokens: int) -> tuple[type[BaseModel], type[BaseModel
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
     400: "invalid field", 401: "wrong or missing API key", 413: "prompt longer than the context",
     429: "queue full"}.items()}
+EVENT_SCHEMA = {"type": "object", "properties": {"data": {"type": "string"}}}
 STREAMED = {200: {"description": "the completion, or with `stream` server-sent events ending in [DONE]",
-                  "content": {"text/event-stream": {"schema": {"type": "object", "properties": {"data": {"type": "string"}}}}}},
-            **ERRORS}
+                  "content": {"text/event-stream": {"schema": EVENT_SCHEMA}}}, **ERRORS}
 
 
 def chat_prompt(messages: list[Message]) -> str:
