@@ -22,6 +22,7 @@ def minilm(tmp_path_factory):
     result = run_cli("convert", "--from-hf", "minilm", "--out", str(out))
     assert result.returncode == 0, result.stderr
     ours, tok, _ = load_checkpoint(out)
+    tok.no_padding()  # the shipped tokenizer.json pads every text to 128; the tests pad when they mean to
     theirs = transformers.BertModel.from_pretrained(find_hf_folder("minilm"), add_pooling_layer=False).eval()
     return out, ours, tok, theirs
 

@@ -37,6 +37,12 @@ class HeadConfig:
         return cls(**json.loads((folder / HEAD_FILE).read_text(encoding="utf-8")))
 
 
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The average of the hidden states (B, T, C) over the real tokens `mask` marks."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
 class SequenceModel(nn.Module):
     """A backbone `Transformer` and a head that turns a whole sequence into scores."""
 
@@ -54,6 +60,5 @@ class SequenceModel(nn.Module):
         if self.head_config.pooling == "last":
             pooled = hidden[torch.arange(len(ids), device=ids.device), mask.sum(1) - 1]
         else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            pooled = mean_pool(hidden, mask)
         return self.classifier(self.dropout(pooled))

@@ -21,6 +21,7 @@ from bigmodel.evaluate.lm import evaluate_lm
 from bigmodel.infer.generate import stream_text
 from bigmodel.model.transformer import ModelConfig, Transformer
 from bigmodel.train.checkpoint import load_checkpoint
+from bigmodel.train.track import read_metrics
 from bigmodel.train.trainer import autocast, make_optimizer, pretrain
 
 SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
@@ -83,8 +84,6 @@ def quickstart(out: Path, minutes: float = 3.0) -> None:
     _banner(f"2/4 pretrain: {Transformer(model_cfg).num_params() / 1e6:.1f}M parameters, {train_cfg.max_iters} "
             f"iterations (~{minutes:g} min at {step * 1000:.0f} ms each)")
     result = pretrain(model_cfg, train_cfg, {"model": model_cfg, "train": train_cfg})
-    from bigmodel.train.track import read_metrics
-
     rows = read_metrics(Path(train_cfg.out) / "metrics.csv")
     print(f"val loss fell from {rows[0]['val_loss']:.3f} to {result['val_loss']:.3f} "
           f"(plot: {Path(train_cfg.out) / 'loss.png'})")
