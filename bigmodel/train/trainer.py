@@ -74,9 +74,9 @@ class Trainer:
         self.raw_model = Transformer(model_cfg).to(self.dist.device)
         self.optimizer = make_optimizer(self.raw_model, cfg, self.dist.device)
         block, world = model_cfg.block_size, self.dist.world_size
-        self.train_batches = WindowSampler(open_split(cfg.data, "train"), block, cfg.batch_size,
-                                           cfg.seed, self.dist.rank, world)
         self.splits = {s: open_split(cfg.data, s) for s in ("train", "val")}
+        self.train_batches = WindowSampler(self.splits["train"], block, cfg.batch_size, cfg.seed, self.dist.rank,
+                                           world)
         self.mlm = None
         if cfg.objective == "mlm":
             if model_cfg.causal:
