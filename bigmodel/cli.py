@@ -260,9 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import os
 
     try:
-        import uvicorn
-
-        from bigmodel.serve.app import create_app
+        from bigmodel.serve.app import create_app, serve
     except ImportError:
         raise BigModelError("serving needs FastAPI and uvicorn: pip install 'bigmodel[serve]'") from None
     api_key = None
@@ -270,8 +268,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise BigModelError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
-    app = create_app(args.ckpt, api_key, args.max_queue, args.max_new_tokens_limit)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=30)
+    if args.max_batch < 1 or args.max_queue < 0 or args.max_new_tokens_limit < 1:
+        raise BigModelError("--max-batch and --max-new-tokens-limit must be at least 1, --max-queue at least 0")
+    app = create_app(args.ckpt, api_key, args.max_queue, args.max_new_tokens_limit, args.max_batch, args.quantize)
+    print(f"bigmodel serve: http://{args.host}:{args.port}/v1 (model loading; /health answers 200 when ready)",
+          file=sys.stderr, flush=True)
+    serve(app, args.host, args.port)
+    if app.state.bigmodel.failure:
+        raise BigModelError(f"{args.ckpt}: {app.state.bigmodel.failure}")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
@@ -359,12 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True, help="prepared folder or text file to measure perplexity on")
     p.set_defaults(func=cmd_prune)
 
-    p = verbs.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, models, metrics)")
+    p = verbs.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, embeddings, classify)")
     p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key-env", help="name of an environment variable holding the key clients must send")
-    p.add_argument("--max-queue", type=int, default=16, help="requests admitted at once; more get 429")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together in one batch")
+    p.add_argument("--max-queue", type=int, default=64, help="sequences waiting for a batch row; more get 429")
+    p.add_argument("--quantize", choices=("none", "int8"), default="none",
+                   help="int8: dynamic int8 linear layers (torch.ao) at load time")
     p.add_argument("--max-new-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
     p.set_defaults(func=cmd_serve)
 

@@ -65,8 +65,8 @@ def generate_ids(model: Transformer, prompt: list[int], cfg: GenerateConfig, bat
             if bool(done.all()):
                 return
         history = torch.cat([history, token[:, None]], dim=1)
-        if cache.length == block:
-            cache.length = 0
+        if int(cache.lengths[0]) == block:
+            cache.lengths.zero_()
             logits, _ = model(history[:, -(block // 2):], cache=cache, last_only=True)
         else:
             logits, _ = model(token[:, None], cache=cache, last_only=True)

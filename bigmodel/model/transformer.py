@@ -165,22 +165,59 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Preallocated keys and values of every layer, so decoding never copies the past."""
+    """Preallocated keys and values of every layer, so decoding never copies the past.
+
+    Each row holds one sequence at its own length: the rows of a serving batch joined at
+    different times. A step whose rows agree on their length writes one slice and needs no
+    mask; ragged rows write at their own positions and hide each other's unused slots.
+    """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
                  dtype: torch.dtype, device: torch.device | str) -> None:
         shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
-        self.length = 0  # positions filled so far (the same for every layer)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # positions filled, per row
         self.max_len = max_len
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache over rows start..stop-1 that shares this one's storage."""
+        view = object.__new__(KVCache)
+        view.keys = [k[start:stop] for k in self.keys]
+        view.values = [v[start:stop] for v in self.values]
+        view.lengths = self.lengths[start:stop]
+        view.max_len = self.max_len
+        return view
+
+    def move_row(self, source: int, target: int) -> None:
+        """Copy one sequence's keys, values and length into another row (the source is left stale)."""
+        used = int(self.lengths[source])
+        for store in (*self.keys, *self.values):
+            store[target, :, :used] = store[source, :, :used]
+        self.lengths[target] = used
+
+    def begin(self, steps: int) -> torch.Tensor:
+        """Positions of the next `steps` tokens: (steps,) if the rows agree, else (B, steps)."""
+        first, longest = int(self.lengths.min()), int(self.lengths.max())
+        self.start, self.end = first, longest + steps
+        self.mask = None
+        if first == longest:
+            return torch.arange(first, self.end, device=self.lengths.device)
+        self.positions = self.lengths[:, None] + torch.arange(steps, device=self.lengths.device)
+        # a query sees its own row's keys up to its own position
+        self.mask = (torch.arange(self.end, device=self.lengths.device) <= self.positions[:, :, None])[:, None]
+        return self.positions
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's keys/values for `layer`; return all keys/values seen so far."""
-        start, end = self.length, self.length + k.size(2)
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        if self.mask is None:
+            self.keys[layer][:, :, self.start:self.end] = k
+            self.values[layer][:, :, self.start:self.end] = v
+        else:
+            rows = torch.arange(k.size(0), device=k.device)[:, None]
+            self.keys[layer][rows, :, self.positions] = k.transpose(1, 2)
+            self.values[layer][rows, :, self.positions] = v.transpose(1, 2)
+        return self.keys[layer][:, :, :self.end], self.values[layer][:, :, :self.end]
 
 
 class SelfAttention(nn.Module):
@@ -206,13 +243,13 @@ class SelfAttention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
         if cache is not None:
-            past = cache.length
+            past = cache.start
             k, v = cache.update(self.layer, k, v)
         if cfg.n_kv_head != cfg.n_head:
             repeat = cfg.n_head // cfg.n_kv_head
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        mask = None
-        if cfg.causal and T > 1 and (past or padding_mask is not None):
+        mask = None if cache is None else cache.mask  # ragged rows: each sees its own past
+        if mask is None and cfg.causal and T > 1 and (past or padding_mask is not None):
             # new tokens see all of the past and the causal part of themselves
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
         if padding_mask is not None:  # padding keys are hidden from every query
@@ -318,7 +355,8 @@ class Transformer(nn.Module):
         cached ones. `last_only` computes logits for the final position alone (generation).
         `padding_mask` (B, T) is True for real tokens; `token_types` are segment ids.
         """
-        if one_row_on_cpu(idx, self.lm_head.weight):  # every Linear takes its OpenBLAS path
+        # one row through our own Linear layers (not int8 ones): every matrix takes its OpenBLAS path
+        if isinstance(self.lm_head, Linear) and one_row_on_cpu(idx, self.lm_head.weight):
             with one_torch_thread():
                 x = self.hidden_states(idx, cache, padding_mask, token_types)
         else:
@@ -337,24 +375,26 @@ class Transformer(nn.Module):
                       ) -> torch.Tensor:
         """The last layer's output (B, T, n_embd), before the language-model head."""
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
+        positions = torch.arange(T, device=idx.device) if cache is None else cache.begin(T)
+        if int(positions.max()) >= self.config.block_size:
             raise BigModelError(
-                f"sequence of {start + T} tokens is longer than the context ({self.config.block_size})"
+                f"sequence of {int(positions.max()) + 1} tokens is longer than the context ({self.config.block_size})"
             )
         x = self.tok_emb(idx)
         rope = None
         if self.config.positions == "learned":
-            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
-        else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])
+            x = x + self.pos_emb(positions)
+        else:  # per-row positions (B, T) broadcast over the heads
+            rope = (self.rope_cos[positions], self.rope_sin[positions])
+            if positions.dim() == 2:
+                rope = (rope[0][:, None], rope[1][:, None])
         if self.config.type_vocab_size:
             x = x + self.type_emb(token_types if token_types is not None else torch.zeros_like(idx))
         x = self.drop(self.embed_norm(x))
         for block in self.blocks:
             x = block(x, rope, cache, padding_mask)
         if cache is not None:
-            cache.length += T
+            cache.lengths += T
         return self.norm_f(x)
 
     def flops_per_token(self) -> float:

@@ -1,21 +1,25 @@
 """An OpenAI-compatible HTTP server for a bigmodel checkpoint (FastAPI + uvicorn).
 
 Routes: `POST /v1/completions`, `POST /v1/chat/completions` (both with `stream`),
-`GET /v1/models`, `GET /health`, `GET /metrics`. Errors use OpenAI's error JSON. Requests are
-served one generation at a time behind a bounded queue (429 when it is full); sharing
-forward passes across requests is not built yet.
+`POST /v1/embeddings`, `POST /v1/classify` (fine-tuned classifiers), `GET /v1/models`,
+`GET /health`, `GET /metrics`. Errors use OpenAI's error JSON. Generation goes through the
+continuous-batching `Engine`; the model loads in the background after the port opens
+(503 until then), and SIGTERM lets every admitted request finish before the process exits.
 """
 
-
+import asyncio
+import base64
+import contextlib
 import json
 import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -24,8 +28,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bigmodel.config import GenerateConfig
 from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
-from bigmodel.infer.generate import generate_ids
-from bigmodel.train.checkpoint import load_checkpoint
+from bigmodel.infer.classify import predict_texts
+from bigmodel.infer.embed import embed_texts
+from bigmodel.serve.engine import Engine, QueueFull, Sequence, ShuttingDown
+from bigmodel.train.checkpoint import load_checkpoint, resolve_checkpoint
 
 
 class Message(BaseModel):
@@ -44,8 +50,8 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def request_models(max_new_tokens: int) -> tuple[type[BaseModel], type[BaseModel]]:
-    """Request bodies whose schema states this server's own `max_tokens` limit."""
+def request_models(max_new_tokens: int) -> tuple[type[BaseModel], ...]:
+    """Request bodies (completion, chat, embedding, classify); the schema states this server's limits."""
     NonEmpty = Annotated[str, Field(min_length=1)]
     MaxTokens = Annotated[int, Field(ge=1, le=max_new_tokens)]
 
@@ -79,12 +85,21 @@ def request_models(max_new_tokens: int) -> tuple[type[BaseModel], type[BaseModel
     class ChatRequest(Sampling):
         messages: list[Message] = Field(min_length=1)
 
-    return CompletionRequest, ChatRequest
+    class TextsRequest(BaseModel):
+        model: str | None = None
+        input: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_INPUTS)]
+
+    class EmbeddingRequest(TextsRequest):
+        encoding_format: Literal["float", "base64"] = "float"
+
+    return CompletionRequest, ChatRequest, EmbeddingRequest, TextsRequest
 
 
+MAX_INPUTS = 128  # texts in one embeddings or classify request
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
-    400: "invalid field", 401: "wrong or missing API key", 413: "prompt longer than the context",
-    429: "queue full"}.items()}
+    400: "invalid field, or a route this checkpoint does not serve", 401: "wrong or missing API key",
+    413: "prompt longer than the context", 429: "queue full", 503: "model loading, or server shutting down",
+}.items()}
 EVENT_SCHEMA = {"type": "object", "properties": {"data": {"type": "string"}}}
 STREAMED = {200: {"description": "the completion, or with `stream` server-sent events ending in [DONE]",
                   "content": {"text/event-stream": {"schema": EVENT_SCHEMA}}}, **ERRORS}
@@ -116,7 +131,6 @@ class Metrics:
         self.tokens = {"prompt": 0, "completion": 0}
         self.latency = [0] * (len(self.BUCKETS) + 1)
         self.latency_sum = 0.0
-        self.queue_depth = 0
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         with self.lock:
@@ -125,7 +139,11 @@ class Metrics:
             self.latency[next((i for i, b in enumerate(self.BUCKETS) if seconds <= b), len(self.BUCKETS))] += 1
             self.latency_sum += seconds
 
-    def text(self) -> str:
+    def count_tokens(self, kind: str, n: int) -> None:
+        with self.lock:
+            self.tokens[kind] += n
+
+    def text(self, queue_depth: int) -> str:
         with self.lock:
             lines = ["# TYPE bigmodel_requests_total counter"]
             lines += [f"bigmodel_requests_total{{{k}}} {v}" for k, v in sorted(self.requests.items())]
@@ -137,20 +155,113 @@ class Metrics:
                 running += count
                 lines.append(f'bigmodel_request_seconds_bucket{{le="{bound}"}} {running}')
             lines += [f"bigmodel_request_seconds_sum {self.latency_sum}", f"bigmodel_request_seconds_count {running}",
-                      "# TYPE bigmodel_queue_depth gauge", f"bigmodel_queue_depth {self.queue_depth}"]
+                      "# TYPE bigmodel_queue_depth gauge", f"bigmodel_queue_depth {queue_depth}"]
             return "\n".join(lines) + "\n"
 
 
-def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16,
-               max_new_tokens_limit: int = 512) -> FastAPI:
-    model, tok, folder = load_checkpoint(ckpt)
+@dataclass
+class Served:
+    """What the server holds once the checkpoint has loaded."""
+
+    model: Any  # the Transformer that generates and embeds
+    tok: Any
+    model_id: str
+    engine: Engine | None  # decoders only
+    classifier: Any = None  # the SequenceModel of a fine-tuned checkpoint
+
+
+@dataclass
+class State:
+    served: Served | None = None
+    failure: str | None = None
+    draining: bool = False
+
+    def unavailable(self) -> str | None:
+        """Why requests cannot be served now, or None."""
+        if self.draining:
+            return "the server is shutting down"
+        if self.failure:
+            return f"the model failed to load: {self.failure}"
+        return None if self.served else "the model is loading; retry shortly"
+
+
+def load_served(ckpt: str, max_batch: int, max_queue: int, quantize: str) -> Served:
+    from bigmodel.model.heads import HEAD_FILE
+
+    folder = resolve_checkpoint(ckpt)
+    classifier = None
+    if (folder / HEAD_FILE).is_file():
+        classifier, tok, folder = load_checkpoint(folder, with_head=True)
+        model = classifier.backbone
+    else:
+        model, tok, folder = load_checkpoint(folder)
+    if quantize == "int8":
+        from bigmodel.infer.compress import to_int8
+
+        model = to_int8(model)
+    engine = None
+    if model.config.causal:
+        engine = Engine(model, max_batch, max_queue, special_id(tok, EOT))
     model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
-    stop_id = special_id(tok, EOT)
-    gate = threading.Lock()  # one generation at a time on the model
-    slots = threading.BoundedSemaphore(max_queue)
+    return Served(model, tok, model_id, engine, classifier)
+
+
+@dataclass
+class Choice:
+    """One continuation: its engine sequence and the tokens handed over to the event loop."""
+
+    seq: Sequence
+    tokens: asyncio.Queue = field(default_factory=asyncio.Queue)
+    used: int = 0  # tokens turned into text (what `usage` counts)
+
+    async def pieces(self, tok: Any, stop_id: int | None, stops: list[str]) -> AsyncIterator[tuple[str, str | None]]:
+        """(text, finish_reason) pieces; the reason comes with the last. Leaving early frees the row."""
+        decoder, text = StreamDecoder(tok), ""
+        try:
+            while (token := await self.tokens.get()) is not None:
+                self.used += 1
+                if token == stop_id:
+                    yield "", "stop"
+                    return
+                piece = decoder.push(token)
+                text += piece
+                hit = next((s for s in stops if s and s in text), None)
+                if hit:
+                    yield piece[:max(0, len(piece) - (len(text) - text.index(hit)))], "stop"
+                    return
+                if piece:
+                    yield piece, None
+            if self.seq.error:
+                raise RuntimeError(self.seq.error)
+            yield decoder.flush(), "length"
+        finally:
+            self.seq.cancel()
+
+
+def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16, max_new_tokens_limit: int = 512,
+               max_batch: int = 16, quantize: str = "none") -> FastAPI:
+    """The app; the checkpoint loads in a background thread once the server starts."""
+    resolve_checkpoint(ckpt)  # a wrong path fails now, in one line, not after the port opens
+    state = State()
     metrics = Metrics()
-    CompletionRequest, ChatRequest = request_models(max_new_tokens_limit)
-    app = FastAPI(title="bigmodel", version="0.1.0")
+    CompletionRequest, ChatRequest, EmbeddingRequest, TextsRequest = request_models(max_new_tokens_limit)
+
+    def load() -> None:
+        try:
+            state.served = load_served(ckpt, max_batch, max_queue, quantize)
+        except Exception as e:  # reported by /health and every route; the CLI exits with it
+            state.failure = str(e).splitlines()[0] if str(e) else type(e).__name__
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=load, name="bigmodel-load", daemon=True).start()
+        yield
+        state.draining = True
+        if state.served and state.served.engine:
+            await asyncio.to_thread(state.served.engine.close)
+
+    app = FastAPI(title="bigmodel", version="0.1.0", lifespan=lifespan)
+    app.state.bigmodel = state
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError) -> JSONResponse:
@@ -171,132 +282,221 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16,
     @app.middleware("http")
     async def authenticate_and_measure(request: Request, call_next):
         started = time.perf_counter()
-        if api_key and request.url.path.startswith("/v1/"):
+        response = None
+        if request.url.path.startswith("/v1/"):
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not secrets.compare_digest(given, api_key):
+            if api_key and not secrets.compare_digest(given, api_key):
                 response = JSONResponse(error_body("invalid or missing API key", "authentication_error"), 401)
-                metrics.observe(request.url.path, 401, time.perf_counter() - started)
-                return response
-        response = await call_next(request)
+            elif reason := state.unavailable():
+                response = JSONResponse(error_body(reason, "service_unavailable"), 503, headers={"Retry-After": "1"})
+        if response is None:
+            response = await call_next(request)
         metrics.observe(request.url.path, response.status_code, time.perf_counter() - started)
         return response
 
-    def tokens_of(prompt: str) -> list[int]:
-        ids = tok.encode(prompt, add_special_tokens=False).ids
+    def served() -> Served:
+        assert state.served is not None  # the middleware answers 503 until it is
+        return state.served
+
+    def generator() -> tuple[Served, Engine]:
+        s = served()
+        if s.engine is None:
+            raise ApiError(400, f"model {s.model_id} is an encoder; it serves /v1/embeddings"
+                           + (" and /v1/classify" if s.classifier else ""), "invalid_request_error", "model")
+        return s, s.engine
+
+    def tokens_of(s: Served, text: str, param: str, special: bool = False) -> list[int]:
+        ids = s.tok.encode(text, add_special_tokens=special).ids
         if not ids:
-            raise ApiError(400, "prompt has no tokens", "invalid_request_error", "prompt")
-        if len(ids) >= model.config.block_size:
-            raise ApiError(413, f"prompt is {len(ids)} tokens; the context holds {model.config.block_size}",
-                           "invalid_request_error", "prompt")
+            raise ApiError(400, f"{param} has no tokens", "invalid_request_error", param)
+        limit = s.model.config.block_size - (0 if special else 1)  # a prompt leaves room for one new token
+        if len(ids) > limit:
+            raise ApiError(413, f"{param} is {len(ids)} tokens; the context holds {s.model.config.block_size}",
+                           "invalid_request_error", param)
         return ids
 
-    def pieces(ids: list[int], req, choice: int) -> Iterator[tuple[str, str | None]]:
-        """(text, finish_reason) pieces of one continuation; the reason comes with the last."""
-        cfg = GenerateConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-                             seed=(req.seed if req.seed is not None else secrets.randbelow(2**31)) + choice)
-        stops = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-        decoder, text, produced = StreamDecoder(tok), "", 0
-        with gate, torch.inference_mode():
-            for token in generate_ids(model, ids, cfg, 1, stop_id):
-                produced += 1
-                if int(token[0]) == stop_id:
-                    yield "", "stop"
-                    return
-                piece = decoder.push(int(token[0]))
-                text += piece
-                hit = next((s for s in stops if s and s in text), None)
-                if hit:
-                    yield piece[:max(0, len(piece) - (len(text) - text.index(hit)))], "stop"
-                    return
-                if piece:
-                    yield piece, None
-        yield decoder.flush(), "length"
+    def start(prompts: list[str], req) -> tuple[Served, list[Choice]]:
+        """Tokenize, then queue every (prompt, sample) as one sequence on the engine."""
+        s, engine = generator()
+        ids_list = [tokens_of(s, p, "prompt") for p in prompts]
+        loop = asyncio.get_running_loop()
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        choices = []
+        for ids in ids_list:
+            for _ in range(req.n):
+                queue: asyncio.Queue = asyncio.Queue()
 
-    def admitted():
-        if not slots.acquire(blocking=False):
-            raise ApiError(429, "the queue is full; retry later", "rate_limit_error")
-        metrics.queue_depth += 1
+                def emit(token: int | None, queue: asyncio.Queue = queue) -> None:
+                    with contextlib.suppress(RuntimeError):  # the event loop is gone: nobody listens
+                        loop.call_soon_threadsafe(queue.put_nowait, token)
 
-    def release():
-        metrics.queue_depth -= 1
-        slots.release()
-
-    def complete(prompts: list[str], req, kind: str) -> dict:
-        ids_list = [tokens_of(p) for p in prompts]
-        admitted()
+                cfg = GenerateConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
+                                     seed=seed + len(choices))
+                choices.append(Choice(Sequence(ids, cfg, emit), queue))
         try:
-            choices, completion_tokens = [], 0
-            for ids in ids_list:
-                for c in range(req.n):
-                    parts = list(pieces(ids, req, c))
-                    text, reason = "".join(p for p, _ in parts), parts[-1][1]
-                    completion_tokens += len(tok.encode(text, add_special_tokens=False).ids)
-                    index = len(choices)
-                    choices.append({"index": index, "text": text, "finish_reason": reason, "logprobs": None}
-                                   if kind == "text_completion" else
-                                   {"index": index, "message": {"role": "assistant", "content": text},
-                                    "finish_reason": reason})
+            engine.submit([c.seq for c in choices])
+        except QueueFull:
+            raise ApiError(429, "the queue is full; retry later", "rate_limit_error") from None
+        except ShuttingDown:
+            raise ApiError(503, "the server is shutting down", "service_unavailable") from None
+        metrics.count_tokens("prompt", sum(len(i) for i in ids_list) * req.n)
+        return s, choices
+
+    def stops_of(req) -> list[str]:
+        return [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+
+    async def complete(prompts: list[str], req, kind: str) -> dict:
+        s, choices = start(prompts, req)
+        stop_id, stops = special_id(s.tok, EOT), stops_of(req)
+
+        async def collect(choice: Choice) -> tuple[str, str | None]:
+            parts = [part async for part in choice.pieces(s.tok, stop_id, stops)]
+            return "".join(p for p, _ in parts), parts[-1][1]
+
+        try:
+            results = await asyncio.gather(*(collect(c) for c in choices))
+        except RuntimeError as e:
+            raise ApiError(500, str(e), "server_error") from None
         finally:
-            release()
-        prompt_tokens = sum(len(i) for i in ids_list)
-        metrics.tokens["prompt"] += prompt_tokens
-        metrics.tokens["completion"] += completion_tokens
+            for c in choices:
+                c.seq.cancel()
+        completion_tokens = sum(c.used for c in choices)
+        metrics.count_tokens("completion", completion_tokens)
+        prompt_tokens = sum(len(c.seq.prompt) for c in choices[::req.n])
         return {"id": f"{'cmpl' if kind == 'text_completion' else 'chatcmpl'}-{uuid.uuid4().hex}", "object": kind,
-                "created": int(time.time()), "model": model_id, "choices": choices,
+                "created": int(time.time()), "model": s.model_id,
+                "choices": [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
+                            if kind == "text_completion" else
+                            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+                            for i, (text, reason) in enumerate(results)],
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
     def stream(prompts: list[str], req, kind: str) -> StreamingResponse:
-        """Server-sent events, one choice after another (index = prompt × n + sample)."""
-        ids_list = [tokens_of(p) for p in prompts]
-        admitted()
+        """Server-sent events, one choice after another (index = prompt × n + sample); all generate at once."""
+        s, choices = start(prompts, req)
+        stop_id, stops = special_id(s.tok, EOT), stops_of(req)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def events() -> Iterator[str]:
-            try:
-                for index, (ids, sample) in enumerate((ids, c) for ids in ids_list for c in range(req.n)):
-                    if kind == "chat.completion.chunk":
-                        first = {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                        yield f"data: {json.dumps(chunk(first))}\n\n"
-                    for piece, reason in pieces(ids, req, sample):
-                        choice = ({"index": index, "text": piece, "finish_reason": reason, "logprobs": None}
-                                  if kind == "text_completion" else
-                                  {"index": index, "delta": {"content": piece} if piece else {},
-                                   "finish_reason": reason})
-                        yield f"data: {json.dumps(chunk(choice))}\n\n"
-                yield "data: [DONE]\n\n"
-            finally:
-                release()
+        def chunk(choice: dict) -> str:
+            body = {"id": ident, "object": kind, "created": created, "model": s.model_id, "choices": [choice]}
+            return f"data: {json_text(body)}\n\n"
 
-        def chunk(choice: dict) -> dict:
-            return {"id": ident, "object": kind, "created": created, "model": model_id, "choices": [choice]}
+        async def events() -> AsyncIterator[str]:
+            try:
+                for index, choice in enumerate(choices):
+                    if kind == "chat.completion.chunk":
+                        yield chunk({"index": index, "delta": {"role": "assistant", "content": ""},
+                                     "finish_reason": None})
+                    async for piece, reason in choice.pieces(s.tok, stop_id, stops):
+                        yield chunk({"index": index, "text": piece, "finish_reason": reason, "logprobs": None}
+                                    if kind == "text_completion" else
+                                    {"index": index, "delta": {"content": piece} if piece else {},
+                                     "finish_reason": reason})
+                yield "data: [DONE]\n\n"
+            except RuntimeError as e:  # the engine failed mid-stream: say so in the stream
+                yield f"data: {json_text(error_body(str(e), 'server_error'))}\n\n"
+            finally:  # also when the client has gone: every row it held is freed
+                for c in choices:
+                    c.seq.cancel()
+                metrics.count_tokens("completion", sum(c.used for c in choices))
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "model": model_id}
+    def texts_of(s: Served, req) -> tuple[list[str], int]:
+        """The request's texts, each checked against the context; and their token count."""
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        tokens = sum(len(tokens_of(s, t, "input", special=True)) for t in texts)
+        metrics.count_tokens("prompt", tokens)
+        return texts, tokens
+
+    @app.get("/health", responses={503: {"description": "loading, failed, or shutting down"}})
+    def health() -> JSONResponse:
+        reason = state.unavailable()
+        if reason:
+            return JSONResponse({"status": reason}, 503)
+        return JSONResponse({"status": "ok", "model": served().model_id})
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def prometheus() -> str:
-        return metrics.text()
+        engine = state.served.engine if state.served else None
+        return metrics.text(engine.depth if engine else 0)
 
-    @app.get("/v1/models", responses={401: ERRORS[401]})
+    @app.get("/v1/models", responses={401: ERRORS[401], 503: ERRORS[503]})
     def models() -> dict:
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "bigmodel"}]}
+        return {"object": "list", "data": [{"id": served().model_id, "object": "model", "created": 0,
+                                            "owned_by": "bigmodel"}]}
 
     @app.post("/v1/completions", responses=STREAMED)
-    def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest):
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if req.stream:
             return stream(prompts, req, "text_completion")
-        return complete(prompts, req, "text_completion")
+        return await complete(prompts, req, "text_completion")
 
     @app.post("/v1/chat/completions", responses=STREAMED)
-    def chat(req: ChatRequest):
+    async def chat(req: ChatRequest):
         prompt = chat_prompt(req.messages)
         if req.stream:
             return stream([prompt], req, "chat.completion.chunk")
-        return complete([prompt], req, "chat.completion")
+        return await complete([prompt], req, "chat.completion")
+
+    @app.post("/v1/embeddings", responses=ERRORS)
+    def embeddings(req: EmbeddingRequest) -> dict:
+        """Mean-pooled, unit-length vectors of the last hidden states (as sentence-transformers)."""
+        s = served()
+        texts, tokens = texts_of(s, req)
+        vectors = embed_texts(s.model, s.tok, texts, max_length=s.model.config.block_size, progress=False)
+        return {"object": "list", "model": s.model_id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "data": [{"object": "embedding", "index": i,
+                          "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()
+                          if req.encoding_format == "base64" else v.tolist()} for i, v in enumerate(vectors)]}
+
+    @app.post("/v1/classify", responses=ERRORS)
+    def classify(req: TextsRequest) -> dict:
+        """Label and probabilities per text (a regression head gives its value)."""
+        s = served()
+        if s.classifier is None:
+            raise ApiError(400, f"model {s.model_id} has no classifier head; fine-tune it with `bigmodel finetune`",
+                           "invalid_request_error", "model")
+        texts, tokens = texts_of(s, req)
+        head = s.classifier.head_config
+        scores = predict_texts(s.classifier, s.tok, texts, max_length=s.model.config.block_size)
+        if head.task == "classify":
+            rows = [{"label": head.labels[int(p.argmax())],
+                     "probabilities": dict(zip(head.labels, p.tolist(), strict=True))} for p in scores.softmax(-1)]
+        else:
+            rows = [{"value": float(v[0])} for v in scores]
+        return {"object": "list", "model": s.model_id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "data": [{"object": "classification", "index": i, **row} for i, row in enumerate(rows)]}
 
     return app
+
+
+def json_text(body: dict) -> str:
+    return json.dumps(body, ensure_ascii=False)
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Run uvicorn; on SIGTERM/SIGINT new requests get 503 and admitted ones finish (up to 30 s)."""
+    state: State = app.state.bigmodel
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state.draining = True
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30))
+
+    async def watch_loading() -> None:
+        while state.served is None and state.failure is None:
+            await asyncio.sleep(0.05)
+        if state.failure:
+            server.should_exit = True
+
+    async def main() -> None:
+        watcher = asyncio.ensure_future(watch_loading())
+        await server.serve()
+        watcher.cancel()
+
+    asyncio.run(main())

@@ -1,0 +1,163 @@
+"""Continuous batching: requests join and leave one running batch of decode steps.
+
+One thread owns the model. Each step it admits waiting sequences into free rows of a
+shared `KVCache` (running each prompt once), then runs a single forward pass that gives
+every active row its next token at that row's own position, and samples each row with
+its own settings. A finished or abandoned sequence leaves at once: the last active row
+moves into its place, so the active rows stay 0..n-1 and a step computes only those.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from bigmodel.config import GenerateConfig
+from bigmodel.infer.generate import sample_next
+from bigmodel.model.transformer import KVCache, Transformer
+
+log = logging.getLogger("bigmodel.serve")
+
+
+class QueueFull(Exception):
+    """More sequences than the batch and the queue hold together."""
+
+
+class ShuttingDown(Exception):
+    """The engine takes no new work; it is finishing what it has."""
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One continuation being generated; `emit` gets each token id, then None when it ends."""
+
+    prompt: list[int]
+    cfg: GenerateConfig
+    emit: Callable[[int | None], None]
+    produced: int = 0
+    error: str | None = None
+    done: bool = False  # finished, or given up by its consumer
+    history: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.history = list(self.prompt)
+
+    def cancel(self) -> None:
+        """Give up the row (the client left, or a stop string was met); safe from any thread."""
+        self.done = True
+
+
+class Engine:
+    def __init__(self, model: Transformer, max_batch: int, max_queue: int, stop_id: int | None) -> None:
+        self.model, self.max_batch, self.max_queue, self.stop_id = model, max_batch, max_queue, stop_id
+        block = model.config.block_size
+        param = next(model.parameters())
+        self.cache = KVCache(model.config, max_batch, block, param.dtype, param.device)
+        self.active: list[Sequence] = []  # row i of the cache belongs to active[i]
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.wake = threading.Condition()
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, name="bigmodel-engine", daemon=True)
+        self.thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Sequences generating or waiting for a row."""
+        return len(self.active) + len(self.waiting)
+
+    def submit(self, sequences: list[Sequence]) -> None:
+        """Queue all of a request's sequences, or none of them."""
+        with self.wake:
+            if self.closing:
+                raise ShuttingDown
+            if len(self.waiting) + len(sequences) > self.max_queue + self.max_batch - len(self.active):
+                raise QueueFull
+            self.waiting.extend(sequences)
+            self.wake.notify()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Take no more work, finish every sequence already in, then stop the thread."""
+        with self.wake:
+            self.closing = True
+            self.wake.notify()
+        self.thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not (self.active or self.waiting or self.closing):
+                    self.wake.wait()
+                if self.closing and not (self.active or self.waiting):
+                    return
+                joining = [self.waiting.popleft() for _ in range(min(len(self.waiting),
+                                                                     self.max_batch - len(self.active)))]
+            try:
+                with torch.inference_mode():
+                    for seq in joining:
+                        self._join(seq)
+                    self._step()
+            except Exception as e:  # a broken step fails its sequences, never the server
+                log.exception("generation step failed")
+                for seq in [*self.active, *joining]:
+                    seq.error = f"generation failed: {e}"
+                    seq.emit(None)
+                self.active.clear()
+
+    def _join(self, seq: Sequence) -> None:
+        """Run the prompt into a fresh row and emit the first token."""
+        if seq.done:  # its client left while it waited
+            seq.emit(None)
+            return
+        row = len(self.active)
+        self.active.append(seq)
+        self.cache.lengths[row] = 0
+        logits, _ = self.model(torch.tensor([seq.prompt]), cache=self.cache.rows(row, row + 1), last_only=True)
+        self._accept(row, logits[0, -1])
+
+    def _step(self) -> None:
+        """One token for every active row, in one forward pass."""
+        self._leave_finished()
+        if not self.active:
+            return
+        block = self.model.config.block_size
+        for row, seq in enumerate(self.active):
+            if int(self.cache.lengths[row]) == block:  # context full: keep the latest half and go on
+                self.cache.lengths[row] = 0
+                self.model(torch.tensor([seq.history[-(block // 2):-1]]), cache=self.cache.rows(row, row + 1))
+        n = len(self.active)
+        tokens = torch.tensor([[seq.history[-1]] for seq in self.active])
+        logits, _ = self.model(tokens, cache=self.cache.rows(0, n), last_only=True)
+        for row in range(n):
+            self._accept(row, logits[row, -1])
+        self._leave_finished()
+
+    def _accept(self, row: int, logits: torch.Tensor) -> None:
+        seq = self.active[row]
+        if seq.done:
+            return
+        token = int(sample_next(logits[None], seq.cfg, seq.generator)[0])
+        seq.history.append(token)
+        seq.produced += 1
+        seq.emit(token)
+        if token == self.stop_id or seq.produced >= seq.cfg.max_new_tokens:
+            seq.done = True  # its row is free at the next look
+
+    def _leave_finished(self) -> None:
+        row = 0
+        while row < len(self.active):
+            seq = self.active[row]
+            if not seq.done:
+                row += 1
+                continue
+            seq.emit(None)
+            last = len(self.active) - 1
+            if row != last:
+                self.cache.move_row(last, row)
+                self.active[row] = self.active[last]
+            self.active.pop()
