@@ -1,8 +1,9 @@
 """Batch-1 greedy decoding on the 124M GPT-2 shape: bigmodel vs `transformers` generate.
 
 Both models get the same random weights (ours are exported into GPT2LMHeadModel), a 16-token
-prompt and 128 new tokens, with their KV caches, in fp32. A row for our model with bf16
-weights is printed beside. Last line `ratio: X.XX`: ours over transformers, both fp32.
+prompt and 128 new tokens, with their KV caches, in fp32. Rows for our model compressed as
+`bigmodel quantize` writes it (dynamic int8 linear layers; bf16 weights) are printed beside,
+each against transformers fp32. Last line `ratio: X.XX`: ours over transformers, both fp32.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import GPT2LMHeadModel
 from bigmodel.config import GenerateConfig
 from bigmodel.infer.generate import generate_ids
 from bigmodel.model.hf import gpt2_to_hf
+from bigmodel.model.quantize import to_int8
 from bigmodel.model.transformer import ModelConfig, Transformer, preset
 
 
@@ -42,13 +44,11 @@ def main() -> None:
     prompt = torch.randint(50257, (1, args.prompt_tokens))
     cfg = GenerateConfig(temperature=0.0, max_new_tokens=args.new_tokens)
 
-    ours_bf16 = copy.deepcopy(ours).to(torch.bfloat16)  # what `bigmodel quantize --method bf16` writes
+    variants = {"bigmodel": ours, "bigmodel int8": to_int8(copy.deepcopy(ours)),
+                "bigmodel bf16 weights": copy.deepcopy(ours).to(torch.bfloat16)}
 
-    def run_ours() -> torch.Tensor:
-        return torch.stack(list(generate_ids(ours, prompt[0].tolist(), cfg)), dim=1)
-
-    def run_ours_bf16() -> torch.Tensor:
-        return torch.stack(list(generate_ids(ours_bf16, prompt[0].tolist(), cfg)), dim=1)
+    def run(model: Transformer) -> torch.Tensor:
+        return torch.stack(list(generate_ids(model, prompt[0].tolist(), cfg)), dim=1)
 
     def run_hf() -> torch.Tensor:
         out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.new_tokens,
@@ -56,9 +56,9 @@ def main() -> None:
         return out[:, args.prompt_tokens:]
 
     with torch.inference_mode():
-        same = torch.equal(run_ours(), run_hf())  # also the warm-up
-        bf16_same = torch.equal(run_ours_bf16(), run_hf())
-        runs = (("bigmodel", run_ours), ("bigmodel bf16 weights", run_ours_bf16), ("transformers", run_hf))
+        reference = run_hf()  # also the warm-up
+        same = {name: torch.equal(run(model), reference) for name, model in variants.items()}
+        runs = [*((name, lambda m=model: run(m)) for name, model in variants.items()), ("transformers", run_hf)]
         times: dict[str, list[float]] = {name: [] for name, _ in runs}
         for _ in range(args.repeats):  # interleaved, so drift on a noisy machine hits both
             for name, fn in runs:
@@ -69,10 +69,10 @@ def main() -> None:
     ratio = rates["bigmodel"] / rates["transformers"]
     path = save("generate_speed", {"shape": "gpt2 124M", "dtype": "fp32", "batch": 1,
                                    "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-                                   "same_tokens": same, "bf16_same_tokens": bf16_same, "tokens_per_s": rates,
-                                   "bf16_ratio": rates["bigmodel bf16 weights"] / rates["transformers"],
+                                   "same_greedy_tokens_as_transformers": same, "tokens_per_s": rates,
+                                   "ratios": {k: v / rates["transformers"] for k, v in rates.items()},
                                    "seconds": times, "ratio": ratio})
-    print(f"same greedy tokens from both: {same} (bf16 weights: {bf16_same})")
+    print(f"same greedy tokens as transformers: {same}")
     for name, rate in rates.items():
         print(f"{name:>21}: {rate:6.1f} tokens/s (median of {args.repeats}), "
               f"{rate / rates['transformers']:.2f}x transformers fp32")

@@ -244,10 +244,11 @@ def compress_checkpoint(args: argparse.Namespace, change, what: str) -> None:
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     from bigmodel.infer.compress import to_bf16
+    from bigmodel.model.quantize import to_int8
 
-    if args.method != "bf16":
-        raise BigModelError(f"--method {args.method} is not available yet; use bf16")
-    compress_checkpoint(args, to_bf16, "bf16 weights")
+    methods = {"bf16": (to_bf16, "bf16 weights"), "int8": (to_int8, "dynamic int8 linear layers")}
+    change, what = methods[args.method]
+    compress_checkpoint(args, change, what)
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -349,10 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=256, help="tokens kept per line (default: 256)")
     p.set_defaults(func=cmd_embed)
 
-    p = verbs.add_parser("quantize", help="store the weights in bf16; prints size and perplexity change")
+    p = verbs.add_parser("quantize", help="int8 linear layers or bf16 weights; prints size and perplexity change")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--method", default="bf16", help="bf16 (int8 is not available yet)")
+    p.add_argument("--method", choices=("int8", "bf16"), default="int8",
+                   help="int8: dynamic int8 linear layers (torch.ao); bf16: every weight in bfloat16")
     p.add_argument("--text", required=True, help="prepared folder or text file to measure perplexity on")
     p.set_defaults(func=cmd_quantize)
 

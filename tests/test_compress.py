@@ -30,3 +30,16 @@ def test_pruning_zeroes_half_of_each_block_matrix_and_still_generates(trained_ru
     assert matrices and all(abs((t == 0).float().mean().item() - 0.5) < 0.01 for t in matrices)
     gen = run_cli("generate", "--ckpt", str(tmp_path / "p"), "--prompt", "KING:", "--max-new-tokens", "10")
     assert gen.returncode == 0 and gen.stdout.startswith("KING:"), gen.stderr
+
+
+def test_int8_stores_int8_matrices_keeps_perplexity_and_generates(trained_run, shakespeare_char, tmp_path):
+    result = run_cli("quantize", "--ckpt", str(trained_run), "--out", str(tmp_path / "q"), "--method", "int8",
+                     "--text", str(shakespeare_char))
+    assert result.returncode == 0, result.stderr
+    assert "dynamic int8" in result.stdout and abs(_perplexity_change(result.stdout)) <= 2.0
+    weights = load_file(tmp_path / "q" / "model.safetensors")
+    int8 = [k for k, t in weights.items() if str(t.dtype) == "torch.int8"]
+    assert "blocks.0.attn.qkv.weight.int8" in int8 and "lm_head.weight.int8" in int8
+    assert not any(k.endswith("qkv.weight") for k in weights)  # no fp32 copy of a quantized matrix
+    gen = run_cli("generate", "--ckpt", str(tmp_path / "q"), "--prompt", "KING:", "--max-new-tokens", "10")
+    assert gen.returncode == 0 and gen.stdout.startswith("KING:"), gen.stderr

@@ -30,6 +30,7 @@ from bigmodel.config import GenerateConfig
 from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
 from bigmodel.infer.classify import predict_texts
 from bigmodel.infer.embed import embed_texts
+from bigmodel.model.quantize import is_int8, to_int8
 from bigmodel.serve.engine import Engine, QueueFull, Sequence, ShuttingDown
 from bigmodel.train.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -195,9 +196,7 @@ def load_served(ckpt: str, max_batch: int, max_queue: int, quantize: str) -> Ser
         model = classifier.backbone
     else:
         model, tok, folder = load_checkpoint(folder)
-    if quantize == "int8":
-        from bigmodel.infer.compress import to_int8
-
+    if quantize == "int8" and not is_int8(model):
         model = to_int8(model)
     engine = None
     if model.config.causal:

@@ -16,13 +16,15 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from tokenizers import Tokenizer
 
 from bigmodel.config import save_yaml
 from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.errors import BigModelError
 from bigmodel.model.heads import HEAD_FILE, HeadConfig, SequenceModel
+from bigmodel.model.quantize import METADATA as INT8_METADATA
+from bigmodel.model.quantize import int8_tensors, is_int8, load_int8_tensors, to_int8
 from bigmodel.model.transformer import ModelConfig, Transformer
 
 WEIGHTS = "model.safetensors"
@@ -38,7 +40,10 @@ def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: T
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / WEIGHTS))
+    if is_int8(model):
+        save_file(int8_tensors(model), str(tmp / WEIGHTS), metadata=INT8_METADATA)
+    else:
+        save_model(model, str(tmp / WEIGHTS))
     (tmp / MODEL_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
     save_yaml(tmp / "config.yaml", sections)
     tokenizer.save(str(tmp / "tokenizer.json"))
@@ -89,13 +94,20 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_h
     model: Any = Transformer(config)
     if has_head:
         model = SequenceModel(model, HeadConfig.load(folder))
-    with safe_open(str(folder / WEIGHTS), "pt") as stored:  # a bf16 checkpoint stays bf16
+    with safe_open(str(folder / WEIGHTS), "pt") as stored:  # a bf16 checkpoint stays bf16, an int8 one int8
         dtype = stored.get_tensor(next(iter(stored.keys()))).dtype
-    if dtype.is_floating_point:
+        int8 = (stored.metadata() or {}).get("quantization") == INT8_METADATA["quantization"]
+    if dtype.is_floating_point and not int8:
         model = model.to(dtype)
     try:
-        load_model(model, str(folder / WEIGHTS), strict=True, device=str(device))
-    except (RuntimeError, OSError) as e:
+        if int8:
+            if has_head:
+                raise BigModelError(f"{folder}: int8 checkpoints of fine-tuned heads are not supported")
+            model = to_int8(model)
+            load_int8_tensors(model, load_file(str(folder / WEIGHTS)))
+        else:
+            load_model(model, str(folder / WEIGHTS), strict=True, device=str(device))
+    except (RuntimeError, OSError, KeyError) as e:
         raise BigModelError(f"{folder / WEIGHTS}: does not fit {MODEL_CONFIG} ({str(e).splitlines()[0]})") from None
     if has_head and not with_head:
         model = model.backbone
