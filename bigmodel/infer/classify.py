@@ -35,7 +35,8 @@ def collate(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Ten
 @torch.no_grad()
 def predict_scores(model: torch.nn.Module, ids: list[list[int]], pad_id: int, n_outputs: int,
                    dtype: str = "fp32", batch_size: int = 64) -> torch.Tensor:
-    """Raw head outputs for every row, in input order."""
+    """Raw head outputs for every row, in input order (the model's train/eval mode is left as it was)."""
+    training = model.training
     model.eval()
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = torch.zeros(len(ids), n_outputs)
@@ -44,7 +45,7 @@ def predict_scores(model: torch.nn.Module, ids: list[list[int]], pad_id: int, n_
         x, mask = collate([ids[i] for i in rows], pad_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
             out[rows] = model(x, mask).float()
-    model.train()
+    model.train(training)
     return out
 
 

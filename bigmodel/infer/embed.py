@@ -13,17 +13,23 @@ from bigmodel.model.heads import mean_pool
 from bigmodel.model.transformer import Transformer
 
 
-@torch.no_grad()
 def embed_texts(model: Transformer, tok: Tokenizer, texts: list[str], batch_size: int = 32,
-                max_length: int = 256, progress: bool = True) -> np.ndarray:
+                max_length: int = 256) -> np.ndarray:
     """One unit-length vector per text (rows in input order), texts cut at `max_length` tokens."""
     ids = encode(tok, texts, min(max_length, model.config.block_size))
-    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))  # similar lengths pad less
-    out = np.zeros((len(texts), model.config.n_embd), dtype=np.float32)
-    for start in tqdm(range(0, len(texts), batch_size), desc="embed", unit=" batches", mininterval=1.0,
+    return embed_ids(model, ids, pad_id(tok), batch_size, progress=True)
+
+
+@torch.no_grad()
+def embed_ids(model: Transformer, ids: list[list[int]], pad: int, batch_size: int = 32,
+              progress: bool = False) -> np.ndarray:
+    """One unit-length vector per tokenized text, in input order."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
+    out = np.zeros((len(ids), model.config.n_embd), dtype=np.float32)
+    for start in tqdm(range(0, len(ids), batch_size), desc="embed", unit=" batches", mininterval=1.0,
                       disable=not progress):
         rows = order[start:start + batch_size]
-        x, mask = collate([ids[i] for i in rows], pad_id(tok))
+        x, mask = collate([ids[i] for i in rows], pad)
         pooled = mean_pool(model.hidden_states(x, padding_mask=mask), mask)
         out[rows] = torch.nn.functional.normalize(pooled, dim=-1).float().numpy()
     return out

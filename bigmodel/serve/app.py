@@ -28,8 +28,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bigmodel.config import GenerateConfig
 from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
-from bigmodel.infer.classify import predict_texts
-from bigmodel.infer.embed import embed_texts
+from bigmodel.infer.classify import pad_id, predict_scores
+from bigmodel.infer.embed import embed_ids
 from bigmodel.model.quantize import is_int8, to_int8
 from bigmodel.serve.engine import Engine, QueueFull, Sequence, ShuttingDown
 from bigmodel.train.checkpoint import load_checkpoint, resolve_checkpoint
@@ -196,6 +196,8 @@ def load_served(ckpt: str, max_batch: int, max_queue: int, quantize: str) -> Ser
         model = classifier.backbone
     else:
         model, tok, folder = load_checkpoint(folder)
+    tok.no_padding()  # requests are checked against the context, never cut or padded by the tokenizer
+    tok.no_truncation()
     if quantize == "int8" and not is_int8(model):
         model = to_int8(model)
     engine = None
@@ -402,12 +404,13 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16, max_n
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    def texts_of(s: Served, req) -> tuple[list[str], int]:
-        """The request's texts, each checked against the context; and their token count."""
-        texts = [req.input] if isinstance(req.input, str) else req.input
-        tokens = sum(len(tokens_of(s, t, "input", special=True)) for t in texts)
+    def inputs_of(s: Served, req) -> tuple[list[list[int]], int]:
+        """The request's texts as token ids (special tokens included), each checked against the context."""
+        ids = [tokens_of(s, t, "input", special=True) for t in ([req.input] if isinstance(req.input, str)
+                                                                 else req.input)]
+        tokens = sum(len(i) for i in ids)
         metrics.count_tokens("prompt", tokens)
-        return texts, tokens
+        return ids, tokens
 
     @app.get("/health", responses={503: {"description": "loading, failed, or shutting down"}})
     def health() -> JSONResponse:
@@ -444,8 +447,8 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16, max_n
     def embeddings(req: EmbeddingRequest) -> dict:
         """Mean-pooled, unit-length vectors of the last hidden states (as sentence-transformers)."""
         s = served()
-        texts, tokens = texts_of(s, req)
-        vectors = embed_texts(s.model, s.tok, texts, max_length=s.model.config.block_size, progress=False)
+        ids, tokens = inputs_of(s, req)
+        vectors = embed_ids(s.model, ids, pad_id(s.tok))
         return {"object": "list", "model": s.model_id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
                 "data": [{"object": "embedding", "index": i,
                           "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()
@@ -458,9 +461,9 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16, max_n
         if s.classifier is None:
             raise ApiError(400, f"model {s.model_id} has no classifier head; fine-tune it with `bigmodel finetune`",
                            "invalid_request_error", "model")
-        texts, tokens = texts_of(s, req)
+        ids, tokens = inputs_of(s, req)
         head = s.classifier.head_config
-        scores = predict_texts(s.classifier, s.tok, texts, max_length=s.model.config.block_size)
+        scores = predict_scores(s.classifier, ids, pad_id(s.tok), head.n_outputs)
         if head.task == "classify":
             rows = [{"label": head.labels[int(p.argmax())],
                      "probabilities": dict(zip(head.labels, p.tolist(), strict=True))} for p in scores.softmax(-1)]
@@ -484,6 +487,7 @@ def serve(app: FastAPI, host: str, port: int) -> None:
         def handle_exit(self, sig: int, frame: Any) -> None:
             state.draining = True
             super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # uvicorn would re-raise it after the drain; a drained server exits 0
 
     server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30))
 
