@@ -29,6 +29,29 @@ def test_kv_cache_decoding_matches_a_full_forward(variant, batch):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_rows_of_different_lengths_decode_together_as_they_would_alone(variant):
+    """The serving batch: sequences joined at different times share one step, each at its own position."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_embd=32, block_size=24, **variant)
+    model = Transformer(cfg).eval()
+    prompts = [torch.randint(50, (1, n)) for n in (9, 2, 5)]
+    cache = KVCache(cfg, 4, cfg.block_size, torch.float32, "cpu")
+    for row, prompt in enumerate(prompts):  # each prompt fills its own row
+        model(prompt, cache=cache.rows(row, row + 1))
+    cache.move_row(2, 1)  # the row-1 sequence leaves; the last one moves into its place
+    prompts = [prompts[0], prompts[2]]
+    for _ in range(3):
+        new = torch.randint(50, (2, 1))
+        together, _ = model(new, cache=cache.rows(0, 2))
+        prompts = [torch.cat([p, new[i:i + 1]], dim=1) for i, p in enumerate(prompts)]
+        for row, sequence in enumerate(prompts):
+            alone, _ = model(sequence)
+            torch.testing.assert_close(together[row, -1], alone[0, -1], atol=1e-5, rtol=1e-4)
+    assert cache.lengths[:2].tolist() == [12, 8]
+
+
 def test_loss_ignores_minus_one_and_tied_weights_are_shared():
     cfg = ModelConfig(vocab_size=30, n_layer=1, n_head=2, n_embd=16, block_size=8)
     model = Transformer(cfg)

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import uvicorn
@@ -25,12 +25,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from tokenizers import Tokenizer
 
 from bigmodel.config import GenerateConfig
 from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
 from bigmodel.infer.classify import pad_id, predict_scores
 from bigmodel.infer.embed import embed_ids
+from bigmodel.model.heads import HEAD_FILE, SequenceModel
 from bigmodel.model.quantize import is_int8, to_int8
+from bigmodel.model.transformer import Transformer
 from bigmodel.serve.engine import Engine, QueueFull, Sequence, ShuttingDown
 from bigmodel.train.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -164,11 +167,11 @@ class Metrics:
 class Served:
     """What the server holds once the checkpoint has loaded."""
 
-    model: Any  # the Transformer that generates and embeds
-    tok: Any
+    model: Transformer  # generates (through the engine) and embeds
+    tok: Tokenizer
     model_id: str
     engine: Engine | None  # decoders only
-    classifier: Any = None  # the SequenceModel of a fine-tuned checkpoint
+    classifier: SequenceModel | None = None  # a fine-tuned checkpoint's model with its head
 
 
 @dataclass
@@ -187,8 +190,6 @@ class State:
 
 
 def load_served(ckpt: str, max_batch: int, max_queue: int, quantize: str) -> Served:
-    from bigmodel.model.heads import HEAD_FILE
-
     folder = resolve_checkpoint(ckpt)
     classifier = None
     if (folder / HEAD_FILE).is_file():
@@ -212,10 +213,11 @@ class Choice:
     """One continuation: its engine sequence and the tokens handed over to the event loop."""
 
     seq: Sequence
-    tokens: asyncio.Queue = field(default_factory=asyncio.Queue)
+    tokens: asyncio.Queue  # filled from the engine thread through the event loop
     used: int = 0  # tokens turned into text (what `usage` counts)
 
-    async def pieces(self, tok: Any, stop_id: int | None, stops: list[str]) -> AsyncIterator[tuple[str, str | None]]:
+    async def pieces(self, tok: Tokenizer, stop_id: int | None, stops: list[str],
+                     ) -> AsyncIterator[tuple[str, str | None]]:
         """(text, finish_reason) pieces; the reason comes with the last. Leaving early frees the row."""
         decoder, text = StreamDecoder(tok), ""
         try:
@@ -239,7 +241,7 @@ class Choice:
             self.seq.cancel()
 
 
-def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 16, max_new_tokens_limit: int = 512,
+def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 64, max_new_tokens_limit: int = 512,
                max_batch: int = 16, quantize: str = "none") -> FastAPI:
     """The app; the checkpoint loads in a background thread once the server starts."""
     resolve_checkpoint(ckpt)  # a wrong path fails now, in one line, not after the port opens
