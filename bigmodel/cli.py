@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -189,6 +190,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
     source = find_hf_folder(args.from_hf)
     model = from_hf(source)
     save_checkpoint(Path(args.out), model, read_hf_tokenizer(source), {"converted_from": str(source.resolve())})
+    for name in ("tokenizer_config.json", "chat_template.jinja"):  # where `serve` finds a chat template
+        if (source / name).is_file():
+            shutil.copy(source / name, Path(args.out) / name)
     print(f"wrote {args.out}: {model.num_params() / 1e6:.1f}M parameters from {source}")
 
 

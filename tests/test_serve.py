@@ -258,3 +258,26 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(one_slot):
     assert proc.wait(timeout=60) == 0
     with pytest.raises(OSError):
         http(f"{base}/health")
+
+
+def test_chat_uses_the_checkpoints_own_template(trained_run, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from bigmodel.serve.app import create_app
+    from bigmodel.train.checkpoint import resolve_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(resolve_checkpoint(trained_run), ckpt)
+    (ckpt / "chat_template.jinja").write_text(
+        "{% for m in messages %}THE {{ m.role | upper }} SAYS {{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}ANSWER:{% endif %}")
+    with TestClient(create_app(str(ckpt))) as c:  # entered: the model loads in the background
+        for _ in range(200):
+            if c.get("/health").status_code == 200:
+                break
+            time.sleep(0.05)
+        body = {"messages": [{"role": "user", "content": "Speak"}], "max_tokens": 2}
+        usage = c.post("/v1/chat/completions", json=body).json()["usage"]
+    assert usage["prompt_tokens"] == len("THE USER SAYS Speak\nANSWER:")  # one token per character here

@@ -15,8 +15,9 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import uvicorn
@@ -109,9 +110,44 @@ STREAMED = {200: {"description": "the completion, or with `stream` server-sent e
                   "content": {"text/event-stream": {"schema": EVENT_SCHEMA}}}, **ERRORS}
 
 
-def chat_prompt(messages: list[Message]) -> str:
+def plain_chat(messages: list[Message]) -> str:
     """The plain default template for base models: `role: content` lines, then `assistant:`."""
     return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+
+
+def chat_template(folder: Path) -> Callable[[list[Message]], str]:
+    """The checkpoint's own chat template if it ships one (`chat_template.jinja`, or `chat_template` in
+    `tokenizer_config.json`, as Hugging Face does), else `plain_chat`.
+
+    A checkpoint is not trusted code, so the template runs in jinja2's immutable sandbox."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    source = config.get("chat_template")
+    if (folder / "chat_template.jinja").is_file():
+        source = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if not isinstance(source, str):
+        return plain_chat
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    template = env.from_string(source)
+    specials = {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
+
+    def render(messages: list[Message]) -> str:
+        try:
+            return template.render(messages=[m.model_dump() for m in messages], add_generation_prompt=True,
+                                   **specials)
+        except TemplateError as e:
+            raise ApiError(400, f"messages: the chat template refused them: {e}", "invalid_request_error",
+                           "messages") from None
+
+    return render
 
 
 class ApiError(Exception):
@@ -171,6 +207,7 @@ class Served:
     tok: Tokenizer
     model_id: str
     engine: Engine | None  # decoders only
+    chat: Callable[[list[Message]], str]  # messages to prompt
     classifier: SequenceModel | None = None  # a fine-tuned checkpoint's model with its head
 
 
@@ -205,7 +242,7 @@ def load_served(ckpt: str, max_batch: int, max_queue: int, quantize: str) -> Ser
     if model.config.causal:
         engine = Engine(model, max_batch, max_queue, special_id(tok, EOT))
     model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
-    return Served(model, tok, model_id, engine, classifier)
+    return Served(model, tok, model_id, engine, chat_template(folder), classifier)
 
 
 @dataclass
@@ -440,7 +477,7 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 64, max_n
 
     @app.post("/v1/chat/completions", responses=STREAMED)
     async def chat(req: ChatRequest):
-        prompt = chat_prompt(req.messages)
+        prompt = served().chat(req.messages)
         if req.stream:
             return stream([prompt], req, "chat.completion.chunk")
         return await complete([prompt], req, "chat.completion")
