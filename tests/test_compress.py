@@ -43,3 +43,5 @@ def test_int8_stores_int8_matrices_keeps_perplexity_and_generates(trained_run, s
     assert not any(k.endswith("qkv.weight") for k in weights)  # no fp32 copy of a quantized matrix
     gen = run_cli("generate", "--ckpt", str(tmp_path / "q"), "--prompt", "KING:", "--max-new-tokens", "10")
     assert gen.returncode == 0 and gen.stdout.startswith("KING:"), gen.stderr
+    refused = run_cli("export", "--ckpt", str(tmp_path / "q"), "--to-hf", str(tmp_path / "hf"))
+    assert refused.returncode == 1 and "int8" in refused.stderr

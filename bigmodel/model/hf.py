@@ -22,6 +22,7 @@ from tokenizers.pre_tokenizers import ByteLevel
 
 from bigmodel.data.tokenizer import EOT, load_tokenizer
 from bigmodel.errors import BigModelError
+from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import ModelConfig, Transformer
 
 # ours → GPT-2's, inside block i; Conv1D weights are transposed, LayerNorm ones are not
@@ -173,6 +174,8 @@ def check_exportable(cfg: ModelConfig, family: str, needs: dict[str, object]) ->
 
 def to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
     """Export as GPT-2 (causal models) or BERT (encoders), whichever the model is."""
+    if is_int8(model):
+        raise BigModelError("an int8 model cannot be exported; export the checkpoint it was quantized from")
     (gpt2_to_hf if model.config.causal else bert_to_hf)(model, folder, tokenizer)
 
 

@@ -25,6 +25,7 @@ from bigmodel.errors import BigModelError
 from bigmodel.evaluate.classify import classification_metrics
 from bigmodel.infer.classify import collate, encode, pad_id, predict_scores
 from bigmodel.model.heads import HeadConfig, SequenceModel
+from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.train.checkpoint import load_checkpoint, save_checkpoint
 from bigmodel.train.trainer import autocast, make_optimizer
@@ -39,6 +40,8 @@ def load_backbone(init: str) -> tuple[Transformer, Tokenizer]:
     path = Path(init)
     if (path / "model.json").is_file() or (path / "best").is_dir() or (path / "last").is_dir():
         model, tok, _ = load_checkpoint(path)
+        if is_int8(model):
+            raise BigModelError(f"{init}: an int8 checkpoint cannot be trained; start from the one it came from")
         return model, tok
     folder = find_hf_folder(init)
     return from_hf(folder), read_hf_tokenizer(folder)
