@@ -59,16 +59,19 @@ def start_server(ckpt: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
 
 
 async def one_request(client: httpx.AsyncClient, base: str, prompt: str, max_tokens: int) -> dict:
-    """Stream one completion; count its token chunks (one per token with this character vocabulary)."""
-    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "stream": True}
+    """Stream one completion; its token count comes from the usage chunk the server sends last."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "stream": True,
+            "stream_options": {"include_usage": True}}
     start, first, tokens = time.perf_counter(), None, 0
     async with client.stream("POST", f"{base}/v1/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
-            if json.loads(line[6:])["choices"][0]["text"]:
-                tokens += 1
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            elif chunk["choices"][0]["text"]:
                 first = first or time.perf_counter()
     end = time.perf_counter()
     return {"tokens": tokens, "latency": end - start, "ttft": (first or end) - start}

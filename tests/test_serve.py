@@ -78,8 +78,10 @@ def test_completions_chat_stream_and_models(server):
     whole = c.completions.create(model=model.id, prompt="KING:", max_tokens=10, temperature=0).choices[0].text
     assert streamed == whole and len(pieces) > 2
     chunks = list(c.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "Hi"}],
-                                            max_tokens=6, temperature=0, stream=True))
-    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].choices[0].finish_reason in ("length", "stop")
+                                            max_tokens=6, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-2].choices[0].finish_reason in ("length", "stop")
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens <= 6
 
 
 def test_keys_limits_and_bad_fields_get_openai_errors(server):

@@ -60,6 +60,9 @@ def request_models(max_new_tokens: int) -> tuple[type[BaseModel], ...]:
     NonEmpty = Annotated[str, Field(min_length=1)]
     MaxTokens = Annotated[int, Field(ge=1, le=max_new_tokens)]
 
+    class StreamOptions(BaseModel):
+        include_usage: bool = False  # a last chunk, before [DONE], with `usage` and no choices
+
     class Sampling(BaseModel):
         model: str | None = None
         max_tokens: MaxTokens = min(16, max_new_tokens)
@@ -69,6 +72,7 @@ def request_models(max_new_tokens: int) -> tuple[type[BaseModel], ...]:
         stop: str | list[str] | None = None
         seed: int | None = None
         stream: bool = False
+        stream_options: StreamOptions | None = None
 
         @field_validator("max_tokens", "temperature", "top_p", "n", "seed", mode="before")
         @classmethod
@@ -382,6 +386,11 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 64, max_n
         metrics.count_tokens("prompt", sum(len(i) for i in ids_list) * req.n)
         return s, choices
 
+    def usage_of(choices: list[Choice], n: int) -> dict:
+        prompt = sum(len(c.seq.prompt) for c in choices[::n])  # each prompt counted once, not per sample
+        completion = sum(c.used for c in choices)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
     def stops_of(req) -> list[str]:
         return [req.stop] if isinstance(req.stop, str) else (req.stop or [])
 
@@ -400,17 +409,14 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 64, max_n
         finally:
             for c in choices:
                 c.seq.cancel()
-        completion_tokens = sum(c.used for c in choices)
-        metrics.count_tokens("completion", completion_tokens)
-        prompt_tokens = sum(len(c.seq.prompt) for c in choices[::req.n])
+        usage = usage_of(choices, req.n)
+        metrics.count_tokens("completion", usage["completion_tokens"])
         return {"id": f"{'cmpl' if kind == 'text_completion' else 'chatcmpl'}-{uuid.uuid4().hex}", "object": kind,
                 "created": int(time.time()), "model": s.model_id,
                 "choices": [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
                             if kind == "text_completion" else
                             {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
-                            for i, (text, reason) in enumerate(results)],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+                            for i, (text, reason) in enumerate(results)], "usage": usage}
 
     def stream(prompts: list[str], req, kind: str) -> StreamingResponse:
         """Server-sent events, one choice after another (index = prompt × n + sample); all generate at once."""
@@ -418,8 +424,9 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 64, max_n
         stop_id, stops = special_id(s.tok, EOT), stops_of(req)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def chunk(choice: dict) -> str:
-            body = {"id": ident, "object": kind, "created": created, "model": s.model_id, "choices": [choice]}
+        def chunk(choice: dict | None, **extra: object) -> str:
+            body = {"id": ident, "object": kind, "created": created, "model": s.model_id,
+                    "choices": [choice] if choice else [], **extra}
             return f"data: {json_text(body)}\n\n"
 
         async def events() -> AsyncIterator[str]:
@@ -433,6 +440,8 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 64, max_n
                                     if kind == "text_completion" else
                                     {"index": index, "delta": {"content": piece} if piece else {},
                                      "finish_reason": reason})
+                if req.stream_options and req.stream_options.include_usage:
+                    yield chunk(None, usage=usage_of(choices, req.n))
                 yield "data: [DONE]\n\n"
             except RuntimeError as e:  # the engine failed mid-stream: say so in the stream
                 yield f"data: {json_text(error_body(str(e), 'server_error'))}\n\n"
