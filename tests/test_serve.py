@@ -92,6 +92,8 @@ def test_keys_limits_and_bad_fields_get_openai_errors(server):
     assert too_long.value.status_code == 413
     with pytest.raises(openai.BadRequestError):
         client(server).completions.create(model="x", prompt="hi", max_tokens=1000)
+    huge_seed = http(f"{server}/v1/completions", {"prompt": "x", "seed": 10**30}, key="s3cret")  # schemathesis found
+    assert huge_seed[0] == 400 and json.loads(huge_seed[1])["error"]["param"] == "seed"
     status, text = http(f"{server}/v1/completions", {"prompt": 5, "temperature": "hot"}, key="s3cret")
     assert status == 400 and json.loads(text)["error"]["type"] == "invalid_request_error"
     metrics = http(f"{server}/metrics")[1]

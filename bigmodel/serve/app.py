@@ -70,7 +70,7 @@ def request_models(max_new_tokens: int) -> tuple[type[BaseModel], ...]:
         top_p: float = Field(1.0, gt=0, le=1)
         n: int = Field(1, ge=1, le=8)
         stop: str | list[str] | None = None
-        seed: int | None = None
+        seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # what torch's generator takes
         stream: bool = False
         stream_options: StreamOptions | None = None
 
@@ -315,6 +315,10 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 64, max_n
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if e.status_code < 500 else "server_error"
         return JSONResponse(error_body(str(e.detail), kind), status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, e: Exception) -> JSONResponse:  # a bug: still OpenAI's shape, and logged
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}", "server_error"), status_code=500)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
