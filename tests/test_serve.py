@@ -96,6 +96,7 @@ def test_keys_limits_and_bad_fields_get_openai_errors(server):
     assert huge_seed[0] == 400 and json.loads(huge_seed[1])["error"]["param"] == "seed"
     status, text = http(f"{server}/v1/completions", {"prompt": 5, "temperature": "hot"}, key="s3cret")
     assert status == 400 and json.loads(text)["error"]["type"] == "invalid_request_error"
+    assert http(f"{server}/v1/completions", {"prompt": "x", "max_tokens": 2}, key="s3cret")[0] == 200
     metrics = http(f"{server}/metrics")[1]
     assert 'bigmodel_requests_total{route="/v1/completions",status="200"}' in metrics
     assert "bigmodel_request_seconds_bucket" in metrics
