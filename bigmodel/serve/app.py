@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenizers import Tokenizer
 
@@ -62,7 +62,7 @@ def request_models(max_new_tokens: int) -> tuple[type[BaseModel], ...]:
     MaxTokens = Annotated[int, Field(ge=1, le=max_new_tokens)]
 
     class StreamOptions(BaseModel):
-        include_usage: bool = False  # a last chunk, before [DONE], with `usage` and no choices
+        include_usage: StrictBool = False  # a last chunk, before [DONE], with `usage` and no choices
 
     class Sampling(BaseModel):
         model: str | None = None
