@@ -97,9 +97,12 @@ def preset(name: str) -> dict:
     return dict(PRESETS[name])
 
 
-def one_row_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True for a single fp32 row on the CPU outside autograd: batch-1 decoding."""
-    return (x.numel() == x.size(-1) and x.device.type == "cpu" and weight.dtype == torch.float32
+FEW_ROWS = 32  # up to this many rows, a decoding step rather than a training batch
+
+
+def rows_on_cpu(x: torch.Tensor, weight: torch.Tensor, most: int) -> bool:
+    """True for at most `most` fp32 rows on the CPU outside autograd: a decoding step."""
+    return (x.numel() <= most * x.size(-1) and x.device.type == "cpu" and weight.dtype == torch.float32
             and not torch.is_grad_enabled())
 
 
@@ -115,17 +118,23 @@ def one_torch_thread() -> Iterator[None]:
 
 
 class Linear(nn.Linear):
-    """nn.Linear with a fast path for a single row on the CPU, outside autograd.
+    """nn.Linear with fast paths for decoding steps on the CPU, outside autograd.
 
     Batch-1 decoding is bound by how fast the weights stream from memory. PyTorch's CPU
     build multiplies one row through a matrix-vector kernel that uses one core; numpy's
     OpenBLAS uses them all and streams about twice as fast here, so one row goes that way.
+    For a few rows (a serving batch), the CPU build's BLAS computes W @ x.T about twice
+    as fast as the x @ W.T of `F.linear`, with the same result.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not one_row_on_cpu(x, self.weight):
+        if not rows_on_cpu(x, self.weight, FEW_ROWS):
             return super().forward(x)
-        y = torch.from_numpy(np.dot(x.detach().reshape(1, -1).numpy(), self.weight.detach().numpy().T))
+        rows = x.detach().reshape(-1, x.size(-1))
+        if len(rows) == 1:
+            y = torch.from_numpy(np.dot(rows.numpy(), self.weight.detach().numpy().T))
+        else:
+            y = (self.weight @ rows.T).T.contiguous()
         if self.bias is not None:
             y += self.bias
         return y.view(*x.shape[:-1], -1)
@@ -356,7 +365,7 @@ class Transformer(nn.Module):
         `padding_mask` (B, T) is True for real tokens; `token_types` are segment ids.
         """
         # one row through our own Linear layers (not int8 ones): every matrix takes its OpenBLAS path
-        if isinstance(self.lm_head, Linear) and one_row_on_cpu(idx, self.lm_head.weight):
+        if isinstance(self.lm_head, Linear) and rows_on_cpu(idx, self.lm_head.weight, 1):
             with one_torch_thread():
                 x = self.hidden_states(idx, cache, padding_mask, token_types)
         else:
