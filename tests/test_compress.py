@@ -1,5 +1,7 @@
 import re
+import time
 
+import pytest
 from safetensors.torch import load_file
 
 from .conftest import run_cli
@@ -7,6 +9,21 @@ from .conftest import run_cli
 
 def _perplexity_change(stdout: str) -> float:
     return float(re.search(r"\(([+-][0-9.]+)%\)", stdout).group(1))
+
+
+def _serves_a_completion(ckpt, **options) -> dict:
+    """The server app on `ckpt`, started in-process; the usage of one completion it gives."""
+    testclient = pytest.importorskip("fastapi.testclient")
+    from bigmodel.serve.app import create_app
+
+    with testclient.TestClient(create_app(str(ckpt), **options)) as client:
+        for _ in range(200):
+            if client.get("/health").status_code == 200:
+                break
+            time.sleep(0.05)
+        answer = client.post("/v1/completions", json={"prompt": "KING:", "max_tokens": 5, "temperature": 0})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["usage"]
 
 
 def test_bf16_weights_halve_the_size_and_keep_perplexity(trained_run, shakespeare_char, tmp_path):
@@ -30,6 +47,7 @@ def test_pruning_zeroes_half_of_each_block_matrix_and_still_generates(trained_ru
     assert matrices and all(abs((t == 0).float().mean().item() - 0.5) < 0.01 for t in matrices)
     gen = run_cli("generate", "--ckpt", str(tmp_path / "p"), "--prompt", "KING:", "--max-new-tokens", "10")
     assert gen.returncode == 0 and gen.stdout.startswith("KING:"), gen.stderr
+    assert _serves_a_completion(tmp_path / "p")["completion_tokens"] == 5
 
 
 def test_int8_stores_int8_matrices_keeps_perplexity_and_generates(trained_run, shakespeare_char, tmp_path):
@@ -43,5 +61,7 @@ def test_int8_stores_int8_matrices_keeps_perplexity_and_generates(trained_run, s
     assert not any(k.endswith("qkv.weight") for k in weights)  # no fp32 copy of a quantized matrix
     gen = run_cli("generate", "--ckpt", str(tmp_path / "q"), "--prompt", "KING:", "--max-new-tokens", "10")
     assert gen.returncode == 0 and gen.stdout.startswith("KING:"), gen.stderr
+    assert _serves_a_completion(tmp_path / "q")["completion_tokens"] == 5
+    assert _serves_a_completion(trained_run, quantize="int8")["completion_tokens"] == 5  # serve --quantize int8
     refused = run_cli("export", "--ckpt", str(tmp_path / "q"), "--to-hf", str(tmp_path / "hf"))
     assert refused.returncode == 1 and "int8" in refused.stderr
