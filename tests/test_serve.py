@@ -286,3 +286,18 @@ def test_chat_uses_the_checkpoints_own_template(trained_run, tmp_path):
         body = {"messages": [{"role": "user", "content": "Speak"}], "max_tokens": 2}
         usage = c.post("/v1/chat/completions", json=body).json()["usage"]
     assert usage["prompt_tokens"] == len("THE USER SAYS Speak\nANSWER:")  # one token per character here
+
+
+def test_a_checkpoint_that_fails_to_load_ends_the_server_with_one_line(trained_run, tmp_path):
+    import shutil
+
+    from bigmodel.train.checkpoint import resolve_checkpoint
+
+    from .conftest import run_cli
+
+    broken = tmp_path / "broken"
+    shutil.copytree(resolve_checkpoint(trained_run), broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 100)
+    result = run_cli("serve", "--ckpt", str(broken), "--port", str(_free_port()), timeout=60)
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert result.returncode == 1 and len(errors) == 1 and str(broken) in errors[0]
