@@ -238,6 +238,8 @@ def test_a_full_server_says_429_and_a_client_that_leaves_frees_its_slot(one_slot
     assert response.readline().startswith(b"data: ")
     busy, body = http(f"{base}/v1/completions", {"prompt": "KING:", "max_tokens": 3})
     assert busy == 429 and json.loads(body)["error"]["type"] == "rate_limit_error"
+    never, body = http(f"{base}/v1/completions", {"prompt": "KING:", "max_tokens": 3, "n": 2})
+    assert never == 400 and json.loads(body)["error"]["param"] == "n"  # more rows than exist: retrying can't help
     conn.close()  # the client goes away mid-stream
     deadline = time.time() + 10
     while time.time() < deadline:

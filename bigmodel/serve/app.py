@@ -382,6 +382,9 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 64, max_n
                 cfg = GenerateConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                                      seed=seed + len(choices))
                 choices.append(Choice(Sequence(ids, cfg, emit), queue))
+        if len(choices) > engine.max_batch + engine.max_queue:  # retrying would never help: not a 429
+            raise ApiError(400, f"prompts × n asks for {len(choices)} sequences; this server holds at most "
+                           f"{engine.max_batch + engine.max_queue} at once", "invalid_request_error", "n")
         try:
             engine.submit([c.seq for c in choices])
         except QueueFull:
