@@ -58,6 +58,7 @@ class Engine:
         self.model, self.max_batch, self.max_queue, self.stop_id = model, max_batch, max_queue, stop_id
         block = model.config.block_size
         param = next(model.parameters())
+        self.device = param.device
         self.cache = KVCache(model.config, max_batch, block, param.dtype, param.device)
         self.active: list[Sequence] = []  # row i of the cache belongs to active[i]
         self.waiting: collections.deque[Sequence] = collections.deque()
@@ -116,9 +117,7 @@ class Engine:
             return
         row = len(self.active)
         self.active.append(seq)
-        self.cache.lengths[row] = 0
-        logits, _ = self.model(torch.tensor([seq.prompt]), cache=self.cache.rows(row, row + 1), last_only=True)
-        self._accept(row, logits[0, -1])
+        self._accept(row, self._fill(row, seq.prompt))
 
     def _step(self) -> None:
         """One token for every active row, in one forward pass."""
@@ -128,20 +127,26 @@ class Engine:
         block = self.model.config.block_size
         for row, seq in enumerate(self.active):
             if int(self.cache.lengths[row]) == block:  # context full: keep the latest half and go on
-                self.cache.lengths[row] = 0
-                self.model(torch.tensor([seq.history[-(block // 2):-1]]), cache=self.cache.rows(row, row + 1))
+                self._fill(row, seq.history[-(block // 2):-1])
         n = len(self.active)
-        tokens = torch.tensor([[seq.history[-1]] for seq in self.active])
+        tokens = torch.tensor([[seq.history[-1]] for seq in self.active], device=self.device)
         logits, _ = self.model(tokens, cache=self.cache.rows(0, n), last_only=True)
         for row in range(n):
             self._accept(row, logits[row, -1])
         self._leave_finished()
 
+    def _fill(self, row: int, ids: list[int]) -> torch.Tensor:
+        """Run `ids` into an emptied cache row; the logits after the last of them."""
+        self.cache.lengths[row] = 0
+        logits, _ = self.model(torch.tensor([ids], device=self.device), cache=self.cache.rows(row, row + 1),
+                               last_only=True)
+        return logits[0, -1]
+
     def _accept(self, row: int, logits: torch.Tensor) -> None:
         seq = self.active[row]
         if seq.done:
             return
-        token = int(sample_next(logits[None], seq.cfg, seq.generator)[0])
+        token = int(sample_next(logits[None].cpu(), seq.cfg, seq.generator)[0])  # each sequence's own generator
         seq.history.append(token)
         seq.produced += 1
         seq.emit(token)
