@@ -36,7 +36,7 @@ from bigmodel.infer.embed import embed_ids
 from bigmodel.model.heads import HEAD_FILE, SequenceModel
 from bigmodel.model.quantize import is_int8, to_int8
 from bigmodel.model.transformer import Transformer
-from bigmodel.serve.engine import Engine, QueueFull, Sequence, ShuttingDown
+from bigmodel.serve.engine import Engine, QueueFull, Sequence, ShuttingDown, TooLarge
 from bigmodel.train.checkpoint import load_checkpoint, resolve_checkpoint
 
 
@@ -382,16 +382,16 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 64, max_n
                 cfg = GenerateConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                                      seed=seed + len(choices))
                 choices.append(Choice(Sequence(ids, cfg, emit), queue))
-        if len(choices) > engine.max_batch + engine.max_queue:  # retrying would never help: not a 429
-            raise ApiError(400, f"prompts × n asks for {len(choices)} sequences; this server holds at most "
-                           f"{engine.max_batch + engine.max_queue} at once", "invalid_request_error", "n")
         try:
             engine.submit([c.seq for c in choices])
+        except TooLarge:  # retrying would never help: not a 429
+            raise ApiError(400, f"prompts × n asks for {len(choices)} sequences; this server holds at most "
+                           f"{engine.capacity} at once", "invalid_request_error", "n") from None
         except QueueFull:
             raise ApiError(429, "the queue is full; retry later", "rate_limit_error") from None
         except ShuttingDown:
             raise ApiError(503, "the server is shutting down", "service_unavailable") from None
-        metrics.count_tokens("prompt", sum(len(i) for i in ids_list) * req.n)
+        metrics.count_tokens("prompt", sum(len(i) for i in ids_list))  # as `usage` counts them
         return s, choices
 
     def usage_of(choices: list[Choice], n: int) -> dict:
@@ -404,7 +404,7 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 64, max_n
 
     async def complete(prompts: list[str], req, kind: str) -> dict:
         s, choices = start(prompts, req)
-        stop_id, stops = special_id(s.tok, EOT), stops_of(req)
+        stop_id, stops = s.engine.stop_id, stops_of(req)
 
         async def collect(choice: Choice) -> tuple[str, str | None]:
             parts = [part async for part in choice.pieces(s.tok, stop_id, stops)]
@@ -429,7 +429,7 @@ def create_app(ckpt: str, api_key: str | None = None, max_queue: int = 64, max_n
     def stream(prompts: list[str], req, kind: str) -> StreamingResponse:
         """Server-sent events, one choice after another (index = prompt × n + sample); all generate at once."""
         s, choices = start(prompts, req)
-        stop_id, stops = special_id(s.tok, EOT), stops_of(req)
+        stop_id, stops = s.engine.stop_id, stops_of(req)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(choice: dict | None, **extra: object) -> str:

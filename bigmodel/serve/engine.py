@@ -28,6 +28,10 @@ class QueueFull(Exception):
     """More sequences than the batch and the queue hold together."""
 
 
+class TooLarge(Exception):
+    """More sequences in one request than the batch and the queue could ever hold."""
+
+
 class ShuttingDown(Exception):
     """The engine takes no new work; it is finishing what it has."""
 
@@ -39,14 +43,17 @@ class Sequence:
     prompt: list[int]
     cfg: GenerateConfig
     emit: Callable[[int | None], None]
-    produced: int = 0
     error: str | None = None
     done: bool = False  # finished, or given up by its consumer
-    history: list[int] = field(default_factory=list)
+    history: list[int] = field(init=False)  # the prompt, then every token produced
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.history = list(self.prompt)
+
+    @property
+    def produced(self) -> int:
+        return len(self.history) - len(self.prompt)
 
     def cancel(self) -> None:
         """Give up the row (the client left, or a stop string was met); safe from any thread."""
@@ -72,12 +79,19 @@ class Engine:
         """Sequences generating or waiting for a row."""
         return len(self.active) + len(self.waiting)
 
+    @property
+    def capacity(self) -> int:
+        """Sequences the engine holds at most: generating and waiting together."""
+        return self.max_batch + self.max_queue
+
     def submit(self, sequences: list[Sequence]) -> None:
         """Queue all of a request's sequences, or none of them."""
+        if len(sequences) > self.capacity:
+            raise TooLarge
         with self.wake:
             if self.closing:
                 raise ShuttingDown
-            if len(self.waiting) + len(sequences) > self.max_queue + self.max_batch - len(self.active):
+            if self.depth + len(sequences) > self.capacity:
                 raise QueueFull
             self.waiting.extend(sequences)
             self.wake.notify()
@@ -148,7 +162,6 @@ class Engine:
             return
         token = int(sample_next(logits[None].cpu(), seq.cfg, seq.generator)[0])  # each sequence's own generator
         seq.history.append(token)
-        seq.produced += 1
         seq.emit(token)
         if token == self.stop_id or seq.produced >= seq.cfg.max_new_tokens:
             seq.done = True  # its row is free at the next look
