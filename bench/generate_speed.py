@@ -18,11 +18,11 @@ import torch
 from _common import save
 from transformers import GPT2LMHeadModel
 
-from bigmodel.config import GenerateConfig
+from bigmodel.config import GenerateConfig, ModelConfig, preset
 from bigmodel.infer.generate import generate_ids
 from bigmodel.model.hf import gpt2_to_hf
 from bigmodel.model.quantize import to_int8
-from bigmodel.model.transformer import ModelConfig, Transformer, preset
+from bigmodel.model.transformer import Transformer
 
 
 def to_transformers(ours: Transformer) -> GPT2LMHeadModel:

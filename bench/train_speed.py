@@ -18,8 +18,8 @@ import torch
 from _common import matmul_peak_flops, save
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from bigmodel.config import TrainConfig
-from bigmodel.model.transformer import ModelConfig, Transformer, preset
+from bigmodel.config import ModelConfig, TrainConfig, preset
+from bigmodel.model.transformer import Transformer
 from bigmodel.train.trainer import make_optimizer
 
 VOCAB = 65

@@ -43,8 +43,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def pretrain_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, dict]:
     """Layer defaults < preset < YAML < flags; a resumed run starts from its saved config."""
+    from bigmodel.config import preset
     from bigmodel.data.batches import load_meta
-    from bigmodel.model.transformer import preset
 
     recipe = load_yaml(args.config)
     if args.resume and args.out:
@@ -75,7 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.task == "classify":
         return evaluate_classifier(args)
     from bigmodel.evaluate.lm import evaluate_lm
-    from bigmodel.train.checkpoint import load_checkpoint
+    from bigmodel.model.checkpoint import load_checkpoint
 
     model, tok, folder = load_checkpoint(args.ckpt)
     report = evaluate_lm(model, tok, args.data, args.split)
@@ -93,7 +93,7 @@ def evaluate_classifier(args: argparse.Namespace) -> None:
     from bigmodel.data.labelled import read_labelled
     from bigmodel.evaluate.classify import classification_metrics, plot_confusion, report_text
     from bigmodel.infer.classify import predict_texts
-    from bigmodel.train.checkpoint import load_checkpoint
+    from bigmodel.model.checkpoint import load_checkpoint
 
     model, tok, folder = load_checkpoint(args.ckpt, with_head=True)
     labels = model.head_config.labels
@@ -128,7 +128,7 @@ def read_lines(name: str, what: str = "input") -> list[str]:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from bigmodel.infer.classify import predict_texts
-    from bigmodel.train.checkpoint import load_checkpoint
+    from bigmodel.model.checkpoint import load_checkpoint
 
     texts = read_lines(args.input)
     model, tok, _ = load_checkpoint(args.ckpt, with_head=True)
@@ -162,7 +162,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
     from bigmodel.infer.generate import generate_texts, stream_text
-    from bigmodel.train.checkpoint import load_checkpoint
+    from bigmodel.model.checkpoint import load_checkpoint
 
     cfg = resolve(GenerateConfig, args, {"temperature": 0.0} if args.greedy else None)
     prompts = _prompts(args)
@@ -184,8 +184,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    from bigmodel.model.checkpoint import save_checkpoint
     from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
-    from bigmodel.train.checkpoint import save_checkpoint
 
     source = find_hf_folder(args.from_hf)
     model = from_hf(source)
@@ -197,8 +197,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from bigmodel.model.checkpoint import load_checkpoint
     from bigmodel.model.hf import to_hf
-    from bigmodel.train.checkpoint import load_checkpoint
 
     model, tok, folder = load_checkpoint(args.ckpt)
     to_hf(model, args.to_hf, tok)
@@ -219,7 +219,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
     from bigmodel.infer.embed import embed_texts
-    from bigmodel.train.checkpoint import load_checkpoint
+    from bigmodel.model.checkpoint import load_checkpoint
 
     texts = read_lines(args.input)
     if not texts:
@@ -233,7 +233,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
 def compress_checkpoint(args: argparse.Namespace, change, what: str) -> None:
     """Load, measure, `change` the model in place (or return a new one), save, measure again."""
     from bigmodel.evaluate.lm import evaluate_lm
-    from bigmodel.train.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+    from bigmodel.model.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
 
     model, tok, folder = load_checkpoint(args.ckpt)
     before = evaluate_lm(model, tok, args.text)

@@ -10,14 +10,87 @@ import argparse
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bigmodel.errors import BigModelError
-from bigmodel.model.transformer import ModelConfig
+
+
+@dataclass
+class ModelConfig:
+    """Shape and flavour of the network; saved as `model.json` beside every checkpoint."""
+
+    vocab_size: int = 50304
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int = 0  # 0 means n_head (plain multi-head attention)
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    positions: str = "learned"  # learned | rope
+    mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's approximation) | swiglu
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    causal: bool = True  # False: every token sees every other (an encoder, as BERT)
+    norm_first: bool = True  # False: post-norm blocks, as BERT
+    type_vocab_size: int = 0  # > 0: token-type (segment) embeddings, as BERT
+    embed_norm: bool = False  # normalise the summed embeddings, as BERT
+
+    def __post_init__(self) -> None:
+        if self.n_kv_head == 0:
+            self.n_kv_head = self.n_head
+        checks = {
+            "n_embd must be divisible by n_head": self.n_embd % self.n_head == 0,
+            "n_head must be divisible by n_kv_head": self.n_head % self.n_kv_head == 0,
+            "norm must be layernorm or rmsnorm": self.norm in ("layernorm", "rmsnorm"),
+            "positions must be learned or rope": self.positions in ("learned", "rope"),
+            "mlp must be gelu, gelu_tanh or swiglu": self.mlp in ("gelu", "gelu_tanh", "swiglu"),
+            "block_size, vocab_size and n_layer must be positive": min(
+                self.block_size, self.vocab_size, self.n_layer
+            )
+            > 0,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise BigModelError(f"model config: {message}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BigModelError(f"model config: unknown field(s) {', '.join(unknown)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    # nanoGPT's CPU recipe for character-level Shakespeare.
+    "baby": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
+    # nanoGPT's shakespeare_char GPU recipe.
+    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
+}
+
+
+def preset(name: str) -> dict:
+    """The field overrides a named preset stands for."""
+    if name not in PRESETS:
+        raise BigModelError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
 
 
 @dataclass
@@ -200,5 +273,5 @@ def save_yaml(path: Path, sections: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
 
 
-__all__ = ["DataConfig", "FinetuneConfig", "GenerateConfig", "ModelConfig", "TrainConfig", "add_flags", "load_yaml",
-           "resolve", "save_yaml"]
+__all__ = ["DataConfig", "FinetuneConfig", "GenerateConfig", "ModelConfig", "TrainConfig", "add_flags",
+           "load_yaml", "preset", "resolve", "save_yaml"]

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bigmodel.config import DataConfig, TrainConfig
+from bigmodel.config import DataConfig, ModelConfig, TrainConfig
 from bigmodel.data.prepare import prepare
-from bigmodel.model.transformer import ModelConfig
 from bigmodel.train.trainer import pretrain
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from bigmodel.config import GenerateConfig
+from bigmodel.config import GenerateConfig, ModelConfig
 from bigmodel.infer.generate import generate_ids
-from bigmodel.model.transformer import ModelConfig, Transformer
+from bigmodel.model.transformer import Transformer
 from bigmodel.serve.engine import Engine, QueueFull, Sequence
 
 
@@ -57,3 +57,25 @@ def test_a_full_engine_refuses_and_a_cancelled_sequence_leaves():
     engine.submit([short])
     assert finished.wait(10) and len(tokens) == 3
     engine.close()
+
+
+def test_a_failing_step_ends_every_sequence_exactly_once():
+    """One prompt the model cannot run (an id past its vocabulary) fails the step: the sequence that had
+    already joined and the ones still joining each get one end, with the error."""
+    model = Transformer(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=8)).eval()
+    engine = Engine(model, max_batch=3, max_queue=0, stop_id=None)
+    ends: list[list[None]] = [[], [], []]
+    sequences = []
+    for i, prompt in enumerate(([1, 2], [99], [3])):
+        def emit(token, i=i):
+            if token is None:
+                ends[i].append(None)
+        sequences.append(Sequence(prompt, GenerateConfig(temperature=0.0, max_new_tokens=5), emit))
+    engine.submit(sequences)
+    deadline = time.time() + 10
+    while time.time() < deadline and not all(ends):
+        time.sleep(0.01)
+    time.sleep(0.2)  # a second end would arrive now
+    engine.close()
+    assert ends == [[None], [None], [None]]
+    assert all(s.error and "generation failed" in s.error for s in sequences)

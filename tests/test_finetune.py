@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from bigmodel.config import FinetuneConfig
-from bigmodel.train.checkpoint import load_checkpoint
+from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.train.finetune import finetune
 
 from .conftest import run_cli

@@ -5,7 +5,7 @@ from bigmodel.config import DataConfig, GenerateConfig, TrainConfig
 from bigmodel.data.prepare import prepare
 from bigmodel.errors import BigModelError
 from bigmodel.infer.generate import generate_ids, generate_texts, sample_next, stream_text
-from bigmodel.train.checkpoint import load_checkpoint
+from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.train.trainer import pretrain
 
 from .conftest import TANGPOEMS, tiny_model

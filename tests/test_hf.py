@@ -3,11 +3,12 @@
 import pytest
 import torch
 
+from bigmodel.config import ModelConfig
 from bigmodel.data.tokenizer import train_bpe
 from bigmodel.errors import BigModelError
+from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.hf import gpt2_from_hf, gpt2_to_hf
-from bigmodel.model.transformer import ModelConfig, Transformer
-from bigmodel.train.checkpoint import load_checkpoint
+from bigmodel.model.transformer import Transformer
 
 from .conftest import SHAKESPEARE, run_cli
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.hf import find_hf_folder
-from bigmodel.train.checkpoint import load_checkpoint
 
 from .conftest import run_cli
 

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from bigmodel.config import ModelConfig, preset
 from bigmodel.errors import BigModelError
-from bigmodel.model.transformer import KVCache, ModelConfig, Transformer, preset
+from bigmodel.model.transformer import KVCache, Transformer
 
 VARIANTS = [
     {},
@@ -21,7 +22,7 @@ def test_kv_cache_decoding_matches_a_full_forward(variant, batch):
     model = Transformer(cfg).eval()
     idx = torch.randint(50, (batch, 20))
     full, _ = model(idx)
-    cache = KVCache(cfg, batch, cfg.block_size, torch.float32, "cpu")
+    cache = KVCache.allocate(cfg, batch, cfg.block_size, torch.float32, "cpu")
     pieces = [model(idx[:, :7], cache=cache)[0]]  # prefill, then one token at a time, then a chunk
     for t in range(7, 12):
         pieces.append(model(idx[:, t:t + 1], cache=cache)[0])
@@ -37,7 +38,7 @@ def test_rows_of_different_lengths_decode_together_as_they_would_alone(variant):
     cfg = ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_embd=32, block_size=24, **variant)
     model = Transformer(cfg).eval()
     prompts = [torch.randint(50, (1, n)) for n in (9, 2, 5)]
-    cache = KVCache(cfg, 4, cfg.block_size, torch.float32, "cpu")
+    cache = KVCache.allocate(cfg, 4, cfg.block_size, torch.float32, "cpu")
     for row, prompt in enumerate(prompts):  # each prompt fills its own row
         model(prompt, cache=cache.rows(row, row + 1))
     cache.move_row(2, 1)  # the row-1 sequence leaves; the last one moves into its place
@@ -78,3 +79,31 @@ def test_too_long_input_and_bad_config_are_clear_errors():
         model(torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(BigModelError, match="divisible"):
         ModelConfig(n_embd=10, n_head=3)
+
+
+@torch.no_grad()
+def test_only_a_single_new_token_decodes_on_one_torch_thread():
+    """Batch-1 prefill and evaluation keep every core; only a (1, 1) decoding step hands them to OpenBLAS."""
+    model = Transformer(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=32)).eval()
+    seen = []
+    model.blocks[0].register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cache = KVCache.allocate(model.config, 1, 32, torch.float32, "cpu")
+        model(torch.randint(50, (1, 20)), cache=cache)  # prefill
+        model(torch.randint(50, (1, 1)), cache=cache)  # one decoding step
+        model(torch.randint(50, (1, 20)))  # evaluation of one sequence
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [2, 1, 2]
+
+
+@torch.no_grad()
+def test_a_cache_refuses_a_step_past_the_context():
+    model = Transformer(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=8)).eval()
+    cache = KVCache.allocate(model.config, 2, 8, torch.float32, "cpu")
+    model(torch.randint(50, (2, 6)), cache=cache)
+    with pytest.raises(BigModelError, match="sequence of 9 tokens is longer than the context"):
+        model(torch.randint(50, (2, 3)), cache=cache)
+    assert cache.lengths.tolist() == [6, 6]  # nothing was written

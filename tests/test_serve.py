@@ -272,8 +272,8 @@ def test_chat_uses_the_checkpoints_own_template(trained_run, tmp_path):
 
     from fastapi.testclient import TestClient
 
+    from bigmodel.model.checkpoint import resolve_checkpoint
     from bigmodel.serve.app import create_app
-    from bigmodel.train.checkpoint import resolve_checkpoint
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(resolve_checkpoint(trained_run), ckpt)
@@ -293,7 +293,7 @@ def test_chat_uses_the_checkpoints_own_template(trained_run, tmp_path):
 def test_a_checkpoint_that_fails_to_load_ends_the_server_with_one_line(trained_run, tmp_path):
     import shutil
 
-    from bigmodel.train.checkpoint import resolve_checkpoint
+    from bigmodel.model.checkpoint import resolve_checkpoint
 
     from .conftest import run_cli
 

@@ -58,9 +58,20 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if not p.is_file():
         raise BigModelError(f"{path}: no tokenizer.json there")
     try:
-        return Tokenizer.from_file(str(p))
+        return plain_tokenizer(Tokenizer.from_file(str(p)))
     except Exception as e:  # tokenizers raises plain Exception subclasses for bad JSON
         raise BigModelError(f"{p}: not a Hugging Face tokenizer.json ({str(e).splitlines()[0]})") from None
+
+
+def plain_tokenizer(tok: Tokenizer) -> Tokenizer:
+    """A copy of `tok` that neither pads nor truncates: the only kind bigmodel stores or hands out.
+
+    Hugging Face folders often ship `tokenizer.json` with padding and truncation switched on;
+    kept, they would silently cut every text `generate` or `evaluate` reads to that length."""
+    copy = Tokenizer.from_str(tok.to_str())
+    copy.no_padding()
+    copy.no_truncation()
+    return copy
 
 
 def special_id(tok: Tokenizer, token: str) -> int | None:

@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
-from bigmodel.infer.classify import collate, encode, pad_id
+from bigmodel.data.collate import collate, encode, pad_id
 from bigmodel.model.heads import mean_pool
 from bigmodel.model.transformer import Transformer
 
@@ -24,12 +24,13 @@ def embed_texts(model: Transformer, tok: Tokenizer, texts: list[str], batch_size
 def embed_ids(model: Transformer, ids: list[list[int]], pad: int, batch_size: int = 32,
               progress: bool = False) -> np.ndarray:
     """One unit-length vector per tokenized text, in input order."""
+    device = next(model.parameters()).device
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad less
     out = np.zeros((len(ids), model.config.n_embd), dtype=np.float32)
     for start in tqdm(range(0, len(ids), batch_size), desc="embed", unit=" batches", mininterval=1.0,
                       disable=not progress):
         rows = order[start:start + batch_size]
-        x, mask = collate([ids[i] for i in rows], pad)
+        x, mask = collate([ids[i] for i in rows], pad, device)
         pooled = mean_pool(model.hidden_states(x, padding_mask=mask), mask)
-        out[rows] = torch.nn.functional.normalize(pooled, dim=-1).float().numpy()
+        out[rows] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
     return out

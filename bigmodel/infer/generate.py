@@ -54,7 +54,7 @@ def generate_ids(model: Transformer, prompt: list[int], cfg: GenerateConfig, bat
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
     history = torch.tensor(prompt, device=device).repeat(batch_size, 1)
-    cache = KVCache(model.config, batch_size, block, dtype, device)
+    cache = KVCache.allocate(model.config, batch_size, block, dtype, device)
     logits, _ = model(history, cache=cache, last_only=True)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     for _ in range(cfg.max_new_tokens):
@@ -66,7 +66,7 @@ def generate_ids(model: Transformer, prompt: list[int], cfg: GenerateConfig, bat
                 return
         history = torch.cat([history, token[:, None]], dim=1)
         if int(cache.lengths[0]) == block:
-            cache.lengths.zero_()
+            cache.lengths[:] = 0
             logits, _ = model(history[:, -(block // 2):], cache=cache, last_only=True)
         else:
             logits, _ = model(token[:, None], cache=cache, last_only=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from bigmodel.model.transformer import ModelConfig, Transformer
+from bigmodel.config import ModelConfig
+from bigmodel.model.transformer import Transformer
 
 HEAD_FILE = "head.json"
 

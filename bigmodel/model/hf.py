@@ -20,10 +20,11 @@ from tokenizers import BertWordPieceTokenizer, Tokenizer, decoders
 from tokenizers.models import BPE
 from tokenizers.pre_tokenizers import ByteLevel
 
+from bigmodel.config import ModelConfig
 from bigmodel.data.tokenizer import EOT, load_tokenizer
 from bigmodel.errors import BigModelError
 from bigmodel.model.quantize import is_int8
-from bigmodel.model.transformer import ModelConfig, Transformer
+from bigmodel.model.transformer import Transformer
 
 # ours → GPT-2's, inside block i; Conv1D weights are transposed, LayerNorm ones are not
 GPT2_BLOCK_NAMES = {"norm1": "ln_1", "norm2": "ln_2", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",

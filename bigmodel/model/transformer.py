@@ -13,89 +13,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from bigmodel.config import ModelConfig
 from bigmodel.errors import BigModelError
-
-
-@dataclass
-class ModelConfig:
-    """Shape and flavour of the network; saved as `model.json` beside every checkpoint."""
-
-    vocab_size: int = 50304
-    block_size: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_kv_head: int = 0  # 0 means n_head (plain multi-head attention)
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True
-    norm: str = "layernorm"  # layernorm | rmsnorm
-    positions: str = "learned"  # learned | rope
-    mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's approximation) | swiglu
-    tie_embeddings: bool = True
-    norm_eps: float = 1e-5
-    rope_base: float = 10000.0
-    causal: bool = True  # False: every token sees every other (an encoder, as BERT)
-    norm_first: bool = True  # False: post-norm blocks, as BERT
-    type_vocab_size: int = 0  # > 0: token-type (segment) embeddings, as BERT
-    embed_norm: bool = False  # normalise the summed embeddings, as BERT
-
-    def __post_init__(self) -> None:
-        if self.n_kv_head == 0:
-            self.n_kv_head = self.n_head
-        checks = {
-            "n_embd must be divisible by n_head": self.n_embd % self.n_head == 0,
-            "n_head must be divisible by n_kv_head": self.n_head % self.n_kv_head == 0,
-            "norm must be layernorm or rmsnorm": self.norm in ("layernorm", "rmsnorm"),
-            "positions must be learned or rope": self.positions in ("learned", "rope"),
-            "mlp must be gelu, gelu_tanh or swiglu": self.mlp in ("gelu", "gelu_tanh", "swiglu"),
-            "block_size, vocab_size and n_layer must be positive": min(
-                self.block_size, self.vocab_size, self.n_layer
-            )
-            > 0,
-        }
-        for message, ok in checks.items():
-            if not ok:
-                raise BigModelError(f"model config: {message}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise BigModelError(f"model config: unknown field(s) {', '.join(unknown)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-PRESETS: dict[str, dict] = {
-    # nanoGPT's CPU recipe for character-level Shakespeare.
-    "baby": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
-    # nanoGPT's shakespeare_char GPU recipe.
-    "small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
-}
-
-
-def preset(name: str) -> dict:
-    """The field overrides a named preset stands for."""
-    if name not in PRESETS:
-        raise BigModelError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return dict(PRESETS[name])
-
 
 FEW_ROWS = 32  # up to this many rows, a decoding step rather than a training batch
 
@@ -173,30 +99,55 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+@dataclass(frozen=True)
+class CacheStep:
+    """One forward pass's place in a `KVCache`: where it writes and what its queries may see."""
+
+    cache: KVCache
+    start: int  # the first position any row writes: the shortest row's length
+    end: int  # one past the last position written: the longest row's length + the new tokens
+    positions: torch.Tensor  # of the new tokens: (T,) when the rows agree, else (B, T)
+    mask: torch.Tensor | None  # ragged rows only: (B, 1, T, end), each query sees its own row's past
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's keys/values for `layer`; return all keys/values seen so far."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        if self.mask is None:
+            keys[:, :, self.start:self.end] = k
+            values[:, :, self.start:self.end] = v
+        else:
+            rows = torch.arange(k.size(0), device=k.device)[:, None]
+            keys[rows, :, self.positions] = k.transpose(1, 2)
+            values[rows, :, self.positions] = v.transpose(1, 2)
+        return keys[:, :, :self.end], values[:, :, :self.end]
+
+
+@dataclass
 class KVCache:
     """Preallocated keys and values of every layer, so decoding never copies the past.
 
     Each row holds one sequence at its own length: the rows of a serving batch joined at
     different times. A step whose rows agree on their length writes one slice and needs no
     mask; ragged rows write at their own positions and hide each other's unused slots.
+    Lengths live on the host, so checking them never waits for the device.
     """
 
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device | str) -> None:
+    keys: list[torch.Tensor]  # per layer: (B, n_kv_head, max_len, head_dim)
+    values: list[torch.Tensor]
+    lengths: np.ndarray  # positions filled, per row; a view of the parent's for `rows()`
+
+    @classmethod
+    def allocate(cls, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype,
+                 device: torch.device | str) -> KVCache:
         shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)]
-        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # positions filled, per row
-        self.max_len = max_len
+        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)],
+                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)],
+                   np.zeros(batch_size, dtype=np.int64))
 
     def rows(self, start: int, stop: int) -> KVCache:
         """A cache over rows start..stop-1 that shares this one's storage."""
-        view = object.__new__(KVCache)
-        view.keys = [k[start:stop] for k in self.keys]
-        view.values = [v[start:stop] for v in self.values]
-        view.lengths = self.lengths[start:stop]
-        view.max_len = self.max_len
-        return view
+        return KVCache([k[start:stop] for k in self.keys], [v[start:stop] for v in self.values],
+                       self.lengths[start:stop])
 
     def move_row(self, source: int, target: int) -> None:
         """Copy one sequence's keys, values and length into another row (the source is left stale)."""
@@ -205,28 +156,16 @@ class KVCache:
             store[target, :, :used] = store[source, :, :used]
         self.lengths[target] = used
 
-    def begin(self, steps: int) -> torch.Tensor:
-        """Positions of the next `steps` tokens: (steps,) if the rows agree, else (B, steps)."""
+    def begin(self, steps: int) -> CacheStep:
+        """The step that appends `steps` tokens to every row."""
         first, longest = int(self.lengths.min()), int(self.lengths.max())
-        self.start, self.end = first, longest + steps
-        self.mask = None
+        device = self.keys[0].device
         if first == longest:
-            return torch.arange(first, self.end, device=self.lengths.device)
-        self.positions = self.lengths[:, None] + torch.arange(steps, device=self.lengths.device)
-        # a query sees its own row's keys up to its own position
-        self.mask = (torch.arange(self.end, device=self.lengths.device) <= self.positions[:, :, None])[:, None]
-        return self.positions
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's keys/values for `layer`; return all keys/values seen so far."""
-        if self.mask is None:
-            self.keys[layer][:, :, self.start:self.end] = k
-            self.values[layer][:, :, self.start:self.end] = v
-        else:
-            rows = torch.arange(k.size(0), device=k.device)[:, None]
-            self.keys[layer][rows, :, self.positions] = k.transpose(1, 2)
-            self.values[layer][rows, :, self.positions] = v.transpose(1, 2)
-        return self.keys[layer][:, :, :self.end], self.values[layer][:, :, :self.end]
+            return CacheStep(self, first, longest + steps, torch.arange(first, longest + steps, device=device), None)
+        positions = torch.from_numpy(self.lengths[:, None] + np.arange(steps)).to(device)
+        end = longest + steps
+        mask = (torch.arange(end, device=device) <= positions[:, :, None])[:, None]
+        return CacheStep(self, first, end, positions, mask)
 
 
 class SelfAttention(nn.Module):
@@ -240,7 +179,7 @@ class SelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None, padding_mask: torch.Tensor | None) -> torch.Tensor:
+                step: CacheStep | None, padding_mask: torch.Tensor | None) -> torch.Tensor:
         cfg = self.config
         B, T, C = x.shape
         kv_width = cfg.n_kv_head * cfg.head_dim
@@ -251,13 +190,13 @@ class SelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
-        if cache is not None:
-            past = cache.start
-            k, v = cache.update(self.layer, k, v)
+        if step is not None:
+            past = step.start
+            k, v = step.update(self.layer, k, v)
         if cfg.n_kv_head != cfg.n_head:
             repeat = cfg.n_head // cfg.n_kv_head
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        mask = None if cache is None else cache.mask  # ragged rows: each sees its own past
+        mask = None if step is None else step.mask  # ragged rows: each sees its own past
         if mask is None and cfg.causal and T > 1 and (past or padding_mask is not None):
             # new tokens see all of the past and the causal part of themselves
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
@@ -304,11 +243,11 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                cache: KVCache | None, padding_mask: torch.Tensor | None) -> torch.Tensor:
+                step: CacheStep | None, padding_mask: torch.Tensor | None) -> torch.Tensor:
         if self.norm_first:
-            x = x + self.attn(self.norm1(x), rope, cache, padding_mask)
+            x = x + self.attn(self.norm1(x), rope, step, padding_mask)
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, rope, cache, padding_mask))
+        x = self.norm1(x + self.attn(x, rope, step, padding_mask))
         return self.norm2(x + self.mlp(x))
 
 
@@ -364,8 +303,8 @@ class Transformer(nn.Module):
         cached ones. `last_only` computes logits for the final position alone (generation).
         `padding_mask` (B, T) is True for real tokens; `token_types` are segment ids.
         """
-        # one row through our own Linear layers (not int8 ones): every matrix takes its OpenBLAS path
-        if isinstance(self.lm_head, Linear) and rows_on_cpu(idx, self.lm_head.weight, 1):
+        # one new token through our own Linear layers (not int8 ones): every matrix takes its OpenBLAS path
+        if idx.shape == (1, 1) and isinstance(self.lm_head, Linear) and rows_on_cpu(idx, self.lm_head.weight, 1):
             with one_torch_thread():
                 x = self.hidden_states(idx, cache, padding_mask, token_types)
         else:
@@ -384,11 +323,11 @@ class Transformer(nn.Module):
                       ) -> torch.Tensor:
         """The last layer's output (B, T, n_embd), before the language-model head."""
         B, T = idx.shape
-        positions = torch.arange(T, device=idx.device) if cache is None else cache.begin(T)
-        if int(positions.max()) >= self.config.block_size:
-            raise BigModelError(
-                f"sequence of {int(positions.max()) + 1} tokens is longer than the context ({self.config.block_size})"
-            )
+        step = None if cache is None else cache.begin(T)
+        length = T if step is None else step.end
+        if length > self.config.block_size:
+            raise BigModelError(f"sequence of {length} tokens is longer than the context ({self.config.block_size})")
+        positions = torch.arange(T, device=idx.device) if step is None else step.positions
         x = self.tok_emb(idx)
         rope = None
         if self.config.positions == "learned":
@@ -401,7 +340,7 @@ class Transformer(nn.Module):
             x = x + self.type_emb(token_types if token_types is not None else torch.zeros_like(idx))
         x = self.drop(self.embed_norm(x))
         for block in self.blocks:
-            x = block(x, rope, cache, padding_mask)
+            x = block(x, rope, step, padding_mask)
         if cache is not None:
             cache.lengths += T
         return self.norm_f(x)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from bigmodel.config import DataConfig, GenerateConfig, TrainConfig
+from bigmodel.config import DataConfig, GenerateConfig, ModelConfig, TrainConfig
 from bigmodel.data.batches import load_meta
 from bigmodel.data.prepare import prepare
 from bigmodel.evaluate.lm import evaluate_lm
 from bigmodel.infer.generate import stream_text
-from bigmodel.model.transformer import ModelConfig, Transformer
-from bigmodel.train.checkpoint import load_checkpoint
+from bigmodel.model.checkpoint import load_checkpoint
+from bigmodel.model.transformer import Transformer
 from bigmodel.train.track import read_metrics
 from bigmodel.train.trainer import autocast, make_optimizer, pretrain
 

@@ -30,14 +30,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenizers import Tokenizer
 
 from bigmodel.config import GenerateConfig
+from bigmodel.data.collate import pad_id
 from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
-from bigmodel.infer.classify import pad_id, predict_scores
+from bigmodel.infer.classify import predict_scores
 from bigmodel.infer.embed import embed_ids
+from bigmodel.model.checkpoint import load_checkpoint, resolve_checkpoint
 from bigmodel.model.heads import HEAD_FILE, SequenceModel
 from bigmodel.model.quantize import is_int8, to_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.serve.engine import Engine, QueueFull, Sequence, ShuttingDown, TooLarge
-from bigmodel.train.checkpoint import load_checkpoint, resolve_checkpoint
 
 
 class Message(BaseModel):

@@ -66,7 +66,7 @@ class Engine:
         block = model.config.block_size
         param = next(model.parameters())
         self.device = param.device
-        self.cache = KVCache(model.config, max_batch, block, param.dtype, param.device)
+        self.cache = KVCache.allocate(model.config, max_batch, block, param.dtype, param.device)
         self.active: list[Sequence] = []  # row i of the cache belongs to active[i]
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.wake = threading.Condition()
@@ -119,7 +119,7 @@ class Engine:
                     self._step()
             except Exception as e:  # a broken step fails its sequences, never the server
                 log.exception("generation step failed")
-                for seq in [*self.active, *joining]:
+                for seq in dict.fromkeys([*self.active, *joining]):  # joined ones are in both: end each once
                     seq.error = f"generation failed: {e}"
                     seq.emit(None)
                 self.active.clear()

@@ -20,14 +20,15 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from bigmodel.config import FinetuneConfig
+from bigmodel.data.collate import collate, encode, pad_id
 from bigmodel.data.labelled import Example, label_ids, read_labelled
 from bigmodel.errors import BigModelError
 from bigmodel.evaluate.classify import classification_metrics
-from bigmodel.infer.classify import collate, encode, pad_id, predict_scores
+from bigmodel.infer.classify import predict_scores
+from bigmodel.model.checkpoint import load_checkpoint, save_checkpoint
 from bigmodel.model.heads import HeadConfig, SequenceModel
 from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
-from bigmodel.train.checkpoint import load_checkpoint, save_checkpoint
 from bigmodel.train.trainer import autocast, make_optimizer
 
 LORA_TARGETS = ["qkv", "proj", "up", "down", "gate"]

@@ -17,13 +17,13 @@ import torch
 from safetensors.torch import load_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bigmodel.config import FinetuneConfig, TrainConfig
+from bigmodel.config import FinetuneConfig, ModelConfig, TrainConfig
 from bigmodel.data.batches import WindowSampler, load_meta, open_split
 from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.errors import BigModelError
-from bigmodel.model.transformer import ModelConfig, Transformer
+from bigmodel.model.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
+from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed
-from bigmodel.train.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
 from bigmodel.train.objectives import MaskedLM, masked_accuracy
 from bigmodel.train.track import METRIC_FIELDS, Tracker
 

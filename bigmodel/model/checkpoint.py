@@ -3,7 +3,8 @@
 A folder holds `model.safetensors` (weights), `model.json` (ModelConfig), `config.yaml`
 (the resolved run config), `tokenizer.json` and, for resumable ones, `trainer_state.pt`
 (optimizer, iteration, RNG and sampler state; tensors and plain values only, so it loads
-with `weights_only=True`). A run folder holds `best/` and `last/`.
+with `weights_only=True`). A run folder holds `best/` and `last/`. Wherever a checkpoint is
+read, a Hugging Face folder (or a packaged short name such as `minilm`) is imported instead.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tokenizers import Tokenizer
 
-from bigmodel.config import save_yaml
-from bigmodel.data.tokenizer import load_tokenizer
+from bigmodel.config import ModelConfig, save_yaml
+from bigmodel.data.tokenizer import load_tokenizer, plain_tokenizer
 from bigmodel.errors import BigModelError
 from bigmodel.model.heads import HEAD_FILE, HeadConfig, SequenceModel
+from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
 from bigmodel.model.quantize import METADATA as INT8_METADATA
 from bigmodel.model.quantize import int8_tensors, is_int8, load_int8_tensors, to_int8
-from bigmodel.model.transformer import ModelConfig, Transformer
+from bigmodel.model.transformer import Transformer
 
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model.json"
@@ -46,7 +48,7 @@ def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: T
         save_model(model, str(tmp / WEIGHTS))
     (tmp / MODEL_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
     save_yaml(tmp / "config.yaml", sections)
-    tokenizer.save(str(tmp / "tokenizer.json"))
+    plain_tokenizer(tokenizer).save(str(tmp / "tokenizer.json"))  # never pads or truncates when reloaded
     if isinstance(model, SequenceModel):
         model.head_config.save(tmp)
     if trainer_state is not None:
@@ -64,7 +66,7 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     A folder left as `X.old` by a kill between the two renames counts as `X`.
     """
     p = Path(path)
-    if (p / WEIGHTS).is_file():
+    if (p / WEIGHTS).is_file() and (p / MODEL_CONFIG).is_file():
         return p
     order = [prefer, "last" if prefer == "best" else "best"]
     for name in order:
@@ -73,21 +75,36 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
                 return candidate
     if not p.exists():
         raise BigModelError(f"{path}: no such checkpoint folder")
-    raise BigModelError(f"{path}: not a checkpoint (no {WEIGHTS}) nor a run folder with best/ or last/")
+    raise BigModelError(f"{path}: not a checkpoint ({WEIGHTS} and {MODEL_CONFIG}) nor a run folder with best/ or last/")
+
+
+def locate(path: str | Path) -> tuple[Path, bool]:
+    """The folder `--ckpt` names and whether it is a Hugging Face one (imported, not loaded)."""
+    try:
+        return resolve_checkpoint(path), False
+    except BigModelError as not_ours:
+        if not (Path(path) / "config.json").is_file() and Path(path).exists():
+            raise
+        try:
+            return find_hf_folder(path), True
+        except BigModelError:
+            raise not_ours from None
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_head: bool = False,
                     ) -> tuple[Any, Tokenizer, Path]:
-    """The model (eval mode) and tokenizer of a checkpoint or run folder, and the folder used.
+    """The model (eval mode, on `device`) and tokenizer of a checkpoint, run or Hugging Face folder,
+    and the folder used.
 
     `with_head` asks for the fine-tuned `SequenceModel` (the folder must hold `head.json`);
     otherwise the plain `Transformer`, even from a fine-tuned folder (its head dropped).
     """
-    folder = resolve_checkpoint(path)
-    config_file = folder / MODEL_CONFIG
-    if not config_file.is_file():
-        raise BigModelError(f"{folder}: {MODEL_CONFIG} is missing")
-    config = ModelConfig.from_dict(json.loads(config_file.read_text()))
+    folder, is_hf = locate(path)
+    if is_hf:
+        if with_head:
+            raise BigModelError(f"{path}: a Hugging Face backbone has no fine-tuned head; run `bigmodel finetune`")
+        return from_hf(folder).to(device).eval(), read_hf_tokenizer(folder), folder
+    config = ModelConfig.from_dict(json.loads((folder / MODEL_CONFIG).read_text()))
     has_head = (folder / HEAD_FILE).is_file()
     if with_head and not has_head:
         raise BigModelError(f"{folder}: not a fine-tuned checkpoint (no {HEAD_FILE}); run `bigmodel finetune`")
@@ -103,6 +120,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_h
         if int8:
             if has_head:
                 raise BigModelError(f"{folder}: int8 checkpoints of fine-tuned heads are not supported")
+            if torch.device(device).type != "cpu":
+                raise BigModelError(f"{folder}: int8 checkpoints run on the CPU only (--device cpu)")
             model = to_int8(model)
             load_int8_tensors(model, load_file(str(folder / WEIGHTS)))
         else:
