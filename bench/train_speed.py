@@ -20,7 +20,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from bigmodel.config import ModelConfig, TrainConfig, preset
 from bigmodel.model.transformer import Transformer
-from bigmodel.train.trainer import make_optimizer
+from bigmodel.train.optim import make_optimizer
 
 VOCAB = 65
 BATCH = {"baby": 12, "small": 8}  # nanoGPT's CPU batch for baby; small at a CPU-sized batch

@@ -211,8 +211,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
     cfg = resolve(FinetuneConfig, load_yaml(args.config).get("finetune"), args)
     best = finetune(cfg)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k in ("accuracy", "macro_f1", "mse"))
-    print(f"best: {shown} at step {int(best['step'])}; checkpoint in {cfg.out}/best")
+    if best:  # a resumed run that had already finished evaluates nothing new
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k in ("accuracy", "macro_f1", "mse"))
+        print(f"best: {shown} at step {int(best['step'])}; checkpoint in {cfg.out}/best")
 
 
 def cmd_embed(args: argparse.Namespace) -> None:

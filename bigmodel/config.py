@@ -169,19 +169,28 @@ class FinetuneConfig:
     beta2: float = 0.999
     warmup: float = 0.1  # fraction of the steps
     max_length: int = 128
-    batch_size: int = 32
+    batch_size: int = 32  # examples per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_clip: float = 1.0  # 0 disables clipping
+    head_dropout: float = 0.1  # before the classification/regression layer
     dtype: str = "fp32"  # fp32 | bf16 (autocast)
-    eval_every: int = 0  # steps between evaluations; 0 means once per epoch
+    eval_every: int = 0  # steps between evaluations (and saves of last/); 0 means once per epoch
     patience: int = 3  # evaluations without improvement before stopping
     max_train: int = 0  # use only the first N training rows; 0 means all
     augment: bool = False  # random deletion and swap of words, for small datasets
     seed: int = 1337
+    resume: bool = False  # continue from out/last exactly where it stopped
+    tensorboard: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
         choices = {"task": ("classify", "regress"), "method": ("full", "freeze", "lora"), "dtype": ("fp32", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise BigModelError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "grad_accum", "max_length"):
+            if getattr(self, name) <= 0:
+                raise BigModelError(f"--{name.replace('_', '-')} must be positive")
 
 
 @dataclass

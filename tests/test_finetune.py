@@ -3,6 +3,10 @@
 import csv
 import json
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.train.finetune import finetune
 
 from .conftest import run_cli
+from .test_train import _bigmodel, _free_port, rows
 
 
 def write_rows(path, rows, header=("text", "label")):
@@ -127,3 +132,86 @@ def test_freeze_trains_only_the_head_and_the_top_blocks(trained_run, tmp_path):
     assert torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"])
     assert torch.equal(before["tok_emb.weight"], after["tok_emb.weight"])
     assert not torch.equal(before["blocks.1.attn.qkv.weight"], after["blocks.1.attn.qkv.weight"])
+
+
+def test_a_fine_tuned_checkpoint_reloads_a_tokenizer_that_cuts_nothing(trained_run, tmp_path):
+    """Fine-tuning cuts its inputs to --max-length on a private copy; the saved tokenizer must not."""
+    train = write_rows(tmp_path / "train.csv", synthetic(40, 0))
+    finetune(FinetuneConfig(init=str(trained_run), train=str(train), val=str(train), out=str(tmp_path / "ft"),
+                            epochs=1, max_length=16, batch_size=16))
+    stored = json.loads((tmp_path / "ft" / "best" / "tokenizer.json").read_text(encoding="utf-8"))
+    assert stored["truncation"] is None and stored["padding"] is None
+    _, tok, _ = load_checkpoint(tmp_path / "ft")
+    assert len(tok.encode("To be or not to be. " * 15).ids) == 300  # one token per character
+
+
+def _finetune_cmd(init, train, val, out, **overrides):
+    flags = {"epochs": 2, "batch-size": 16, "lr": 3e-3, "eval-every": 25, "patience": 0, "seed": 3}
+    flags.update({k.replace("_", "-"): v for k, v in overrides.items()})
+    return ["finetune", "--init", str(init), "--train", str(train), "--val", str(val), "--out", str(out),
+            *(str(a) for k, v in flags.items() for a in (f"--{k}", v))]
+
+
+def _figures(run_dir):
+    return [{k: v for k, v in r.items() if k not in ("examples_per_s", "elapsed_s")} for r in rows(run_dir)]
+
+
+def test_fine_tuning_logs_like_pretraining(trained_run, tmp_path):
+    train = write_rows(tmp_path / "train.csv", synthetic(400, 0))
+    val = write_rows(tmp_path / "val.csv", synthetic(60, 1))
+    best = finetune(FinetuneConfig(init=str(trained_run), train=str(train), val=str(val), out=str(tmp_path / "ft"),
+                                   epochs=2, lr=3e-3, batch_size=8, grad_accum=2, eval_every=5, patience=0,
+                                   tensorboard=True))
+    logged = rows(tmp_path / "ft")
+    assert [r["step"] for r in logged] == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]  # 25 steps of 16 per epoch
+    assert logged[-1]["val_loss"] < logged[0]["val_loss"] and logged[-1]["train_loss"] < logged[0]["train_loss"]
+    assert best["accuracy"] == max(r["accuracy"] for r in logged) and logged[-1]["epoch"] == 2
+    assert all(r["examples_per_s"] > 0 for r in logged)
+    assert (tmp_path / "ft" / "loss.png").stat().st_size > 10_000
+    assert list((tmp_path / "ft" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "ft" / "last" / "trainer_state.pt").is_file()
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_sigkilled_fine_tuning_resumes_to_the_same_figures_and_weights(trained_run, tmp_path, method):
+    train = write_rows(tmp_path / "train.csv", synthetic(1600, 0))
+    val = write_rows(tmp_path / "val.csv", synthetic(100, 1))
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    extra = {"method": method, "lora-r": 4} if method == "lora" else {}
+    done = subprocess.run(_bigmodel(_finetune_cmd(trained_run, train, val, whole, **extra)), capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen(_bigmodel(_finetune_cmd(trained_run, train, val, killed, **extra)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not (killed / "metrics.csv").is_file() or len(rows(killed)) < 2):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(rows(killed)) < len(rows(whole))
+    resumed = subprocess.run(_bigmodel([*_finetune_cmd(trained_run, train, val, killed, **extra), "--resume"]),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _figures(killed) == _figures(whole)
+    a, b = load_file(whole / "last" / "model.safetensors"), load_file(killed / "last" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_torchrun_fine_tunes_as_one_process_at_the_same_global_batch(trained_run, tmp_path):
+    train = write_rows(tmp_path / "train.csv", synthetic(300, 0))
+    val = write_rows(tmp_path / "val.csv", synthetic(60, 1))
+    common = {"epochs": 1, "eval-every": 5, "head-dropout": 0, "lr": 1e-3}
+    one = subprocess.run(_bigmodel(_finetune_cmd(trained_run, train, val, tmp_path / "one", batch_size=16, **common)),
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = _finetune_cmd(trained_run, train, val, tmp_path / "two", batch_size=8, **common)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                "127.0.0.1", "--master_port", str(_free_port()), "-m", "bigmodel.cli", *two]
+    result = subprocess.run(torchrun, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    single, double = rows(tmp_path / "one"), rows(tmp_path / "two")
+    assert [r["step"] for r in single] == [r["step"] for r in double] == [5, 10, 15, 19]
+    for a, b in zip(single, double, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert double[-1]["val_loss"] < double[0]["val_loss"]

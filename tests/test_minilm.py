@@ -1,5 +1,7 @@
 """The real pretrained subject: all-MiniLM-L6-v2 (BERT, 22M parameters) from its pip package."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -22,7 +24,6 @@ def minilm(tmp_path_factory):
     result = run_cli("convert", "--from-hf", "minilm", "--out", str(out))
     assert result.returncode == 0, result.stderr
     ours, tok, _ = load_checkpoint(out)
-    tok.no_padding()  # the shipped tokenizer.json pads every text to 128; the tests pad when they mean to
     theirs = transformers.BertModel.from_pretrained(find_hf_folder("minilm"), add_pooling_layer=False).eval()
     return out, ours, tok, theirs
 
@@ -107,3 +108,22 @@ def test_export_round_trips_through_transformers(minilm, tmp_path):
     tok.no_padding()
     ids = torch.tensor([tok.encode(SENTENCES[1]).ids])
     assert (reloaded(input_ids=ids).last_hidden_state - ours.hidden_states(ids)).abs().max().item() <= 1e-4
+
+
+def test_the_shipped_tokenizer_settings_never_reach_a_checkpoint(minilm, tmp_path):
+    """MiniLM's tokenizer.json pads and truncates to 128; converted, it must do neither."""
+    out, _, tok, _ = minilm
+    stored = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    assert stored["padding"] is None and stored["truncation"] is None
+    long_text = "word " * 300
+    assert len(tok.encode(long_text).ids) == 302  # [CLS] + 300 + [SEP], not cut at 128
+
+
+def test_every_ckpt_flag_takes_a_hugging_face_folder_or_short_name(tmp_path):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("A man plays guitar.\n今天天气很好。\n", encoding="utf-8")
+    for ckpt in ("minilm", str(find_hf_folder("minilm"))):
+        result = run_cli("embed", "--ckpt", ckpt, "--input", str(lines), "--out", str(tmp_path / "v.npy"))
+        assert result.returncode == 0, result.stderr
+        vectors = np.load(tmp_path / "v.npy")
+        assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)

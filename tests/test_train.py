@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from bigmodel.config import TrainConfig
 from bigmodel.data.batches import load_meta
 from bigmodel.errors import BigModelError
-from bigmodel.train.trainer import lr_at, pretrain
+from bigmodel.train.optim import lr_at
+from bigmodel.train.trainer import pretrain
 
 from .conftest import tiny_model
 

@@ -21,8 +21,9 @@ from bigmodel.evaluate.lm import evaluate_lm
 from bigmodel.infer.generate import stream_text
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.transformer import Transformer
+from bigmodel.train.optim import autocast, make_optimizer, optimizer_step
 from bigmodel.train.track import read_metrics
-from bigmodel.train.trainer import autocast, make_optimizer, pretrain
+from bigmodel.train.trainer import pretrain
 
 SKIP_PARTS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 PROMPT = "def is_prime(n):"  # no newline: let the model choose how to tokenize the indent
@@ -48,11 +49,10 @@ def seconds_per_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> float:
     times = []
     for _ in range(4):
         start = time.perf_counter()
-        with autocast(train_cfg, torch.device("cpu")):
+        with autocast(train_cfg.dtype, torch.device("cpu")):
             _, loss = model(x, x)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, train_cfg.lr, train_cfg.grad_clip)
         times.append(time.perf_counter() - start)
     return min(times[1:])
 

@@ -22,13 +22,26 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def mean(self, value: float) -> float:
-        """The average of `value` over every process (itself when there is one)."""
+    def sum(self, *values: float) -> list[float]:
+        """Each of `values` added up over every process (themselves when there is one)."""
         if self.world_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
-        return t.item() / self.world_size
+        return t.tolist()
+
+    def mean(self, value: float) -> float:
+        """The average of `value` over every process."""
+        return self.sum(value)[0] / self.world_size
+
+    def rng_states(self) -> torch.Tensor:
+        """Every process's torch RNG state, one row per rank: what an exact resume restores."""
+        rng = torch.get_rng_state()
+        if self.world_size == 1:
+            return rng.unsqueeze(0)
+        gathered: list[torch.Tensor] = [torch.empty_like(rng) for _ in range(self.world_size)]
+        dist.all_gather_object(gathered, rng)
+        return torch.stack(gathered)
 
 
 def setup(preference: str = "auto") -> Dist:

@@ -4,20 +4,29 @@ Batches group texts of similar length (shuffled groups, so the order stays rando
 on short-sentence datasets such as SST-2 cuts the padded tokens several-fold. `full`
 trains everything, `freeze` only the head and the top N blocks, `lora` low-rank adapters
 (the `peft` library) plus the head, merged into a plain checkpoint at the end.
+
+The loop keeps pretraining's promises with pretraining's pieces (`optim.py`, `track.py`,
+`distributed.py`): clipping and accumulation, metrics.csv/loss.png/TensorBoard, DDP under
+torchrun, and `last/` at every evaluation from which `--resume` continues exactly. Each
+epoch's batch order comes from (seed, epoch) alone, so a resumed run finds its place by
+counting steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_model
 from tokenizers import Tokenizer
-from tqdm import tqdm
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bigmodel.config import FinetuneConfig
 from bigmodel.data.collate import collate, encode, pad_id
@@ -25,27 +34,23 @@ from bigmodel.data.labelled import Example, label_ids, read_labelled
 from bigmodel.errors import BigModelError
 from bigmodel.evaluate.classify import classification_metrics
 from bigmodel.infer.classify import predict_scores
-from bigmodel.model.checkpoint import load_checkpoint, save_checkpoint
+from bigmodel.model.checkpoint import WEIGHTS, load_checkpoint, load_trainer_state, resolve_checkpoint, save_checkpoint
 from bigmodel.model.heads import HeadConfig, SequenceModel
 from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
-from bigmodel.train.trainer import autocast, make_optimizer
+from bigmodel.train import distributed
+from bigmodel.train.optim import KeepBest, autocast, linear_lr, make_optimizer, optimizer_step
+from bigmodel.train.track import Tracker
 
 LORA_TARGETS = ["qkv", "proj", "up", "down", "gate"]
 
 
-def load_backbone(init: str) -> tuple[Transformer, Tokenizer]:
+def load_backbone(init: str, device: torch.device) -> tuple[Transformer, Tokenizer]:
     """A bigmodel checkpoint, or a Hugging Face folder (or packaged short name) imported."""
-    from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
-
-    path = Path(init)
-    if (path / "model.json").is_file() or (path / "best").is_dir() or (path / "last").is_dir():
-        model, tok, _ = load_checkpoint(path)
-        if is_int8(model):
-            raise BigModelError(f"{init}: an int8 checkpoint cannot be trained; start from the one it came from")
-        return model, tok
-    folder = find_hf_folder(init)
-    return from_hf(folder), read_hf_tokenizer(folder)
+    model, tok, _ = load_checkpoint(init, device)
+    if is_int8(model):
+        raise BigModelError(f"{init}: an int8 checkpoint cannot be trained; start from the one it came from")
+    return model.float(), tok
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -116,96 +121,178 @@ def plain_model(runner: torch.nn.Module, cfg: FinetuneConfig) -> SequenceModel:
     return merged
 
 
-def task_loss(head: HeadConfig, scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def task_loss(head: HeadConfig, scores: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+              ) -> torch.Tensor:
     if head.task == "regress":
-        return F.mse_loss(scores.squeeze(-1), targets.float())
-    return F.cross_entropy(scores, targets)
+        return F.mse_loss(scores.squeeze(-1), targets.float(), reduction=reduction)
+    return F.cross_entropy(scores, targets, reduction=reduction)
 
 
 def score(head: HeadConfig, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Accuracy and macro-F1 for classification, MSE for regression; `metric` is higher-is-better."""
+    """Accuracy and macro-F1 for classification, MSE for regression."""
     if head.task == "regress":
-        mse = F.mse_loss(scores.squeeze(-1), targets.float()).item()
-        return {"mse": mse, "metric": -mse}
+        return {"mse": F.mse_loss(scores.squeeze(-1), targets.float()).item()}
     figures = classification_metrics(targets.tolist(), scores.argmax(-1).tolist(), head.labels)
-    return {"accuracy": figures["accuracy"], "macro_f1": figures["macro_f1"], "metric": figures["accuracy"]}
+    return {"accuracy": figures["accuracy"], "macro_f1": figures["macro_f1"]}
+
+
+class FineTuner:
+    """One fine-tuning run: data, model, optimizer and the state `--resume` restores."""
+
+    def __init__(self, cfg: FinetuneConfig, dist: distributed.Dist) -> None:
+        for name in ("init", "train", "val"):
+            if not getattr(cfg, name):
+                raise BigModelError(f"finetune needs --{name}")
+        self.cfg, self.dist, self.out = cfg, dist, Path(cfg.out)
+        self.train = read_labelled(cfg.train, cfg.text_column, cfg.label_column)
+        val = read_labelled(cfg.val, cfg.text_column, cfg.label_column)
+        if cfg.max_train:
+            self.train = self.train[:cfg.max_train]
+        torch.manual_seed(cfg.seed)
+        backbone, self.tok = load_backbone(cfg.init, dist.device)
+        labels = label_ids(self.train, val) if cfg.task == "classify" else []
+        self.head = HeadConfig(task=cfg.task, labels=labels, pooling="last" if backbone.config.causal else "mean")
+        self.runner = apply_method(SequenceModel(backbone, self.head, cfg.head_dropout), cfg).to(dist.device)
+        self.trainable = sum(p.numel() for p in self.runner.parameters() if p.requires_grad)
+        self.total = sum(p.numel() for p in self.runner.parameters())
+        self.pad = pad_id(self.tok)
+        self.max_length = min(cfg.max_length, backbone.config.block_size)
+        self.train_y, self.val_y = targets_of(self.train, self.head), targets_of(val, self.head)
+        self.val_ids = encode(self.tok, [e.text for e in val], self.max_length)
+        self.optimizer = make_optimizer(self.runner, cfg, dist.device)
+        global_batch = cfg.batch_size * dist.world_size  # as `epoch_batches` cuts them
+        n_batches = len(self.train) // global_batch + (len(self.train) % global_batch >= dist.world_size)
+        self.steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
+        if not self.steps_per_epoch:
+            raise BigModelError(f"{cfg.train}: {len(self.train)} examples are too few for {dist.world_size} processes")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup = int(cfg.warmup * self.total_steps)
+        self.eval_every = cfg.eval_every or self.steps_per_epoch
+        self.best = KeepBest(minimize=cfg.task == "regress", patience=cfg.patience)
+        self.best_figures: dict[str, float] = {}
+        self.start_step = 0
+        torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank; the initial weights did not
+        if cfg.resume:
+            self._restore()
+        self.model: torch.nn.Module = self.runner
+        if dist.world_size > 1:
+            self.model = DDP(self.runner, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+
+    # --- state -------------------------------------------------------------------------
+
+    def _state(self, step: int) -> dict[str, Any]:
+        state = {"step": step, "best": self.best.state(), "best_figures": self.best_figures,
+                 "optimizer": self.optimizer.state_dict(), "torch_rng": self.dist.rng_states()}
+        if self.cfg.method == "lora":  # merged weights cannot be un-merged: keep the adapters themselves
+            state["adapters"] = {k: v.detach().cpu() for k, v in self.runner.named_parameters() if v.requires_grad}
+        return state
+
+    def _restore(self) -> None:
+        folder = resolve_checkpoint(self.out, prefer="last")
+        state = load_trainer_state(folder)
+        if self.cfg.method == "lora":
+            self.runner.load_state_dict(state["adapters"], strict=False)
+        else:
+            load_model(self.runner, str(folder / WEIGHTS), device=str(self.dist.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_step = int(state["step"])
+        self.best.restore(state["best"])
+        self.best_figures = dict(state["best_figures"])
+        torch.set_rng_state(state["torch_rng"][self.dist.rank])
+
+    def _save(self, name: str, step: int, figures: dict[str, float]) -> None:
+        state = self._state(step) if name == "last" else None  # every rank joins the RNG gather
+        if self.dist.is_main:
+            save_checkpoint(self.out / name, plain_model(self.runner, self.cfg), self.tok,
+                            {"finetune": self.cfg, "val": figures}, state)
+
+    # --- loop --------------------------------------------------------------------------
+
+    def epoch_batches(self, epoch: int) -> tuple[list[list[int]], list[list[int]]]:
+        """This epoch's token ids and its global batches (lists of example indices), from (seed, epoch)."""
+        rng = random.Random(self.cfg.seed * 1_000_003 + epoch)
+        texts = [augment(e.text, rng) if self.cfg.augment else e.text for e in self.train]
+        ids = encode(self.tok, texts, self.max_length)
+        batches = length_grouped_batches([len(r) for r in ids], self.cfg.batch_size * self.dist.world_size, rng)
+        # every process needs at least one example of each batch
+        return ids, [b for b in batches if len(b) >= self.dist.world_size]
+
+    def _step(self, step: int, ids: list[list[int]], group: list[list[int]]) -> tuple[float, int]:
+        """One optimizer step over a group of global micro-batches; this process's (summed loss, examples).
+
+        Each process takes its share of every global batch; the loss is scaled so that DDP's
+        gradient average equals one process's mean over the whole group."""
+        cfg, dist = self.cfg, self.dist
+        examples = sum(len(b) for b in group)
+        summed, counted = 0.0, 0
+        for i, batch in enumerate(group):
+            mine = batch[dist.rank::dist.world_size]
+            x, mask = collate([ids[j] for j in mine], self.pad, dist.device)
+            last = i == len(group) - 1
+            sync = contextlib.nullcontext() if last or dist.world_size == 1 else self.model.no_sync()
+            with sync:
+                with autocast(cfg.dtype, dist.device):
+                    scores = self.model(x, mask).float()
+                loss = task_loss(self.head, scores, self.train_y[mine].to(dist.device), reduction="sum")
+                (loss * dist.world_size / examples).backward()
+            summed, counted = summed + loss.item(), counted + len(mine)
+        optimizer_step(self.optimizer, linear_lr(step, cfg.lr, self.warmup, self.total_steps), cfg.grad_clip)
+        return summed, counted
+
+    def evaluate(self) -> dict[str, float]:
+        """Val loss and metrics; every process computes the same, so all agree on when to stop."""
+        scores = predict_scores(self.runner, self.val_ids, self.pad, self.head.n_outputs, self.cfg.dtype)
+        figures = score(self.head, scores, self.val_y)
+        figures["val_loss"] = task_loss(self.head, scores, self.val_y).item()
+        return figures
+
+    def fit(self) -> dict[str, float]:
+        """Train to the last step (or until patience runs out); the best evaluation's figures."""
+        cfg, dist = self.cfg, self.dist
+        self.out.mkdir(parents=True, exist_ok=True)
+        metric_names = ["mse"] if cfg.task == "regress" else ["accuracy", "macro_f1"]
+        fields = ["step", "epoch", "train_loss", "val_loss", *metric_names, "lr", "examples_per_s", "elapsed_s"]
+        if dist.is_main:
+            print(f"{cfg.method}: training {self.trainable:,} of {self.total:,} parameters "
+                  f"({100 * self.trainable / self.total:.2f}%)")
+        tracker = Tracker(self.out, self.total_steps, self.start_step, dist.is_main, cfg.tensorboard, fields,
+                          desc="finetune", keep_before=self.start_step + 1)  # its evaluation came before the save
+        started = window_start = time.perf_counter()
+        window_loss, window_examples = 0.0, 0
+        step = self.start_step
+        try:
+            for epoch in range(self.start_step // self.steps_per_epoch, cfg.epochs):
+                ids, batches = self.epoch_batches(epoch)
+                for s in range(step - epoch * self.steps_per_epoch, self.steps_per_epoch):
+                    loss, examples = self._step(step, ids, batches[s * cfg.grad_accum:(s + 1) * cfg.grad_accum])
+                    step += 1
+                    window_loss, window_examples = window_loss + loss, window_examples + examples
+                    rate = window_examples / (time.perf_counter() - window_start)
+                    tracker.step(loss / examples, linear_lr(step - 1, cfg.lr, self.warmup, self.total_steps), rate)
+                    if step % self.eval_every == 0 or step == self.total_steps:
+                        loss_sum, count = dist.sum(window_loss, window_examples)
+                        figures = {"step": step, "epoch": step / self.steps_per_epoch, "train_loss": loss_sum / count,
+                                   "lr": linear_lr(step - 1, cfg.lr, self.warmup, self.total_steps),
+                                   "examples_per_s": rate, "elapsed_s": time.perf_counter() - started,
+                                   **self.evaluate()}
+                        tracker.evaluation(figures)
+                        if self.best.improved(figures["mse" if cfg.task == "regress" else "accuracy"]):
+                            self.best_figures = {**figures, "trainable_params": self.trainable,
+                                                 "total_params": self.total}
+                            self._save("best", step, figures)
+                        self._save("last", step, figures)
+                        if self.best.exhausted:
+                            return self.best_figures
+                        window_start, window_loss, window_examples = time.perf_counter(), 0.0, 0
+        finally:
+            tracker.close()
+        return self.best_figures
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, float]:
-    """Train the head (and what `method` allows) and keep the best checkpoint by val metric."""
-    for name in ("init", "train", "val"):
-        if not getattr(cfg, name):
-            raise BigModelError(f"finetune needs --{name}")
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    train = read_labelled(cfg.train, cfg.text_column, cfg.label_column)
-    val = read_labelled(cfg.val, cfg.text_column, cfg.label_column)
-    if cfg.max_train:
-        train = train[:cfg.max_train]
-    backbone, tok = load_backbone(cfg.init)
-    labels = label_ids(train, val) if cfg.task == "classify" else []
-    head = HeadConfig(task=cfg.task, labels=labels, pooling="last" if backbone.config.causal else "mean")
-    model = SequenceModel(backbone, head)
-    runner = apply_method(model, cfg)
-    trainable = sum(p.numel() for p in runner.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    print(f"{cfg.method}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
-
-    pad = pad_id(tok)
-    max_length = min(cfg.max_length, backbone.config.block_size)
-    train_y, val_y = targets_of(train, head), targets_of(val, head)
-    val_ids = encode(tok, [e.text for e in val], max_length)
-    optimizer = make_optimizer(runner, cfg, torch.device("cpu"))
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup * total_steps)
-
-    def lr_factor(s: int) -> float:  # linear warm-up, then linear decay to zero
-        return (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total_steps - s) / (total_steps - warmup))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    eval_every = cfg.eval_every or steps_per_epoch
-    out = Path(cfg.out)
-    best: dict[str, float] = {"metric": -math.inf}
-    stale, step, seen, started = 0, 0, 0, time.perf_counter()
-
-    def evaluate_and_keep() -> bool:
-        """Evaluate; save when best; True when patience has run out."""
-        nonlocal best, stale
-        rate = seen / (time.perf_counter() - started)  # training only: taken before evaluating
-        figures = score(head, predict_scores(runner, val_ids, pad, head.n_outputs, cfg.dtype), val_y)
-        figures.update(step=step, examples_per_s=rate, trainable_params=trainable, total_params=total)
-        shown = " | ".join(f"{k} {figures[k]:.4f}" for k in ("accuracy", "macro_f1", "mse", "examples_per_s")
-                           if k in figures)
-        tqdm.write(f"step {step:>6} | {shown}")
-        if figures["metric"] > best["metric"]:
-            best, stale = figures, 0
-            save_checkpoint(out / "best", plain_model(runner, cfg), tok, {"finetune": cfg, "val": figures})
-        else:
-            stale += 1
-        return stale >= cfg.patience
-
-    with tqdm(total=total_steps, desc="finetune", unit="step", mininterval=0.5) as bar:
-        for _ in range(cfg.epochs):
-            texts = [augment(e.text, rng) if cfg.augment else e.text for e in train]
-            ids = encode(tok, texts, max_length)
-            for batch in length_grouped_batches([len(r) for r in ids], cfg.batch_size, rng):
-                x, mask = collate([ids[i] for i in batch], pad)
-                with autocast(cfg, torch.device("cpu")):
-                    scores = runner(x, mask).float()
-                loss = task_loss(head, scores, train_y[batch])
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in runner.parameters() if p.requires_grad], 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                schedule.step()
-                step += 1
-                seen += len(batch)
-                bar.update(1)
-                bar.set_postfix_str(f"loss {loss.item():.4f} {seen / (time.perf_counter() - started):.1f} ex/s",
-                                    refresh=False)
-                if step % eval_every == 0 and evaluate_and_keep():
-                    return best
-    if step % eval_every:
-        evaluate_and_keep()
-    return best
+    """Fine-tune as `cfg` says (under torchrun: one process of many); the best evaluation's figures."""
+    dist = distributed.setup(cfg.device)
+    try:
+        return FineTuner(cfg, dist).fit()
+    finally:
+        distributed.teardown()

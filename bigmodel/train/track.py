@@ -1,4 +1,8 @@
-"""What a person watches during training: a progress bar, metrics.csv, loss.png, TensorBoard."""
+"""What a person watches during training: a progress bar, metrics.csv, loss.png, TensorBoard.
+
+Pretraining and fine-tuning both log through `Tracker`: one row per evaluation, whose first
+field (`iter` or `step`) is the x-axis of the plot and of TensorBoard.
+"""
 
 from __future__ import annotations
 
@@ -14,24 +18,24 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     if not path.is_file():
         return []
     with path.open(newline="") as fh:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
 
 
-def plot_losses(rows: list[dict[str, float]], out: Path, title: str) -> None:
-    """Train and val loss against iteration, as a PNG a person can glance at."""
+def plot_losses(rows: list[dict[str, float]], out: Path, title: str, x: str = "iter") -> None:
+    """Train and val loss against the iteration (or step), as a PNG a person can glance at."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    iters = [r["iter"] for r in rows]
-    ax.plot(iters, [r["train_loss"] for r in rows], marker="o", ms=3, label="train")
-    ax.plot(iters, [r["val_loss"] for r in rows], marker="o", ms=3, label="val")
+    xs = [r[x] for r in rows]
+    ax.plot(xs, [r["train_loss"] for r in rows], marker="o", ms=3, label="train")
+    ax.plot(xs, [r["val_loss"] for r in rows], marker="o", ms=3, label="val")
     best = min(rows, key=lambda r: r["val_loss"])
-    ax.annotate(f"best val {best['val_loss']:.3f}", (best["iter"], best["val_loss"]),
+    ax.annotate(f"best val {best['val_loss']:.3f}", (best[x], best["val_loss"]),
                 textcoords="offset points", xytext=(-60, 18), arrowprops=dict(arrowstyle="->"))
-    ax.set(xlabel="iteration", ylabel="loss (nats/token)", title=title)
+    ax.set(xlabel=x, ylabel="loss", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -39,22 +43,40 @@ def plot_losses(rows: list[dict[str, float]], out: Path, title: str) -> None:
     plt.close(fig)
 
 
+def shown(name: str, value: float) -> str:
+    """One figure of an evaluation line, in the form a person reads fastest."""
+    if name == "lr":
+        return f"lr {value:.2e}"
+    if name.endswith("_per_s"):
+        unit = name.removesuffix("_per_s").replace("tokens", "tok").replace("examples", "ex")
+        return f"{value / 1000:.1f}k {unit}/s" if value >= 1000 else f"{value:.1f} {unit}/s"
+    if name == "elapsed_s":
+        return f"{value:.1f}s"
+    if name == "train_loss" or name == "val_loss":
+        return f"{name.removesuffix('_loss')} {value:.4f}"
+    return f"{name} {value:.4f}"
+
+
 class Tracker:
     """Only the main process tracks; the others get a silent one."""
 
-    def __init__(self, run_dir: Path, total_iters: int, start_iter: int, enabled: bool,
-                 tensorboard: bool, fields: list[str] = METRIC_FIELDS) -> None:
+    def __init__(self, run_dir: Path, total: int, start: int, enabled: bool, tensorboard: bool,
+                 fields: list[str] = METRIC_FIELDS, desc: str = "train", keep_before: int | None = None) -> None:
+        """`start` is where a resumed run's bar begins; rows from `keep_before` on (default: `start`), which
+        the run is about to log again, are dropped from metrics.csv."""
         self.enabled = enabled
         self.fields = fields
+        self.x = fields[0]
+        self.rate_field = next(f for f in fields if f.endswith("_per_s"))
         self.csv_path = run_dir / "metrics.csv"
         self.png_path = run_dir / "loss.png"
         self.title = f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name else run_dir.name
-        self.bar = tqdm(total=total_iters, initial=start_iter, desc="train", unit="it",
-                        disable=not enabled, dynamic_ncols=True, mininterval=0.5)
+        self.bar = tqdm(total=total, initial=start, desc=desc, unit=self.x, disable=not enabled,
+                        dynamic_ncols=True, mininterval=0.5)
         self.writer = None
         if enabled:
-            # A resumed run drops rows from iterations it is about to repeat.
-            rows = [r for r in read_metrics(self.csv_path) if r["iter"] < start_iter]
+            keep_before = start if keep_before is None else keep_before
+            rows = [r for r in read_metrics(self.csv_path) if r[self.x] < keep_before]
             self._write_rows(rows)
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
@@ -66,26 +88,25 @@ class Tracker:
             writer = csv.DictWriter(fh, fieldnames=self.fields)
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: (int(v) if k == "iter" else v) for k, v in row.items()})
+                writer.writerow({k: (int(v) if k == self.x else v) for k, v in row.items()})
 
-    def step(self, loss: float, lr: float, tokens_per_s: float) -> None:
+    def step(self, loss: float, lr: float, rate: float) -> None:
         self.bar.update(1)
         if self.enabled and self.bar.n % 10 == 0:
-            self.bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.2e} {tokens_per_s / 1000:.1f}k tok/s",
+            self.bar.set_postfix_str(f"loss {loss:.4f} {shown('lr', lr)} {shown(self.rate_field, rate)}",
                                      refresh=False)
 
     def evaluation(self, row: dict[str, float]) -> None:
         if not self.enabled:
             return
-        extra = f" | masked acc {row['val_mask_acc']:.3f}" if "val_mask_acc" in row else ""
-        self.bar.write(f"iter {int(row['iter']):>6} | train {row['train_loss']:.4f} | "
-                       f"val {row['val_loss']:.4f}{extra} | lr {row['lr']:.2e} | "
-                       f"{row['tokens_per_s'] / 1000:.1f}k tok/s | {row['elapsed_s']:.1f}s")
+        figures = " | ".join(shown(k, row[k]) for k in self.fields[1:] if k in row)
+        self.bar.write(f"{self.x} {int(row[self.x]):>6} | {figures}")
         with self.csv_path.open("a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=self.fields).writerow(row)
+            csv.DictWriter(fh, fieldnames=self.fields).writerow({k: row[k] for k in self.fields if k in row})
         if self.writer is not None:
             for key in self.fields[1:]:
-                self.writer.add_scalar(key, row[key], int(row["iter"]))
+                if key in row:
+                    self.writer.add_scalar(key, row[key], int(row[self.x]))
             self.writer.flush()
 
     def close(self) -> None:
@@ -93,6 +114,6 @@ class Tracker:
         if self.enabled:
             rows = read_metrics(self.csv_path)
             if rows:
-                plot_losses(rows, self.png_path, self.title)
+                plot_losses(rows, self.png_path, self.title, self.x)
         if self.writer is not None:
             self.writer.close()

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bigmodel.config import FinetuneConfig, ModelConfig, TrainConfig
+from bigmodel.config import ModelConfig, TrainConfig
 from bigmodel.data.batches import WindowSampler, load_meta, open_split
 from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.errors import BigModelError
@@ -25,37 +25,8 @@ from bigmodel.model.checkpoint import load_trainer_state, resolve_checkpoint, sa
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed
 from bigmodel.train.objectives import MaskedLM, masked_accuracy
+from bigmodel.train.optim import KeepBest, autocast, lr_at, make_optimizer, optimizer_step
 from bigmodel.train.track import METRIC_FIELDS, Tracker
-
-
-def lr_at(it: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to `lr`, cosine decay to `min_lr` at `lr_decay_iters`, then flat."""
-    decay_iters = cfg.lr_decay_iters or cfg.max_iters
-    if it < cfg.warmup_iters:
-        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
-    if it >= decay_iters:
-        return cfg.min_lr
-    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig | FinetuneConfig, device: torch.device
-                   ) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, with weight decay on matrices only: biases and
-    norm gains are left alone."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    fused = device.type in ("cpu", "cuda")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
-
-
-def autocast(cfg: TrainConfig | FinetuneConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if cfg.dtype == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class Trainer:
@@ -83,7 +54,7 @@ class Trainer:
                 raise BigModelError("--objective mlm needs a bidirectional model (--no-causal)")
             self.mlm = MaskedLM(self.tokenizer, meta["vocab_size"], cfg.seed + 2)
         self.start_iter = 0
-        self.best_val = math.inf
+        self.best = KeepBest(minimize=True)  # by val loss
         torch.manual_seed(cfg.seed + self.dist.rank)  # dropout differs per rank; init did not
         if cfg.resume:
             self._restore()
@@ -100,22 +71,15 @@ class Trainer:
         load_model(self.raw_model, str(folder / "model.safetensors"), device=str(self.dist.device))
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_iter = int(state["iter"])
-        self.best_val = float(state["best_val"])
+        self.best.restore(state["best"])
         self.train_batches.restore(state["sampler"])
         if self.mlm is not None:
             self.mlm.generator.set_state(state["masking"])
         torch.set_rng_state(state["torch_rng"][self.dist.rank])
 
     def _state(self, it: int) -> dict[str, Any]:
-        rng = torch.get_rng_state()
-        if self.dist.world_size > 1:
-            gathered = [torch.empty_like(rng) for _ in range(self.dist.world_size)]
-            torch.distributed.all_gather_object(gathered, rng)
-            rng = torch.stack(gathered)
-        else:
-            rng = rng.unsqueeze(0)
-        state = {"iter": it, "best_val": self.best_val, "optimizer": self.optimizer.state_dict(),
-                 "sampler": self.train_batches.state(), "torch_rng": rng}
+        state = {"iter": it, "best": self.best.state(), "optimizer": self.optimizer.state_dict(),
+                 "sampler": self.train_batches.state(), "torch_rng": self.dist.rng_states()}
         if self.mlm is not None:
             state["masking"] = self.mlm.generator.get_state()
         return state
@@ -139,7 +103,7 @@ class Trainer:
             total, correct, counted = 0.0, 0, 0
             for _ in range(self.cfg.eval_iters):
                 x, y = self._inputs(sampler, masking)
-                with autocast(self.cfg, self.dist.device):
+                with autocast(self.cfg.dtype, self.dist.device):
                     logits, loss = self.model(x, y)
                 total += loss.item()
                 if self.mlm is not None:
@@ -161,22 +125,16 @@ class Trainer:
 
     def _step(self, it: int) -> float:
         """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
-        lr = lr_at(it, self.cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
         total = 0.0
         for micro in range(self.cfg.grad_accum):
             x, y = self._inputs(self.train_batches)
             last = micro == self.cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.dist.world_size == 1 else self.model.no_sync()
-            with sync, autocast(self.cfg, self.dist.device):
+            with sync, autocast(self.cfg.dtype, self.dist.device):
                 _, loss = self.model(x, y)
                 (loss / self.cfg.grad_accum).backward()
             total += loss.item()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_step(self.optimizer, lr_at(it, self.cfg), self.cfg.grad_clip)
         mean = total / self.cfg.grad_accum
         if not math.isfinite(mean):
             raise BigModelError(
@@ -207,8 +165,7 @@ class Trainer:
                     if self.mlm is not None:
                         last_eval["val_mask_acc"] = losses["val_mask_acc"]
                     tracker.evaluation(last_eval)
-                    if losses["val"] < self.best_val:
-                        self.best_val = losses["val"]
+                    if self.best.improved(losses["val"]):
                         self._save("best", it)
                     window_start, window_iters = time.perf_counter(), 0
                 if it % save_every == 0 or it == cfg.max_iters:

@@ -1,0 +1,91 @@
+"""What pretraining and fine-tuning share: AdamW, learning-rate schedules, autocast, the
+clipped optimizer step and keep-best with patience. One place, so the two loops cannot drift."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from bigmodel.config import FinetuneConfig, TrainConfig
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig | FinetuneConfig, device: torch.device
+                   ) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters, with weight decay on matrices only: biases and
+    norm gains are left alone."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device` for `dtype == "bf16"`, nothing for fp32."""
+    if dtype == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_at(it: int, cfg: TrainConfig) -> float:
+    """Pretraining: linear warm-up to `lr`, cosine decay to `min_lr` at `lr_decay_iters`, then flat."""
+    decay_iters = cfg.lr_decay_iters or cfg.max_iters
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= decay_iters:
+        return cfg.min_lr
+    progress = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def linear_lr(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Fine-tuning (BERT's schedule): linear warm-up to `lr`, then linear decay to zero."""
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    return lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, lr: float, grad_clip: float) -> None:
+    """Clip the gradients' global norm (0 disables), step at `lr`, and clear the gradients."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass
+class KeepBest:
+    """Tracks the best evaluation so far; `patience` evaluations without a gain mean stop (0: never)."""
+
+    minimize: bool
+    patience: int = 0
+    best: float = math.nan
+    stale: int = 0
+
+    def improved(self, value: float) -> bool:
+        """Record one evaluation; True when it is the best yet."""
+        better = math.isnan(self.best) or (value < self.best if self.minimize else value > self.best)
+        if better:
+            self.best, self.stale = value, 0
+        else:
+            self.stale += 1
+        return better
+
+    @property
+    def exhausted(self) -> bool:
+        return self.patience > 0 and self.stale >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.best, self.stale = float(state["best"]), int(state["stale"])
