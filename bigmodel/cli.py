@@ -16,12 +16,21 @@ from bigmodel.config import (
     FinetuneConfig,
     GenerateConfig,
     ModelConfig,
+    ServeConfig,
     TrainConfig,
     add_flags,
     load_yaml,
     resolve,
 )
 from bigmodel.errors import BigModelError
+
+
+def load(args: argparse.Namespace, with_head: bool = False, ckpt: str | None = None):
+    """The model, tokenizer and folder `--ckpt` (or `ckpt`) names, on the device `--device` picks."""
+    from bigmodel.device import pick_device
+    from bigmodel.model.checkpoint import load_checkpoint
+
+    return load_checkpoint(ckpt or args.ckpt, pick_device(args.device), with_head=with_head)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -75,9 +84,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.task == "classify":
         return evaluate_classifier(args)
     from bigmodel.evaluate.lm import evaluate_lm
-    from bigmodel.model.checkpoint import load_checkpoint
 
-    model, tok, folder = load_checkpoint(args.ckpt)
+    model, tok, folder = load(args)
     report = evaluate_lm(model, tok, args.data, args.split)
     print(f"{report.source}: loss {report.loss:.4f} | perplexity {report.perplexity:.3f} | "
           f"bits/byte {report.bits_per_byte:.4f} | {report.tokens:,} tokens, {report.bytes:,} bytes "
@@ -93,9 +101,8 @@ def evaluate_classifier(args: argparse.Namespace) -> None:
     from bigmodel.data.labelled import read_labelled
     from bigmodel.evaluate.classify import classification_metrics, plot_confusion, report_text
     from bigmodel.infer.classify import predict_texts
-    from bigmodel.model.checkpoint import load_checkpoint
 
-    model, tok, folder = load_checkpoint(args.ckpt, with_head=True)
+    model, tok, folder = load(args, with_head=True)
     labels = model.head_config.labels
     examples = read_labelled(args.data, args.text_column, args.label_column)
     unknown = sorted({e.label for e in examples} - set(labels))
@@ -128,10 +135,9 @@ def read_lines(name: str, what: str = "input") -> list[str]:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from bigmodel.infer.classify import predict_texts
-    from bigmodel.model.checkpoint import load_checkpoint
 
     texts = read_lines(args.input)
-    model, tok, _ = load_checkpoint(args.ckpt, with_head=True)
+    model, tok, _ = load(args, with_head=True)
     head = model.head_config
     scores = predict_texts(model, tok, texts) if texts else None
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
@@ -162,12 +168,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
     from bigmodel.infer.generate import generate_texts, stream_text
-    from bigmodel.model.checkpoint import load_checkpoint
 
     cfg = resolve(GenerateConfig, args, {"temperature": 0.0} if args.greedy else None)
     prompts = _prompts(args)
-    model, tok, _ = load_checkpoint(args.ckpt)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    model, tok, _ = load(args)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.seed)
     for i, prompt in enumerate(prompts):
         if len(prompts) > 1:
             print(f"=== prompt {i + 1} ===", flush=True)
@@ -220,12 +225,11 @@ def cmd_embed(args: argparse.Namespace) -> None:
     import numpy as np
 
     from bigmodel.infer.embed import embed_texts
-    from bigmodel.model.checkpoint import load_checkpoint
 
     texts = read_lines(args.input)
     if not texts:
         raise BigModelError(f"{args.input}: holds no lines to embed")
-    model, tok, _ = load_checkpoint(args.ckpt)
+    model, tok, _ = load(args)
     vectors = embed_texts(model, tok, texts, args.batch_size, args.max_length)
     np.save(args.out, vectors)
     print(f"wrote {args.out}: {vectors.shape[0]} vectors of {vectors.shape[1]} dimensions")
@@ -234,13 +238,13 @@ def cmd_embed(args: argparse.Namespace) -> None:
 def compress_checkpoint(args: argparse.Namespace, change, what: str) -> None:
     """Load, measure, `change` the model in place (or return a new one), save, measure again."""
     from bigmodel.evaluate.lm import evaluate_lm
-    from bigmodel.model.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+    from bigmodel.model.checkpoint import WEIGHTS, save_checkpoint
 
-    model, tok, folder = load_checkpoint(args.ckpt)
+    model, tok, folder = load(args)
     before = evaluate_lm(model, tok, args.text)
     model = change(model) or model
     save_checkpoint(Path(args.out), model, tok, {"compressed_from": str(folder.resolve()), "compression": what})
-    after = evaluate_lm(load_checkpoint(args.out)[0], tok, args.text)
+    after = evaluate_lm(load(args, ckpt=args.out)[0], tok, args.text)
     size_before, size_after = (folder / WEIGHTS).stat().st_size, (Path(args.out) / WEIGHTS).stat().st_size
     change_pct = 100 * (after.perplexity / before.perplexity - 1)
     print(f"{what}: weights {size_before / 1e6:.2f} MB -> {size_after / 1e6:.2f} MB; perplexity on {args.text} "
@@ -263,25 +267,19 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    import os
-
     try:
         from bigmodel.serve.app import create_app, serve
     except ImportError:
         raise BigModelError("serving needs FastAPI and uvicorn: pip install 'bigmodel[serve]'") from None
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            raise BigModelError(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
-    if args.max_batch < 1 or args.max_queue < 0 or args.max_new_tokens_limit < 1:
-        raise BigModelError("--max-batch and --max-new-tokens-limit must be at least 1, --max-queue at least 0")
-    app = create_app(args.ckpt, api_key, args.max_queue, args.max_new_tokens_limit, args.max_batch, args.quantize)
-    print(f"bigmodel serve: http://{args.host}:{args.port}/v1 (model loading; /health answers 200 when ready)",
+    cfg = resolve(ServeConfig, load_yaml(args.config).get("serve"), args)
+    if not cfg.ckpt:
+        raise BigModelError("serve needs --ckpt DIR (or `ckpt:` under `serve:` in --config)")
+    app = create_app(cfg)
+    print(f"bigmodel serve: http://{cfg.host}:{cfg.port}/v1 (model loading; /health answers 200 when ready)",
           file=sys.stderr, flush=True)
-    serve(app, args.host, args.port)
-    if app.state.bigmodel.failure:
-        raise BigModelError(f"{args.ckpt}: {app.state.bigmodel.failure}")
+    serve(app, cfg)
+    if app.state.service.failure:
+        raise BigModelError(f"{cfg.ckpt}: {app.state.service.failure}")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
@@ -308,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("evaluate", help="loss, perplexity, bits per byte; or classifier accuracy and F1")
     p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--data", required=True, help="prepared folder or raw text file; labelled file with --task classify")
     p.add_argument("--task", default="lm", choices=("lm", "classify"))
     p.add_argument("--split", default="val", help="split of a prepared folder (default: val)")
@@ -319,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("generate", help="continue a prompt, streaming the text")
     p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--prompt", help="text to continue")
     p.add_argument("--prompt-file", help="one prompt per line (write \\n for a newline inside one)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
@@ -343,12 +343,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("predict", help="label and probabilities per input line, as JSONL")
     p.add_argument("--ckpt", required=True, help="fine-tuned checkpoint folder or run folder")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--input", required=True, help="UTF-8 text file, one text per line, or - for stdin")
     p.add_argument("--out", help="JSONL file to write (default: stdout)")
     p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser("embed", help="one mean-pooled, L2-normalised vector per input line (.npy)")
     p.add_argument("--ckpt", required=True, help="checkpoint folder (e.g. from `convert --from-hf minilm`)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--input", required=True, help="UTF-8 text file, one text per line")
     p.add_argument("--out", required=True, help=".npy file to write")
     p.add_argument("--batch-size", type=int, default=32)
@@ -357,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("quantize", help="int8 linear layers or bf16 weights; prints size and perplexity change")
     p.add_argument("--ckpt", required=True)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--out", required=True)
     p.add_argument("--method", choices=("int8", "bf16"), default="int8",
                    help="int8: dynamic int8 linear layers (torch.ao); bf16: every weight in bfloat16")
@@ -365,21 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("prune", help="zero the smallest weights of each block matrix; prints the cost")
     p.add_argument("--ckpt", required=True)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--out", required=True)
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of each matrix set to zero (default 0.5)")
     p.add_argument("--text", required=True, help="prepared folder or text file to measure perplexity on")
     p.set_defaults(func=cmd_prune)
 
     p = verbs.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, embeddings, classify)")
-    p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key-env", help="name of an environment variable holding the key clients must send")
-    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together in one batch")
-    p.add_argument("--max-queue", type=int, default=64, help="sequences waiting for a batch row; more get 429")
-    p.add_argument("--quantize", choices=("none", "int8"), default="none",
-                   help="int8: dynamic int8 linear layers (torch.ao) at load time")
-    p.add_argument("--max-new-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask")
+    p.add_argument("--config", help="YAML recipe (its `serve:` section)")
+    add_flags(p, ServeConfig)
     p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("quickstart", help="prepare, pretrain, evaluate and generate on Python's own source")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -211,6 +212,36 @@ class GenerateConfig:
             raise BigModelError("need --max-new-tokens >= 0 and --num-samples >= 1")
 
 
+@dataclass
+class ServeConfig:
+    """`bigmodel serve`: one checkpoint behind an OpenAI-compatible HTTP API."""
+
+    ckpt: str = ""  # checkpoint, run or Hugging Face folder (or `minilm`)
+    host: str = "127.0.0.1"  # loopback only, unless told otherwise
+    port: int = 8000
+    api_key_env: str = ""  # name of an environment variable holding the key clients must send
+    max_batch: int = 16  # sequences decoded together in one batch
+    max_queue: int = 64  # sequences waiting for a batch row; more get 429
+    max_new_tokens_limit: int = 512  # the largest max_tokens a request may ask
+    quantize: str = "none"  # none | int8 (dynamic int8 linear layers at load time)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        if self.quantize not in ("none", "int8"):
+            raise BigModelError(f"--quantize must be none or int8, not {self.quantize!r}")
+        if self.max_batch < 1 or self.max_queue < 0 or self.max_new_tokens_limit < 1:
+            raise BigModelError("--max-batch and --max-new-tokens-limit must be at least 1, --max-queue at least 0")
+
+    def api_key(self) -> str | None:
+        """The key clients must send, read from `api_key_env` (None when no variable is named)."""
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise BigModelError(f"--api-key-env {self.api_key_env}: that environment variable is empty or unset")
+        return key
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -282,5 +313,5 @@ def save_yaml(path: Path, sections: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
 
 
-__all__ = ["DataConfig", "FinetuneConfig", "GenerateConfig", "ModelConfig", "TrainConfig", "add_flags",
-           "load_yaml", "preset", "resolve", "save_yaml"]
+__all__ = ["DataConfig", "FinetuneConfig", "GenerateConfig", "ModelConfig", "ServeConfig", "TrainConfig",
+           "add_flags", "load_yaml", "preset", "resolve", "save_yaml"]

@@ -23,10 +23,16 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
                           cwd=cwd, timeout=timeout)
 
 
+def shared_file(path: Path) -> Path:
+    """A file of ../shared/data the suite needs; its absence fails the test (CI must not skip silently)."""
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the tests read ../shared/data beside the checkout (see its SOURCE.md)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def shakespeare_char(tmp_path_factory) -> Path:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"{SHAKESPEARE} not present")
+    shared_file(SHAKESPEARE)
     out = tmp_path_factory.mktemp("shakespeare_char")
     prepare(DataConfig(input=[str(SHAKESPEARE)], out=str(out), tokenizer="char", dedup=False))
     return out

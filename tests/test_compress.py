@@ -1,7 +1,6 @@
 import re
 import time
 
-import pytest
 from safetensors.torch import load_file
 
 from .conftest import run_cli
@@ -13,10 +12,12 @@ def _perplexity_change(stdout: str) -> float:
 
 def _serves_a_completion(ckpt, **options) -> dict:
     """The server app on `ckpt`, started in-process; the usage of one completion it gives."""
-    testclient = pytest.importorskip("fastapi.testclient")
+    from fastapi import testclient
+
+    from bigmodel.config import ServeConfig
     from bigmodel.serve.app import create_app
 
-    with testclient.TestClient(create_app(str(ckpt), **options)) as client:
+    with testclient.TestClient(create_app(ServeConfig(ckpt=str(ckpt), **options))) as client:
         for _ in range(200):
             if client.get("/health").status_code == 200:
                 break

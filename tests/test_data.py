@@ -11,7 +11,7 @@ from bigmodel.data.readers import CorpusReader
 from bigmodel.data.tokenizer import EOT, StreamDecoder, load_tokenizer, train_bpe
 from bigmodel.errors import BigModelError
 
-from .conftest import TANGPOEMS
+from .conftest import TANGPOEMS, shared_file
 
 
 def test_readers_txt_jsonl_csv_and_folders(tmp_path):
@@ -105,9 +105,7 @@ def test_empty_corpus_after_cleaning_is_an_error(tmp_path):
 
 
 def test_bpe_on_chinese_round_trips_and_streams_whole_characters(tmp_path):
-    if not TANGPOEMS.is_file():
-        pytest.skip("tangpoems not present")
-    lines = TANGPOEMS.read_text(encoding="utf-8").splitlines()[:4000]
+    lines = shared_file(TANGPOEMS).read_text(encoding="utf-8").splitlines()[:4000]
     tok = train_bpe(lines, vocab_size=2000)
     sample = "秦川雄帝宅，函谷壯皇居。🙂 mixed English"
     ids = tok.encode(sample).ids

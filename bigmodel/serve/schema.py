@@ -1,0 +1,102 @@
+"""The HTTP API's shapes: request bodies, OpenAI's error JSON, and what the OpenAPI schema promises."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StrictBool, field_validator
+
+MAX_INPUTS = 128  # texts in one embeddings or classify request
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False  # a last chunk, before [DONE], with `usage` and no choices
+
+
+class Sampling(BaseModel):
+    """What completions and chat share. `max_tokens` defaults to 16 (or the server's limit, if lower)."""
+
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)  # the server's limit is checked per request, stated in the schema
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=8)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # what torch's generator takes
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @field_validator("max_tokens", "temperature", "top_p", "n", "seed", mode="before")
+    @classmethod
+    def numbers_are_numbers(cls, value: object) -> object:
+        if isinstance(value, str | bool):  # JSON "5" or true is not a number, whatever pydantic would make of it
+            raise ValueError("must be a JSON number")
+        return value
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def stream_is_boolean(cls, value: object) -> object:
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+
+
+class CompletionRequest(Sampling):
+    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=8)]
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+
+
+class TextsRequest(BaseModel):
+    model: str | None = None
+    input: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_INPUTS)]
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else self.input
+
+
+class EmbeddingRequest(TextsRequest):
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """An answer in OpenAI's error shape: status, message, error type and the field at fault."""
+
+    def __init__(self, status: int, message: str, kind: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+
+def error_body(message: str, kind: str, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
+    400: "invalid field, or a route this checkpoint does not serve", 401: "wrong or missing API key",
+    413: "prompt longer than the context", 429: "queue full", 503: "model loading, or server shutting down",
+}.items()}
+EVENT_SCHEMA = {"type": "object", "properties": {"data": {"type": "string"}}}
+STREAMED = {200: {"description": "the completion, or with `stream` server-sent events ending in [DONE]",
+                  "content": {"text/event-stream": {"schema": EVENT_SCHEMA}}}, **ERRORS}
