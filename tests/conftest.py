@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,47 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
     """Run `bigmodel ARGS` as a user would, in a fresh interpreter."""
     return subprocess.run([sys.executable, "-m", "bigmodel.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, float]]:
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def kill_then_resume(args: list[str], run_dir: Path, settle: float = 0.0) -> None:
+    """Run `bigmodel ARGS`, SIGKILL it `settle` seconds after its second evaluation row, then run it
+    again with `--resume`; fails unless the kill landed mid-run and the resumed run finished."""
+    proc = subprocess.Popen([sys.executable, "-m", "bigmodel.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not (run_dir / "metrics.csv").is_file() or len(metric_rows(run_dir)) < 2):
+        time.sleep(0.01)
+    time.sleep(settle)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_cli(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """`bigmodel ARGS` as `processes` processes under torchrun on loopback (gloo on the CPU)."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "bigmodel.cli",
+                           *args], capture_output=True, text=True, timeout=600)
+
+
+def assert_same_curves(single: list[dict], double: list[dict], x: str, rel: float) -> None:
+    """Two runs' metrics.csv rows agree: same evaluation points, train and val losses within `rel`."""
+    assert [r[x] for r in single] == [r[x] for r in double]
+    for a, b in zip(single, double, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=rel)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=rel)
 
 
 def shared_file(path: Path) -> Path:

@@ -73,3 +73,31 @@ def test_prompts_from_a_file_each_get_a_completion(trained_run, tmp_path):
                      "--greedy")
     assert result.returncode == 0, result.stderr
     assert "=== prompt 1 ===\nKING:" in result.stdout and "=== prompt 2 ===\nQUEEN:\nMy lord" in result.stdout
+
+
+def test_device_flags_are_checked_and_cpu_runs(trained_run, tmp_path):
+    import torch
+
+    _one_line_error(run_cli("generate", "--ckpt", str(trained_run), "--prompt", "hi", "--device", "tpu"),
+                    "--device 'tpu'")
+    if not torch.cuda.is_available():
+        _one_line_error(run_cli("embed", "--ckpt", str(trained_run), "--input", __file__, "--out",
+                                str(tmp_path / "v.npy"), "--device", "cuda"), "no CUDA GPU")
+    done = run_cli("generate", "--ckpt", str(trained_run), "--prompt", "KING:", "--max-new-tokens", "5", "--device",
+                   "cpu")
+    assert done.returncode == 0 and done.stdout.startswith("KING:"), done.stderr
+
+
+def test_serve_settings_come_from_yaml_and_flags_win(tmp_path):
+    import argparse
+
+    from bigmodel.config import ServeConfig, load_yaml, resolve
+    from bigmodel.errors import BigModelError
+
+    recipe = tmp_path / "serve.yaml"
+    recipe.write_text("serve:\n  ckpt: runs/x\n  max_batch: 2\n  port: 1234\n", encoding="utf-8")
+    cfg = resolve(ServeConfig, load_yaml(str(recipe))["serve"], argparse.Namespace(port=999, max_batch=None))
+    assert (cfg.ckpt, cfg.max_batch, cfg.port, cfg.host) == ("runs/x", 2, 999, "127.0.0.1")
+    recipe.write_text("serve:\n  max_batches: 2\n", encoding="utf-8")
+    with pytest.raises(BigModelError, match="unknown field.*max_batches"):
+        resolve(ServeConfig, load_yaml(str(recipe))["serve"])

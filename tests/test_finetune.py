@@ -3,10 +3,7 @@
 import csv
 import json
 import random
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -16,8 +13,8 @@ from bigmodel.config import FinetuneConfig
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.train.finetune import finetune
 
-from .conftest import run_cli
-from .test_train import _bigmodel, _free_port, rows
+from .conftest import assert_same_curves, kill_then_resume, metric_rows, run_cli, torchrun_cli
+from .test_train import _bigmodel
 
 
 def write_rows(path, rows, header=("text", "label")):
@@ -153,7 +150,7 @@ def _finetune_cmd(init, train, val, out, **overrides):
 
 
 def _figures(run_dir):
-    return [{k: v for k, v in r.items() if k not in ("examples_per_s", "elapsed_s")} for r in rows(run_dir)]
+    return [{k: v for k, v in r.items() if k not in ("examples_per_s", "elapsed_s")} for r in metric_rows(run_dir)]
 
 
 def test_fine_tuning_logs_like_pretraining(trained_run, tmp_path):
@@ -162,7 +159,7 @@ def test_fine_tuning_logs_like_pretraining(trained_run, tmp_path):
     best = finetune(FinetuneConfig(init=str(trained_run), train=str(train), val=str(val), out=str(tmp_path / "ft"),
                                    epochs=2, lr=3e-3, batch_size=8, grad_accum=2, eval_every=5, patience=0,
                                    tensorboard=True))
-    logged = rows(tmp_path / "ft")
+    logged = metric_rows(tmp_path / "ft")
     assert [r["step"] for r in logged] == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]  # 25 steps of 16 per epoch
     assert logged[-1]["val_loss"] < logged[0]["val_loss"] and logged[-1]["train_loss"] < logged[0]["train_loss"]
     assert best["accuracy"] == max(r["accuracy"] for r in logged) and logged[-1]["epoch"] == 2
@@ -181,17 +178,7 @@ def test_a_sigkilled_fine_tuning_resumes_to_the_same_figures_and_weights(trained
     done = subprocess.run(_bigmodel(_finetune_cmd(trained_run, train, val, whole, **extra)), capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
-    proc = subprocess.Popen(_bigmodel(_finetune_cmd(trained_run, train, val, killed, **extra)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and (not (killed / "metrics.csv").is_file() or len(rows(killed)) < 2):
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert len(rows(killed)) < len(rows(whole))
-    resumed = subprocess.run(_bigmodel([*_finetune_cmd(trained_run, train, val, killed, **extra), "--resume"]),
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    kill_then_resume(_finetune_cmd(trained_run, train, val, killed, **extra), killed)
     assert _figures(killed) == _figures(whole)
     a, b = load_file(whole / "last" / "model.safetensors"), load_file(killed / "last" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -204,14 +191,9 @@ def test_two_process_torchrun_fine_tunes_as_one_process_at_the_same_global_batch
     one = subprocess.run(_bigmodel(_finetune_cmd(trained_run, train, val, tmp_path / "one", batch_size=16, **common)),
                          capture_output=True, text=True)
     assert one.returncode == 0, one.stderr
-    two = _finetune_cmd(trained_run, train, val, tmp_path / "two", batch_size=8, **common)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                "127.0.0.1", "--master_port", str(_free_port()), "-m", "bigmodel.cli", *two]
-    result = subprocess.run(torchrun, capture_output=True, text=True, timeout=600)
+    result = torchrun_cli(*_finetune_cmd(trained_run, train, val, tmp_path / "two", batch_size=8, **common))
     assert result.returncode == 0, result.stderr[-2000:]
-    single, double = rows(tmp_path / "one"), rows(tmp_path / "two")
-    assert [r["step"] for r in single] == [r["step"] for r in double] == [5, 10, 15, 19]
-    for a, b in zip(single, double, strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    single, double = metric_rows(tmp_path / "one"), metric_rows(tmp_path / "two")
+    assert [r["step"] for r in single] == [5, 10, 15, 19]
+    assert_same_curves(single, double, "step", rel=1e-4)
     assert double[-1]["val_loss"] < double[0]["val_loss"]

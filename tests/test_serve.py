@@ -16,8 +16,8 @@ import openai
 import pytest
 import torch
 
+from .conftest import free_port
 from .test_finetune import synthetic, write_rows
-from .test_train import _free_port
 
 
 def http(url, body=None, key=None):
@@ -33,7 +33,7 @@ def http(url, body=None, key=None):
 
 def start_server(ckpt, *flags):
     """`bigmodel serve` in its own process; (process, base URL) once /health says it is ready."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "BIGMODEL_TEST_KEY": "s3cret"}
     proc = subprocess.Popen([sys.executable, "-m", "bigmodel.cli", "serve", "--ckpt", str(ckpt), "--port", str(port),
                              *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -310,6 +310,6 @@ def test_a_checkpoint_that_fails_to_load_ends_the_server_with_one_line(trained_r
     broken = tmp_path / "broken"
     shutil.copytree(resolve_checkpoint(trained_run), broken)
     (broken / "model.safetensors").write_bytes(b"\x00" * 100)
-    result = run_cli("serve", "--ckpt", str(broken), "--port", str(_free_port()), timeout=60)
+    result = run_cli("serve", "--ckpt", str(broken), "--port", str(free_port()), timeout=60)
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert result.returncode == 1 and len(errors) == 1 and str(broken) in errors[0]

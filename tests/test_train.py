@@ -1,9 +1,5 @@
-import csv
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -15,16 +11,11 @@ from bigmodel.errors import BigModelError
 from bigmodel.train.optim import lr_at
 from bigmodel.train.trainer import pretrain
 
-from .conftest import tiny_model
-
-
-def rows(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as fh:
-        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+from .conftest import assert_same_curves, kill_then_resume, metric_rows, tiny_model, torchrun_cli
 
 
 def test_training_lowers_loss_and_leaves_a_readable_run(trained_run):
-    metrics = rows(trained_run)
+    metrics = metric_rows(trained_run)
     assert [r["iter"] for r in metrics] == [0, 50, 100, 150]
     assert metrics[-1]["val_loss"] < metrics[0]["val_loss"] - 1.0
     assert metrics[-1]["tokens_per_s"] > 0
@@ -65,51 +56,28 @@ def _bigmodel(args):
 
 
 def _losses(run_dir):
-    return [(r["iter"], r["train_loss"], r["val_loss"]) for r in rows(run_dir)]
+    return [(r["iter"], r["train_loss"], r["val_loss"]) for r in metric_rows(run_dir)]
 
 
 def test_sigkilled_run_resumes_to_the_same_final_loss(shakespeare_char, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_bigmodel(_pretrain_cmd(shakespeare_char, whole)), check=True, capture_output=True)
 
-    proc = subprocess.Popen(_bigmodel(_pretrain_cmd(shakespeare_char, killed)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and (not (killed / "metrics.csv").is_file() or len(rows(killed)) < 2):
-        time.sleep(0.05)
-    time.sleep(0.3)  # land somewhere between two checkpoints
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert len(rows(killed)) < 4
-    resumed = subprocess.run(_bigmodel([*_pretrain_cmd(shakespeare_char, killed), "--resume"]),
-                             capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-
+    kill_then_resume(_pretrain_cmd(shakespeare_char, killed), killed, settle=0.3)  # between two checkpoints
     assert _losses(killed) == _losses(whole)
     a, b = load_file(whole / "last" / "model.safetensors"), load_file(killed / "last" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_torchrun_matches_one_process_at_the_same_global_batch(shakespeare_char, tmp_path):
     common = dict(max_iters=60, eval_interval=20, save_interval=60, dropout=0)
     one = _pretrain_cmd(shakespeare_char, tmp_path / "one", batch_size=16, **common)
     subprocess.run(_bigmodel(one), check=True, capture_output=True)
-    two = _pretrain_cmd(shakespeare_char, tmp_path / "two", batch_size=8, **common)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                "127.0.0.1", "--master_port", str(_free_port()), "-m", "bigmodel.cli", *two]
-    result = subprocess.run(torchrun, capture_output=True, text=True, timeout=600)
+    result = torchrun_cli(*_pretrain_cmd(shakespeare_char, tmp_path / "two", batch_size=8, **common))
     assert result.returncode == 0, result.stderr[-2000:]
-    single, double = rows(tmp_path / "one"), rows(tmp_path / "two")
-    assert [r["iter"] for r in single] == [r["iter"] for r in double] == [0, 20, 40, 60]
-    for a, b in zip(single, double, strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-3)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-3)
+    single, double = metric_rows(tmp_path / "one"), metric_rows(tmp_path / "two")
+    assert [r["iter"] for r in single] == [0, 20, 40, 60]
+    assert_same_curves(single, double, "iter", rel=2e-3)
     assert double[-1]["val_loss"] < double[0]["val_loss"] - 0.5
 
 
@@ -118,7 +86,7 @@ def test_tensorboard_events_and_bf16_autocast(shakespeare_char, tmp_path):
     cfg = TrainConfig(data=str(shakespeare_char), out=str(tmp_path), max_iters=40, batch_size=8, lr=3e-3,
                       eval_interval=20, eval_iters=2, dtype="bf16", tensorboard=True)
     result = pretrain(model, cfg, {"model": model, "train": cfg})
-    assert result["val_loss"] < rows(tmp_path)[0]["val_loss"]
+    assert result["val_loss"] < metric_rows(tmp_path)[0]["val_loss"]
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -127,7 +95,7 @@ def test_masked_lm_pretraining_lowers_loss_and_raises_masked_accuracy(shakespear
     cfg = TrainConfig(data=str(shakespeare_char), out=str(tmp_path), objective="mlm", max_iters=800, batch_size=32,
                       lr=3e-3, warmup_iters=20, eval_interval=400, eval_iters=8)
     pretrain(model, cfg, {"model": model, "train": cfg})
-    first, *_, last = rows(tmp_path)
+    first, *_, last = metric_rows(tmp_path)
     assert last["val_loss"] < first["val_loss"] - 1.0
     assert last["val_mask_acc"] > first["val_mask_acc"] + 0.15
 
