@@ -282,6 +282,58 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise BigModelError(f"{cfg.ckpt}: {app.state.service.failure}")
 
 
+def cmd_explain(args: argparse.Namespace) -> None:
+    try:
+        from bigmodel.infer.explain import explain_classifier, explain_next_token, faithfulness
+        from bigmodel.infer.report import terminal_view, write_report
+    except ImportError:
+        raise BigModelError("explanations need Captum: pip install 'bigmodel[explain]'") from None
+    from bigmodel.model.checkpoint import locate
+    from bigmodel.model.heads import HEAD_FILE
+
+    if args.steps < 2:
+        raise BigModelError("--steps must be at least 2")
+    folder, is_hf = locate(args.ckpt)
+    classifier = not is_hf and (folder / HEAD_FILE).is_file()
+    model, tok, _ = load(args, with_head=classifier)
+    if not classifier and not model.config.causal:
+        raise BigModelError(f"{args.ckpt}: an encoder without a fine-tuned head has nothing to explain; "
+                            "fine-tune it (`bigmodel finetune`) or give a decoder checkpoint")
+    out = Path(args.out)
+    if args.evaluate:
+        if not classifier:
+            raise BigModelError(f"{args.ckpt}: --evaluate measures a fine-tuned classifier (no {HEAD_FILE} here)")
+        if not args.data:
+            raise BigModelError("--evaluate needs --data FILE (CSV/TSV/JSONL with --text-column)")
+        from bigmodel.data.labelled import read_labelled
+
+        texts = [e.text for e in read_labelled(args.data, args.text_column, args.label_column)]
+        report = faithfulness(model, tok, texts[:args.max_examples or None], baseline=args.baseline, steps=args.steps)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "faithfulness.json").write_text(json.dumps(report, indent=2))
+        print(f"faithfulness on {report['texts']['count']} texts of {args.data} (probability drop of the predicted "
+              "class; comprehensiveness: higher is better, sufficiency: lower is better)")
+        for k in (10, 20, 50):
+            ig, rnd = report["integrated_gradients"], report["random"]
+            print(f"top {k:>2}%: comprehensiveness {ig[f'comprehensiveness@{k}']:.4f} (random "
+                  f"{rnd[f'comprehensiveness@{k}']:.4f}) | sufficiency {ig[f'sufficiency@{k}']:.4f} (random "
+                  f"{rnd[f'sufficiency@{k}']:.4f})")
+        print(f"figures: {out / 'faithfulness.json'}")
+        return
+    texts = [args.text] if args.text is not None else read_lines(args.input) if args.input else []
+    if not texts:
+        raise BigModelError("explain needs --text TEXT, --input FILE (or - for stdin), or --evaluate --data FILE")
+    for i, text in enumerate(texts, start=1):
+        if classifier:
+            explanation = explain_classifier(model, tok, text, args.target, args.baseline, args.steps)
+        else:
+            explanation = explain_next_token(model, tok, text, args.baseline, args.steps)
+        paths = write_report(explanation, out / str(i) if len(texts) > 1 else out)
+        print(terminal_view(explanation))
+        print(f"IG sum {sum(explanation.integrated_gradients):+.4f} vs score change {explanation.logit_difference:+.4f}"
+              f" (delta {explanation.convergence_delta:+.1e}); report {paths['html']}")
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from bigmodel.recipes.quickstart import quickstart
 
@@ -378,6 +430,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML recipe (its `serve:` section)")
     add_flags(p, ServeConfig)
     p.set_defaults(func=cmd_serve)
+
+    p = verbs.add_parser("explain", help="why a model decided: token attributions, attention maps, faithfulness")
+    p.add_argument("--ckpt", required=True, help="fine-tuned classifier, or a decoder (explains its next token)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    p.add_argument("--text", help="the text to explain")
+    p.add_argument("--input", help="one text per line (- for stdin); each gets its own report folder")
+    p.add_argument("--target", help="label to explain (default: the predicted one)")
+    p.add_argument("--baseline", default="pad", choices=("pad", "mask"),
+                   help="integrated gradients' reference text: real tokens replaced by [PAD] or [MASK]")
+    p.add_argument("--steps", type=int, default=50, help="integrated gradients' steps (default: 50)")
+    p.add_argument("--out", default="runs/explain", help="where report.html, attention.png, explanation.json go")
+    p.add_argument("--evaluate", action="store_true", help="measure faithfulness (ERASER) on --data instead")
+    p.add_argument("--data", help="with --evaluate: labelled CSV/TSV/JSONL")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--max-examples", type=int, default=0, help="with --evaluate: the first N rows (0: all)")
+    p.set_defaults(func=cmd_explain)
 
     p = verbs.add_parser("quickstart", help="prepare, pretrain, evaluate and generate on Python's own source")
     p.add_argument("--out", default="runs/quickstart", help="where everything goes (default: runs/quickstart)")

@@ -178,8 +178,9 @@ class SelfAttention(nn.Module):
         self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                step: CacheStep | None, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    def heads(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, n_head, T, head_dim), keys and values (B, n_kv_head, T, head_dim), rotated for RoPE."""
         cfg = self.config
         B, T, C = x.shape
         kv_width = cfg.n_kv_head * cfg.head_dim
@@ -189,13 +190,36 @@ class SelfAttention(nn.Module):
         v = v.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def shared(self, k: torch.Tensor) -> torch.Tensor:
+        """Grouped-query attention: each key/value head serves n_head // n_kv_head query heads."""
+        return k.repeat_interleave(self.config.n_head // self.config.n_kv_head, dim=1)
+
+    def weights(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """The attention probabilities (B, n_head, T, T) that `forward` applies without a cache, spelled
+        out (SDPA never shows them): for explanations, not for speed."""
+        q, k, _ = self.heads(x, rope)
+        scores = q @ self.shared(k).transpose(-2, -1) / math.sqrt(self.config.head_dim)
+        T = x.size(1)
+        if self.config.causal:
+            scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool, device=x.device).tril(), float("-inf"))
+        if padding_mask is not None:
+            scores = scores.masked_fill(~padding_mask[:, None, None, :], float("-inf"))
+        return scores.softmax(-1)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                step: CacheStep | None, padding_mask: torch.Tensor | None) -> torch.Tensor:
+        cfg = self.config
+        B, T, C = x.shape
+        q, k, v = self.heads(x, rope)
         past = 0
         if step is not None:
             past = step.start
             k, v = step.update(self.layer, k, v)
         if cfg.n_kv_head != cfg.n_head:
-            repeat = cfg.n_head // cfg.n_kv_head
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+            k, v = self.shared(k), self.shared(v)
         mask = None if step is None else step.mask  # ragged rows: each sees its own past
         if mask is None and cfg.causal and T > 1 and (past or padding_mask is not None):
             # new tokens see all of the past and the causal part of themselves

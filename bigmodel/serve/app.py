@@ -46,11 +46,13 @@ from bigmodel.serve.engine import Engine, QueueFull, Sequence, ShuttingDown, Too
 from bigmodel.serve.metrics import Metrics
 from bigmodel.serve.schema import (
     ERRORS,
+    MAX_EXPLAIN_TOKENS,
     STREAMED,
     ApiError,
     ChatRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ExplainRequest,
     Message,
     Sampling,
     TextsRequest,
@@ -355,6 +357,32 @@ def classify(req: TextsRequest, request: Request) -> dict:
         rows = [{"value": float(v[0])} for v in scores]
     return {"object": "list", "model": s.model_id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "data": [{"object": "classification", "index": i, **row} for i, row in enumerate(rows)]}
+
+
+@router.post("/v1/explain", responses=ERRORS)
+def explain(req: ExplainRequest, request: Request) -> dict:
+    """Why the classifier decided: what `bigmodel explain` writes to explanation.json."""
+    svc = service(request)
+    s = svc.served
+    if s.classifier is None:
+        raise ApiError(400, f"model {s.model_id} has no classifier head; fine-tune it with `bigmodel finetune`",
+                       "invalid_request_error", "model")
+    labels = s.classifier.head_config.labels
+    if req.target is not None and req.target not in labels:
+        raise ApiError(400, f"target: not a label of this model ({', '.join(labels)})", "invalid_request_error",
+                       "target")
+    tokens = len(svc.tokens_of(req.input, "input", special=True))
+    if tokens > MAX_EXPLAIN_TOKENS:
+        raise ApiError(413, f"input is {tokens} tokens; explanations take at most {MAX_EXPLAIN_TOKENS}",
+                       "invalid_request_error", "input")
+    try:
+        from bigmodel.infer.explain import explain_classifier
+    except ImportError:
+        raise ApiError(400, "this server has no Captum: pip install 'bigmodel[explain]'", "invalid_request_error",
+                       "model") from None
+    svc.metrics.count_tokens("prompt", tokens)
+    explanation = explain_classifier(s.classifier, s.tok, req.input, req.target, steps=req.steps)
+    return {"object": "explanation", "model": s.model_id, **explanation.to_dict()}
 
 
 def route_label(request: Request) -> str:

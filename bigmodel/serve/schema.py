@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StrictBool, field_validator
 
 MAX_INPUTS = 128  # texts in one embeddings or classify request
+MAX_EXPLAIN_TOKENS = 256  # integrated gradients cost `steps` forward and backward passes of the text
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
@@ -68,6 +69,13 @@ class TextsRequest(BaseModel):
 
 class EmbeddingRequest(TextsRequest):
     encoding_format: Literal["float", "base64"] = "float"
+
+
+class ExplainRequest(BaseModel):
+    model: str | None = None
+    input: NonEmpty
+    target: str | None = None  # the label to explain; default: the predicted one
+    steps: int = Field(50, ge=2, le=200)  # integrated gradients' steps
 
 
 class ErrorDetail(BaseModel):
