@@ -212,13 +212,17 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from bigmodel.train.finetune import finetune
+    from bigmodel.train.finetune import finetune, privacy_spent
 
     cfg = resolve(FinetuneConfig, load_yaml(args.config).get("finetune"), args)
     best = finetune(cfg)
     if best:  # a resumed run that had already finished evaluates nothing new
         shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k in ("accuracy", "macro_f1", "mse"))
         print(f"best: {shown} at step {int(best['step'])}; checkpoint in {cfg.out}/best")
+    if cfg.dp_epsilon is not None:
+        spent = privacy_spent(cfg.out)
+        print(f"differential privacy: (ε = {spent['epsilon']:.3f}, δ = {spent['delta']:g}) spent over the run "
+              f"(noise multiplier {spent['noise_multiplier']:.3f}, per-example clipping at {spent['max_grad_norm']:g})")
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -334,6 +338,25 @@ def cmd_explain(args: argparse.Namespace) -> None:
               f" (delta {explanation.convergence_delta:+.1e}); report {paths['html']}")
 
 
+def cmd_audit(args: argparse.Namespace) -> None:
+    from bigmodel.data.labelled import read_labelled
+    from bigmodel.evaluate.membership import example_losses, loss_attack, plot_roc
+
+    model, tok, folder = load(args, with_head=True)
+    members = read_labelled(args.train, args.text_column, args.label_column)
+    non_members = read_labelled(args.holdout, args.text_column, args.label_column)
+    if args.max_examples:
+        members, non_members = members[:args.max_examples], non_members[:args.max_examples]
+    report, fpr, tpr = loss_attack(example_losses(model, tok, members), example_losses(model, tok, non_members))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(report.to_dict(), indent=2))
+    plot_roc(fpr, tpr, report, out / "roc.png", f"membership inference on {folder}")
+    print(f"loss attack on {report.members} training and {report.non_members} held-out examples: AUC {report.auc:.4f} "
+          f"(0.5 = nothing leaks), TPR at 1% FPR {report.tpr_at_1pct_fpr:.4f}; mean loss {report.member_loss:.4f} "
+          f"(train) vs {report.non_member_loss:.4f} (held out) | {out / 'audit.json'}, {out / 'roc.png'}")
+
+
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from bigmodel.recipes.quickstart import quickstart
 
@@ -447,6 +470,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", default="label")
     p.add_argument("--max-examples", type=int, default=0, help="with --evaluate: the first N rows (0: all)")
     p.set_defaults(func=cmd_explain)
+
+    p = verbs.add_parser("audit", help="membership-inference attack: does the model give away its training data?")
+    p.add_argument("--ckpt", required=True, help="fine-tuned checkpoint folder or run folder")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    p.add_argument("--train", required=True, help="labelled file the model was trained on (the members)")
+    p.add_argument("--holdout", required=True, help="labelled file from the same source it never saw")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--max-examples", type=int, default=0, help="the first N of each file (0: all)")
+    p.add_argument("--out", default="runs/audit", help="where audit.json and roc.png go")
+    p.set_defaults(func=cmd_audit)
 
     p = verbs.add_parser("quickstart", help="prepare, pretrain, evaluate and generate on Python's own source")
     p.add_argument("--out", default="runs/quickstart", help="where everything goes (default: runs/quickstart)")

@@ -183,6 +183,9 @@ class FinetuneConfig:
     resume: bool = False  # continue from out/last exactly where it stopped
     tensorboard: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dp_epsilon: float | None = None  # set: DP-SGD (Opacus) spending at most this ε over the run
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0  # each example's gradient is clipped to this norm before noise
 
     def __post_init__(self) -> None:
         choices = {"task": ("classify", "regress"), "method": ("full", "freeze", "lora"), "dtype": ("fp32", "bf16")}

@@ -38,11 +38,12 @@ from bigmodel.model.checkpoint import WEIGHTS, load_checkpoint, load_trainer_sta
 from bigmodel.model.heads import HeadConfig, SequenceModel
 from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
-from bigmodel.train import distributed
+from bigmodel.train import distributed, privacy
 from bigmodel.train.optim import KeepBest, autocast, linear_lr, make_optimizer, optimizer_step
 from bigmodel.train.track import Tracker
 
 LORA_TARGETS = ["qkv", "proj", "up", "down", "gate"]
+DP_CHUNK = 32  # examples per forward pass inside a DP-SGD batch
 
 
 def load_backbone(init: str, device: torch.device) -> tuple[Transformer, Tokenizer]:
@@ -152,7 +153,11 @@ class FineTuner:
         backbone, self.tok = load_backbone(cfg.init, dist.device)
         labels = label_ids(self.train, val) if cfg.task == "classify" else []
         self.head = HeadConfig(task=cfg.task, labels=labels, pooling="last" if backbone.config.causal else "mean")
-        self.runner = apply_method(SequenceModel(backbone, self.head, cfg.head_dropout), cfg).to(dist.device)
+        model = SequenceModel(backbone, self.head, cfg.head_dropout)
+        self.runner = apply_method(model, cfg).to(dist.device)
+        if cfg.dp_epsilon is not None:
+            privacy.check(cfg, len(self.train), dist.world_size)
+            privacy.freeze_embeddings(model)
         self.trainable = sum(p.numel() for p in self.runner.parameters() if p.requires_grad)
         self.total = sum(p.numel() for p in self.runner.parameters())
         self.pad = pad_id(self.tok)
@@ -160,9 +165,14 @@ class FineTuner:
         self.train_y, self.val_y = targets_of(self.train, self.head), targets_of(val, self.head)
         self.val_ids = encode(self.tok, [e.text for e in val], self.max_length)
         self.optimizer = make_optimizer(self.runner, cfg, dist.device)
+        self.model: torch.nn.Module = self.runner
+        self.private: privacy.Privacy | None = None
+        if cfg.dp_epsilon is not None:  # Poisson batches of the planned size, per-sample clipping, noise
+            self.model, self.optimizer, self.dp_batches, self.private = privacy.make_private(
+                self.runner, self.optimizer, len(self.train), cfg)
         global_batch = cfg.batch_size * dist.world_size  # as `epoch_batches` cuts them
         n_batches = len(self.train) // global_batch + (len(self.train) % global_batch >= dist.world_size)
-        self.steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
+        self.steps_per_epoch = len(self.dp_batches) if self.private else math.ceil(n_batches / cfg.grad_accum)
         if not self.steps_per_epoch:
             raise BigModelError(f"{cfg.train}: {len(self.train)} examples are too few for {dist.world_size} processes")
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -174,7 +184,6 @@ class FineTuner:
         torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank; the initial weights did not
         if cfg.resume:
             self._restore()
-        self.model: torch.nn.Module = self.runner
         if dist.world_size > 1:
             self.model = DDP(self.runner, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
 
@@ -202,9 +211,11 @@ class FineTuner:
 
     def _save(self, name: str, step: int, figures: dict[str, float]) -> None:
         state = self._state(step) if name == "last" else None  # every rank joins the RNG gather
+        sections = {"finetune": self.cfg, "val": figures}
+        if self.private:
+            sections["privacy"] = self.private.record()
         if self.dist.is_main:
-            save_checkpoint(self.out / name, plain_model(self.runner, self.cfg), self.tok,
-                            {"finetune": self.cfg, "val": figures}, state)
+            save_checkpoint(self.out / name, plain_model(self.runner, self.cfg), self.tok, sections, state)
 
     # --- loop --------------------------------------------------------------------------
 
@@ -213,6 +224,8 @@ class FineTuner:
         rng = random.Random(self.cfg.seed * 1_000_003 + epoch)
         texts = [augment(e.text, rng) if self.cfg.augment else e.text for e in self.train]
         ids = encode(self.tok, texts, self.max_length)
+        if self.private:  # DP-SGD's guarantee rests on Poisson sampling: no grouping by length
+            return ids, [indices.tolist() for (indices,) in self.dp_batches]
         batches = length_grouped_batches([len(r) for r in ids], self.cfg.batch_size * self.dist.world_size, rng)
         # every process needs at least one example of each batch
         return ids, [b for b in batches if len(b) >= self.dist.world_size]
@@ -223,6 +236,8 @@ class FineTuner:
         Each process takes its share of every global batch; the loss is scaled so that DDP's
         gradient average equals one process's mean over the whole group."""
         cfg, dist = self.cfg, self.dist
+        if self.private:
+            return self._private_step(step, ids, group[0])
         examples = sum(len(b) for b in group)
         summed, counted = 0.0, 0
         for i, batch in enumerate(group):
@@ -239,11 +254,36 @@ class FineTuner:
         optimizer_step(self.optimizer, linear_lr(step, cfg.lr, self.warmup, self.total_steps), cfg.grad_clip)
         return summed, counted
 
+    def _private_step(self, step: int, ids: list[list[int]], batch: list[int]) -> tuple[float, int]:
+        """One DP-SGD step over a Poisson batch, run as length-sorted chunks (Opacus' "physical batches"):
+        each chunk's per-example gradients are clipped and added up, and the noise comes once, with the last.
+        Sorting inside the batch saves the padding that length grouping saves elsewhere, without touching
+        the sampling the privacy guarantee rests on."""
+        if not batch:  # a Poisson batch may be empty: nothing to learn from, nothing spent
+            return 0.0, 0
+        order = sorted(batch, key=lambda i: len(ids[i]))
+        chunks = [order[i:i + DP_CHUNK] for i in range(0, len(order), DP_CHUNK)]
+        lr = linear_lr(step, self.cfg.lr, self.warmup, self.total_steps)
+        summed = 0.0
+        for j, chunk in enumerate(chunks):
+            x, mask = collate([ids[i] for i in chunk], self.pad, self.dist.device)
+            with autocast(self.cfg.dtype, self.dist.device):
+                scores = self.model(x, mask).float()
+            loss = task_loss(self.head, scores, self.train_y[chunk].to(self.dist.device))
+            loss.backward()
+            summed += loss.item() * len(chunk)
+            if j < len(chunks) - 1:
+                self.optimizer.signal_skip_step(do_skip=True)  # clip and keep; no noise, no update yet
+            optimizer_step(self.optimizer, lr, 0.0)  # the per-example clipping replaces the global one
+        return summed, len(batch)
+
     def evaluate(self) -> dict[str, float]:
         """Val loss and metrics; every process computes the same, so all agree on when to stop."""
         scores = predict_scores(self.runner, self.val_ids, self.pad, self.head.n_outputs, self.cfg.dtype)
         figures = score(self.head, scores, self.val_y)
         figures["val_loss"] = task_loss(self.head, scores, self.val_y).item()
+        if self.private:
+            figures["epsilon"] = self.private.epsilon()
         return figures
 
     def fit(self) -> dict[str, float]:
@@ -251,7 +291,8 @@ class FineTuner:
         cfg, dist = self.cfg, self.dist
         self.out.mkdir(parents=True, exist_ok=True)
         metric_names = ["mse"] if cfg.task == "regress" else ["accuracy", "macro_f1"]
-        fields = ["step", "epoch", "train_loss", "val_loss", *metric_names, "lr", "examples_per_s", "elapsed_s"]
+        fields = ["step", "epoch", "train_loss", "val_loss", *metric_names, "lr", "examples_per_s", "elapsed_s",
+                  *(["epsilon"] if self.private else [])]
         if dist.is_main:
             print(f"{cfg.method}: training {self.trainable:,} of {self.total:,} parameters "
                   f"({100 * self.trainable / self.total:.2f}%)")
@@ -260,6 +301,7 @@ class FineTuner:
         started = window_start = time.perf_counter()
         window_loss, window_examples = 0.0, 0
         step = self.start_step
+        self.runner.train()  # checkpoints load in eval mode: dropout (and Opacus' hooks) need training mode
         try:
             for epoch in range(self.start_step // self.steps_per_epoch, cfg.epochs):
                 ids, batches = self.epoch_batches(epoch)
@@ -287,6 +329,14 @@ class FineTuner:
         finally:
             tracker.close()
         return self.best_figures
+
+
+def privacy_spent(out: Path) -> dict[str, float] | None:
+    """The (ε, δ) a fine-tuned checkpoint states it was trained under, if it was private."""
+    import yaml
+
+    config = resolve_checkpoint(out, prefer="last") / "config.yaml"
+    return (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("privacy")
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, float]:
