@@ -363,6 +363,12 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     quickstart(Path(args.out), args.minutes)
 
 
+def add_ckpt(parser: argparse.ArgumentParser, help: str = "checkpoint folder, or a run folder (uses best/)") -> None:
+    """`--ckpt` and the `--device` to run it on, as every verb that loads a model takes them."""
+    parser.add_argument("--ckpt", required=True, help=f"{help}; or a Hugging Face folder, or `minilm`")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bigmodel", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -380,8 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = verbs.add_parser("evaluate", help="loss, perplexity, bits per byte; or classifier accuracy and F1")
-    p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    add_ckpt(p)
     p.add_argument("--data", required=True, help="prepared folder or raw text file; labelled file with --task classify")
     p.add_argument("--task", default="lm", choices=("lm", "classify"))
     p.add_argument("--split", default="val", help="split of a prepared folder (default: val)")
@@ -392,8 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = verbs.add_parser("generate", help="continue a prompt, streaming the text")
-    p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    add_ckpt(p)
     p.add_argument("--prompt", help="text to continue")
     p.add_argument("--prompt-file", help="one prompt per line (write \\n for a newline inside one)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
@@ -417,15 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = verbs.add_parser("predict", help="label and probabilities per input line, as JSONL")
-    p.add_argument("--ckpt", required=True, help="fine-tuned checkpoint folder or run folder")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    add_ckpt(p, "fine-tuned checkpoint folder or run folder")
     p.add_argument("--input", required=True, help="UTF-8 text file, one text per line, or - for stdin")
     p.add_argument("--out", help="JSONL file to write (default: stdout)")
     p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser("embed", help="one mean-pooled, L2-normalised vector per input line (.npy)")
-    p.add_argument("--ckpt", required=True, help="checkpoint folder (e.g. from `convert --from-hf minilm`)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    add_ckpt(p, "checkpoint folder (e.g. from `convert --from-hf minilm`)")
     p.add_argument("--input", required=True, help="UTF-8 text file, one text per line")
     p.add_argument("--out", required=True, help=".npy file to write")
     p.add_argument("--batch-size", type=int, default=32)
@@ -433,8 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_embed)
 
     p = verbs.add_parser("quantize", help="int8 linear layers or bf16 weights; prints size and perplexity change")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    add_ckpt(p)
     p.add_argument("--out", required=True)
     p.add_argument("--method", choices=("int8", "bf16"), default="int8",
                    help="int8: dynamic int8 linear layers (torch.ao); bf16: every weight in bfloat16")
@@ -442,8 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_quantize)
 
     p = verbs.add_parser("prune", help="zero the smallest weights of each block matrix; prints the cost")
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    add_ckpt(p)
     p.add_argument("--out", required=True)
     p.add_argument("--sparsity", type=float, default=0.5, help="fraction of each matrix set to zero (default 0.5)")
     p.add_argument("--text", required=True, help="prepared folder or text file to measure perplexity on")
@@ -455,8 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = verbs.add_parser("explain", help="why a model decided: token attributions, attention maps, faithfulness")
-    p.add_argument("--ckpt", required=True, help="fine-tuned classifier, or a decoder (explains its next token)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    add_ckpt(p, "fine-tuned classifier, or a decoder (explains its next token)")
     p.add_argument("--text", help="the text to explain")
     p.add_argument("--input", help="one text per line (- for stdin); each gets its own report folder")
     p.add_argument("--target", help="label to explain (default: the predicted one)")
@@ -472,8 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = verbs.add_parser("audit", help="membership-inference attack: does the model give away its training data?")
-    p.add_argument("--ckpt", required=True, help="fine-tuned checkpoint folder or run folder")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    add_ckpt(p, "fine-tuned checkpoint folder or run folder")
     p.add_argument("--train", required=True, help="labelled file the model was trained on (the members)")
     p.add_argument("--holdout", required=True, help="labelled file from the same source it never saw")
     p.add_argument("--text-column", default="text")

@@ -169,6 +169,14 @@ class Service:
                            + (" and /v1/classify" if s.classifier else ""), "invalid_request_error", "model")
         return s.engine
 
+    def classifier(self) -> SequenceModel:
+        """The fine-tuned model with its head, for the routes that need one."""
+        s = self.served
+        if s.classifier is None:
+            raise ApiError(400, f"model {s.model_id} has no classifier head; fine-tune it with `bigmodel finetune`",
+                           "invalid_request_error", "model")
+        return s.classifier
+
     def tokens_of(self, text: str, param: str, special: bool = False) -> list[int]:
         """`text`'s ids, checked against the context (a prompt leaves room for one new token)."""
         block = self.served.model.config.block_size
@@ -344,12 +352,10 @@ def classify(req: TextsRequest, request: Request) -> dict:
     """Label and probabilities per text (a regression head gives its value)."""
     svc = service(request)
     s = svc.served
-    if s.classifier is None:
-        raise ApiError(400, f"model {s.model_id} has no classifier head; fine-tune it with `bigmodel finetune`",
-                       "invalid_request_error", "model")
+    classifier = svc.classifier()
     ids, tokens = svc.inputs_of(req)
-    head = s.classifier.head_config
-    scores = predict_scores(s.classifier, ids, pad_id(s.tok), head.n_outputs)
+    head = classifier.head_config
+    scores = predict_scores(classifier, ids, pad_id(s.tok), head.n_outputs)
     if head.task == "classify":
         rows = [{"label": head.labels[int(p.argmax())],
                  "probabilities": dict(zip(head.labels, p.tolist(), strict=True))} for p in scores.softmax(-1)]
@@ -364,10 +370,8 @@ def explain(req: ExplainRequest, request: Request) -> dict:
     """Why the classifier decided: what `bigmodel explain` writes to explanation.json."""
     svc = service(request)
     s = svc.served
-    if s.classifier is None:
-        raise ApiError(400, f"model {s.model_id} has no classifier head; fine-tune it with `bigmodel finetune`",
-                       "invalid_request_error", "model")
-    labels = s.classifier.head_config.labels
+    classifier = svc.classifier()
+    labels = classifier.head_config.labels
     if req.target is not None and req.target not in labels:
         raise ApiError(400, f"target: not a label of this model ({', '.join(labels)})", "invalid_request_error",
                        "target")
@@ -381,7 +385,7 @@ def explain(req: ExplainRequest, request: Request) -> dict:
         raise ApiError(400, "this server has no Captum: pip install 'bigmodel[explain]'", "invalid_request_error",
                        "model") from None
     svc.metrics.count_tokens("prompt", tokens)
-    explanation = explain_classifier(s.classifier, s.tok, req.input, req.target, steps=req.steps)
+    explanation = explain_classifier(classifier, s.tok, req.input, req.target, steps=req.steps)
     return {"object": "explanation", "model": s.model_id, **explanation.to_dict()}
 
 
