@@ -310,11 +310,12 @@ class FineTuner:
                     step += 1
                     window_loss, window_examples = window_loss + loss, window_examples + examples
                     rate = window_examples / (time.perf_counter() - window_start)
-                    tracker.step(loss / examples, linear_lr(step - 1, cfg.lr, self.warmup, self.total_steps), rate)
+                    lr = linear_lr(step - 1, cfg.lr, self.warmup, self.total_steps)
+                    tracker.step(loss / max(examples, 1), lr, rate)  # a Poisson batch (DP) may be empty
                     if step % self.eval_every == 0 or step == self.total_steps:
                         loss_sum, count = dist.sum(window_loss, window_examples)
-                        figures = {"step": step, "epoch": step / self.steps_per_epoch, "train_loss": loss_sum / count,
-                                   "lr": linear_lr(step - 1, cfg.lr, self.warmup, self.total_steps),
+                        figures = {"step": step, "epoch": step / self.steps_per_epoch,
+                                   "train_loss": loss_sum / max(count, 1), "lr": lr,
                                    "examples_per_s": rate, "elapsed_s": time.perf_counter() - started,
                                    **self.evaluate()}
                         tracker.evaluation(figures)
