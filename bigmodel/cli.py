@@ -78,6 +78,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     if result:
         print(f"done: val loss {result['val_loss']:.4f} at iteration {int(result['iter'])}; "
               f"checkpoints in {train.out}/best and {train.out}/last")
+    if train.dp_epsilon is not None:
+        from bigmodel.train import privacy
+
+        print(privacy.summary(Path(train.out)))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -212,7 +216,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from bigmodel.train.finetune import finetune, privacy_spent
+    from bigmodel.train import privacy
+    from bigmodel.train.finetune import finetune
 
     cfg = resolve(FinetuneConfig, load_yaml(args.config).get("finetune"), args)
     best = finetune(cfg)
@@ -220,9 +225,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k in ("accuracy", "macro_f1", "mse"))
         print(f"best: {shown} at step {int(best['step'])}; checkpoint in {cfg.out}/best")
     if cfg.dp_epsilon is not None:
-        spent = privacy_spent(cfg.out)
-        print(f"differential privacy: (ε = {spent['epsilon']:.3f}, δ = {spent['delta']:g}) spent over the run "
-              f"(noise multiplier {spent['noise_multiplier']:.3f}, per-example clipping at {spent['max_grad_norm']:g})")
+        print(privacy.summary(Path(cfg.out)))
 
 
 def cmd_embed(args: argparse.Namespace) -> None:

@@ -110,7 +110,16 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class PrivacyConfig:
+    """DP-SGD (Opacus) settings that pretraining and fine-tuning share; no ε means no DP."""
+
+    dp_epsilon: float | None = None  # set: DP-SGD spending at most this ε over the run
+    dp_delta: float = 1e-5
+    dp_max_grad_norm: float = 1.0  # each example's gradient is clipped to this norm before noise
+
+
+@dataclass
+class TrainConfig(PrivacyConfig):
     """`bigmodel pretrain`: the optimisation loop and what it records."""
 
     data: str = ""
@@ -150,7 +159,7 @@ class TrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(PrivacyConfig):
     """`bigmodel finetune`: a pretrained model, a labelled dataset, a task head."""
 
     init: str = ""  # bigmodel checkpoint or Hugging Face folder (or `minilm`)
@@ -183,9 +192,6 @@ class FinetuneConfig:
     resume: bool = False  # continue from out/last exactly where it stopped
     tensorboard: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dp_epsilon: float | None = None  # set: DP-SGD (Opacus) spending at most this ε over the run
-    dp_delta: float = 1e-5
-    dp_max_grad_norm: float = 1.0  # each example's gradient is clipped to this norm before noise
 
     def __post_init__(self) -> None:
         choices = {"task": ("classify", "regress"), "method": ("full", "freeze", "lora"), "dtype": ("fp32", "bf16")}

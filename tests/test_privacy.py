@@ -4,14 +4,16 @@ import pytest
 import torch
 import yaml
 
-from bigmodel.config import FinetuneConfig
+from bigmodel.config import FinetuneConfig, TrainConfig
+from bigmodel.data.batches import load_meta
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.heads import HeadConfig, SequenceModel
 from bigmodel.train import privacy
 from bigmodel.train.finetune import finetune
 from bigmodel.train.optim import make_optimizer
+from bigmodel.train.trainer import pretrain
 
-from .conftest import metric_rows, run_cli
+from .conftest import metric_rows, run_cli, tiny_model
 from .test_finetune import synthetic, write_rows
 
 
@@ -37,7 +39,7 @@ def test_each_example_gradient_is_clipped_before_noise(trained_run):
     privacy.freeze_embeddings(model)
     cfg = FinetuneConfig(batch_size=8, dp_epsilon=8.0, dp_max_grad_norm=0.01, lr=1e-3)
     module, optimizer, _, accountant = privacy.make_private(model, make_optimizer(model, cfg, torch.device("cpu")),
-                                                             64, cfg)
+                                                             64, 8, 10, cfg)
     x, mask = torch.randint(60, (8, 12)), torch.ones(8, 12, dtype=torch.bool)
     torch.nn.functional.cross_entropy(module(x, mask), torch.randint(2, (8,))).backward()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -60,6 +62,35 @@ def test_bad_privacy_settings_are_one_line(trained_run, tmp_path, flags, fragmen
     train = write_rows(tmp_path / "train.csv", synthetic(40, 0))
     result = run_cli("finetune", "--init", str(trained_run), "--train", str(train), "--val", str(train), "--out",
                      str(tmp_path / "o"), *flags)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert fragment in result.stderr.strip().splitlines()[-1]
+
+
+def test_private_pretraining_learns_every_parameter_and_spends_its_epsilon(shakespeare_char, tmp_path):
+    model = tiny_model(load_meta(shakespeare_char)["vocab_size"], tie_embeddings=False)
+    cfg = TrainConfig(data=str(shakespeare_char), out=str(tmp_path), max_iters=40, batch_size=64, lr=3e-3,
+                      warmup_iters=5, eval_interval=20, eval_iters=2, dp_epsilon=3.0)
+    pretrain(model, cfg, {"model": model, "train": cfg})
+    first, middle, last = metric_rows(tmp_path)
+    assert last["val_loss"] < first["val_loss"] - 0.5
+    assert first["epsilon"] == 0 < middle["epsilon"] < last["epsilon"] <= 3.0 + 1e-6 and last["epsilon"] > 2.7
+    assert yaml.safe_load((tmp_path / "last" / "config.yaml").read_text())["privacy"]["epsilon"] == last["epsilon"]
+    trained = load_checkpoint(tmp_path)[0]
+    torch.manual_seed(cfg.seed)
+    untrained = type(trained)(trained.config)
+    for (name, before), after in zip(untrained.named_parameters(), trained.parameters(), strict=True):
+        assert not torch.equal(before, after), f"{name} did not train"  # embeddings and positions too
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    ([], "does not support tied embeddings (pass --no-tie-embeddings)"),
+    (["--no-tie-embeddings", "--compile"], "does not support --compile"),
+    (["--no-tie-embeddings", "--batch-size", "100000"], "exceeds the"),
+])
+def test_bad_private_pretraining_is_one_line(shakespeare_char, tmp_path, flags, fragment):
+    result = run_cli("pretrain", "--data", str(shakespeare_char), "--out", str(tmp_path), "--n-layer", "1",
+                     "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--max-iters", "2",
+                     "--dp-epsilon", "8", *flags)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert fragment in result.stderr.strip().splitlines()[-1]
 

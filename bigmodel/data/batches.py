@@ -1,13 +1,16 @@
-"""Random training windows from a memory-mapped token file, with resumable sampling state.
+"""Training windows from a memory-mapped token file.
 
-The whole global batch (every process, every micro-step) is drawn from one generator seeded
-the same on all ranks; each rank keeps its own rows. So one process with batch 2B and two
-processes with batch B see exactly the same data, and the sampler state is a single tensor.
+`WindowSampler` draws windows at random offsets, with resumable state. The whole global batch
+(every process, every micro-step) is drawn from one generator seeded the same on all ranks;
+each rank keeps its own rows. So one process with batch 2B and two processes with batch B see
+exactly the same data, and the sampler state is a single tensor. `BlockSampler` serves fixed,
+non-overlapping blocks by index, the unit a differentially private run protects.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +64,31 @@ class WindowSampler:
 
     def restore(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
+
+
+class BlockSampler:
+    """Yields (x, y) batches of the blocks whose indices `batches` draws, cycling through it for ever.
+
+    Block i holds tokens [i * block_size, (i + 1) * block_size] (its last token is only a target),
+    so no token is an input of two blocks."""
+
+    def __init__(self, tokens: np.memmap, block_size: int, batches: Iterable[tuple[torch.Tensor]]) -> None:
+        self.tokens = tokens
+        self.block_size = block_size
+        self.batches = batches
+        self.drawn = iter(batches)
+        self.offsets = np.arange(block_size + 1)
+
+    @staticmethod
+    def count(tokens: np.memmap, block_size: int) -> int:
+        return (len(tokens) - 1) // block_size
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            (indices,) = next(self.drawn)
+        except StopIteration:
+            self.drawn = iter(self.batches)
+            (indices,) = next(self.drawn)
+        starts = indices.numpy() * self.block_size
+        window = torch.from_numpy(self.tokens[starts[:, None] + self.offsets].astype(np.int64))
+        return window[:, :-1], window[:, 1:]

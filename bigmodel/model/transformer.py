@@ -66,21 +66,9 @@ class Linear(nn.Linear):
         return y.view(*x.shape[:-1], -1)
 
 
-class RMSNorm(nn.Module):
-    """Scale by the root mean square: LayerNorm without the mean and the bias."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
-
-
 def make_norm(config: ModelConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return RMSNorm(config.n_embd, config.norm_eps)
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
     return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
@@ -355,7 +343,7 @@ class Transformer(nn.Module):
         x = self.tok_emb(idx)
         rope = None
         if self.config.positions == "learned":
-            x = x + self.pos_emb(positions)
+            x = x + self.pos_emb(positions.expand(B, T))  # a batch dimension, for per-example gradients (DP)
         else:  # per-row positions (B, T) broadcast over the heads
             rope = (self.rope_cos[positions], self.rope_sin[positions])
             if positions.dim() == 2:

@@ -43,7 +43,6 @@ from bigmodel.train.optim import KeepBest, autocast, linear_lr, make_optimizer, 
 from bigmodel.train.track import Tracker
 
 LORA_TARGETS = ["qkv", "proj", "up", "down", "gate"]
-DP_CHUNK = 32  # examples per forward pass inside a DP-SGD batch
 
 
 def load_backbone(init: str, device: torch.device) -> tuple[Transformer, Tokenizer]:
@@ -156,7 +155,9 @@ class FineTuner:
         model = SequenceModel(backbone, self.head, cfg.head_dropout)
         self.runner = apply_method(model, cfg).to(dist.device)
         if cfg.dp_epsilon is not None:
-            privacy.check(cfg, len(self.train), dist.world_size)
+            privacy.check(cfg, len(self.train), cfg.batch_size, {
+                "--grad-accum above 1 yet": cfg.grad_accum > 1, "--resume yet": cfg.resume,
+                "several processes (torchrun) yet": dist.world_size > 1})
             privacy.freeze_embeddings(model)
         self.trainable = sum(p.numel() for p in self.runner.parameters() if p.requires_grad)
         self.total = sum(p.numel() for p in self.runner.parameters())
@@ -168,8 +169,9 @@ class FineTuner:
         self.model: torch.nn.Module = self.runner
         self.private: privacy.Privacy | None = None
         if cfg.dp_epsilon is not None:  # Poisson batches of the planned size, per-sample clipping, noise
+            steps = cfg.epochs * math.ceil(len(self.train) / cfg.batch_size)
             self.model, self.optimizer, self.dp_batches, self.private = privacy.make_private(
-                self.runner, self.optimizer, len(self.train), cfg)
+                self.runner, self.optimizer, len(self.train), cfg.batch_size, steps, cfg)
         global_batch = cfg.batch_size * dist.world_size  # as `epoch_batches` cuts them
         n_batches = len(self.train) // global_batch + (len(self.train) % global_batch >= dist.world_size)
         self.steps_per_epoch = len(self.dp_batches) if self.private else math.ceil(n_batches / cfg.grad_accum)
@@ -255,27 +257,21 @@ class FineTuner:
         return summed, counted
 
     def _private_step(self, step: int, ids: list[list[int]], batch: list[int]) -> tuple[float, int]:
-        """One DP-SGD step over a Poisson batch, run as length-sorted chunks (Opacus' "physical batches"):
-        each chunk's per-example gradients are clipped and added up, and the noise comes once, with the last.
-        Sorting inside the batch saves the padding that length grouping saves elsewhere, without touching
-        the sampling the privacy guarantee rests on."""
+        """One DP-SGD step over a Poisson batch, run as length-sorted chunks: sorting inside the batch
+        saves the padding that length grouping saves elsewhere, without touching the sampling the
+        privacy guarantee rests on."""
         if not batch:  # a Poisson batch may be empty: nothing to learn from, nothing spent
             return 0.0, 0
-        order = sorted(batch, key=lambda i: len(ids[i]))
-        chunks = [order[i:i + DP_CHUNK] for i in range(0, len(order), DP_CHUNK)]
-        lr = linear_lr(step, self.cfg.lr, self.warmup, self.total_steps)
-        summed = 0.0
-        for j, chunk in enumerate(chunks):
+
+        def mean_loss(chunk: list[int]) -> torch.Tensor:
             x, mask = collate([ids[i] for i in chunk], self.pad, self.dist.device)
             with autocast(self.cfg.dtype, self.dist.device):
                 scores = self.model(x, mask).float()
-            loss = task_loss(self.head, scores, self.train_y[chunk].to(self.dist.device))
-            loss.backward()
-            summed += loss.item() * len(chunk)
-            if j < len(chunks) - 1:
-                self.optimizer.signal_skip_step(do_skip=True)  # clip and keep; no noise, no update yet
-            optimizer_step(self.optimizer, lr, 0.0)  # the per-example clipping replaces the global one
-        return summed, len(batch)
+            return task_loss(self.head, scores, self.train_y[chunk].to(self.dist.device))
+
+        lr = linear_lr(step, self.cfg.lr, self.warmup, self.total_steps)
+        ordered = sorted(batch, key=lambda i: len(ids[i]))
+        return privacy.private_step(self.optimizer, lr, privacy.chunks(ordered), mean_loss), len(batch)
 
     def evaluate(self) -> dict[str, float]:
         """Val loss and metrics; every process computes the same, so all agree on when to stop."""
@@ -330,14 +326,6 @@ class FineTuner:
         finally:
             tracker.close()
         return self.best_figures
-
-
-def privacy_spent(out: Path) -> dict[str, float] | None:
-    """The (ε, δ) a fine-tuned checkpoint states it was trained under, if it was private."""
-    import yaml
-
-    config = resolve_checkpoint(out, prefer="last") / "config.yaml"
-    return (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("privacy")
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, float]:

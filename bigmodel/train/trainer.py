@@ -1,8 +1,13 @@
-"""The pretraining loop: AdamW, warm-up + cosine, clipping, accumulation, autocast, DDP.
+"""The pretraining loop: AdamW, warm-up + cosine, clipping, accumulation, autocast, DDP, DP-SGD.
 
 One code path: a single process is a world of size one, bf16 is an autocast context,
 compile is a wrapped module. Everything a resumed run needs to continue exactly (weights,
 optimizer, iteration, RNG, sampler position) goes into `last/` at every save.
+
+With `--dp-epsilon` the batches are Poisson draws of fixed, non-overlapping blocks of the
+training split, and each block's gradient is clipped before Opacus adds noise: the guarantee
+covers any one block of `block_size` tokens (a document spanning k blocks gets k times the ε,
+by group privacy).
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ from safetensors.torch import load_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bigmodel.config import ModelConfig, TrainConfig
-from bigmodel.data.batches import WindowSampler, load_meta, open_split
+from bigmodel.data.batches import BlockSampler, WindowSampler, load_meta, open_split
 from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.errors import BigModelError
 from bigmodel.model.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
 from bigmodel.model.transformer import Transformer
-from bigmodel.train import distributed
+from bigmodel.train import distributed, privacy
 from bigmodel.train.objectives import MaskedLM, masked_accuracy
 from bigmodel.train.optim import KeepBest, autocast, lr_at, make_optimizer, optimizer_step
 from bigmodel.train.track import METRIC_FIELDS, Tracker
@@ -46,8 +51,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.raw_model, cfg, self.dist.device)
         block, world = model_cfg.block_size, self.dist.world_size
         self.splits = {s: open_split(cfg.data, s) for s in ("train", "val")}
-        self.train_batches = WindowSampler(self.splits["train"], block, cfg.batch_size, cfg.seed, self.dist.rank,
-                                           world)
+        self.train_batches: WindowSampler | BlockSampler = WindowSampler(
+            self.splits["train"], block, cfg.batch_size, cfg.seed, self.dist.rank, world)
         self.mlm = None
         if cfg.objective == "mlm":
             if model_cfg.causal:
@@ -59,9 +64,24 @@ class Trainer:
         if cfg.resume:
             self._restore()
         model: torch.nn.Module = self.raw_model
+        self.private: privacy.Privacy | None = None
+        if cfg.dp_epsilon is not None:
+            model = self._make_private(model_cfg)
         if world > 1:
             model = DDP(model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None)
         self.model = torch.compile(model) if cfg.compile else model
+
+    def _make_private(self, model_cfg: ModelConfig) -> torch.nn.Module:
+        """Opacus' view of the model; batches become Poisson draws of blocks."""
+        cfg, blocks = self.cfg, BlockSampler.count(self.splits["train"], model_cfg.block_size)
+        privacy.check(cfg, blocks, cfg.batch_size, {
+            "tied embeddings (pass --no-tie-embeddings)": model_cfg.tie_embeddings,
+            "--grad-accum above 1 yet": cfg.grad_accum > 1, "--resume yet": cfg.resume,
+            "--compile": cfg.compile, "several processes (torchrun) yet": self.dist.world_size > 1})
+        model, self.optimizer, drawn, self.private = privacy.make_private(
+            self.raw_model, self.optimizer, blocks, cfg.batch_size, cfg.max_iters, cfg)
+        self.train_batches = BlockSampler(self.splits["train"], model_cfg.block_size, drawn)
+        return model
 
     # --- state -------------------------------------------------------------------------
 
@@ -79,15 +99,18 @@ class Trainer:
 
     def _state(self, it: int) -> dict[str, Any]:
         state = {"iter": it, "best": self.best.state(), "optimizer": self.optimizer.state_dict(),
-                 "sampler": self.train_batches.state(), "torch_rng": self.dist.rng_states()}
+                 "torch_rng": self.dist.rng_states()}
+        if not self.private:  # a private run cannot resume (yet): its Poisson draws have no saved state
+            state["sampler"] = self.train_batches.state()
         if self.mlm is not None:
             state["masking"] = self.mlm.generator.get_state()
         return state
 
     def _save(self, name: str, it: int) -> None:
         state = self._state(it)  # every rank joins the gather; only rank 0 writes
+        sections = {**self.sections, "privacy": self.private.record()} if self.private else self.sections
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / name, self.raw_model, self.tokenizer, self.sections, state)
+            save_checkpoint(self.run_dir / name, self.raw_model, self.tokenizer, sections, state)
 
     # --- loop --------------------------------------------------------------------------
 
@@ -123,8 +146,10 @@ class Trainer:
             x, y = self.mlm(x, masking)
         return x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
 
-    def _step(self, it: int) -> float:
-        """One optimizer step over `grad_accum` micro-batches; returns the mean loss."""
+    def _step(self, it: int) -> float | None:
+        """One optimizer step over `grad_accum` micro-batches; returns the mean loss (None: an empty DP batch)."""
+        if self.private:
+            return self._private_step(it)
         total = 0.0
         for micro in range(self.cfg.grad_accum):
             x, y = self._inputs(self.train_batches)
@@ -135,7 +160,23 @@ class Trainer:
                 (loss / self.cfg.grad_accum).backward()
             total += loss.item()
         optimizer_step(self.optimizer, lr_at(it, self.cfg), self.cfg.grad_clip)
-        mean = total / self.cfg.grad_accum
+        return self._checked(total / self.cfg.grad_accum, it)
+
+    def _private_step(self, it: int) -> float | None:
+        """One DP-SGD step over a Poisson batch of blocks, in chunks that bound the per-example gradients' memory."""
+        x, y = self._inputs(self.train_batches)
+        if not len(x):  # nothing drawn: nothing to learn from, nothing spent
+            return None
+
+        def mean_loss(rows: range) -> torch.Tensor:
+            with autocast(self.cfg.dtype, self.dist.device):
+                return self.model(x[rows.start:rows.stop], y[rows.start:rows.stop])[1]
+
+        summed = privacy.private_step(self.optimizer, lr_at(it, self.cfg), privacy.chunks(range(len(x))), mean_loss)
+        return self._checked(summed / len(x), it)
+
+    def _checked(self, mean: float, it: int) -> float:
+        """`mean`, unless training diverged."""
         if not math.isfinite(mean):
             raise BigModelError(
                 f"loss became {mean} at iteration {it}; stopped without saving. The last good "
@@ -149,7 +190,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tokens_per_iter = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.raw_model.config.block_size
         save_every = cfg.save_interval or cfg.eval_interval
-        fields = [*METRIC_FIELDS, "val_mask_acc"] if self.mlm is not None else METRIC_FIELDS
+        fields = [*METRIC_FIELDS, *(["val_mask_acc"] if self.mlm is not None else []),
+                  *(["epsilon"] if self.private else [])]
         tracker = Tracker(self.run_dir, cfg.max_iters, self.start_iter, self.dist.is_main, cfg.tensorboard, fields)
         started = time.perf_counter()
         window_start, window_iters, loss = started, 0, math.nan
@@ -164,6 +206,8 @@ class Trainer:
                                  "lr": lr_at(it, cfg), "tokens_per_s": rate, "elapsed_s": now - started}
                     if self.mlm is not None:
                         last_eval["val_mask_acc"] = losses["val_mask_acc"]
+                    if self.private:
+                        last_eval["epsilon"] = self.private.epsilon()
                     tracker.evaluation(last_eval)
                     if self.best.improved(losses["val"]):
                         self._save("best", it)
@@ -172,7 +216,8 @@ class Trainer:
                     self._save("last", it)
                 if it == cfg.max_iters:
                     break
-                loss = self._step(it)
+                if (mean := self._step(it)) is not None:
+                    loss = mean
                 window_iters += 1
                 rate = tokens_per_iter * window_iters / max(time.perf_counter() - window_start, 1e-9)
                 tracker.step(loss, lr_at(it, cfg), rate)
