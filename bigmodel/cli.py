@@ -6,6 +6,7 @@ Errors meant for users (`BigModelError`) print as one line and exit with status 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -13,10 +14,12 @@ from pathlib import Path
 
 from bigmodel.config import (
     DataConfig,
+    FederatedConfig,
     FinetuneConfig,
     GenerateConfig,
     ModelConfig,
     ServeConfig,
+    StorageConfig,
     TrainConfig,
     add_flags,
     load_yaml,
@@ -25,12 +28,19 @@ from bigmodel.config import (
 from bigmodel.errors import BigModelError
 
 
+def storage(args: argparse.Namespace):
+    """How `--encrypt-key-env` and `--no-verify` say checkpoints are read and written."""
+    from bigmodel.model.checkpoint import Storage
+
+    return Storage.of(resolve(StorageConfig, None, args))
+
+
 def load(args: argparse.Namespace, with_head: bool = False, ckpt: str | None = None):
     """The model, tokenizer and folder `--ckpt` (or `ckpt`) names, on the device `--device` picks."""
     from bigmodel.device import pick_device
     from bigmodel.model.checkpoint import load_checkpoint
 
-    return load_checkpoint(ckpt or args.ckpt, pick_device(args.device), with_head=with_head)
+    return load_checkpoint(ckpt or args.ckpt, pick_device(args.device), with_head=with_head, storage=storage(args))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -54,12 +64,11 @@ def pretrain_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig
     """Layer defaults < preset < YAML < flags; a resumed run starts from its saved config."""
     from bigmodel.config import preset
     from bigmodel.data.batches import load_meta
+    from bigmodel.model.checkpoint import RUN_CONFIG, read_sections
 
     recipe = load_yaml(args.config)
-    if args.resume and args.out:
-        saved = Path(args.out) / "last" / "config.yaml"
-        if saved.is_file():
-            recipe = {**load_yaml(str(saved)), "preset": None}
+    if args.resume and args.out and (Path(args.out) / "last" / RUN_CONFIG).is_file():
+        recipe = {**read_sections(Path(args.out) / "last", storage(args)), "preset": None}
     train = resolve(TrainConfig, recipe.get("train"), args)
     if not train.data:
         raise BigModelError("pretrain needs --data DIR (a folder made by `bigmodel prepare`)")
@@ -79,9 +88,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         print(f"done: val loss {result['val_loss']:.4f} at iteration {int(result['iter'])}; "
               f"checkpoints in {train.out}/best and {train.out}/last")
     if train.dp_epsilon is not None:
+        from bigmodel.model.checkpoint import Storage
         from bigmodel.train import privacy
 
-        print(privacy.summary(Path(train.out)))
+        print(privacy.summary(Path(train.out), Storage.of(train)))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -198,7 +208,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
     source = find_hf_folder(args.from_hf)
     model = from_hf(source)
-    save_checkpoint(Path(args.out), model, read_hf_tokenizer(source), {"converted_from": str(source.resolve())})
+    save_checkpoint(Path(args.out), model, read_hf_tokenizer(source), {"converted_from": str(source.resolve())},
+                    storage=storage(args))
     for name in ("tokenizer_config.json", "chat_template.jinja"):  # where `serve` finds a chat template
         if (source / name).is_file():
             shutil.copy(source / name, Path(args.out) / name)
@@ -206,16 +217,16 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from bigmodel.model.checkpoint import load_checkpoint
     from bigmodel.model.hf import to_hf
 
-    model, tok, folder = load_checkpoint(args.ckpt)
+    model, tok, folder = load(args)
     to_hf(model, args.to_hf, tok)
     family = "GPT2LMHeadModel" if model.config.causal else "BertModel"
     print(f"wrote {args.to_hf} from {folder}: load it with transformers' {family}.from_pretrained")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from bigmodel.model.checkpoint import Storage
     from bigmodel.train import privacy
     from bigmodel.train.finetune import finetune
 
@@ -225,7 +236,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k in ("accuracy", "macro_f1", "mse"))
         print(f"best: {shown} at step {int(best['step'])}; checkpoint in {cfg.out}/best")
     if cfg.dp_epsilon is not None:
-        print(privacy.summary(Path(cfg.out)))
+        print(privacy.summary(Path(cfg.out), Storage.of(cfg)))
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -250,7 +261,8 @@ def compress_checkpoint(args: argparse.Namespace, change, what: str) -> None:
     model, tok, folder = load(args)
     before = evaluate_lm(model, tok, args.text)
     model = change(model) or model
-    save_checkpoint(Path(args.out), model, tok, {"compressed_from": str(folder.resolve()), "compression": what})
+    save_checkpoint(Path(args.out), model, tok, {"compressed_from": str(folder.resolve()), "compression": what},
+                    storage=storage(args))
     after = evaluate_lm(load(args, ckpt=args.out)[0], tok, args.text)
     size_before, size_after = (folder / WEIGHTS).stat().st_size, (Path(args.out) / WEIGHTS).stat().st_size
     change_pct = 100 * (after.perplexity / before.perplexity - 1)
@@ -341,6 +353,23 @@ def cmd_explain(args: argparse.Namespace) -> None:
               f" (delta {explanation.convergence_delta:+.1e}); report {paths['html']}")
 
 
+def cmd_federated(args: argparse.Namespace) -> None:
+    from bigmodel.federated.launch import run_federated
+    from bigmodel.train.track import read_metrics
+
+    recipe = load_yaml(args.config)
+    fed = resolve(FederatedConfig, recipe.get("federated"), args)
+    local = resolve(FinetuneConfig, recipe.get("finetune"), args)
+    out = run_federated(fed, local)
+    rows = [r for r in read_metrics(out / "metrics.csv") if r["round"] > 0]
+    if not rows:
+        raise BigModelError(f"{out}: no round completed; Flower's logs are in {out / 'flower' / 'logs'}")
+    best = max(rows, key=lambda r: -r["mse"] if "mse" in r else r["accuracy"])
+    shown = f"mse {best['mse']:.4f}" if "mse" in best else f"accuracy {best['accuracy']:.4f}"
+    print(f"{int(rows[-1]['round'])} rounds; best global {shown} after round {int(best['round'])}; "
+          f"checkpoints in {out}/best and {out}/last; per-client figures in {out}/clients.csv")
+
+
 def cmd_audit(args: argparse.Namespace) -> None:
     from bigmodel.data.labelled import read_labelled
     from bigmodel.evaluate.membership import example_losses, loss_attack, plot_roc
@@ -367,9 +396,10 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def add_ckpt(parser: argparse.ArgumentParser, help: str = "checkpoint folder, or a run folder (uses best/)") -> None:
-    """`--ckpt` and the `--device` to run it on, as every verb that loads a model takes them."""
+    """`--ckpt`, the `--device` to run it on and how it is stored, as every verb that loads a model takes them."""
     parser.add_argument("--ckpt", required=True, help=f"{help}; or a Hugging Face folder, or `minilm`")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    add_flags(parser, StorageConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,10 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-hf", required=True,
                    help="folder with config.json, model.safetensors, tokenizer.json; or `minilm` (pip package)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    add_flags(p, StorageConfig)
     p.set_defaults(func=cmd_convert)
 
     p = verbs.add_parser("export", help="write a GPT-2- or BERT-shaped checkpoint as a folder transformers loads")
-    p.add_argument("--ckpt", required=True, help="checkpoint folder, or a run folder (uses best/)")
+    add_ckpt(p)
     p.add_argument("--to-hf", required=True, help="folder to write")
     p.set_defaults(func=cmd_export)
 
@@ -456,6 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML recipe (its `serve:` section)")
     add_flags(p, ServeConfig)
     p.set_defaults(func=cmd_serve)
+
+    p = verbs.add_parser("federated", help="fine-tune over Flower: a SuperLink, one SuperNode per data owner")
+    p.add_argument("--config", help="YAML recipe (its `federated:` and `finetune:` sections)")
+    add_flags(p, FederatedConfig)
+    add_flags(p, FinetuneConfig, skip=tuple(f.name for f in dataclasses.fields(FederatedConfig)))
+    p.set_defaults(func=cmd_federated)
 
     p = verbs.add_parser("explain", help="why a model decided: token attributions, attention maps, faithfulness")
     add_ckpt(p, "fine-tuned classifier, or a decoder (explains its next token)")

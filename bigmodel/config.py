@@ -110,6 +110,14 @@ class DataConfig:
 
 
 @dataclass
+class StorageConfig:
+    """How a command keeps the checkpoints it writes and reads."""
+
+    encrypt_key_env: str = ""  # environment variable with the AES key (base64 of 32 bytes) or a passphrase
+    verify: bool = True  # check each file's SHA-256 against the checkpoint's manifest on load
+
+
+@dataclass
 class PrivacyConfig:
     """DP-SGD (Opacus) settings that pretraining and fine-tuning share; no ε means no DP."""
 
@@ -119,7 +127,7 @@ class PrivacyConfig:
 
 
 @dataclass
-class TrainConfig(PrivacyConfig):
+class TrainConfig(PrivacyConfig, StorageConfig):
     """`bigmodel pretrain`: the optimisation loop and what it records."""
 
     data: str = ""
@@ -159,7 +167,7 @@ class TrainConfig(PrivacyConfig):
 
 
 @dataclass
-class FinetuneConfig(PrivacyConfig):
+class FinetuneConfig(PrivacyConfig, StorageConfig):
     """`bigmodel finetune`: a pretrained model, a labelled dataset, a task head."""
 
     init: str = ""  # bigmodel checkpoint or Hugging Face folder (or `minilm`)
@@ -204,6 +212,41 @@ class FinetuneConfig(PrivacyConfig):
 
 
 @dataclass
+class FederatedConfig(StorageConfig):
+    """`bigmodel federated`: rounds of Flower over clients that each fine-tune on their own data.
+
+    How each client trains locally is the `finetune:` section (its `epochs` are local epochs per round)."""
+
+    out: str = "runs/federated"
+    val: str = ""  # labelled file the server evaluates the global model on after every round
+    train: str = ""  # one labelled file to partition among simulated clients ...
+    client_files: list[str] = field(default_factory=list)  # ... or one file per client
+    clients: int = 4
+    partition: str = "iid"  # iid | label-skew (Dirichlet over each label's examples)
+    alpha: float = 0.5  # label-skew concentration: small is skewed
+    rounds: int = 5
+    strategy: str = "fedavg"  # fedavg | fedprox | fedadam
+    proximal_mu: float = 0.01  # fedprox: weight of the pull towards the global model
+    server_lr: float = 0.01  # fedadam: the server optimizer's step size
+    min_clients: int = 0  # clients a round needs (0: all); a round finishes with whoever answered
+    round_timeout: float = 3600.0  # seconds a round waits for replies
+    superlink: str = ""  # host:port of a running SuperLink's control API; empty: start one here
+    superlink_insecure: bool = False  # no TLS to that SuperLink (loopback experiments only)
+    root_certificates: str = ""  # CA certificate for a TLS SuperLink
+    port_base: int = 0  # local federation: first of the SuperLink's ports (0: free ones)
+    resume: bool = False  # continue from out/last, the last completed round
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        choices = {"partition": ("iid", "label-skew"), "strategy": ("fedavg", "fedprox", "fedadam")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise BigModelError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.rounds < 1 or self.clients < 1:
+            raise BigModelError("--rounds and --clients must be at least 1")
+
+
+@dataclass
 class GenerateConfig:
     """`bigmodel generate`: how to continue a prompt."""
 
@@ -222,7 +265,7 @@ class GenerateConfig:
 
 
 @dataclass
-class ServeConfig:
+class ServeConfig(StorageConfig):
     """`bigmodel serve`: one checkpoint behind an OpenAI-compatible HTTP API."""
 
     ckpt: str = ""  # checkpoint, run or Hugging Face folder (or `minilm`)
@@ -316,11 +359,11 @@ def resolve(cls: type, *layers: dict | argparse.Namespace | None) -> Any:
         raise BigModelError(f"{cls.__name__}: {e}") from None
 
 
-def save_yaml(path: Path, sections: dict[str, Any]) -> None:
-    """Write the resolved config (dataclasses become mappings) for a run to be reproduced."""
+def yaml_text(sections: dict[str, Any]) -> str:
+    """The resolved config (dataclasses become mappings) as YAML, for a run to be reproduced."""
     plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in sections.items()}
-    path.write_text(yaml.safe_dump(plain, sort_keys=False), encoding="utf-8")
+    return yaml.safe_dump(plain, sort_keys=False)
 
 
-__all__ = ["DataConfig", "FinetuneConfig", "GenerateConfig", "ModelConfig", "ServeConfig", "TrainConfig",
-           "add_flags", "load_yaml", "preset", "resolve", "save_yaml"]
+__all__ = ["DataConfig", "FederatedConfig", "FinetuneConfig", "GenerateConfig", "ModelConfig", "PrivacyConfig",
+           "ServeConfig", "StorageConfig", "TrainConfig", "add_flags", "load_yaml", "preset", "resolve", "yaml_text"]

@@ -57,10 +57,15 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         p = p / "tokenizer.json"
     if not p.is_file():
         raise BigModelError(f"{path}: no tokenizer.json there")
+    return tokenizer_from_json(p.read_text(encoding="utf-8"), p)
+
+
+def tokenizer_from_json(text: str, where: Path) -> Tokenizer:
+    """A plain tokenizer from the contents of a tokenizer.json (found at `where`)."""
     try:
-        return plain_tokenizer(Tokenizer.from_file(str(p)))
+        return plain_tokenizer(Tokenizer.from_str(text))
     except Exception as e:  # tokenizers raises plain Exception subclasses for bad JSON
-        raise BigModelError(f"{p}: not a Hugging Face tokenizer.json ({str(e).splitlines()[0]})") from None
+        raise BigModelError(f"{where}: not a Hugging Face tokenizer.json ({str(e).splitlines()[0]})") from None
 
 
 def plain_tokenizer(tok: Tokenizer) -> Tokenizer:

@@ -1,58 +1,154 @@
 """Checkpoint folders: written whole under a temporary name, then swapped in by rename.
 
 A folder holds `model.safetensors` (weights), `model.json` (ModelConfig), `config.yaml`
-(the resolved run config), `tokenizer.json` and, for resumable ones, `trainer_state.pt`
-(optimizer, iteration, RNG and sampler state; tensors and plain values only, so it loads
-with `weights_only=True`). A run folder holds `best/` and `last/`. Wherever a checkpoint is
-read, a Hugging Face folder (or a packaged short name such as `minilm`) is imported instead.
+(the resolved run config), `tokenizer.json`, `head.json` for fine-tuned models and, for
+resumable ones, `trainer_state.pt` (optimizer, iteration, RNG and sampler state; tensors and
+plain values only, so it loads with `weights_only=True`). `manifest.json` lists each file's
+SHA-256, checked on load. With a key (`Storage`), every file but the manifest is sealed with
+AES-GCM (`sealed.py`) and only ever decrypted in memory. A run folder holds `best/` and
+`last/`. Wherever a checkpoint is read, a Hugging Face folder (or a packaged short name such
+as `minilm`) is imported instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load as safetensors_from_bytes
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from tokenizers import Tokenizer
 
-from bigmodel.config import ModelConfig, save_yaml
-from bigmodel.data.tokenizer import load_tokenizer, plain_tokenizer
+from bigmodel.config import ModelConfig, StorageConfig, yaml_text
+from bigmodel.data.tokenizer import plain_tokenizer, tokenizer_from_json
 from bigmodel.errors import BigModelError
 from bigmodel.model.heads import HEAD_FILE, HeadConfig, SequenceModel
 from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
 from bigmodel.model.quantize import METADATA as INT8_METADATA
 from bigmodel.model.quantize import int8_tensors, is_int8, load_int8_tensors, to_int8
+from bigmodel.model.sealed import Key, digest, is_sealed, unseal
+from bigmodel.model.sealed import seal as seal_bytes
 from bigmodel.model.transformer import Transformer
 
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model.json"
+RUN_CONFIG = "config.yaml"
+TOKENIZER = "tokenizer.json"
 TRAINER_STATE = "trainer_state.pt"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How checkpoint files reach the disk and come back: sealed under `key` (or plain), and
+    checked against the folder's manifest on the way in (unless `verify` is off)."""
+
+    key: Key | None = None
+    verify: bool = True
+
+    @classmethod
+    def of(cls, cfg: StorageConfig) -> Storage:
+        return cls(Key.from_env(cfg.encrypt_key_env) if cfg.encrypt_key_env else None, cfg.verify)
+
+    def write(self, folder: Path, name: str, data: bytes | bytearray) -> str:
+        """Write `data` as `folder/name`, sealed if there is a key; its SHA-256."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        (folder / name).write_bytes(seal_bytes(data, name, self.key, sha256) if self.key else data)
+        return sha256
+
+    def read(self, folder: Path, name: str) -> bytes | bytearray:
+        """The (decrypted, checked) contents of `folder/name`."""
+        path = folder / name
+        if is_sealed(path):
+            data, header = unseal(path, self.key)
+            self._check(folder, name, header["sha256"])
+            return data
+        data = path.read_bytes()
+        if self.verify:
+            self._check(folder, name, hashlib.sha256(data).hexdigest())
+        return data
+
+    def text(self, folder: Path, name: str) -> str:
+        return bytes(self.read(folder, name)).decode("utf-8")
+
+    def tensors(self, folder: Path, name: str = WEIGHTS) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The tensors of a safetensors file and its metadata; plain files are memory-mapped."""
+        path = folder / name
+        if is_sealed(path):
+            data = bytes(self.read(folder, name))
+            header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])  # the safetensors layout
+            return safetensors_from_bytes(data), header.get("__metadata__") or {}
+        if self.verify:
+            self._check(folder, name, digest(path))
+        with safe_open(str(path), "pt") as stored:
+            metadata = stored.metadata() or {}
+        return load_file(str(path)), metadata
+
+    def _check(self, folder: Path, name: str, sha256: str) -> None:
+        if not self.verify or not (folder / MANIFEST).is_file():  # checkpoints from before manifests load as they are
+            return
+        expected = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["sha256"].get(name)
+        if expected != sha256:
+            raise BigModelError(f"{folder / name}: SHA-256 {sha256[:16]}… differs from {MANIFEST}'s "
+                                f"{str(expected)[:16]}…: the file is damaged or was replaced "
+                                "(--no-verify loads it anyway)")
+
+
+PLAIN = Storage()
+
+
+def weights_bytes(model: Transformer | SequenceModel) -> bytes:
+    """The model's tensors as a safetensors file; a tensor shared by two names (tied embeddings) is stored once."""
+    if is_int8(model):
+        return safetensors_bytes(int8_tensors(model), metadata=INT8_METADATA)
+    tensors, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            tensors[name] = tensor.contiguous()
+    return safetensors_bytes(tensors)
+
+
+def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy `tensors` into `model`; a name may be missing only when it shares its tensor with a stored one."""
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    state = model.state_dict()
+    stored = {state[name].data_ptr() for name in tensors if name in state}
+    missing = [name for name in missing if state[name].data_ptr() not in stored]
+    if missing or unexpected:
+        raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: Tokenizer,
-                    sections: dict[str, Any], trainer_state: dict[str, Any] | None = None) -> None:
+                    sections: dict[str, Any], trainer_state: dict[str, Any] | None = None,
+                    storage: Storage = PLAIN) -> None:
     """Write the folder as `path.tmp`, then replace `path` with it (old one kept until then).
 
     A `SequenceModel` also leaves `head.json` (task, labels, pooling)."""
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if is_int8(model):
-        save_file(int8_tensors(model), str(tmp / WEIGHTS), metadata=INT8_METADATA)
-    else:
-        save_model(model, str(tmp / WEIGHTS))
-    (tmp / MODEL_CONFIG).write_text(json.dumps(model.config.to_dict(), indent=2))
-    save_yaml(tmp / "config.yaml", sections)
-    plain_tokenizer(tokenizer).save(str(tmp / "tokenizer.json"))  # never pads or truncates when reloaded
+    files = {WEIGHTS: weights_bytes(model), MODEL_CONFIG: json.dumps(model.config.to_dict(), indent=2).encode(),
+             RUN_CONFIG: yaml_text(sections).encode(),
+             TOKENIZER: plain_tokenizer(tokenizer).to_str().encode()}  # never pads or truncates when reloaded
     if isinstance(model, SequenceModel):
-        model.head_config.save(tmp)
+        files[HEAD_FILE] = model.head_config.to_json().encode()
     if trainer_state is not None:
-        torch.save(trainer_state, tmp / TRAINER_STATE)
+        buffer = io.BytesIO()
+        torch.save(trainer_state, buffer)
+        files[TRAINER_STATE] = buffer.getvalue()
+    sha256 = {name: storage.write(tmp, name, data) for name, data in files.items()}
+    (tmp / MANIFEST).write_text(json.dumps({"sealed": storage.key is not None, "sha256": sha256}, indent=2))
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
@@ -92,7 +188,7 @@ def locate(path: str | Path) -> tuple[Path, bool]:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_head: bool = False,
-                    ) -> tuple[Any, Tokenizer, Path]:
+                    storage: Storage = PLAIN) -> tuple[Any, Tokenizer, Path]:
     """The model (eval mode, on `device`) and tokenizer of a checkpoint, run or Hugging Face folder,
     and the folder used.
 
@@ -104,16 +200,16 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_h
         if with_head:
             raise BigModelError(f"{path}: a Hugging Face backbone has no fine-tuned head; run `bigmodel finetune`")
         return from_hf(folder).to(device).eval(), read_hf_tokenizer(folder), folder
-    config = ModelConfig.from_dict(json.loads((folder / MODEL_CONFIG).read_text()))
+    config = ModelConfig.from_dict(json.loads(storage.text(folder, MODEL_CONFIG)))
     has_head = (folder / HEAD_FILE).is_file()
     if with_head and not has_head:
         raise BigModelError(f"{folder}: not a fine-tuned checkpoint (no {HEAD_FILE}); run `bigmodel finetune`")
     model: Any = Transformer(config)
     if has_head:
-        model = SequenceModel(model, HeadConfig.load(folder))
-    with safe_open(str(folder / WEIGHTS), "pt") as stored:  # a bf16 checkpoint stays bf16, an int8 one int8
-        dtype = stored.get_tensor(next(iter(stored.keys()))).dtype
-        int8 = (stored.metadata() or {}).get("quantization") == INT8_METADATA["quantization"]
+        model = SequenceModel(model, HeadConfig.from_json(storage.text(folder, HEAD_FILE)))
+    tensors, metadata = storage.tensors(folder)
+    int8 = metadata.get("quantization") == INT8_METADATA["quantization"]
+    dtype = next(iter(tensors.values())).dtype  # a bf16 checkpoint stays bf16, an int8 one int8
     if dtype.is_floating_point and not int8:
         model = model.to(dtype)
     try:
@@ -123,18 +219,26 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_h
             if torch.device(device).type != "cpu":
                 raise BigModelError(f"{folder}: int8 checkpoints run on the CPU only (--device cpu)")
             model = to_int8(model)
-            load_int8_tensors(model, load_file(str(folder / WEIGHTS)))
+            load_int8_tensors(model, tensors)
         else:
-            load_model(model, str(folder / WEIGHTS), strict=True, device=str(device))
-    except (RuntimeError, OSError, KeyError) as e:
+            assign_weights(model, tensors)
+    except (RuntimeError, KeyError) as e:
         raise BigModelError(f"{folder / WEIGHTS}: does not fit {MODEL_CONFIG} ({str(e).splitlines()[0]})") from None
     if has_head and not with_head:
         model = model.backbone
-    return model.to(device).eval(), load_tokenizer(folder), folder
+    return model.to(device).eval(), read_tokenizer(folder, storage), folder
 
 
-def load_trainer_state(folder: Path) -> dict[str, Any]:
-    path = folder / TRAINER_STATE
-    if not path.is_file():
+def read_tokenizer(folder: Path, storage: Storage = PLAIN) -> Tokenizer:
+    return tokenizer_from_json(storage.text(folder, TOKENIZER), folder / TOKENIZER)
+
+
+def read_sections(folder: Path, storage: Storage = PLAIN) -> dict[str, Any]:
+    """The run config a checkpoint was saved with."""
+    return yaml.safe_load(storage.text(folder, RUN_CONFIG)) or {}
+
+
+def load_trainer_state(folder: Path, storage: Storage = PLAIN) -> dict[str, Any]:
+    if not (folder / TRAINER_STATE).is_file():
         raise BigModelError(f"{folder}: no {TRAINER_STATE}; this checkpoint cannot be resumed")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(io.BytesIO(storage.read(folder, TRAINER_STATE)), map_location="cpu", weights_only=True)

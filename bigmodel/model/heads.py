@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -30,12 +29,12 @@ class HeadConfig:
     def n_outputs(self) -> int:
         return len(self.labels) if self.task == "classify" else 1
 
-    def save(self, folder: Path) -> None:
-        (folder / HEAD_FILE).write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False))
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False)
 
     @classmethod
-    def load(cls, folder: Path) -> HeadConfig:
-        return cls(**json.loads((folder / HEAD_FILE).read_text(encoding="utf-8")))
+    def from_json(cls, text: str) -> HeadConfig:
+        return cls(**json.loads(text))
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

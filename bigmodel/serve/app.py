@@ -37,7 +37,7 @@ from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
 from bigmodel.device import pick_device
 from bigmodel.infer.classify import predict_scores
 from bigmodel.infer.embed import embed_ids
-from bigmodel.model.checkpoint import load_checkpoint, locate
+from bigmodel.model.checkpoint import Storage, load_checkpoint, locate
 from bigmodel.model.heads import HEAD_FILE, SequenceModel
 from bigmodel.model.quantize import is_int8, to_int8
 from bigmodel.model.transformer import Transformer
@@ -75,12 +75,12 @@ class Served:
 def load_served(cfg: ServeConfig) -> Served:
     folder, is_hf = locate(cfg.ckpt)
     device = pick_device(cfg.device)
-    classifier = None
+    classifier, storage = None, Storage.of(cfg)
     if not is_hf and (folder / HEAD_FILE).is_file():
-        classifier, tok, folder = load_checkpoint(folder, device, with_head=True)
+        classifier, tok, folder = load_checkpoint(folder, device, with_head=True, storage=storage)
         model = classifier.backbone
     else:
-        model, tok, folder = load_checkpoint(folder, device)
+        model, tok, folder = load_checkpoint(folder, device, storage=storage)
     if cfg.quantize == "int8" and not is_int8(model):
         model = to_int8(model)
     engine = Engine(model, cfg.max_batch, cfg.max_queue, special_id(tok, EOT)) if model.config.causal else None

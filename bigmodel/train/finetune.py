@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model
 from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -34,7 +33,14 @@ from bigmodel.data.labelled import Example, label_ids, read_labelled
 from bigmodel.errors import BigModelError
 from bigmodel.evaluate.classify import classification_metrics
 from bigmodel.infer.classify import predict_scores
-from bigmodel.model.checkpoint import WEIGHTS, load_checkpoint, load_trainer_state, resolve_checkpoint, save_checkpoint
+from bigmodel.model.checkpoint import (
+    Storage,
+    assign_weights,
+    load_checkpoint,
+    load_trainer_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from bigmodel.model.heads import HeadConfig, SequenceModel
 from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
@@ -45,9 +51,9 @@ from bigmodel.train.track import Tracker
 LORA_TARGETS = ["qkv", "proj", "up", "down", "gate"]
 
 
-def load_backbone(init: str, device: torch.device) -> tuple[Transformer, Tokenizer]:
+def load_backbone(init: str, device: torch.device, storage: Storage) -> tuple[Transformer, Tokenizer]:
     """A bigmodel checkpoint, or a Hugging Face folder (or packaged short name) imported."""
-    model, tok, _ = load_checkpoint(init, device)
+    model, tok, _ = load_checkpoint(init, device, storage=storage)
     if is_int8(model):
         raise BigModelError(f"{init}: an int8 checkpoint cannot be trained; start from the one it came from")
     return model.float(), tok
@@ -139,8 +145,10 @@ def score(head: HeadConfig, scores: torch.Tensor, targets: torch.Tensor) -> dict
 class FineTuner:
     """One fine-tuning run: data, model, optimizer and the state `--resume` restores."""
 
-    def __init__(self, cfg: FinetuneConfig, dist: distributed.Dist) -> None:
-        for name in ("init", "train", "val"):
+    def __init__(self, cfg: FinetuneConfig, dist: distributed.Dist,
+                 start: tuple[SequenceModel, Tokenizer] | None = None) -> None:
+        """`start`: a model with its head (a federated round's global model) instead of `cfg.init`."""
+        for name in ("train", "val") if start else ("init", "train", "val"):
             if not getattr(cfg, name):
                 raise BigModelError(f"finetune needs --{name}")
         self.cfg, self.dist, self.out = cfg, dist, Path(cfg.out)
@@ -149,11 +157,18 @@ class FineTuner:
         if cfg.max_train:
             self.train = self.train[:cfg.max_train]
         torch.manual_seed(cfg.seed)
-        backbone, self.tok = load_backbone(cfg.init, dist.device)
-        labels = label_ids(self.train, val) if cfg.task == "classify" else []
-        self.head = HeadConfig(task=cfg.task, labels=labels, pooling="last" if backbone.config.causal else "mean")
-        model = SequenceModel(backbone, self.head, cfg.head_dropout)
+        self.storage = Storage.of(cfg)
+        if start:
+            model, self.tok = start
+            self.head = model.head_config
+        else:
+            backbone, self.tok = load_backbone(cfg.init, dist.device, self.storage)
+            labels = label_ids(self.train, val) if cfg.task == "classify" else []
+            self.head = HeadConfig(task=cfg.task, labels=labels, pooling="last" if backbone.config.causal else "mean")
+            model = SequenceModel(backbone, self.head, cfg.head_dropout)
         self.runner = apply_method(model, cfg).to(dist.device)
+        self.anchor: list[torch.Tensor] = []  # FedProx: the round's starting point, which `proximal_mu` pulls towards
+        self.proximal_mu = 0.0
         if cfg.dp_epsilon is not None:
             privacy.check(cfg, len(self.train), cfg.batch_size, {
                 "--grad-accum above 1 yet": cfg.grad_accum > 1, "--resume yet": cfg.resume,
@@ -200,11 +215,11 @@ class FineTuner:
 
     def _restore(self) -> None:
         folder = resolve_checkpoint(self.out, prefer="last")
-        state = load_trainer_state(folder)
+        state = load_trainer_state(folder, self.storage)
         if self.cfg.method == "lora":
             self.runner.load_state_dict(state["adapters"], strict=False)
         else:
-            load_model(self.runner, str(folder / WEIGHTS), device=str(self.dist.device))
+            assign_weights(self.runner, self.storage.tensors(folder)[0])
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_step = int(state["step"])
         self.best.restore(state["best"])
@@ -217,7 +232,8 @@ class FineTuner:
         if self.private:
             sections["privacy"] = self.private.record()
         if self.dist.is_main:
-            save_checkpoint(self.out / name, plain_model(self.runner, self.cfg), self.tok, sections, state)
+            save_checkpoint(self.out / name, plain_model(self.runner, self.cfg), self.tok, sections, state,
+                            self.storage)
 
     # --- loop --------------------------------------------------------------------------
 
@@ -253,8 +269,29 @@ class FineTuner:
                 loss = task_loss(self.head, scores, self.train_y[mine].to(dist.device), reduction="sum")
                 (loss * dist.world_size / examples).backward()
             summed, counted = summed + loss.item(), counted + len(mine)
+        if self.proximal_mu:  # FedProx: the gradient of mu/2 * ||w - w_round_start||^2
+            for p, start in zip(self._trainable(), self.anchor, strict=True):
+                p.grad.add_(p.detach() - start, alpha=self.proximal_mu)
         optimizer_step(self.optimizer, linear_lr(step, cfg.lr, self.warmup, self.total_steps), cfg.grad_clip)
         return summed, counted
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.runner.parameters() if p.requires_grad]
+
+    def local_round(self, proximal_mu: float = 0.0) -> tuple[float, int]:
+        """Every planned step, without evaluating or saving: a federated client's part of a round.
+        The mean training loss and the examples seen."""
+        if proximal_mu and self.private:
+            raise BigModelError("FedProx's proximal term and DP-SGD's per-example clipping do not mix here")
+        self.proximal_mu, self.anchor = proximal_mu, [p.detach().clone() for p in self._trainable()]
+        self.runner.train()
+        summed, counted, group = 0.0, 0, self.cfg.grad_accum
+        for epoch in range(self.cfg.epochs):
+            ids, batches = self.epoch_batches(epoch)
+            for s in range(self.steps_per_epoch):
+                loss, examples = self._step(epoch * self.steps_per_epoch + s, ids, batches[s * group:(s + 1) * group])
+                summed, counted = summed + loss, counted + examples
+        return summed / max(counted, 1), counted
 
     def _private_step(self, step: int, ids: list[list[int]], batch: list[int]) -> tuple[float, int]:
         """One DP-SGD step over a Poisson batch, run as length-sorted chunks: sorting inside the batch

@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
 from bigmodel.config import PrivacyConfig
 from bigmodel.errors import BigModelError
-from bigmodel.model.checkpoint import resolve_checkpoint
+from bigmodel.model.checkpoint import Storage, read_sections, resolve_checkpoint
 from bigmodel.model.heads import SequenceModel
 from bigmodel.model.transformer import Linear
 from bigmodel.train.optim import optimizer_step
@@ -127,15 +126,9 @@ def chunks(items: Sequence[Chunk]) -> list[Chunk]:
     return [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
 
 
-def spent(run: Path) -> dict[str, float] | None:
-    """The privacy record a run's checkpoint states, if it was private."""
-    config = resolve_checkpoint(run, prefer="last") / "config.yaml"
-    return (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("privacy")
-
-
-def summary(run: Path) -> str:
-    """The closing line of a private run: the (ε, δ) it spent and how."""
-    record = spent(run)
+def summary(run: Path, storage: Storage) -> str:
+    """The closing line of a private run: the (ε, δ) its last checkpoint states it spent, and how."""
+    record = read_sections(resolve_checkpoint(run, prefer="last"), storage)["privacy"]
     return (f"differential privacy: (ε = {record['epsilon']:.3f}, δ = {record['delta']:g}) spent over the run "
             f"(noise multiplier {record['noise_multiplier']:.3f}, per-example clipping at {record['max_grad_norm']:g})")
 

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bigmodel.config import ModelConfig, TrainConfig
 from bigmodel.data.batches import BlockSampler, WindowSampler, load_meta, open_split
 from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.errors import BigModelError
-from bigmodel.model.checkpoint import load_trainer_state, resolve_checkpoint, save_checkpoint
+from bigmodel.model.checkpoint import Storage, assign_weights, load_trainer_state, resolve_checkpoint, save_checkpoint
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy
 from bigmodel.train.objectives import MaskedLM, masked_accuracy
@@ -40,6 +39,7 @@ class Trainer:
         self.sections = sections
         self.dist = distributed.setup(cfg.device)
         self.run_dir = Path(cfg.out)
+        self.storage = Storage.of(cfg)
         meta = load_meta(cfg.data)
         if model_cfg.vocab_size < meta["vocab_size"]:
             raise BigModelError(
@@ -87,8 +87,8 @@ class Trainer:
 
     def _restore(self) -> None:
         folder = resolve_checkpoint(self.run_dir, prefer="last")
-        state = load_trainer_state(folder)
-        load_model(self.raw_model, str(folder / "model.safetensors"), device=str(self.dist.device))
+        state = load_trainer_state(folder, self.storage)
+        assign_weights(self.raw_model, self.storage.tensors(folder)[0])
         self.optimizer.load_state_dict(state["optimizer"])
         self.start_iter = int(state["iter"])
         self.best.restore(state["best"])
@@ -110,7 +110,7 @@ class Trainer:
         state = self._state(it)  # every rank joins the gather; only rank 0 writes
         sections = {**self.sections, "privacy": self.private.record()} if self.private else self.sections
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / name, self.raw_model, self.tokenizer, sections, state)
+            save_checkpoint(self.run_dir / name, self.raw_model, self.tokenizer, sections, state, self.storage)
 
     # --- loop --------------------------------------------------------------------------
 
