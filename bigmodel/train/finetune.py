@@ -177,7 +177,7 @@ class FineTuner:
         self.trainable = sum(p.numel() for p in self.runner.parameters() if p.requires_grad)
         self.total = sum(p.numel() for p in self.runner.parameters())
         self.pad = pad_id(self.tok)
-        self.max_length = min(cfg.max_length, backbone.config.block_size)
+        self.max_length = min(cfg.max_length, model.backbone.config.block_size)
         self.train_y, self.val_y = targets_of(self.train, self.head), targets_of(val, self.head)
         self.val_ids = encode(self.tok, [e.text for e in val], self.max_length)
         self.optimizer = make_optimizer(self.runner, cfg, dist.device)

@@ -1,0 +1,98 @@
+"""Federated fine-tuning through Flower's real processes: a SuperLink and SuperNodes on loopback."""
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bigmodel.data.labelled import Example
+from bigmodel.federated.partition import partition
+from bigmodel.model.checkpoint import load_checkpoint
+
+from .conftest import metric_rows, run_cli
+from .test_finetune import synthetic, write_rows
+
+
+def test_partitions_are_disjoint_and_label_skew_follows_alpha():
+    rows = [Example(f"text {i}", "abcd"[i % 4]) for i in range(400)]
+    iid = partition(rows, 4, "iid", 0.5, seed=0)
+    assert sorted(len(p) for p in iid) == [100] * 4
+    assert sorted(e.text for p in iid for e in p) == sorted(e.text for e in rows)
+
+    def dominant_share(parts):
+        return sum(max(collections.Counter(e.label for e in p).values()) / len(p) for p in parts) / len(parts)
+
+    skewed = partition(rows, 4, "label-skew", 0.1, seed=0)
+    assert sorted(e.text for p in skewed for e in p) == sorted(e.text for e in rows)
+    assert dominant_share(skewed) > 0.6 > 0.35 > dominant_share(iid)
+    assert partition(rows, 4, "label-skew", 0.1, seed=0) == skewed  # the seed decides
+
+
+def federated(trained_run, tmp_path, *flags):
+    val = write_rows(tmp_path / "val.csv", synthetic(60, 1))
+    train = write_rows(tmp_path / "train.csv", synthetic(240, 0))
+    return run_cli("federated", "--init", str(trained_run), "--train", str(train), "--val", str(val),
+                   "--out", str(tmp_path / "fed"), "--lr", "3e-3", "--batch-size", "16", "--max-length", "32",
+                   *flags, timeout=900)
+
+
+def test_rounds_run_on_flower_processes_then_resume(trained_run, tmp_path):
+    result = federated(trained_run, tmp_path, "--clients", "2", "--rounds", "2", "--epochs", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = metric_rows(tmp_path / "fed")
+    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.2 and rows[-1]["clients"] == 2
+    assert rows[1]["examples"] == 2 * 240  # two local epochs over 120 examples each
+    clients = (tmp_path / "fed" / "clients.csv").read_text().splitlines()
+    assert len(clients) == 1 + 2 * 2
+    assert (tmp_path / "fed" / "loss.png").stat().st_size > 10_000
+    logs = (tmp_path / "fed" / "flower" / "logs")
+    assert {p.name for p in logs.iterdir()} >= {"superlink.log", "supernode-0.log", "supernode-1.log"}
+    model, _, _ = load_checkpoint(tmp_path / "fed" / "last", with_head=True)
+    assert model.head_config.labels == ["evil", "good"]
+
+    resumed = federated(trained_run, tmp_path, "--clients", "2", "--rounds", "3", "--epochs", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert [int(r["round"]) for r in metric_rows(tmp_path / "fed")] == [0, 1, 2, 3]
+    assert "3 rounds; best global accuracy" in resumed.stdout
+
+
+def test_a_client_killed_mid_round_does_not_stop_training(trained_run, tmp_path):
+    val = write_rows(tmp_path / "val.csv", synthetic(60, 1))
+    train = write_rows(tmp_path / "train.csv", synthetic(240, 0))
+    command = [sys.executable, "-m", "bigmodel.cli", "federated", "--init", str(trained_run), "--train", str(train),
+               "--val", str(val), "--out", str(tmp_path / "fed"), "--clients", "3", "--min-clients", "2",
+               "--rounds", "2", "--epochs", "30", "--lr", "3e-3", "--batch-size", "16", "--max-length", "32",
+               "--round-timeout", "600"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim_log = tmp_path / "fed" / "flower" / "logs" / "supernode-2.log"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and "train" not in (victim_log.read_text() if victim_log.exists() else ""):
+        time.sleep(0.5)
+    time.sleep(2)  # the victim is fine-tuning now
+    killed = subprocess.run(["pgrep", "-f", "client=2"], capture_output=True, text=True).stdout.split()
+    assert killed, "the third SuperNode was not found"
+    for pid in killed:
+        os.killpg(int(pid), signal.SIGKILL)
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output[-4000:]
+    rows = metric_rows(tmp_path / "fed")
+    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+    assert rows[1]["clients"] == 2 and rows[2]["clients"] == 2
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--partition", "skewed"], "--partition must be one of iid, label-skew"),
+    (["--clients", "0"], "--rounds and --clients must be at least 1"),
+    (["--val", "missing.csv"], "missing.csv: no such file"),
+])
+def test_bad_federated_settings_are_one_line(trained_run, tmp_path, flags, fragment):
+    train = write_rows(tmp_path / "train.csv", synthetic(20, 0))
+    result = run_cli("federated", "--init", str(trained_run), "--train", str(train), "--val", str(train),
+                     "--out", str(tmp_path / "fed"), *flags)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert fragment in result.stderr.strip().splitlines()[-1]
