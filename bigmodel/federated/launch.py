@@ -131,9 +131,12 @@ class LocalFederation:
                         "--node-config", f'data="{data.as_posix()}" client={i}')
 
     def _spawn(self, log: Path, *command: str) -> None:
+        """Start one of Flower's processes; simulated data owners share this machine's cores evenly."""
+        threads = str(max(1, (os.cpu_count() or 1) // len(self.clients)))
+        env = {"OMP_NUM_THREADS": threads, **os.environ}
         with log.open("w") as fh:
             self.processes.append(subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT,
-                                                   start_new_session=True, env=os.environ.copy()))
+                                                   start_new_session=True, env=env))
 
     def stop(self) -> None:
         for proc in self.processes:
