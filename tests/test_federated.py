@@ -89,6 +89,7 @@ def test_a_client_killed_mid_round_does_not_stop_training(trained_run, tmp_path)
     (["--partition", "skewed"], "--partition must be one of iid, label-skew"),
     (["--clients", "0"], "--rounds and --clients must be at least 1"),
     (["--val", "missing.csv"], "missing.csv: no such file"),
+    (["--dp-epsilon", "8"], "--dp-epsilon is not supported by federated yet"),
 ])
 def test_bad_federated_settings_are_one_line(trained_run, tmp_path, flags, fragment):
     train = write_rows(tmp_path / "train.csv", synthetic(20, 0))

@@ -85,7 +85,7 @@ def client_files(fed: FederatedConfig, local: FinetuneConfig, out: Path) -> list
     rows = read_labelled(fed.train, local.text_column, local.label_column)
     rows = rows[:local.max_train] if local.max_train else rows
     parts = partition(rows, fed.clients, fed.partition, fed.alpha, fed.seed)
-    return [p.resolve() for p in write_partitions(parts, out / "partitions")]
+    return [p.resolve() for p in write_partitions(parts, out / "partitions", local.text_column, local.label_column)]
 
 
 def write_app(fed: FederatedConfig, local: FinetuneConfig, out: Path) -> Path:
@@ -156,15 +156,20 @@ def run_federated(fed: FederatedConfig, local: FinetuneConfig) -> Path:
         raise BigModelError("federated needs --val FILE: the server evaluates the global model on it every round")
     if not local.init:
         raise BigModelError("federated needs --init CKPT_OR_HF_DIR: the model the clients start from")
+    if local.dp_epsilon is not None:
+        raise BigModelError("--dp-epsilon is not supported by federated yet: each round's ε would have to be "
+                            "composed over the rounds, which the clients' accountants do not do")
     read_labelled(fed.val, local.text_column, local.label_column)  # bad input fails here, not inside Flower
     locate(local.init)
     out = Path(fed.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     fed = dataclasses.replace(fed, out=str(out), val=str(Path(fed.val).resolve()))
-    files = client_files(fed, local, out)
-    fed = dataclasses.replace(fed, clients=len(files))
+    federation = None
+    if not fed.superlink:  # a local federation: the data owners are simulated here, one SuperNode each
+        files = client_files(fed, local, out)
+        fed = dataclasses.replace(fed, clients=len(files))
+        federation = LocalFederation(out / "flower", files)
     app = write_app(fed, local, out)
-    federation = None if fed.superlink else LocalFederation(out / "flower", files)
     env = {**os.environ, "FLWR_HOME": str(out / "flower" / "home")}
     try:
         if federation:

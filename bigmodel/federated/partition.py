@@ -39,15 +39,15 @@ def partition(examples: list[Example], clients: int, how: str, alpha: float, see
     return [[part[i] for i in rng.permutation(len(part))] for part in parts]
 
 
-def write_partitions(parts: list[list[Example]], folder: Path) -> list[Path]:
-    """One TSV (`text`, `label`) per client."""
+def write_partitions(parts: list[list[Example]], folder: Path, text_column: str, label_column: str) -> list[Path]:
+    """One TSV per client, with the source's column names."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, part in enumerate(parts):
         path = folder / f"client-{i}.tsv"
         with path.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh, delimiter="\t", quoting=csv.QUOTE_MINIMAL)
-            writer.writerow(["text", "label"])
+            writer.writerow([text_column, label_column])
             writer.writerows([e.text, e.label] for e in part)
         paths.append(path)
     return paths

@@ -36,7 +36,7 @@ from bigmodel.model.heads import HEAD_FILE, HeadConfig, SequenceModel
 from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
 from bigmodel.model.quantize import METADATA as INT8_METADATA
 from bigmodel.model.quantize import int8_tensors, is_int8, load_int8_tensors, to_int8
-from bigmodel.model.sealed import Key, digest, is_sealed, unseal
+from bigmodel.model.sealed import Key, Plaintext, digest, is_sealed, unseal
 from bigmodel.model.sealed import seal as seal_bytes
 from bigmodel.model.transformer import Transformer
 
@@ -70,9 +70,8 @@ class Storage:
         """The (decrypted, checked) contents of `folder/name`."""
         path = folder / name
         if is_sealed(path):
-            data, header = unseal(path, self.key)
-            self._check(folder, name, header["sha256"])
-            return data
+            with self._unseal(folder, name) as plain:
+                return bytes(plain.data[:])
         data = path.read_bytes()
         if self.verify:
             self._check(folder, name, hashlib.sha256(data).hexdigest())
@@ -85,14 +84,30 @@ class Storage:
         """The tensors of a safetensors file and its metadata; plain files are memory-mapped."""
         path = folder / name
         if is_sealed(path):
-            data = bytes(self.read(folder, name))
-            header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])  # the safetensors layout
-            return safetensors_from_bytes(data), header.get("__metadata__") or {}
+            with self._unseal(folder, name) as plain:
+                if plain.path is None:  # no anonymous memory files here: parse from bytes
+                    data = bytes(plain.data[:])
+                    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])  # the safetensors layout
+                    return safetensors_from_bytes(data), header.get("__metadata__") or {}
+                return self._safetensors(plain.path)
         if self.verify:
             self._check(folder, name, digest(path))
-        with safe_open(str(path), "pt") as stored:
+        return self._safetensors(str(path))
+
+    @staticmethod
+    def _safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        with safe_open(path, "pt") as stored:
             metadata = stored.metadata() or {}
-        return load_file(str(path)), metadata
+        return load_file(path), metadata
+
+    def _unseal(self, folder: Path, name: str) -> Plaintext:
+        plain = unseal(folder / name, self.key)
+        try:
+            self._check(folder, name, plain.header["sha256"])
+        except BigModelError:
+            plain.__exit__()
+            raise
+        return plain
 
     def _check(self, folder: Path, name: str, sha256: str) -> None:
         if not self.verify or not (folder / MANIFEST).is_file():  # checkpoints from before manifests load as they are
@@ -204,7 +219,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_h
     has_head = (folder / HEAD_FILE).is_file()
     if with_head and not has_head:
         raise BigModelError(f"{folder}: not a fine-tuned checkpoint (no {HEAD_FILE}); run `bigmodel finetune`")
-    model: Any = Transformer(config)
+    model: Any = Transformer.empty(config)  # every parameter comes from the checkpoint
     if has_head:
         model = SequenceModel(model, HeadConfig.from_json(storage.text(folder, HEAD_FILE)))
     tensors, metadata = storage.tensors(folder)

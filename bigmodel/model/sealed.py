@@ -20,7 +20,9 @@ import functools
 import hashlib
 import hmac
 import json
+import mmap
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,14 +126,43 @@ def header_of(path: Path, sealed: bytes | memoryview) -> tuple[dict, int]:
     return header, start + size
 
 
-def unseal(path: Path, key: Key | None) -> tuple[bytearray, dict]:
-    """The plaintext of the sealed file at `path`, decrypted in memory, and the file's header."""
+@dataclass
+class Plaintext:
+    """A decrypted file, in memory only: `data` to read and, on Linux, `path`, an anonymous in-memory file
+    (memfd: never on disk) for libraries that open files by name, as safetensors memory-maps its input."""
+
+    data: mmap.mmap | bytearray
+    header: dict
+    fd: int | None = None
+
+    @property
+    def path(self) -> str | None:
+        return None if self.fd is None else f"/proc/self/fd/{self.fd}"
+
+    def __enter__(self) -> Plaintext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _memory(size: int) -> tuple[mmap.mmap | bytearray, int | None]:
+    """Writable memory for `size` bytes: an anonymous memory file where the OS has them, else a bytearray."""
+    if size and hasattr(os, "memfd_create"):
+        fd = os.memfd_create("bigmodel-unsealed", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        return mmap.mmap(fd, size), fd
+    return bytearray(size), None
+
+
+def unseal(path: Path, key: Key | None) -> Plaintext:
+    """The plaintext of the sealed file at `path`, decrypted into memory, with the file's header."""
     if key is None:
         raise BigModelError(f"{path}: sealed (AES-GCM); pass --encrypt-key-env VAR naming the variable with its key")
-    sealed = bytearray(path.stat().st_size)
-    with path.open("rb", buffering=0) as fh:
-        fh.readinto(sealed)
-    view = memoryview(sealed)
+    with path.open("rb") as fh:
+        view = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
     header, offset = header_of(path, view)
     raw_header = bytes(view[len(MAGIC) + 4:offset])
     if header["name"] != path.name:
@@ -141,24 +172,31 @@ def unseal(path: Path, key: Key | None) -> tuple[bytearray, dict]:
         raise BigModelError(f"{path}: wrong key in {key.source} (the file was sealed with another)")
     size, chunk = int(header["size"]), int(header["chunk"])
     n_chunks = max(1, -(-size // chunk))
-    if len(sealed) != offset + n_chunks * (NONCE + TAG) + size:
-        raise BigModelError(f"{path}: {len(sealed):,} bytes where the header implies "
+    if len(view) != offset + n_chunks * (NONCE + TAG) + size:
+        raise BigModelError(f"{path}: {len(view):,} bytes where the header implies "
                             f"{offset + n_chunks * (NONCE + TAG) + size:,}: truncated or extended")
-    plain = bytearray(size)
-    out, aes = memoryview(plain), _aesgcm()(aes_key)
+    data, fd = _memory(size)
+    out, aes = memoryview(data), _aesgcm()(aes_key)
     from cryptography.exceptions import InvalidTag
 
-    for i in range(n_chunks):
+    def open_chunk(i: int) -> bool:
+        start = offset + i * (NONCE + TAG + chunk)
         length = min(chunk, size - i * chunk)
-        nonce = view[offset:offset + NONCE]
-        body = view[offset + NONCE:offset + NONCE + length + TAG]
         try:
-            aes.decrypt_into(bytes(nonce), body, _associated(raw_header, i, i == n_chunks - 1),
-                             out[i * chunk:i * chunk + length])
+            aes.decrypt_into(bytes(view[start:start + NONCE]), view[start + NONCE:start + NONCE + length + TAG],
+                             _associated(raw_header, i, i == n_chunks - 1), out[i * chunk:i * chunk + length])
         except InvalidTag:
-            raise BigModelError(f"{path}: altered (chunk {i} fails its AES-GCM tag); refusing to load it") from None
-        offset += NONCE + length + TAG
-    return plain, header
+            return False
+        return True
+
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # OpenSSL releases the GIL
+        opened = list(pool.map(open_chunk, range(n_chunks)))
+    if not all(opened):
+        if fd is not None:
+            os.close(fd)
+        raise BigModelError(f"{path}: altered (chunk {opened.index(False)} fails its AES-GCM tag); refusing to "
+                            "load it")
+    return Plaintext(data, header, fd)
 
 
 def digest(path: Path) -> str:

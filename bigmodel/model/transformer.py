@@ -289,6 +289,19 @@ class Transformer(nn.Module):
             if name.endswith(("attn.proj.weight", "mlp.down.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
+    @classmethod
+    def empty(cls, config: ModelConfig) -> Transformer:
+        """A model with its parameters allocated but not initialised, to load weights into: drawing 124M
+        random numbers that a checkpoint overwrites costs seconds."""
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to_empty(device="cpu")
+        if config.tie_embeddings:  # to_empty gives each name its own tensor
+            model.lm_head.weight = model.tok_emb.weight
+        if config.positions == "rope":  # buffers a checkpoint does not hold
+            model.rope_cos, model.rope_sin = rope_tables(config)
+        return model
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
