@@ -97,3 +97,69 @@ def test_bad_federated_settings_are_one_line(trained_run, tmp_path, flags, fragm
                      "--out", str(tmp_path / "fed"), *flags)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert fragment in result.stderr.strip().splitlines()[-1]
+
+
+def tls_files(folder):
+    """A throwaway CA and a certificate it signs for 127.0.0.1, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("ca", "server")}
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bigmodel test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(keys["ca"].public_key())
+          .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(keys["ca"], hashes.SHA256()))
+    server = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+              .issuer_name(ca_name).public_key(keys["server"].public_key()).serial_number(2).not_valid_before(now)
+              .not_valid_after(now + datetime.timedelta(days=1))
+              .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                          x509.DNSName("localhost")]), critical=False)
+              .sign(keys["ca"], hashes.SHA256()))
+    files = {"ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+             "server.pem": server.public_bytes(serialization.Encoding.PEM),
+             "server.key": keys["server"].private_bytes(serialization.Encoding.PEM,
+                                                       serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption())}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {name: str(folder / name) for name in files}
+
+
+def test_the_documented_multi_machine_commands_work_over_tls(trained_run, tmp_path):
+    """The README's commands for separate machines, on loopback: a TLS SuperLink, two SuperNodes that hold
+    their own data, and `bigmodel federated --superlink` submitting the run."""
+    from bigmodel.federated.launch import flower, free_port
+
+    tls = tls_files(tmp_path)
+    port = free_port()
+    data = [write_rows(tmp_path / f"owner{i}.csv", synthetic(120, i)) for i in range(2)]
+    val = write_rows(tmp_path / "val.csv", synthetic(60, 9))
+    processes = [subprocess.Popen([flower("flower-superlink"), "--host", "127.0.0.1", "--port", str(port),
+                                   "--ssl-ca-certfile", tls["ca.crt"], "--ssl-certfile", tls["server.pem"],
+                                   "--ssl-keyfile", tls["server.key"]], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)]
+    time.sleep(3)
+    for i, path in enumerate(data):
+        processes.append(subprocess.Popen([flower("flower-supernode"), "--superlink", f"127.0.0.1:{port}",
+                                           "--root-certificates", tls["ca.crt"], "--port", str(free_port()),
+                                           "--node-config", f'data="{path}" client={i}'],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
+    try:
+        result = run_cli("federated", "--superlink", f"127.0.0.1:{port}", "--root-certificates", tls["ca.crt"],
+                         "--clients", "2", "--init", str(trained_run), "--val", str(val), "--rounds", "1", "--epochs", "1",
+                         "--lr", "3e-3", "--batch-size", "16", "--max-length", "32", "--out", str(tmp_path / "fed"),
+                         timeout=600)
+    finally:
+        for proc in processes:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = metric_rows(tmp_path / "fed")
+    assert [int(r["round"]) for r in rows] == [0, 1] and rows[1]["clients"] == 2 and rows[1]["examples"] == 240

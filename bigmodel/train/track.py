@@ -52,6 +52,8 @@ def shown(name: str, value: float) -> str:
         return f"{value / 1000:.1f}k {unit}/s" if value >= 1000 else f"{value:.1f} {unit}/s"
     if name == "elapsed_s":
         return f"{value:.1f}s"
+    if name in ("clients", "examples"):
+        return f"{name} {int(value)}"
     if name == "train_loss" or name == "val_loss":
         return f"{name.removesuffix('_loss')} {value:.4f}"
     return f"{name} {value:.4f}"
