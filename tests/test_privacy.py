@@ -109,7 +109,7 @@ def test_the_audit_sees_memorization_and_dp_hides_it(trained_run, tmp_path, priv
     others = write_rows(tmp_path / "others.csv", random_labels(64, 1))
     flags = ["--dp-epsilon", "1", "--batch-size", "16"] if private else ["--batch-size", "16"]
     trained = run_cli("finetune", "--init", str(trained_run), "--train", str(members), "--val", str(members), "--out",
-                      str(tmp_path / "ft"), "--epochs", "40", "--lr", "3e-3", "--patience", "0", "--head-dropout", "0",
+                      str(tmp_path / "ft"), "--epochs", "80", "--lr", "3e-3", "--patience", "0", "--head-dropout", "0",
                       *flags)
     assert trained.returncode == 0, trained.stderr
     result = run_cli("audit", "--ckpt", str(tmp_path / "ft"), "--train", str(members), "--holdout", str(others),
