@@ -155,8 +155,8 @@ def test_the_documented_multi_machine_commands_work_over_tls(trained_run, tmp_pa
     try:
         result = run_cli("federated", "--superlink", f"127.0.0.1:{port}", "--root-certificates", tls["ca.crt"],
                          "--clients", "2", "--init", str(trained_run), "--val", str(val), "--rounds", "1",
-                         "--epochs", "1", "--lr", "3e-3", "--batch-size", "16", "--max-length", "32", "--out", str(tmp_path / "fed"),
-                         timeout=600)
+                         "--epochs", "1", "--lr", "3e-3", "--batch-size", "16", "--max-length", "32",
+                         "--out", str(tmp_path / "fed"), timeout=600)
     finally:
         for proc in processes:
             os.killpg(proc.pid, signal.SIGKILL)
