@@ -66,19 +66,19 @@ class Storage:
         (folder / name).write_bytes(seal_bytes(data, name, self.key, sha256) if self.key else data)
         return sha256
 
-    def read(self, folder: Path, name: str) -> bytes | bytearray:
+    def read(self, folder: Path, name: str) -> bytes:
         """The (decrypted, checked) contents of `folder/name`."""
         path = folder / name
         if is_sealed(path):
             with self._unseal(folder, name) as plain:
-                return bytes(plain.data[:])
+                return bytes(plain.data)
         data = path.read_bytes()
         if self.verify:
             self._check(folder, name, hashlib.sha256(data).hexdigest())
         return data
 
     def text(self, folder: Path, name: str) -> str:
-        return bytes(self.read(folder, name)).decode("utf-8")
+        return self.read(folder, name).decode("utf-8")
 
     def tensors(self, folder: Path, name: str = WEIGHTS) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """The tensors of a safetensors file and its metadata; plain files are memory-mapped."""
@@ -86,7 +86,7 @@ class Storage:
         if is_sealed(path):
             with self._unseal(folder, name) as plain:
                 if plain.path is None:  # no anonymous memory files here: parse from bytes
-                    data = bytes(plain.data[:])
+                    data = bytes(plain.data)
                     header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])  # the safetensors layout
                     return safetensors_from_bytes(data), header.get("__metadata__") or {}
                 return self._safetensors(plain.path)
@@ -105,7 +105,7 @@ class Storage:
         try:
             self._check(folder, name, plain.header["sha256"])
         except BigModelError:
-            plain.__exit__()
+            plain.close()
             raise
         return plain
 

@@ -143,6 +143,10 @@ class Plaintext:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the anonymous file (the memory goes with the last reference to `data`)."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
