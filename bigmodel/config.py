@@ -42,6 +42,8 @@ class ModelConfig:
     norm_first: bool = True  # False: post-norm blocks, as BERT
     type_vocab_size: int = 0  # > 0: token-type (segment) embeddings, as BERT
     embed_norm: bool = False  # normalise the summed embeddings, as BERT
+    encoder_layers: int = 0  # > 0: an encoder-decoder (T5/BART shape); n_layer counts the decoder's blocks
+    share_embeddings: bool = True  # encoder-decoder: the encoder reads the decoder's token embedding
 
     def __post_init__(self) -> None:
         if self.n_kv_head == 0:
@@ -52,6 +54,7 @@ class ModelConfig:
             "norm must be layernorm or rmsnorm": self.norm in ("layernorm", "rmsnorm"),
             "positions must be learned or rope": self.positions in ("learned", "rope"),
             "mlp must be gelu, gelu_tanh or swiglu": self.mlp in ("gelu", "gelu_tanh", "swiglu"),
+            "an encoder-decoder's decoder must be causal": self.causal or not self.encoder_layers,
             "block_size, vocab_size and n_layer must be positive": min(
                 self.block_size, self.vocab_size, self.n_layer
             )
@@ -171,12 +174,15 @@ class FinetuneConfig(PrivacyConfig, StorageConfig):
     """`bigmodel finetune`: a pretrained model, a labelled dataset, a task head."""
 
     init: str = ""  # bigmodel checkpoint or Hugging Face folder (or `minilm`)
-    task: str = "classify"  # classify | regress
+    task: str = "classify"  # classify | regress | seq2seq | qa (SQuAD JSON) | retrieval (query, document)
     train: str = ""
     val: str = ""
     out: str = "runs/finetune"
     text_column: str = "text"
     label_column: str = "label"
+    source_column: str = "source"  # seq2seq: the input text; retrieval: the query
+    target_column: str = "target"  # seq2seq: the text to produce; retrieval: the document to find
+    label_smoothing: float = 0.1  # seq2seq: mass spread over the vocabulary in the teacher-forced loss
     method: str = "full"  # full | freeze | lora
     freeze_layers: int = 2  # with freeze: how many top blocks still train
     lora_r: int = 8
@@ -202,7 +208,8 @@ class FinetuneConfig(PrivacyConfig, StorageConfig):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
-        choices = {"task": ("classify", "regress"), "method": ("full", "freeze", "lora"), "dtype": ("fp32", "bf16")}
+        choices = {"task": ("classify", "regress", "seq2seq", "qa", "retrieval"), "method": ("full", "freeze", "lora"),
+                   "dtype": ("fp32", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise BigModelError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
@@ -255,13 +262,15 @@ class GenerateConfig:
     top_k: int = 0  # 0 keeps every token
     top_p: float = 1.0
     num_samples: int = 1
+    beams: int = 1  # sequence-to-sequence: > 1 is a beam search of this width (temperature is then unused)
+    length_penalty: float = 1.0  # beam search ranks by log-probability / length ** this
     seed: int = 1337
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise BigModelError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
-        if self.max_new_tokens < 0 or self.num_samples < 1:
-            raise BigModelError("need --max-new-tokens >= 0 and --num-samples >= 1")
+        if self.max_new_tokens < 0 or self.num_samples < 1 or self.beams < 1:
+            raise BigModelError("need --max-new-tokens >= 0, --num-samples >= 1 and --beams >= 1")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Labelled examples for fine-tuning: (text, label) rows from CSV, TSV or JSONL files."""
+"""Examples for fine-tuning from CSV, TSV or JSONL files: (text, label) rows, or any named
+columns (a source and its target, a query and its document)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ class Example:
 
 def read_labelled(path: str | Path, text_column: str, label_column: str) -> list[Example]:
     """Every row with its text and label (as written); errors name the file, line and column."""
+    return [Example(text, label) for text, label in read_columns(path, [text_column, label_column])]
+
+
+def read_columns(path: str | Path, columns: list[str]) -> list[tuple[str, ...]]:
+    """The named columns of every row, stripped; errors name the file, line and column."""
     path = Path(path)
     if not path.is_file():
         raise BigModelError(f"{path}: no such file")
@@ -41,14 +47,12 @@ def read_labelled(path: str | Path, text_column: str, label_column: str) -> list
         rows = [(lineno, row) for lineno, row in enumerate(reader, start=2)]
     if not rows:
         raise BigModelError(f"{path}: holds no examples")
-    examples = []
     for lineno, row in rows:
-        for column in (text_column, label_column):
+        for column in columns:
             if not isinstance(row, dict) or row.get(column) is None:
-                columns = ", ".join(row) if isinstance(row, dict) else "none"
-                raise BigModelError(f"{path}: line {lineno} has no column {column!r} (columns: {columns})")
-        examples.append(Example(str(row[text_column]).strip(), str(row[label_column]).strip()))
-    return examples
+                present = ", ".join(row) if isinstance(row, dict) else "none"
+                raise BigModelError(f"{path}: line {lineno} has no column {column!r} (columns: {present})")
+    return [tuple(str(row[column]).strip() for column in columns) for _, row in rows]
 
 
 def label_ids(train: list[Example], val: list[Example]) -> list[str]:

@@ -31,8 +31,9 @@ from bigmodel.model.checkpoint import Storage, assign_weights, load_trainer_stat
 from bigmodel.model.heads import HeadConfig, SequenceModel
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed
-from bigmodel.train.finetune import FineTuner, load_backbone, plain_model, score, targets_of, task_loss
+from bigmodel.train.finetune import FineTuner, load_backbone, plain_model
 from bigmodel.train.optim import KeepBest
+from bigmodel.train.tasks import score, targets_of, task_loss
 from bigmodel.train.track import Tracker
 
 RECIPE = "recipe.yaml"

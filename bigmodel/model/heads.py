@@ -1,4 +1,5 @@
-"""Task heads on top of the Transformer: one vector per sequence, then a linear layer.
+"""Task heads on top of the Transformer: one vector per sequence, then a linear layer; or,
+for extractive question answering, a linear layer per token (answer start and end scores).
 
 Encoders pool by the attention-masked mean of their last hidden states (what sentence
 encoders such as MiniLM were trained for); decoders take their last real token, the only
@@ -21,13 +22,13 @@ HEAD_FILE = "head.json"
 
 @dataclass
 class HeadConfig:
-    task: str = "classify"  # classify | regress
+    task: str = "classify"  # classify | regress | qa
     labels: list[str] = field(default_factory=list)  # class names, in output order
     pooling: str = "mean"  # mean | last
 
     @property
     def n_outputs(self) -> int:
-        return len(self.labels) if self.task == "classify" else 1
+        return {"classify": len(self.labels), "qa": 2}.get(self.task, 1)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -55,8 +56,11 @@ class SequenceModel(nn.Module):
         self.classifier = nn.Linear(backbone.config.n_embd, head.n_outputs)  # not "head": peft matches suffixes
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scores (B, n_outputs) for right-padded `ids` whose real tokens `mask` marks."""
+        """Scores (B, n_outputs) for right-padded `ids` whose real tokens `mask` marks; for QA,
+        (B, T, 2): each token's score as the answer's start and as its end."""
         hidden = self.backbone.hidden_states(ids, padding_mask=mask)
+        if self.head_config.task == "qa":
+            return self.classifier(self.dropout(hidden))
         if self.head_config.pooling == "last":
             pooled = hidden[torch.arange(len(ids), device=ids.device), mask.sum(1) - 1]
         else:

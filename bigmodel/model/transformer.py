@@ -1,11 +1,13 @@
-"""The Transformer family in one file, read top to bottom: GPT-style decoders and
-BERT-style encoders.
+"""The Transformer family in one file, read top to bottom: GPT-style decoders, BERT-style
+encoders and T5/BART-style encoder-decoders.
 
 Every variant is a flag on `ModelConfig`: causal or bidirectional attention, pre- or
 post-norm blocks, LayerNorm or RMSNorm, learned or rotary positions, GELU or SwiGLU MLP,
-grouped-query attention (`n_kv_head < n_head`), token-type embeddings, tied embeddings.
+grouped-query attention (`n_kv_head < n_head`), token-type embeddings, tied embeddings, and
+an encoder in front (`encoder_layers`) whose output the decoder blocks cross-attend to.
 Attention goes through `F.scaled_dot_product_attention`; generation uses a preallocated
-`KVCache` so each new token costs one small forward pass.
+`KVCache` so each new token costs one small forward pass, and an encoder-decoder computes
+its cross-attention keys and values once per source (`Memory`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -144,6 +146,12 @@ class KVCache:
             store[target, :, :used] = store[source, :, :used]
         self.lengths[target] = used
 
+    def select(self, index: torch.Tensor) -> None:
+        """Make row i hold what row index[i] held (beam search keeps the best continuations)."""
+        for store in (*self.keys, *self.values):
+            store.copy_(store[index])
+        self.lengths[:] = self.lengths[index.cpu().numpy()]
+
     def begin(self, steps: int) -> CacheStep:
         """The step that appends `steps` tokens to every row."""
         first, longest = int(self.lengths.min()), int(self.lengths.max())
@@ -223,6 +231,45 @@ class SelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
+@dataclass
+class Memory:
+    """An encoded source as the decoder sees it: each decoder block's cross-attention keys and
+    values, computed once per source and reused at every decoding step."""
+
+    keys: list[torch.Tensor]  # per decoder layer: (B, n_head, S, head_dim)
+    values: list[torch.Tensor]
+    mask: torch.Tensor  # (B, 1, 1, S): True for the source's real tokens
+
+    def select(self, index: torch.Tensor) -> Memory:
+        """The memory of rows `index` (a row per beam, or a subset of the batch)."""
+        return Memory([k[index] for k in self.keys], [v[index] for v in self.values], self.mask[index])
+
+
+class CrossAttention(nn.Module):
+    """Queries from the decoder, keys and values from the encoder's output; no positions (the
+    source's were added in the encoder), no causal mask (the whole source is known)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.q = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.kv = Linear(config.n_embd, 2 * config.n_embd, bias=config.bias)
+        self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def keys_values(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, S, C = states.shape
+        k, v = self.kv(states).view(B, S, 2, self.config.n_head, self.config.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x: torch.Tensor, memory: Memory, layer: int) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.config.n_head, self.config.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, memory.keys[layer], memory.values[layer], attn_mask=memory.mask,
+                                           dropout_p=self.config.dropout if self.training else 0.0)
+        return self.resid_dropout(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+
+
 class MLP(nn.Module):
     """GELU: up, gelu, down. SwiGLU: silu(gate) * up, down, at 2/3 of the width so it costs the same."""
 
@@ -244,22 +291,32 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)). Post-norm (BERT): norm(x + attn(x)), ..."""
+    """Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)). Post-norm (BERT): norm(x + attn(x)), ...
+    An encoder-decoder's decoder blocks cross-attend to the source between the two."""
 
-    def __init__(self, config: ModelConfig, layer: int) -> None:
+    def __init__(self, config: ModelConfig, layer: int, cross: bool = False) -> None:
         super().__init__()
         self.norm_first = config.norm_first
+        self.layer = layer
         self.norm1 = make_norm(config)
         self.attn = SelfAttention(config, layer)
+        if cross:
+            self.norm_cross = make_norm(config)
+            self.cross = CrossAttention(config)
         self.norm2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                step: CacheStep | None, padding_mask: torch.Tensor | None) -> torch.Tensor:
+                step: CacheStep | None, padding_mask: torch.Tensor | None, memory: Memory | None = None,
+                ) -> torch.Tensor:
         if self.norm_first:
             x = x + self.attn(self.norm1(x), rope, step, padding_mask)
+            if memory is not None:
+                x = x + self.cross(self.norm_cross(x), memory, self.layer)
             return x + self.mlp(self.norm2(x))
         x = self.norm1(x + self.attn(x, rope, step, padding_mask))
+        if memory is not None:
+            x = self.norm_cross(x + self.cross(x, memory, self.layer))
         return self.norm2(x + self.mlp(x))
 
 
@@ -278,7 +335,14 @@ class Transformer(nn.Module):
             self.type_emb = nn.Embedding(config.type_vocab_size, config.n_embd)
         self.embed_norm = make_norm(config) if config.embed_norm else nn.Identity()
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        seq2seq = config.encoder_layers > 0
+        if seq2seq:
+            if not config.share_embeddings:
+                self.src_emb = nn.Embedding(config.vocab_size, config.n_embd)
+            bidirectional = replace(config, causal=False, encoder_layers=0)
+            self.encoder = nn.ModuleList(Block(bidirectional, i) for i in range(config.encoder_layers))
+            self.encoder_norm = make_norm(config) if config.norm_first else nn.Identity()
+        self.blocks = nn.ModuleList(Block(config, i, cross=seq2seq) for i in range(config.n_layer))
         self.norm_f = make_norm(config) if config.norm_first else nn.Identity()  # post-norm ends normalised
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -286,8 +350,8 @@ class Transformer(nn.Module):
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so depth doesn't blow up the stream.
         for name, p in self.named_parameters():
-            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            if name.endswith(("attn.proj.weight", "cross.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * (config.n_layer + config.encoder_layers)))
 
     @classmethod
     def empty(cls, config: ModelConfig) -> Transformer:
@@ -321,39 +385,42 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 cache: KVCache | None = None, last_only: bool = False,
                 padding_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
+                source: torch.Tensor | None = None, source_mask: torch.Tensor | None = None,
+                memory: Memory | None = None, label_smoothing: float = 0.0,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for `idx` (B, T) and, with `targets`, the mean cross-entropy (-1 is ignored).
 
         With a `cache`, `idx` holds only the new tokens and positions continue after the
         cached ones. `last_only` computes logits for the final position alone (generation).
-        `padding_mask` (B, T) is True for real tokens; `token_types` are segment ids.
+        `padding_mask` (B, T) is True for real tokens; `token_types` are segment ids. An
+        encoder-decoder reads the `source` ids (and their `source_mask`), or a `memory`
+        encoded before.
         """
+        if source is not None:
+            memory = self.encode(source, source_mask)
         # one new token through our own Linear layers (not int8 ones): every matrix takes its OpenBLAS path
         if idx.shape == (1, 1) and isinstance(self.lm_head, Linear) and rows_on_cpu(idx, self.lm_head.weight, 1):
             with one_torch_thread():
-                x = self.hidden_states(idx, cache, padding_mask, token_types)
+                x = self.hidden_states(idx, cache, padding_mask, token_types, memory)
         else:
-            x = self.hidden_states(idx, cache, padding_mask, token_types)
+            x = self.hidden_states(idx, cache, padding_mask, token_types, memory)
         if last_only:
             x = x[:, -1:, :]
         logits = self.lm_head(x)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
-                                   ignore_index=-1)
+                                   ignore_index=-1, label_smoothing=label_smoothing)
         return logits, loss
 
-    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
-                      padding_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
-                      ) -> torch.Tensor:
-        """The last layer's output (B, T, n_embd), before the language-model head."""
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor, length: int, token_types: torch.Tensor | None = None,
+              table: nn.Embedding | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Token (+ position, + segment) embeddings of `idx`, and the rotary tables when positions rotate.
+        `length`, the longest row's length counting the cached past, is checked on the host."""
         B, T = idx.shape
-        step = None if cache is None else cache.begin(T)
-        length = T if step is None else step.end
         if length > self.config.block_size:
             raise BigModelError(f"sequence of {length} tokens is longer than the context ({self.config.block_size})")
-        positions = torch.arange(T, device=idx.device) if step is None else step.positions
-        x = self.tok_emb(idx)
+        x = (self.tok_emb if table is None else table)(idx)
         rope = None
         if self.config.positions == "learned":
             x = x + self.pos_emb(positions.expand(B, T))  # a batch dimension, for per-example gradients (DP)
@@ -363,9 +430,34 @@ class Transformer(nn.Module):
                 rope = (rope[0][:, None], rope[1][:, None])
         if self.config.type_vocab_size:
             x = x + self.type_emb(token_types if token_types is not None else torch.zeros_like(idx))
-        x = self.drop(self.embed_norm(x))
+        return self.drop(self.embed_norm(x)), rope
+
+    def encode(self, source: torch.Tensor, source_mask: torch.Tensor | None = None) -> Memory:
+        """Run the encoder over `source` (B, S) once; the decoder blocks' keys and values of it."""
+        if not self.config.encoder_layers:
+            raise BigModelError("this model has no encoder (encoder_layers is 0): it cannot read a source")
+        if source_mask is None:
+            source_mask = torch.ones_like(source, dtype=torch.bool)
+        x, rope = self.embed(source, torch.arange(source.size(1), device=source.device), source.size(1),
+                             table=getattr(self, "src_emb", None))
+        for block in self.encoder:
+            x = block(x, rope, None, source_mask)
+        x = self.encoder_norm(x)
+        keys, values = zip(*(block.cross.keys_values(x) for block in self.blocks), strict=True)
+        return Memory(list(keys), list(values), source_mask[:, None, None, :])
+
+    def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
+                      padding_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
+                      memory: Memory | None = None) -> torch.Tensor:
+        """The last layer's output (B, T, n_embd), before the language-model head."""
+        if (memory is None) != (self.config.encoder_layers == 0):
+            raise BigModelError("an encoder-decoder needs a source to attend to; other models take none")
+        T = idx.size(1)
+        step = None if cache is None else cache.begin(T)
+        positions = torch.arange(T, device=idx.device) if step is None else step.positions
+        x, rope = self.embed(idx, positions, T if step is None else step.end, token_types)
         for block in self.blocks:
-            x = block(x, rope, step, padding_mask)
+            x = block(x, rope, step, padding_mask, memory)
         if cache is not None:
             cache.lengths += T
         return self.norm_f(x)

@@ -1,6 +1,6 @@
-"""Fine-tuning for classification and regression: pretrained backbone + task head.
+"""Fine-tuning: a pretrained model trained for a task (see `tasks.py` for what each task adds).
 
-Batches group texts of similar length (shuffled groups, so the order stays random), which
+Batches group examples of similar length (shuffled groups, so the order stays random), which
 on short-sentence datasets such as SST-2 cuts the padded tokens several-fold. `full`
 trains everything, `freeze` only the head and the top N blocks, `lora` low-rank adapters
 (the `peft` library) plus the head, merged into a plain checkpoint at the end.
@@ -23,16 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bigmodel.config import FinetuneConfig
-from bigmodel.data.collate import collate, encode, pad_id
-from bigmodel.data.labelled import Example, label_ids, read_labelled
 from bigmodel.errors import BigModelError
-from bigmodel.evaluate.classify import classification_metrics
-from bigmodel.infer.classify import predict_scores
 from bigmodel.model.checkpoint import (
     Storage,
     assign_weights,
@@ -41,14 +36,15 @@ from bigmodel.model.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from bigmodel.model.heads import HeadConfig, SequenceModel
+from bigmodel.model.heads import SequenceModel
 from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy
-from bigmodel.train.optim import KeepBest, autocast, linear_lr, make_optimizer, optimizer_step
+from bigmodel.train.optim import KeepBest, linear_lr, make_optimizer, optimizer_step
+from bigmodel.train.tasks import LabelTask, Task, backbone_of, make_task
 from bigmodel.train.track import Tracker
 
-LORA_TARGETS = ["qkv", "proj", "up", "down", "gate"]
+LORA_TARGETS = ["qkv", "proj", "up", "down", "gate", "q", "kv"]
 
 
 def load_backbone(init: str, device: torch.device, storage: Storage) -> tuple[Transformer, Tokenizer]:
@@ -72,33 +68,15 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     return batches
 
 
-def augment(text: str, rng: random.Random, p: float = 0.1) -> str:
-    """Random word deletion and one random swap: cheap noise for small datasets."""
-    words = [w for w in text.split() if rng.random() > p] or text.split()
-    if len(words) > 1:
-        i, j = rng.randrange(len(words)), rng.randrange(len(words))
-        words[i], words[j] = words[j], words[i]
-    return " ".join(words)
-
-
-def targets_of(examples: list[Example], head: HeadConfig) -> torch.Tensor:
-    if head.task == "regress":
-        try:
-            return torch.tensor([float(e.label) for e in examples])
-        except ValueError as e:
-            raise BigModelError(f"--task regress needs numeric labels ({e})") from None
-    index = {label: i for i, label in enumerate(head.labels)}
-    return torch.tensor([index[e.label] for e in examples])
-
-
-def apply_method(model: SequenceModel, cfg: FinetuneConfig) -> torch.nn.Module:
+def apply_method(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
     """Choose what trains; returns the module to call (a peft wrapper for LoRA)."""
+    backbone = backbone_of(model)
     if cfg.method == "freeze":
-        blocks = model.backbone.blocks
+        blocks = backbone.blocks
         keep = max(0, min(cfg.freeze_layers, len(blocks)))
-        for p in model.backbone.parameters():
+        for p in backbone.parameters():
             p.requires_grad = False
-        trainable = [*blocks[len(blocks) - keep:], model.backbone.norm_f] if keep else []
+        trainable = [*blocks[len(blocks) - keep:], backbone.norm_f] if keep else []
         for module in trainable:
             for p in module.parameters():
                 p.requires_grad = True
@@ -109,37 +87,22 @@ def apply_method(model: SequenceModel, cfg: FinetuneConfig) -> torch.nn.Module:
         except ImportError:
             raise BigModelError("--method lora needs the peft library: pip install 'bigmodel[lora]'") from None
 
-        targets = sorted({name.rsplit(".", 1)[-1] for name, _ in model.backbone.named_modules()} & set(LORA_TARGETS))
+        targets = sorted({name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()} & set(LORA_TARGETS))
         config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.05, target_modules=targets,
-                            modules_to_save=["classifier"])
+                            modules_to_save=["classifier"] if isinstance(model, SequenceModel) else None)
         return get_peft_model(model, config)
     return model
 
 
-def plain_model(runner: torch.nn.Module, cfg: FinetuneConfig) -> SequenceModel:
+def plain_model(runner: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
     """What a checkpoint holds: for LoRA, a copy with the adapters merged, so training goes on."""
     if cfg.method != "lora":
         return runner
     merged = copy.deepcopy(runner).merge_and_unload()
-    backbone = merged.backbone
+    backbone = backbone_of(merged)
     if backbone.config.tie_embeddings:  # the copy unties them; the checkpoint format expects them shared
         backbone.lm_head.weight = backbone.tok_emb.weight
     return merged
-
-
-def task_loss(head: HeadConfig, scores: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
-              ) -> torch.Tensor:
-    if head.task == "regress":
-        return F.mse_loss(scores.squeeze(-1), targets.float(), reduction=reduction)
-    return F.cross_entropy(scores, targets, reduction=reduction)
-
-
-def score(head: HeadConfig, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Accuracy and macro-F1 for classification, MSE for regression."""
-    if head.task == "regress":
-        return {"mse": F.mse_loss(scores.squeeze(-1), targets.float()).item()}
-    figures = classification_metrics(targets.tolist(), scores.argmax(-1).tolist(), head.labels)
-    return {"accuracy": figures["accuracy"], "macro_f1": figures["macro_f1"]}
 
 
 class FineTuner:
@@ -152,50 +115,45 @@ class FineTuner:
             if not getattr(cfg, name):
                 raise BigModelError(f"finetune needs --{name}")
         self.cfg, self.dist, self.out = cfg, dist, Path(cfg.out)
-        self.train = read_labelled(cfg.train, cfg.text_column, cfg.label_column)
-        val = read_labelled(cfg.val, cfg.text_column, cfg.label_column)
-        if cfg.max_train:
-            self.train = self.train[:cfg.max_train]
         torch.manual_seed(cfg.seed)
         self.storage = Storage.of(cfg)
         if start:
             model, self.tok = start
-            self.head = model.head_config
+            self.task: Task = LabelTask(cfg, None, self.tok, model)
         else:
             backbone, self.tok = load_backbone(cfg.init, dist.device, self.storage)
-            labels = label_ids(self.train, val) if cfg.task == "classify" else []
-            self.head = HeadConfig(task=cfg.task, labels=labels, pooling="last" if backbone.config.causal else "mean")
-            model = SequenceModel(backbone, self.head, cfg.head_dropout)
+            self.task = make_task(cfg, backbone, self.tok)
+        model = self.task.model
         self.runner = apply_method(model, cfg).to(dist.device)
         self.anchor: list[torch.Tensor] = []  # FedProx: the round's starting point, which `proximal_mu` pulls towards
         self.proximal_mu = 0.0
+        examples = self.task.examples
         if cfg.dp_epsilon is not None:
-            privacy.check(cfg, len(self.train), cfg.batch_size, {
+            privacy.check(cfg, examples, cfg.batch_size, {
+                f"--task {cfg.task} yet": not self.task.private_ok,
                 "--grad-accum above 1 yet": cfg.grad_accum > 1, "--resume yet": cfg.resume,
                 "several processes (torchrun) yet": dist.world_size > 1})
             privacy.freeze_embeddings(model)
+        if cfg.task == "retrieval" and dist.world_size > 1:
+            raise BigModelError("--task retrieval runs in one process (its negatives are the batch's own documents)")
         self.trainable = sum(p.numel() for p in self.runner.parameters() if p.requires_grad)
         self.total = sum(p.numel() for p in self.runner.parameters())
-        self.pad = pad_id(self.tok)
-        self.max_length = min(cfg.max_length, model.backbone.config.block_size)
-        self.train_y, self.val_y = targets_of(self.train, self.head), targets_of(val, self.head)
-        self.val_ids = encode(self.tok, [e.text for e in val], self.max_length)
         self.optimizer = make_optimizer(self.runner, cfg, dist.device)
         self.model: torch.nn.Module = self.runner
         self.private: privacy.Privacy | None = None
         if cfg.dp_epsilon is not None:  # Poisson batches of the planned size, per-sample clipping, noise
-            steps = cfg.epochs * math.ceil(len(self.train) / cfg.batch_size)
+            steps = cfg.epochs * math.ceil(examples / cfg.batch_size)
             self.model, self.optimizer, self.dp_batches, self.private = privacy.make_private(
-                self.runner, self.optimizer, len(self.train), cfg.batch_size, steps, cfg)
+                self.runner, self.optimizer, examples, cfg.batch_size, steps, cfg)
         global_batch = cfg.batch_size * dist.world_size  # as `epoch_batches` cuts them
-        n_batches = len(self.train) // global_batch + (len(self.train) % global_batch >= dist.world_size)
+        n_batches = examples // global_batch + (examples % global_batch >= dist.world_size)
         self.steps_per_epoch = len(self.dp_batches) if self.private else math.ceil(n_batches / cfg.grad_accum)
         if not self.steps_per_epoch:
-            raise BigModelError(f"{cfg.train}: {len(self.train)} examples are too few for {dist.world_size} processes")
+            raise BigModelError(f"{cfg.train}: {examples} examples are too few for {dist.world_size} processes")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup = int(cfg.warmup * self.total_steps)
         self.eval_every = cfg.eval_every or self.steps_per_epoch
-        self.best = KeepBest(minimize=cfg.task == "regress", patience=cfg.patience)
+        self.best = KeepBest(minimize=self.task.minimize, patience=cfg.patience)
         self.best_figures: dict[str, float] = {}
         self.start_step = 0
         torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank; the initial weights did not
@@ -237,43 +195,42 @@ class FineTuner:
 
     # --- loop --------------------------------------------------------------------------
 
-    def epoch_batches(self, epoch: int) -> tuple[list[list[int]], list[list[int]]]:
-        """This epoch's token ids and its global batches (lists of example indices), from (seed, epoch)."""
+    def epoch_batches(self, epoch: int) -> tuple[list[Any], list[list[int]]]:
+        """This epoch's encoded examples and its global batches (lists of example indices), from (seed, epoch)."""
         rng = random.Random(self.cfg.seed * 1_000_003 + epoch)
-        texts = [augment(e.text, rng) if self.cfg.augment else e.text for e in self.train]
-        ids = encode(self.tok, texts, self.max_length)
+        items = self.task.train_items(rng)
         if self.private:  # DP-SGD's guarantee rests on Poisson sampling: no grouping by length
-            return ids, [indices.tolist() for (indices,) in self.dp_batches]
-        batches = length_grouped_batches([len(r) for r in ids], self.cfg.batch_size * self.dist.world_size, rng)
+            return items, [indices.tolist() for (indices,) in self.dp_batches]
+        lengths = [self.task.length(item) for item in items]
+        batches = length_grouped_batches(lengths, self.cfg.batch_size * self.dist.world_size, rng)
         # every process needs at least one example of each batch
-        return ids, [b for b in batches if len(b) >= self.dist.world_size]
+        return items, [b for b in batches if len(b) >= self.dist.world_size]
 
-    def _step(self, step: int, ids: list[list[int]], group: list[list[int]]) -> tuple[float, int]:
-        """One optimizer step over a group of global micro-batches; this process's (summed loss, examples).
+    def _step(self, step: int, items: list[Any], group: list[list[int]]) -> tuple[float, int, int]:
+        """One optimizer step over a group of global micro-batches; this process's summed loss, the
+        units it is summed over, and its examples.
 
         Each process takes its share of every global batch; the loss is scaled so that DDP's
-        gradient average equals one process's mean over the whole group."""
+        gradient average equals one process's mean over the whole group (per example, or per
+        target token for seq2seq)."""
         cfg, dist = self.cfg, self.dist
         if self.private:
-            return self._private_step(step, ids, group[0])
-        examples = sum(len(b) for b in group)
-        summed, counted = 0.0, 0
+            return self._private_step(step, items, group[0])
+        units = self.task.units([items[j] for b in group for j in b])
+        summed, counted, examples = 0.0, 0, 0
         for i, batch in enumerate(group):
-            mine = batch[dist.rank::dist.world_size]
-            x, mask = collate([ids[j] for j in mine], self.pad, dist.device)
+            mine = [items[j] for j in batch[dist.rank::dist.world_size]]
             last = i == len(group) - 1
             sync = contextlib.nullcontext() if last or dist.world_size == 1 else self.model.no_sync()
             with sync:
-                with autocast(cfg.dtype, dist.device):
-                    scores = self.model(x, mask).float()
-                loss = task_loss(self.head, scores, self.train_y[mine].to(dist.device), reduction="sum")
-                (loss * dist.world_size / examples).backward()
-            summed, counted = summed + loss.item(), counted + len(mine)
+                loss = self.task.loss(self.model, mine, dist.device)
+                (loss * dist.world_size / units).backward()
+            summed, counted, examples = summed + loss.item(), counted + self.task.units(mine), examples + len(mine)
         if self.proximal_mu:  # FedProx: the gradient of mu/2 * ||w - w_round_start||^2
             for p, start in zip(self._trainable(), self.anchor, strict=True):
                 p.grad.add_(p.detach() - start, alpha=self.proximal_mu)
         optimizer_step(self.optimizer, linear_lr(step, cfg.lr, self.warmup, self.total_steps), cfg.grad_clip)
-        return summed, counted
+        return summed, counted, examples
 
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.runner.parameters() if p.requires_grad]
@@ -285,36 +242,32 @@ class FineTuner:
             raise BigModelError("FedProx's proximal term and DP-SGD's per-example clipping do not mix here")
         self.proximal_mu, self.anchor = proximal_mu, [p.detach().clone() for p in self._trainable()]
         self.runner.train()
-        summed, counted, group = 0.0, 0, self.cfg.grad_accum
+        summed, counted, seen, group = 0.0, 0, 0, self.cfg.grad_accum
         for epoch in range(self.cfg.epochs):
-            ids, batches = self.epoch_batches(epoch)
+            items, batches = self.epoch_batches(epoch)
             for s in range(self.steps_per_epoch):
-                loss, examples = self._step(epoch * self.steps_per_epoch + s, ids, batches[s * group:(s + 1) * group])
-                summed, counted = summed + loss, counted + examples
-        return summed / max(counted, 1), counted
+                loss, units, examples = self._step(epoch * self.steps_per_epoch + s, items,
+                                                   batches[s * group:(s + 1) * group])
+                summed, counted, seen = summed + loss, counted + units, seen + examples
+        return summed / max(counted, 1), seen
 
-    def _private_step(self, step: int, ids: list[list[int]], batch: list[int]) -> tuple[float, int]:
+    def _private_step(self, step: int, items: list[Any], batch: list[int]) -> tuple[float, int, int]:
         """One DP-SGD step over a Poisson batch, run as length-sorted chunks: sorting inside the batch
         saves the padding that length grouping saves elsewhere, without touching the sampling the
         privacy guarantee rests on."""
         if not batch:  # a Poisson batch may be empty: nothing to learn from, nothing spent
-            return 0.0, 0
+            return 0.0, 0, 0
 
         def mean_loss(chunk: list[int]) -> torch.Tensor:
-            x, mask = collate([ids[i] for i in chunk], self.pad, self.dist.device)
-            with autocast(self.cfg.dtype, self.dist.device):
-                scores = self.model(x, mask).float()
-            return task_loss(self.head, scores, self.train_y[chunk].to(self.dist.device))
+            return self.task.loss(self.model, [items[i] for i in chunk], self.dist.device) / len(chunk)
 
         lr = linear_lr(step, self.cfg.lr, self.warmup, self.total_steps)
-        ordered = sorted(batch, key=lambda i: len(ids[i]))
-        return privacy.private_step(self.optimizer, lr, privacy.chunks(ordered), mean_loss), len(batch)
+        ordered = sorted(batch, key=lambda i: self.task.length(items[i]))
+        return privacy.private_step(self.optimizer, lr, privacy.chunks(ordered), mean_loss), len(batch), len(batch)
 
     def evaluate(self) -> dict[str, float]:
         """Val loss and metrics; every process computes the same, so all agree on when to stop."""
-        scores = predict_scores(self.runner, self.val_ids, self.pad, self.head.n_outputs, self.cfg.dtype)
-        figures = score(self.head, scores, self.val_y)
-        figures["val_loss"] = task_loss(self.head, scores, self.val_y).item()
+        figures = self.task.evaluate(self.runner)
         if self.private:
             figures["epsilon"] = self.private.epsilon()
         return figures
@@ -323,8 +276,7 @@ class FineTuner:
         """Train to the last step (or until patience runs out); the best evaluation's figures."""
         cfg, dist = self.cfg, self.dist
         self.out.mkdir(parents=True, exist_ok=True)
-        metric_names = ["mse"] if cfg.task == "regress" else ["accuracy", "macro_f1"]
-        fields = ["step", "epoch", "train_loss", "val_loss", *metric_names, "lr", "examples_per_s", "elapsed_s",
+        fields = ["step", "epoch", "train_loss", "val_loss", *self.task.figures, "lr", "examples_per_s", "elapsed_s",
                   *(["epsilon"] if self.private else [])]
         if dist.is_main:
             print(f"{cfg.method}: training {self.trainable:,} of {self.total:,} parameters "
@@ -332,34 +284,36 @@ class FineTuner:
         tracker = Tracker(self.out, self.total_steps, self.start_step, dist.is_main, cfg.tensorboard, fields,
                           desc="finetune", keep_before=self.start_step + 1)  # its evaluation came before the save
         started = window_start = time.perf_counter()
-        window_loss, window_examples = 0.0, 0
+        window_loss, window_units, window_examples = 0.0, 0, 0
         step = self.start_step
         self.runner.train()  # checkpoints load in eval mode: dropout (and Opacus' hooks) need training mode
         try:
             for epoch in range(self.start_step // self.steps_per_epoch, cfg.epochs):
-                ids, batches = self.epoch_batches(epoch)
+                items, batches = self.epoch_batches(epoch)
                 for s in range(step - epoch * self.steps_per_epoch, self.steps_per_epoch):
-                    loss, examples = self._step(step, ids, batches[s * cfg.grad_accum:(s + 1) * cfg.grad_accum])
+                    group = batches[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]
+                    loss, units, examples = self._step(step, items, group)
                     step += 1
-                    window_loss, window_examples = window_loss + loss, window_examples + examples
+                    window_loss, window_units = window_loss + loss, window_units + units
+                    window_examples += examples
                     rate = window_examples / (time.perf_counter() - window_start)
                     lr = linear_lr(step - 1, cfg.lr, self.warmup, self.total_steps)
-                    tracker.step(loss / max(examples, 1), lr, rate)  # a Poisson batch (DP) may be empty
+                    tracker.step(loss / max(units, 1), lr, rate)  # a Poisson batch (DP) may be empty
                     if step % self.eval_every == 0 or step == self.total_steps:
-                        loss_sum, count = dist.sum(window_loss, window_examples)
+                        loss_sum, count = dist.sum(window_loss, window_units)
                         figures = {"step": step, "epoch": step / self.steps_per_epoch,
                                    "train_loss": loss_sum / max(count, 1), "lr": lr,
                                    "examples_per_s": rate, "elapsed_s": time.perf_counter() - started,
                                    **self.evaluate()}
                         tracker.evaluation(figures)
-                        if self.best.improved(figures["mse" if cfg.task == "regress" else "accuracy"]):
+                        if self.best.improved(figures[self.task.metric]):
                             self.best_figures = {**figures, "trainable_params": self.trainable,
                                                  "total_params": self.total}
                             self._save("best", step, figures)
                         self._save("last", step, figures)
                         if self.best.exhausted:
                             return self.best_figures
-                        window_start, window_loss, window_examples = time.perf_counter(), 0.0, 0
+                        window_start, window_loss, window_units, window_examples = time.perf_counter(), 0.0, 0, 0
         finally:
             tracker.close()
         return self.best_figures

@@ -1,0 +1,115 @@
+"""Sequence-to-sequence generation: a source text in, a target text out.
+
+One convention serves both model shapes. The target starts after an end-of-text token and
+ends with one: an encoder-decoder reads the source through its encoder and its decoder
+starts from that token alone; a decoder-only model reads `source <|endoftext|>` as its
+prompt. Decoding is greedy, sampled, or a beam search with a length penalty, all through the
+KV cache (and, for an encoder-decoder, cross-attention keys/values computed once).
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from bigmodel.config import GenerateConfig
+from bigmodel.data.collate import collate, encode, pad_id
+from bigmodel.data.tokenizer import EOT, special_id
+from bigmodel.errors import BigModelError
+from bigmodel.infer.generate import sample_next
+from bigmodel.model.transformer import KVCache, Memory, Transformer
+
+
+def start_id(tok: Tokenizer) -> int:
+    """The token a target starts after and ends with."""
+    token = special_id(tok, EOT)
+    if token is None:
+        raise BigModelError(f"sequence-to-sequence needs an {EOT} token in the tokenizer (prepare with bigmodel)")
+    return token
+
+
+@torch.no_grad()
+def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, stop_id: int,
+           memory: Memory | None = None, beam: bool | None = None) -> list[list[int]]:
+    """The continuation of each prefix (all of one length), cut before `stop_id`.
+
+    `beam` (default: `cfg.beams > 1`) keeps the `cfg.beams` most likely continuations of
+    each prefix by summed log-probability; a finished one stays in the running with its score
+    frozen, and the winner maximises score / length ** `cfg.length_penalty`. Otherwise each
+    row samples (greedy at temperature 0)."""
+    beam = cfg.beams > 1 if beam is None else beam
+    B, K = len(prefixes), cfg.beams if beam else 1
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    rows = torch.arange(B, device=device).repeat_interleave(K)
+    prefix = torch.tensor(prefixes, device=device)[rows]
+    steps = min(cfg.max_new_tokens, model.config.block_size - prefix.size(1))
+    if steps <= 0:
+        raise BigModelError(f"the source is {prefix.size(1)} tokens; the context holds {model.config.block_size}")
+    if memory is not None:
+        memory = memory.select(rows)
+    cache = KVCache.allocate(model.config, B * K, prefix.size(1) + steps, dtype, device)
+    logits = model(prefix, cache=cache, memory=memory, last_only=True)[0][:, -1].float()
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    scores = torch.zeros(B, K, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start as one: only the first may extend at first
+    done = torch.zeros(B * K, dtype=torch.bool, device=device)
+    lengths = torch.zeros(B * K, device=device)
+    out = torch.zeros(B * K, 0, dtype=torch.long, device=device)
+    for _ in range(steps):
+        if beam:
+            logp = logits.log_softmax(-1)
+            logp[done] = float("-inf")
+            logp[done, stop_id] = 0.0  # a finished beam continues only by ending again, at no cost
+            top = (scores.view(-1, 1) + logp).view(B, -1).topk(K, dim=-1)
+            scores, token = top.values, (top.indices % logp.size(-1)).view(-1)
+            parent = (torch.arange(B, device=device)[:, None] * K + top.indices // logp.size(-1)).view(-1)
+            cache.select(parent)
+            out, done, lengths = out[parent], done[parent], lengths[parent]
+        else:
+            token = torch.where(done, stop_id, sample_next(logits, cfg, generator))
+        lengths += ~done
+        out = torch.cat([out, token[:, None]], dim=1)
+        done |= token == stop_id
+        if bool(done.all()):
+            break
+        logits = model(token[:, None], cache=cache, memory=memory, last_only=True)[0][:, -1].float()
+    if beam:
+        best = (scores / lengths.view(B, K).clamp(min=1) ** cfg.length_penalty).argmax(-1)
+        out = out[torch.arange(B, device=device) * K + best]
+    results = []
+    for row in out.tolist():
+        results.append(row[:row.index(stop_id)] if stop_id in row else row)
+    return results
+
+
+@torch.no_grad()
+def generate_targets(model: Transformer, tok: Tokenizer, sources: list[str], cfg: GenerateConfig,
+                     max_source_length: int = 512, batch_size: int = 32, progress: bool = False) -> list[str]:
+    """The target text of each source, in input order."""
+    stop = start_id(tok)
+    seq2seq = model.config.encoder_layers > 0
+    limit = min(max_source_length, model.config.block_size - (0 if seq2seq else 1))
+    ids = encode(tok, sources, limit)
+    if not seq2seq:  # the prompt is the source and the start token, so batches hold one length
+        ids = [row + [stop] for row in ids]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches, batch = [], []
+    for i in order:
+        if batch and (len(batch) == batch_size or (not seq2seq and len(ids[i]) != len(ids[batch[0]]))):
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    batches += [batch] if batch else []
+    outputs: list[str] = [""] * len(ids)
+    pad = pad_id(tok)
+    model.eval()
+    for batch in tqdm(batches, desc="generate", unit=" batches", mininterval=1.0, disable=not progress):
+        if seq2seq:
+            memory = model.encode(*collate([ids[i] for i in batch], pad, next(model.parameters()).device))
+            found = decode(model, [[stop]] * len(batch), cfg, stop, memory)
+        else:
+            found = decode(model, [ids[i] for i in batch], cfg, stop)
+        for i, target in zip(batch, found, strict=True):
+            outputs[i] = tok.decode(target).strip()
+    return outputs

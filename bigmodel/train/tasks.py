@@ -1,0 +1,347 @@
+"""What fine-tuning needs to know about each kind of task; the loop itself is in `finetune.py`.
+
+A task reads its files, builds the module that trains (and that a checkpoint holds), encodes
+each epoch's training examples, turns a batch of them into a summed loss, and evaluates on
+the validation file. Every task shares the rest: optimizer, schedule, length-grouped
+batches, accumulation, DDP, LoRA, checkpoints, exact resume.
+
+- `classify` / `regress`: a pooled head over a sentence (`LabelTask`).
+- `seq2seq`: a target text from a source text, teacher-forced with label smoothing; an
+  encoder-decoder, or a decoder-only model reading `source <|endoftext|> target`.
+- `qa`: a start/end head over each token of a (question, context) pair (SQuAD JSON).
+- `retrieval`: a query and its document pulled together, the batch's other documents pushed
+  away (in-batch negatives over normalised mean-pooled embeddings).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from bigmodel.config import FinetuneConfig
+from bigmodel.data.collate import collate, encode, pad_id
+from bigmodel.data.labelled import Example, label_ids, read_columns, read_labelled
+from bigmodel.data.squad import read_squad
+from bigmodel.errors import BigModelError
+from bigmodel.evaluate.classify import classification_metrics
+from bigmodel.evaluate.qa import squad_scores
+from bigmodel.infer import qa
+from bigmodel.infer.classify import predict_scores
+from bigmodel.model.heads import HeadConfig, SequenceModel, mean_pool
+from bigmodel.model.transformer import Transformer
+from bigmodel.train.optim import autocast
+
+RETRIEVAL_TEMPERATURE = 0.05  # the scale of in-batch contrastive logits, as sentence-transformers uses
+
+
+def augment(text: str, rng: random.Random, p: float = 0.1) -> str:
+    """Random word deletion and one random swap: cheap noise for small datasets."""
+    words = [w for w in text.split() if rng.random() > p] or text.split()
+    if len(words) > 1:
+        i, j = rng.randrange(len(words)), rng.randrange(len(words))
+        words[i], words[j] = words[j], words[i]
+    return " ".join(words)
+
+
+def backbone_of(model: torch.nn.Module) -> Transformer:
+    return model.backbone if isinstance(model, SequenceModel) else model
+
+
+class Task:
+    """The interface `FineTuner` drives; see the module docstring."""
+
+    metric = "val_loss"  # the figure that decides the best checkpoint
+    minimize = True
+    figures: list[str] = []  # metrics.csv columns besides the losses
+    private_ok = False  # DP-SGD supported
+
+    def __init__(self, cfg: FinetuneConfig, model: torch.nn.Module, tok: Tokenizer) -> None:
+        self.cfg, self.model, self.tok, self.pad = cfg, model, tok, pad_id(tok)
+        self.max_length = min(cfg.max_length, backbone_of(model).config.block_size)
+        self.examples = 0  # training examples
+
+    def train_items(self, rng: random.Random) -> list[Any]:
+        """This epoch's encoded training examples (`rng` for augmentation)."""
+        raise NotImplementedError
+
+    def length(self, item: Any) -> int:
+        """Tokens an item occupies: batches group similar lengths."""
+        return len(item)
+
+    def units(self, items: list[Any]) -> int:
+        """What the loss is averaged over: examples, or target tokens."""
+        return len(items)
+
+    def loss(self, model: torch.nn.Module, items: list[Any], device: torch.device) -> torch.Tensor:
+        """The loss summed over the items' units."""
+        raise NotImplementedError
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class LabelTask(Task):
+    """Classification (accuracy, macro-F1) or regression (MSE) from one pooled vector."""
+
+    private_ok = True
+
+    def __init__(self, cfg: FinetuneConfig, backbone: Transformer | None, tok: Tokenizer,
+                 model: SequenceModel | None = None) -> None:
+        """`backbone` gets a new head; or `model` already has one (a federated round's global model)."""
+        self.train = read_labelled(cfg.train, cfg.text_column, cfg.label_column)
+        if cfg.max_train:
+            self.train = self.train[:cfg.max_train]
+        val = read_labelled(cfg.val, cfg.text_column, cfg.label_column)
+        if model is None:
+            labels = label_ids(self.train, val) if cfg.task == "classify" else []
+            head = HeadConfig(task=cfg.task, labels=labels, pooling="last" if backbone.config.causal else "mean")
+            model = SequenceModel(backbone, head, cfg.head_dropout)
+        super().__init__(cfg, model, tok)
+        self.head = model.head_config
+        self.examples = len(self.train)
+        self.metric, self.minimize = ("mse", True) if cfg.task == "regress" else ("accuracy", False)
+        self.figures = ["mse"] if cfg.task == "regress" else ["accuracy", "macro_f1"]
+        self.train_y, self.val_y = targets_of(self.train, self.head), targets_of(val, self.head)
+        self.val_ids = encode(tok, [e.text for e in val], self.max_length)
+
+    def train_items(self, rng: random.Random) -> list[tuple[int, list[int]]]:
+        texts = [augment(e.text, rng) if self.cfg.augment else e.text for e in self.train]
+        return list(enumerate(encode(self.tok, texts, self.max_length)))
+
+    def length(self, item: tuple[int, list[int]]) -> int:
+        return len(item[1])
+
+    def loss(self, model: torch.nn.Module, items: list[tuple[int, list[int]]], device: torch.device) -> torch.Tensor:
+        x, mask = collate([ids for _, ids in items], self.pad, device)
+        with autocast(self.cfg.dtype, device):
+            scores = model(x, mask).float()
+        return task_loss(self.head, scores, self.train_y[[i for i, _ in items]].to(device), reduction="sum")
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        scores = predict_scores(model, self.val_ids, self.pad, self.head.n_outputs, self.cfg.dtype)
+        return {**score(self.head, scores, self.val_y), "val_loss": task_loss(self.head, scores, self.val_y).item()}
+
+
+def targets_of(examples: list[Example], head: HeadConfig) -> torch.Tensor:
+    if head.task == "regress":
+        try:
+            return torch.tensor([float(e.label) for e in examples])
+        except ValueError as e:
+            raise BigModelError(f"--task regress needs numeric labels ({e})") from None
+    index = {label: i for i, label in enumerate(head.labels)}
+    return torch.tensor([index[e.label] for e in examples])
+
+
+def task_loss(head: HeadConfig, scores: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+              ) -> torch.Tensor:
+    if head.task == "regress":
+        return F.mse_loss(scores.squeeze(-1), targets.float(), reduction=reduction)
+    return F.cross_entropy(scores, targets, reduction=reduction)
+
+
+def score(head: HeadConfig, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Accuracy and macro-F1 for classification, MSE for regression."""
+    if head.task == "regress":
+        return {"mse": F.mse_loss(scores.squeeze(-1), targets.float()).item()}
+    figures = classification_metrics(targets.tolist(), scores.argmax(-1).tolist(), head.labels)
+    return {"accuracy": figures["accuracy"], "macro_f1": figures["macro_f1"]}
+
+
+class Seq2SeqTask(Task):
+    """Teacher forcing: the decoder sees the target shifted right behind the start token and
+    predicts each next target token, then the end; the loss is per target token."""
+
+    figures = ["token_accuracy"]
+
+    def __init__(self, cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer) -> None:
+        from bigmodel.infer.seq2seq import start_id
+
+        super().__init__(cfg, backbone, tok)
+        columns = [cfg.source_column, cfg.target_column]
+        self.train = read_columns(cfg.train, columns)[:cfg.max_train or None]
+        self.examples = len(self.train)
+        self.stop = start_id(tok)
+        self.encoder_decoder = backbone.config.encoder_layers > 0
+        self.val_items = self._encode(read_columns(cfg.val, columns))
+
+    def _encode(self, pairs: list[tuple[str, ...]]) -> list[tuple[list[int], list[int]]]:
+        """(source ids, target ids): a decoder-only model needs both, and its start token, in one context."""
+        sources = encode(self.tok, [s for s, _ in pairs], self.max_length)
+        targets = encode(self.tok, [t for _, t in pairs], self.max_length - 1)
+        if not self.encoder_decoder:
+            room = [max(self.max_length - 2 - len(t), 1) for t in targets]
+            sources = [s[-r:] for s, r in zip(sources, room, strict=True)]  # keep the source's end, near the target
+        return list(zip(sources, targets, strict=True))
+
+    def train_items(self, rng: random.Random) -> list[tuple[list[int], list[int]]]:
+        return self._encode(self.train)
+
+    def length(self, item: tuple[list[int], list[int]]) -> int:
+        return len(item[0]) + len(item[1])
+
+    def units(self, items: list[tuple[list[int], list[int]]]) -> int:
+        return sum(len(t) + 1 for _, t in items)
+
+    def _batch(self, items: list[tuple[list[int], list[int]]], device: torch.device) -> dict[str, torch.Tensor]:
+        """The model's keyword arguments: inputs, targets (-1 where nothing is predicted), masks."""
+        if self.encoder_decoder:
+            source, source_mask = collate([s for s, _ in items], self.pad, device)
+            rows = [[self.stop, *t] for _, t in items]
+            idx, _ = collate(rows, self.pad, device)
+            targets = collate([[*t, self.stop] for _, t in items], -1, device)[0]
+            return {"idx": idx, "targets": targets, "source": source, "source_mask": source_mask}
+        rows = [[*s, self.stop, *t] for s, t in items]
+        idx, mask = collate(rows, self.pad, device)
+        targets = collate([[-1] * len(s) + [*t, self.stop] for s, t in items], -1, device)[0]
+        return {"idx": idx, "targets": targets, "padding_mask": mask}
+
+    def loss(self, model: torch.nn.Module, items: list[tuple[list[int], list[int]]], device: torch.device
+             ) -> torch.Tensor:
+        batch = self._batch(items, device)
+        with autocast(self.cfg.dtype, device):
+            _, loss = model(**batch, label_smoothing=self.cfg.label_smoothing)
+        return loss * self.units(items)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Teacher-forced loss (no smoothing) and next-token accuracy over the target tokens."""
+        training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        total, correct, counted = 0.0, 0, 0
+        order = sorted(self.val_items, key=self.length)
+        for start in range(0, len(order), 64):
+            batch = self._batch(order[start:start + 64], device)
+            with autocast(self.cfg.dtype, device):
+                logits, loss = model(**batch)
+            n = int((batch["targets"] != -1).sum())
+            hits = (logits.argmax(-1) == batch["targets"]) & (batch["targets"] != -1)
+            total, correct, counted = total + loss.item() * n, correct + int(hits.sum()), counted + n
+        model.train(training)
+        return {"val_loss": total / counted, "token_accuracy": correct / counted}
+
+
+class QATask(Task):
+    """Start and end token of the answer, each a softmax over the context's tokens."""
+
+    metric, minimize = "f1", False
+    figures = ["exact_match", "f1"]
+
+    def __init__(self, cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer) -> None:
+        model = SequenceModel(backbone, HeadConfig(task="qa", labels=["start", "end"]), cfg.head_dropout)
+        super().__init__(cfg, model, tok)
+        questions = read_squad(cfg.train, need_answers=True)[:cfg.max_train or None]
+        self.items = [f for f in qa.features(tok, questions, self.max_length) if f.start >= 0]
+        if not self.items:
+            raise BigModelError(f"{cfg.train}: no answer fits in --max-length {self.max_length} tokens")
+        self.examples = len(self.items)
+        self.val = read_squad(cfg.val, need_answers=True)
+        self.val_features = qa.features(tok, self.val, self.max_length)
+
+    def train_items(self, rng: random.Random) -> list[qa.Feature]:
+        return self.items
+
+    def length(self, item: qa.Feature) -> int:
+        return len(item.ids)
+
+    def _scores(self, model: torch.nn.Module, batch: list[qa.Feature], device: torch.device) -> torch.Tensor:
+        x, mask = collate([f.ids for f in batch], self.pad, device)
+        with autocast(self.cfg.dtype, device):
+            logits = model(x, mask).float()
+        return logits.masked_fill(~qa.context_mask(batch, x.size(1), device)[..., None], -1e4)
+
+    def loss(self, model: torch.nn.Module, items: list[qa.Feature], device: torch.device) -> torch.Tensor:
+        logits = self._scores(model, items, device)
+        starts = torch.tensor([f.start for f in items], device=device)
+        ends = torch.tensor([f.end for f in items], device=device)
+        return (F.cross_entropy(logits[..., 0], starts, reduction="sum")
+                + F.cross_entropy(logits[..., 1], ends, reduction="sum")) / 2
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        answers, total, counted = [], 0.0, 0
+        for start in range(0, len(self.val_features), 32):
+            batch = self.val_features[start:start + 32]
+            logits = self._scores(model, batch, device).cpu()
+            for row, (q, f) in enumerate(zip(self.val[start:start + 32], batch, strict=True)):
+                i, j, _ = qa.best_span(logits[row], f)
+                answers.append(qa.answer_text(q, f, i, j)[0])
+            kept = [r for r, f in enumerate(batch) if f.start >= 0]
+            if kept:
+                targets = torch.tensor([[batch[r].start, batch[r].end] for r in kept])
+                total += (F.cross_entropy(logits[kept, :, 0], targets[:, 0], reduction="sum")
+                          + F.cross_entropy(logits[kept, :, 1], targets[:, 1], reduction="sum")).item() / 2
+                counted += len(kept)
+        model.train(training)
+        return {**squad_scores(answers, [q.answers for q in self.val]), "val_loss": total / max(counted, 1)}
+
+
+class RetrievalTask(Task):
+    """Contrastive: each query's own document against the batch's other documents."""
+
+    metric, minimize = "recall_at_1", False
+    figures = ["recall_at_1"]
+
+    def __init__(self, cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer) -> None:
+        super().__init__(cfg, backbone, tok)
+        columns = [cfg.source_column, cfg.target_column]
+        self.train = read_columns(cfg.train, columns)[:cfg.max_train or None]
+        self.examples = len(self.train)
+        self.val = self._encode(read_columns(cfg.val, columns))
+
+    def _encode(self, pairs: list[tuple[str, ...]]) -> list[tuple[list[int], list[int]]]:
+        queries = encode(self.tok, [q for q, _ in pairs], self.max_length)
+        return list(zip(queries, encode(self.tok, [d for _, d in pairs], self.max_length), strict=True))
+
+    def train_items(self, rng: random.Random) -> list[tuple[list[int], list[int]]]:
+        return self._encode(self.train)
+
+    def length(self, item: tuple[list[int], list[int]]) -> int:
+        return len(item[1])
+
+    def _embed(self, model: torch.nn.Module, rows: list[list[int]], device: torch.device) -> torch.Tensor:
+        x, mask = collate(rows, self.pad, device)
+        with autocast(self.cfg.dtype, device):
+            pooled = mean_pool(model.hidden_states(x, padding_mask=mask), mask)
+        return F.normalize(pooled.float(), dim=-1)
+
+    def _logits(self, model: torch.nn.Module, items: list[tuple[list[int], list[int]]], device: torch.device
+                ) -> torch.Tensor:
+        queries = self._embed(model, [q for q, _ in items], device)
+        return queries @ self._embed(model, [d for _, d in items], device).T / RETRIEVAL_TEMPERATURE
+
+    def loss(self, model: torch.nn.Module, items: list[tuple[list[int], list[int]]], device: torch.device
+             ) -> torch.Tensor:
+        logits = self._logits(model, items, device)
+        return F.cross_entropy(logits, torch.arange(len(items), device=device), reduction="sum")
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Recall@1 with every validation document as a candidate; the loss over batches of 64."""
+        training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        queries = torch.cat([self._embed(model, [q for q, _ in self.val[i:i + 64]], device)
+                             for i in range(0, len(self.val), 64)])
+        docs = torch.cat([self._embed(model, [d for _, d in self.val[i:i + 64]], device)
+                          for i in range(0, len(self.val), 64)])
+        hits = (queries @ docs.T).argmax(-1).cpu() == torch.arange(len(self.val))
+        losses = [self.loss(model, self.val[i:i + 64], device).item() for i in range(0, len(self.val), 64)]
+        model.train(training)
+        return {"recall_at_1": hits.float().mean().item(), "val_loss": sum(losses) / len(self.val)}
+
+
+def make_task(cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer) -> Task:
+    kinds = {"seq2seq": Seq2SeqTask, "qa": QATask, "retrieval": RetrievalTask}
+    if cfg.task in kinds:
+        if cfg.task != "seq2seq" and backbone.config.encoder_layers:
+            raise BigModelError(f"--task {cfg.task} needs an encoder or a decoder, not an encoder-decoder")
+        return kinds[cfg.task](cfg, backbone, tok)
+    return LabelTask(cfg, backbone, tok)
