@@ -73,7 +73,7 @@ def pretrain_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig
     if not train.data:
         raise BigModelError("pretrain needs --data DIR (a folder made by `bigmodel prepare`)")
     preset_name = args.preset or recipe.get("preset")
-    model_values = {"vocab_size": load_meta(train.data)["vocab_size"], "causal": train.objective == "clm"}
+    model_values = {"vocab_size": load_meta(train.data)["vocab_size"], "causal": train.objective != "mlm"}
     model_values.update(preset(preset_name) if preset_name else {})
     model = resolve(ModelConfig, model_values, recipe.get("model"), args)
     return model, train, {"preset": preset_name, "model": model, "train": train}
@@ -95,8 +95,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    if args.task == "classify":
-        return evaluate_classifier(args)
+    tasks = {"classify": evaluate_classifier, "seq2seq": evaluate_seq2seq, "qa": evaluate_qa,
+             "zeroshot": evaluate_zeroshot, "retrieval": evaluate_retrieval}
+    if not args.ckpt and not (args.task == "seq2seq" and args.hypothesis_column):
+        raise BigModelError("evaluate needs --ckpt (or, for --task seq2seq, --hypothesis-column to score a column)")
+    if args.task in tasks:
+        return tasks[args.task](args)
     from bigmodel.evaluate.lm import evaluate_lm
 
     model, tok, folder = load(args)
@@ -134,6 +138,159 @@ def evaluate_classifier(args: argparse.Namespace) -> None:
           f"{len(examples)} examples | {out / 'metrics.json'}, {out / 'confusion.png'}")
 
 
+SEQ2SEQ_DEFAULTS = {"temperature": 0.0, "max_new_tokens": 64}  # a target is short, and its most likely form wanted
+
+
+def write_results(args: argparse.Namespace, figures: dict, outputs: list[dict] | None = None) -> Path:
+    """metrics.json (and outputs.jsonl) in `--out`; the figures also to `--json` when asked."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, ensure_ascii=False))
+    if outputs is not None:
+        with (out / "outputs.jsonl").open("w", encoding="utf-8") as fh:
+            for row in outputs:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return out
+
+
+def evaluate_seq2seq(args: argparse.Namespace) -> None:
+    """BLEU, chrF, ROUGE-L, CER, WER of generated targets (or of an existing column: a baseline)."""
+    from bigmodel.data.labelled import read_columns
+    from bigmodel.evaluate.seq2seq import seq2seq_scores
+
+    columns = [args.source_column, args.target_column, *([args.hypothesis_column] if args.hypothesis_column else [])]
+    rows = read_columns(args.data, columns)
+    if args.hypothesis_column:
+        hypotheses, source = [r[2] for r in rows], f"column {args.hypothesis_column!r}"
+    else:
+        from bigmodel.infer.seq2seq import generate_targets
+
+        model, tok, folder = load(args)
+        cfg = resolve(GenerateConfig, SEQ2SEQ_DEFAULTS, args)
+        hypotheses = generate_targets(model, tok, [r[0] for r in rows], cfg, args.max_length, progress=True)
+        source = str(folder)
+    figures = {**seq2seq_scores(hypotheses, [r[1] for r in rows]), "examples": len(rows), "model": source}
+    out = write_results(args, figures, [{"source": r[0], "reference": r[1], "output": h}
+                                        for r, h in zip(rows, hypotheses, strict=True)])
+    print(f"BLEU {figures['bleu']:.2f} | chrF {figures['chrf']:.2f} | ROUGE-L {figures['rouge_l']:.2f} | "
+          f"CER {figures['cer']:.2f}% | WER {figures['wer']:.2f}% | exact {figures['exact_match']:.1f}% | "
+          f"{len(rows)} examples | {source} | {out / 'outputs.jsonl'}")
+
+
+def evaluate_qa(args: argparse.Namespace) -> None:
+    """SQuAD exact match and F1 on a SQuAD-format file."""
+    from bigmodel.data.squad import read_squad
+    from bigmodel.evaluate.qa import squad_scores
+    from bigmodel.infer.qa import answer_questions
+
+    model, tok, folder = load(args, with_head=True)
+    if model.head_config.task != "qa":
+        raise BigModelError(f"{folder}: a {model.head_config.task} head, not a QA one (finetune --task qa)")
+    questions = read_squad(args.data, need_answers=True)
+    found = answer_questions(model, tok, questions, min(args.max_length, model.config.block_size))
+    figures = {**squad_scores([f[0] for f in found], [q.answers for q in questions]), "questions": len(questions)}
+    out = write_results(args, figures, [{"id": q.id, "question": q.question, "answers": q.answers, "output": f[0]}
+                                        for q, f in zip(questions, found, strict=True)])
+    print(f"exact match {figures['exact_match']:.2f} | F1 {figures['f1']:.2f} | {len(questions)} questions | "
+          f"{folder} | {out / 'outputs.jsonl'}")
+
+
+def evaluate_zeroshot(args: argparse.Namespace) -> None:
+    """Accuracy and macro-F1 of zero-shot labels against a labelled file, beside the majority class."""
+    from collections import Counter
+
+    from bigmodel.data.labelled import read_labelled
+    from bigmodel.evaluate.classify import classification_metrics, report_text
+    from bigmodel.infer.zeroshot import label_similarities, parse_labels
+
+    values, descriptions = parse_labels(args.labels or "")
+    examples = read_labelled(args.data, args.text_column, args.label_column)
+    unknown = sorted({e.label for e in examples} - set(values))
+    if unknown:
+        raise BigModelError(f"{args.data}: labels missing from --labels: {', '.join(map(repr, unknown[:5]))}")
+    model, tok, folder = load(args)
+    sims = label_similarities(model, tok, [e.text for e in examples], descriptions, args.template, args.max_length)
+    y_true, y_pred = [values.index(e.label) for e in examples], sims.argmax(1).tolist()
+    figures = classification_metrics(y_true, y_pred, values)
+    figures["majority_class_accuracy"] = Counter(y_true).most_common(1)[0][1] / len(y_true)
+    write_results(args, figures)
+    print(report_text(y_true, y_pred, values))
+    print(f"zero-shot accuracy {figures['accuracy']:.4f} | macro-F1 {figures['macro_f1']:.4f} | majority class "
+          f"{figures['majority_class_accuracy']:.4f} | {len(examples)} examples | {folder}")
+
+
+def evaluate_retrieval(args: argparse.Namespace) -> None:
+    """Recall@1/5/10 and MRR@10: each query's own document among all the file's documents."""
+    from bigmodel.data.labelled import read_columns
+    from bigmodel.infer.embed import embed_texts
+    from bigmodel.infer.retrieval import recall_at
+
+    rows = read_columns(args.data, [args.source_column, args.target_column])
+    model, tok, folder = load(args)
+    queries = embed_texts(model, tok, [r[0] for r in rows], max_length=args.max_length)
+    figures = {**recall_at(queries, embed_texts(model, tok, [r[1] for r in rows], max_length=args.max_length)),
+               "queries": len(rows)}
+    write_results(args, figures)
+    print(f"recall@1 {figures['recall_at_1']:.4f} | recall@5 {figures['recall_at_5']:.4f} | recall@10 "
+          f"{figures['recall_at_10']:.4f} | MRR@10 {figures['mrr_at_10']:.4f} | {len(rows)} queries | {folder}")
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> None:
+    """JSONL per input line: the nearest label (or every label over --threshold) and each label's cosine."""
+    from bigmodel.infer.zeroshot import label_similarities, parse_labels
+
+    values, descriptions = parse_labels(args.labels)
+    texts = read_lines(args.input)
+    model, tok, _ = load(args)
+    sims = label_similarities(model, tok, texts, descriptions, args.template, args.max_length) if texts else []
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    for text, row in zip(texts, sims, strict=True):
+        record = {"text": text, "scores": {v: round(float(x), 4) for v, x in zip(values, row, strict=True)}}
+        if args.multi_label:
+            record["labels"] = [v for v, x in zip(values, row, strict=True) if x >= args.threshold]
+        else:
+            record["label"] = values[int(row.argmax())]
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if args.out:
+        out.close()
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from bigmodel.data.labelled import read_columns
+    from bigmodel.infer.retrieval import build_index
+
+    suffix = Path(args.input).suffix.lower()
+    docs = [r[0] for r in read_columns(args.input, [args.text_column])] if suffix in (".jsonl", ".csv", ".tsv") \
+        else read_lines(args.input)
+    model, tok, _ = load(args)
+    out = build_index(model, tok, docs, args.out, args.ckpt, args.max_length)
+    print(f"wrote {out}: {len(docs)} documents embedded by {args.ckpt}")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from bigmodel.infer.embed import embed_texts
+    from bigmodel.infer.retrieval import open_index, top_k
+
+    meta, vectors, docs = open_index(args.index)
+    queries = read_lines(args.query_file, "query") if args.query_file else [args.query] if args.query else []
+    if not queries:
+        raise BigModelError("search needs --query TEXT or --query-file FILE")
+    model, tok, _ = load(args, ckpt=args.ckpt or meta["ckpt"])
+    found, scores = top_k(embed_texts(model, tok, queries, max_length=meta["max_length"]), vectors, args.top_k)
+    for query, ids, sims in zip(queries, found, scores, strict=True):
+        hits = [{"id": int(i), "score": round(float(x), 4), "text": docs[i]} for i, x in zip(ids, sims, strict=True)]
+        print(json.dumps({"query": query, "hits": hits}, ensure_ascii=False))
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from bigmodel.data.builtin_tasks import build
+
+    counts = build(args.name, args.out, args.source)
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
+
+
 def read_lines(name: str, what: str = "input") -> list[str]:
     """The non-blank lines of a UTF-8 file, or of standard input for `-`."""
     if name == "-":
@@ -148,23 +305,72 @@ def read_lines(name: str, what: str = "input") -> list[str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    """JSONL per input: a label (or value) with probabilities, an answer span (QA), or a target text (seq2seq)."""
+    from bigmodel.model.checkpoint import HEAD_FILE, locate
+
+    folder, from_hf = locate(args.ckpt)
+    headed = not from_hf and (folder / HEAD_FILE).is_file()
+    model, tok, _ = load(args, with_head=headed)
+    if not headed and args.task != "seq2seq" and not model.config.encoder_layers:
+        raise BigModelError(f"{args.ckpt}: no fine-tuned head to predict with (for a decoder-only seq2seq model, "
+                            "pass --task seq2seq)")
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        if not headed:
+            records = predict_seq2seq(model, tok, args)
+        elif model.head_config.task == "qa":
+            records = predict_answers(model, tok, args)
+        else:
+            records = predict_labels(model, tok, read_lines(args.input))
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if args.out:
+            out.close()
+
+
+def predict_labels(model, tok, texts: list[str]) -> list[dict]:
     from bigmodel.infer.classify import predict_texts
 
-    texts = read_lines(args.input)
-    model, tok, _ = load(args, with_head=True)
     head = model.head_config
     scores = predict_texts(model, tok, texts) if texts else None
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    records = []
     for i, text in enumerate(texts):
         if head.task == "regress":
-            record = {"text": text, "value": scores[i, 0].item()}
+            records.append({"text": text, "value": scores[i, 0].item()})
         else:
             probs = scores[i].softmax(-1).tolist()
-            record = {"text": text, "label": head.labels[int(scores[i].argmax())],
-                      "probabilities": dict(zip(head.labels, probs, strict=True))}
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    if args.out:
-        out.close()
+            records.append({"text": text, "label": head.labels[int(scores[i].argmax())],
+                            "probabilities": dict(zip(head.labels, probs, strict=True))})
+    return records
+
+
+def predict_seq2seq(model, tok, args: argparse.Namespace) -> list[dict]:
+    from bigmodel.infer.seq2seq import generate_targets
+
+    sources = read_lines(args.input)
+    cfg = resolve(GenerateConfig, SEQ2SEQ_DEFAULTS, args)
+    outputs = generate_targets(model, tok, sources, cfg, args.max_length)
+    return [{"source": s, "output": o} for s, o in zip(sources, outputs, strict=True)]
+
+
+def read_questions(path: str) -> list:
+    """SQuAD-format JSON, or JSONL lines with `question` and `context`."""
+    from bigmodel.data.labelled import read_columns
+    from bigmodel.data.squad import Question, read_squad
+
+    if path.endswith(".json"):
+        return read_squad(path, need_answers=False)
+    return [Question(str(i), q, c) for i, (q, c) in enumerate(read_columns(path, ["question", "context"]))]
+
+
+def predict_answers(model, tok, args: argparse.Namespace) -> list[dict]:
+    from bigmodel.infer.qa import answer_questions
+
+    questions = read_questions(args.input)
+    found = answer_questions(model, tok, questions, min(args.max_length, model.config.block_size))
+    return [{"id": q.id, "question": q.question, "answer": text, "start": start, "end": end, "score": score}
+            for q, (text, start, end, score) in zip(questions, found, strict=True)]
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -186,6 +392,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     cfg = resolve(GenerateConfig, args, {"temperature": 0.0} if args.greedy else None)
     prompts = _prompts(args)
     model, tok, _ = load(args)
+    if model.config.encoder_layers:  # the prompt is a source; the output its target
+        from bigmodel.infer.seq2seq import generate_targets
+
+        for prompt, target in zip(prompts, generate_targets(model, tok, prompts, cfg), strict=True):
+            print(target if len(prompts) == 1 else f"{prompt}\t{target}")
+        return
     generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.seed)
     for i, prompt in enumerate(prompts):
         if len(prompts) > 1:
@@ -395,9 +607,10 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     quickstart(Path(args.out), args.minutes)
 
 
-def add_ckpt(parser: argparse.ArgumentParser, help: str = "checkpoint folder, or a run folder (uses best/)") -> None:
+def add_ckpt(parser: argparse.ArgumentParser, help: str = "checkpoint folder, or a run folder (uses best/)",
+             required: bool = True) -> None:
     """`--ckpt`, the `--device` to run it on and how it is stored, as every verb that loads a model takes them."""
-    parser.add_argument("--ckpt", required=True, help=f"{help}; or a Hugging Face folder, or `minilm`")
+    parser.add_argument("--ckpt", required=required, help=f"{help}; or a Hugging Face folder, or `minilm`")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     add_flags(parser, StorageConfig)
 
@@ -418,15 +631,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, ModelConfig)
     p.set_defaults(func=cmd_pretrain)
 
-    p = verbs.add_parser("evaluate", help="loss, perplexity, bits per byte; or classifier accuracy and F1")
-    add_ckpt(p)
-    p.add_argument("--data", required=True, help="prepared folder or raw text file; labelled file with --task classify")
-    p.add_argument("--task", default="lm", choices=("lm", "classify"))
+    p = verbs.add_parser("evaluate", help="LM perplexity; classifier, seq2seq, QA, zero-shot or retrieval figures")
+    add_ckpt(p, required=False)
+    p.add_argument("--data", required=True, help="prepared folder or raw text file (lm); a labelled file (classify, "
+                   "zeroshot); source/target rows (seq2seq, retrieval); SQuAD JSON (qa)")
+    p.add_argument("--task", default="lm", choices=("lm", "classify", "seq2seq", "qa", "zeroshot", "retrieval"))
     p.add_argument("--split", default="val", help="split of a prepared folder (default: val)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
-    p.add_argument("--out", default="runs/evaluate", help="classify: where metrics.json and confusion.png go")
+    p.add_argument("--source-column", default="source", help="seq2seq: the input; retrieval: the query")
+    p.add_argument("--target-column", default="target", help="seq2seq: the reference; retrieval: the document")
+    p.add_argument("--hypothesis-column", help="seq2seq: score this column instead of a model (a baseline)")
+    p.add_argument("--labels", help="zeroshot: VALUE[=DESCRIPTION],... e.g. 0=negative,1=positive")
+    p.add_argument("--template", default="{}", help="zeroshot: how a label description is phrased")
+    p.add_argument("--max-length", type=int, default=512, help="tokens of input kept (default: 512)")
+    p.add_argument("--out", default="runs/evaluate", help="where metrics.json (and outputs.jsonl, confusion.png) go")
+    add_flags(p, GenerateConfig, skip=("num_samples",))
     p.set_defaults(func=cmd_evaluate)
 
     p = verbs.add_parser("generate", help="continue a prompt, streaming the text")
@@ -454,11 +675,50 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, FinetuneConfig)
     p.set_defaults(func=cmd_finetune)
 
-    p = verbs.add_parser("predict", help="label and probabilities per input line, as JSONL")
+    p = verbs.add_parser("predict", help="label and probabilities, an answer span, or a target text, as JSONL")
     add_ckpt(p, "fine-tuned checkpoint folder or run folder")
+    p.add_argument("--input", required=True, help="UTF-8 text file, one text per line, or - for stdin; "
+                   "QA: SQuAD JSON or JSONL with question and context")
+    p.add_argument("--out", help="JSONL file to write (default: stdout)")
+    p.add_argument("--task", default="auto", choices=("auto", "seq2seq"),
+                   help="auto: by the checkpoint (its head, or its encoder-decoder shape); seq2seq for a decoder-only "
+                   "model fine-tuned with --task seq2seq")
+    p.add_argument("--max-length", type=int, default=512, help="tokens of input kept (default: 512)")
+    add_flags(p, GenerateConfig, skip=("num_samples",))
+    p.set_defaults(func=cmd_predict)
+
+    p = verbs.add_parser("zeroshot", help="label texts with no training: nearest label description by embedding")
+    add_ckpt(p, "encoder checkpoint folder (e.g. `minilm`)")
+    p.add_argument("--labels", required=True, help="VALUE[=DESCRIPTION],... e.g. positive,negative")
+    p.add_argument("--template", default="{}", help="how a label is phrased, e.g. \"This review is {}.\"")
     p.add_argument("--input", required=True, help="UTF-8 text file, one text per line, or - for stdin")
     p.add_argument("--out", help="JSONL file to write (default: stdout)")
-    p.set_defaults(func=cmd_predict)
+    p.add_argument("--multi-label", action="store_true", help="every label whose cosine reaches --threshold")
+    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--max-length", type=int, default=256)
+    p.set_defaults(func=cmd_zeroshot)
+
+    p = verbs.add_parser("index", help="embed documents into a search index folder")
+    add_ckpt(p, "encoder checkpoint folder (e.g. `minilm`, or one fine-tuned with --task retrieval)")
+    p.add_argument("--input", required=True, help="one document per line; or JSONL/CSV/TSV with --text-column")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--out", required=True, help="index folder to write")
+    p.add_argument("--max-length", type=int, default=256, help="tokens of each document kept (default: 256)")
+    p.set_defaults(func=cmd_index)
+
+    p = verbs.add_parser("search", help="the documents of an index nearest to a query")
+    p.add_argument("--index", required=True, help="folder written by `bigmodel index`")
+    p.add_argument("--query", help="text to search for")
+    p.add_argument("--query-file", help="one query per line")
+    p.add_argument("--top-k", type=int, default=5)
+    add_ckpt(p, "encoder that embeds the queries (default: the one that built the index)", required=False)
+    p.set_defaults(func=cmd_search)
+
+    p = verbs.add_parser("dataset", help="build a dataset from what every machine has (code, qa, pinyin)")
+    p.add_argument("name", choices=("code", "qa", "pinyin"))
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--source", default="", help="pinyin: ChnSentiCorp's all.csv (default: ../shared/data/...)")
+    p.set_defaults(func=cmd_dataset)
 
     p = verbs.add_parser("embed", help="one mean-pooled, L2-normalised vector per input line (.npy)")
     add_ckpt(p, "checkpoint folder (e.g. from `convert --from-hf minilm`)")

@@ -135,7 +135,7 @@ class TrainConfig(PrivacyConfig, StorageConfig):
 
     data: str = ""
     out: str = "runs/pretrain"
-    objective: str = "clm"  # clm (next token) | mlm (masked tokens, needs --no-causal)
+    objective: str = "clm"  # clm (next token) | mlm (masked tokens, needs --no-causal) | span (T5, --encoder-layers)
     max_iters: int = 2000
     batch_size: int = 12  # sequences per micro-batch per process
     grad_accum: int = 1
@@ -160,8 +160,8 @@ class TrainConfig(PrivacyConfig, StorageConfig):
     def __post_init__(self) -> None:
         if self.dtype not in ("fp32", "bf16"):
             raise BigModelError(f"--dtype must be fp32 or bf16, not {self.dtype!r}")
-        if self.objective not in ("clm", "mlm"):
-            raise BigModelError(f"--objective must be clm or mlm, not {self.objective!r}")
+        if self.objective not in ("clm", "mlm", "span"):
+            raise BigModelError(f"--objective must be clm, mlm or span, not {self.objective!r}")
         if self.max_iters < 0:
             raise BigModelError("--max-iters must be 0 (save the initial model) or more")
         for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters"):

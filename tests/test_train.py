@@ -108,6 +108,7 @@ def test_masking_follows_the_bert_recipe(shakespeare_char):
     mlm = MaskedLM(tok, tok.get_vocab_size(), seed=0)
     tokens = torch.randint(60, (200, 100))
     inputs, targets = mlm(tokens)
+    inputs = inputs["idx"]
     chosen = targets != -1
     assert 0.14 < chosen.float().mean() < 0.16
     assert torch.equal(targets[chosen], tokens[chosen])

@@ -75,3 +75,21 @@ def answer_text(question: Question, feature: Feature, start: int, end: int) -> t
     stripped = text.lstrip()
     first += len(text) - len(stripped)
     return stripped.rstrip(), first, first + len(stripped.rstrip())
+
+
+@torch.no_grad()
+def answer_questions(model: torch.nn.Module, tok: Tokenizer, questions: list[Question], max_length: int,
+                     batch_size: int = 32) -> list[tuple[str, int, int, float]]:
+    """(answer text, start and end character in the context, score) per question, in order."""
+    from bigmodel.data.collate import collate, pad_id
+
+    device = next(model.parameters()).device
+    found = []
+    for start in range(0, len(questions), batch_size):
+        batch = features(tok, questions[start:start + batch_size], max_length)
+        x, mask = collate([f.ids for f in batch], pad_id(tok), device)
+        logits = model(x, mask).float().cpu()
+        for row, (q, f) in enumerate(zip(questions[start:start + batch_size], batch, strict=True)):
+            i, j, score = best_span(logits[row], f)
+            found.append((*answer_text(q, f, i, j), score))
+    return found

@@ -28,7 +28,7 @@ from bigmodel.errors import BigModelError
 from bigmodel.model.checkpoint import Storage, assign_weights, load_trainer_state, resolve_checkpoint, save_checkpoint
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy
-from bigmodel.train.objectives import MaskedLM, masked_accuracy
+from bigmodel.train.objectives import MaskedLM, SpanCorruption, masked_accuracy
 from bigmodel.train.optim import KeepBest, autocast, lr_at, make_optimizer, optimizer_step
 from bigmodel.train.track import METRIC_FIELDS, Tracker
 
@@ -53,11 +53,15 @@ class Trainer:
         self.splits = {s: open_split(cfg.data, s) for s in ("train", "val")}
         self.train_batches: WindowSampler | BlockSampler = WindowSampler(
             self.splits["train"], block, cfg.batch_size, cfg.seed, self.dist.rank, world)
-        self.mlm = None
+        self.masking: MaskedLM | SpanCorruption | None = None
         if cfg.objective == "mlm":
             if model_cfg.causal:
                 raise BigModelError("--objective mlm needs a bidirectional model (--no-causal)")
-            self.mlm = MaskedLM(self.tokenizer, meta["vocab_size"], cfg.seed + 2)
+            self.masking = MaskedLM(self.tokenizer, meta["vocab_size"], cfg.seed + 2)
+        if (cfg.objective == "span") != (model_cfg.encoder_layers > 0):
+            raise BigModelError("--objective span and an encoder-decoder (--encoder-layers N) go together")
+        if cfg.objective == "span":
+            self.masking = SpanCorruption(self.tokenizer, cfg.seed + 2)
         self.start_iter = 0
         self.best = KeepBest(minimize=True)  # by val loss
         torch.manual_seed(cfg.seed + self.dist.rank)  # dropout differs per rank; init did not
@@ -75,6 +79,7 @@ class Trainer:
         """Opacus' view of the model; batches become Poisson draws of blocks."""
         cfg, blocks = self.cfg, BlockSampler.count(self.splits["train"], model_cfg.block_size)
         privacy.check(cfg, blocks, cfg.batch_size, {
+            "--objective span yet": cfg.objective == "span",
             "tied embeddings (pass --no-tie-embeddings)": model_cfg.tie_embeddings,
             "--grad-accum above 1 yet": cfg.grad_accum > 1, "--resume yet": cfg.resume,
             "--compile": cfg.compile, "several processes (torchrun) yet": self.dist.world_size > 1})
@@ -93,8 +98,8 @@ class Trainer:
         self.start_iter = int(state["iter"])
         self.best.restore(state["best"])
         self.train_batches.restore(state["sampler"])
-        if self.mlm is not None:
-            self.mlm.generator.set_state(state["masking"])
+        if self.masking is not None:
+            self.masking.generator.set_state(state["masking"])
         torch.set_rng_state(state["torch_rng"][self.dist.rank])
 
     def _state(self, it: int) -> dict[str, Any]:
@@ -102,8 +107,8 @@ class Trainer:
                  "torch_rng": self.dist.rng_states()}
         if not self.private:  # a private run cannot resume (yet): its Poisson draws have no saved state
             state["sampler"] = self.train_batches.state()
-        if self.mlm is not None:
-            state["masking"] = self.mlm.generator.get_state()
+        if self.masking is not None:
+            state["masking"] = self.masking.generator.get_state()
         return state
 
     def _save(self, name: str, it: int) -> None:
@@ -127,24 +132,27 @@ class Trainer:
             for _ in range(self.cfg.eval_iters):
                 x, y = self._inputs(sampler, masking)
                 with autocast(self.cfg.dtype, self.dist.device):
-                    logits, loss = self.model(x, y)
+                    logits, loss = self.model(**x, targets=y)
                 total += loss.item()
-                if self.mlm is not None:
+                if self.cfg.objective == "mlm":
                     hits, n = masked_accuracy(logits, y)
                     correct, counted = correct + hits, counted + n
             losses[split] = self.dist.mean(total / self.cfg.eval_iters)
-            if self.mlm is not None:
+            if self.cfg.objective == "mlm":
                 losses[f"{split}_mask_acc"] = self.dist.mean(correct / max(counted, 1))
         self.model.train()
         return losses
 
     def _inputs(self, sampler: WindowSampler, masking: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next (inputs, targets): shifted windows for causal LM, masked ones for MLM."""
+                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The model's next inputs (keyword arguments) and targets: shifted windows for causal LM,
+        masked ones for MLM, a corrupted source and its spans for span corruption."""
         x, y = sampler.next()
-        if self.mlm is not None:
-            x, y = self.mlm(x, masking)
-        return x.to(self.dist.device, non_blocking=True), y.to(self.dist.device, non_blocking=True)
+        inputs = {"idx": x}
+        if self.masking is not None:
+            inputs, y = self.masking(x, masking)
+        device = self.dist.device
+        return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, y.to(device, non_blocking=True)
 
     def _step(self, it: int) -> float | None:
         """One optimizer step over `grad_accum` micro-batches; returns the mean loss (None: an empty DP batch)."""
@@ -156,7 +164,7 @@ class Trainer:
             last = micro == self.cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.dist.world_size == 1 else self.model.no_sync()
             with sync, autocast(self.cfg.dtype, self.dist.device):
-                _, loss = self.model(x, y)
+                _, loss = self.model(**x, targets=y)
                 (loss / self.cfg.grad_accum).backward()
             total += loss.item()
         optimizer_step(self.optimizer, lr_at(it, self.cfg), self.cfg.grad_clip)
@@ -164,7 +172,8 @@ class Trainer:
 
     def _private_step(self, it: int) -> float | None:
         """One DP-SGD step over a Poisson batch of blocks, in chunks that bound the per-example gradients' memory."""
-        x, y = self._inputs(self.train_batches)
+        inputs, y = self._inputs(self.train_batches)
+        x = inputs["idx"]
         if not len(x):  # nothing drawn: nothing to learn from, nothing spent
             return None
 
@@ -190,7 +199,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tokens_per_iter = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.raw_model.config.block_size
         save_every = cfg.save_interval or cfg.eval_interval
-        fields = [*METRIC_FIELDS, *(["val_mask_acc"] if self.mlm is not None else []),
+        fields = [*METRIC_FIELDS, *(["val_mask_acc"] if cfg.objective == "mlm" else []),
                   *(["epsilon"] if self.private else [])]
         tracker = Tracker(self.run_dir, cfg.max_iters, self.start_iter, self.dist.is_main, cfg.tensorboard, fields)
         started = time.perf_counter()
@@ -204,7 +213,7 @@ class Trainer:
                     losses = self.evaluate()
                     last_eval = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
                                  "lr": lr_at(it, cfg), "tokens_per_s": rate, "elapsed_s": now - started}
-                    if self.mlm is not None:
+                    if cfg.objective == "mlm":
                         last_eval["val_mask_acc"] = losses["val_mask_acc"]
                     if self.private:
                         last_eval["epsilon"] = self.private.epsilon()
