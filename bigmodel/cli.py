@@ -694,7 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="UTF-8 text file, one text per line, or - for stdin")
     p.add_argument("--out", help="JSONL file to write (default: stdout)")
     p.add_argument("--multi-label", action="store_true", help="every label whose cosine reaches --threshold")
-    p.add_argument("--threshold", type=float, default=0.3)
+    p.add_argument("--threshold", type=float, default=0.1, help="with --multi-label: the cosine a label needs")
     p.add_argument("--max-length", type=int, default=256)
     p.set_defaults(func=cmd_zeroshot)
 
