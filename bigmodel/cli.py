@@ -445,7 +445,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     cfg = resolve(FinetuneConfig, load_yaml(args.config).get("finetune"), args)
     best = finetune(cfg)
     if best:  # a resumed run that had already finished evaluates nothing new
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k in ("accuracy", "macro_f1", "mse"))
+        figures = ("accuracy", "macro_f1", "mse", "val_loss", "token_accuracy", "exact_match", "f1", "recall_at_1")
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k in figures)
         print(f"best: {shown} at step {int(best['step'])}; checkpoint in {cfg.out}/best")
     if cfg.dp_epsilon is not None:
         print(privacy.summary(Path(cfg.out), Storage.of(cfg)))
@@ -670,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-hf", required=True, help="folder to write")
     p.set_defaults(func=cmd_export)
 
-    p = verbs.add_parser("finetune", help="train a classifier or regressor on top of a pretrained model")
+    p = verbs.add_parser("finetune", help="train a pretrained model: classify, regress, seq2seq, qa, retrieval")
     p.add_argument("--config", help="YAML recipe (its `finetune:` section)")
     add_flags(p, FinetuneConfig)
     p.set_defaults(func=cmd_finetune)
