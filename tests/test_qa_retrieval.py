@@ -117,7 +117,8 @@ def test_zeroshot_verb_labels_lines_and_refuses_empty_labels(tmp_path):
 
 
 def test_index_and_search_find_the_right_document(tmp_path):
-    docs = ["Open a file and return a stream.", "Return the square root of x.", "Sleep for the given number of seconds.",
+    docs = ["Open a file and return a stream.", "Return the square root of x.",
+            "Sleep for the given number of seconds.",
             "Parse a JSON document into Python objects.", "Send an HTTP request and read the response."]
     (tmp_path / "docs.txt").write_text("\n".join(docs) + "\n")
     built = run_cli("index", "--ckpt", "minilm", "--input", str(tmp_path / "docs.txt"), "--out", str(tmp_path / "ix"))

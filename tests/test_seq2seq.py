@@ -199,3 +199,18 @@ def test_builtin_code_dataset_splits_by_module(tmp_path):
     assert not modules["train"] & modules["test"]
     row = json.loads((tmp_path / "test.jsonl").read_text().splitlines()[0])
     assert row["summary"] not in row["source"] and row["source"].startswith(("def ", "async def ", "@"))
+
+
+def test_pinyin_dataset_reads_each_character_and_keeps_a_lookup_baseline(tmp_path):
+    from bigmodel.data.builtin_tasks import build
+
+    reviews = ["房间很大，银行就在旁边。", "服务很好，还会再来。", "不太干净，行李也没人帮忙。"] * 40
+    source = write_rows(tmp_path / "all.csv", [(1, r + str(i)) for i, r in enumerate(reviews)],
+                        header=("label", "review"))
+    counts = build("pinyin", tmp_path / "out", str(source))
+    rows = [json.loads(line) for split in ("train", "val", "test")
+            for line in (tmp_path / "out" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sum(counts.values()) == len(rows) == len({r["source"] for r in rows})  # clauses are kept once
+    bank = next(r for r in rows if r["source"] == "银行就在旁边")
+    assert bank["target"] == "yin2 hang2 jiu4 zai4 pang2 bian1"  # 行 read as in 银行, not as in 行李
+    assert all(len(r["target"].split()) == len(r["source"]) == len(r["lookup"].split()) for r in rows)
