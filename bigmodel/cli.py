@@ -138,6 +138,17 @@ def evaluate_classifier(args: argparse.Namespace) -> None:
           f"{len(examples)} examples | {out / 'metrics.json'}, {out / 'confusion.png'}")
 
 
+def input_length(args: argparse.Namespace, model, folder) -> int:
+    """`--max-length`, else the length the checkpoint was fine-tuned at (else 512), within the context."""
+    from bigmodel.model.checkpoint import read_sections
+
+    length = args.max_length
+    if length is None:
+        sections = read_sections(folder, storage(args)) if (folder / "config.yaml").is_file() else {}
+        length = (sections.get("finetune") or {}).get("max_length", 512)
+    return min(length, model.config.block_size)
+
+
 SEQ2SEQ_DEFAULTS = {"temperature": 0.0, "max_new_tokens": 64}  # a target is short, and its most likely form wanted
 
 
@@ -169,7 +180,8 @@ def evaluate_seq2seq(args: argparse.Namespace) -> None:
 
         model, tok, folder = load(args)
         cfg = resolve(GenerateConfig, SEQ2SEQ_DEFAULTS, args)
-        hypotheses = generate_targets(model, tok, [r[0] for r in rows], cfg, args.max_length, progress=True)
+        hypotheses = generate_targets(model, tok, [r[0] for r in rows], cfg, input_length(args, model, folder),
+                                      progress=True)
         source = str(folder)
     figures = {**seq2seq_scores(hypotheses, [r[1] for r in rows]), "examples": len(rows), "model": source}
     out = write_results(args, figures, [{"source": r[0], "reference": r[1], "output": h}
@@ -189,7 +201,7 @@ def evaluate_qa(args: argparse.Namespace) -> None:
     if model.head_config.task != "qa":
         raise BigModelError(f"{folder}: a {model.head_config.task} head, not a QA one (finetune --task qa)")
     questions = read_squad(args.data, need_answers=True)
-    found = answer_questions(model, tok, questions, min(args.max_length, model.config.block_size))
+    found = answer_questions(model, tok, questions, input_length(args, model, folder))
     figures = {**squad_scores([f[0] for f in found], [q.answers for q in questions]), "questions": len(questions)}
     out = write_results(args, figures, [{"id": q.id, "question": q.question, "answers": q.answers, "output": f[0]}
                                         for q, f in zip(questions, found, strict=True)])
@@ -211,7 +223,8 @@ def evaluate_zeroshot(args: argparse.Namespace) -> None:
     if unknown:
         raise BigModelError(f"{args.data}: labels missing from --labels: {', '.join(map(repr, unknown[:5]))}")
     model, tok, folder = load(args)
-    sims = label_similarities(model, tok, [e.text for e in examples], descriptions, args.template, args.max_length)
+    sims = label_similarities(model, tok, [e.text for e in examples], descriptions, args.template,
+                              input_length(args, model, folder))
     y_true, y_pred = [values.index(e.label) for e in examples], sims.argmax(1).tolist()
     figures = classification_metrics(y_true, y_pred, values)
     figures["majority_class_accuracy"] = Counter(y_true).most_common(1)[0][1] / len(y_true)
@@ -229,8 +242,9 @@ def evaluate_retrieval(args: argparse.Namespace) -> None:
 
     rows = read_columns(args.data, [args.source_column, args.target_column])
     model, tok, folder = load(args)
-    queries = embed_texts(model, tok, [r[0] for r in rows], max_length=args.max_length)
-    figures = {**recall_at(queries, embed_texts(model, tok, [r[1] for r in rows], max_length=args.max_length)),
+    length = input_length(args, model, folder)
+    queries = embed_texts(model, tok, [r[0] for r in rows], max_length=length)
+    figures = {**recall_at(queries, embed_texts(model, tok, [r[1] for r in rows], max_length=length)),
                "queries": len(rows)}
     write_results(args, figures)
     print(f"recall@1 {figures['recall_at_1']:.4f} | recall@5 {figures['recall_at_5']:.4f} | recall@10 "
@@ -310,16 +324,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     folder, from_hf = locate(args.ckpt)
     headed = not from_hf and (folder / HEAD_FILE).is_file()
-    model, tok, _ = load(args, with_head=headed)
+    model, tok, folder = load(args, with_head=headed)
     if not headed and args.task != "seq2seq" and not model.config.encoder_layers:
         raise BigModelError(f"{args.ckpt}: no fine-tuned head to predict with (for a decoder-only seq2seq model, "
                             "pass --task seq2seq)")
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     try:
         if not headed:
-            records = predict_seq2seq(model, tok, args)
+            records = predict_seq2seq(model, tok, args, input_length(args, model, folder))
         elif model.head_config.task == "qa":
-            records = predict_answers(model, tok, args)
+            records = predict_answers(model, tok, args, input_length(args, model, folder))
         else:
             records = predict_labels(model, tok, read_lines(args.input))
         for record in records:
@@ -345,12 +359,12 @@ def predict_labels(model, tok, texts: list[str]) -> list[dict]:
     return records
 
 
-def predict_seq2seq(model, tok, args: argparse.Namespace) -> list[dict]:
+def predict_seq2seq(model, tok, args: argparse.Namespace, max_length: int) -> list[dict]:
     from bigmodel.infer.seq2seq import generate_targets
 
     sources = read_lines(args.input)
     cfg = resolve(GenerateConfig, SEQ2SEQ_DEFAULTS, args)
-    outputs = generate_targets(model, tok, sources, cfg, args.max_length)
+    outputs = generate_targets(model, tok, sources, cfg, max_length)
     return [{"source": s, "output": o} for s, o in zip(sources, outputs, strict=True)]
 
 
@@ -364,11 +378,11 @@ def read_questions(path: str) -> list:
     return [Question(str(i), q, c) for i, (q, c) in enumerate(read_columns(path, ["question", "context"]))]
 
 
-def predict_answers(model, tok, args: argparse.Namespace) -> list[dict]:
+def predict_answers(model, tok, args: argparse.Namespace, max_length: int) -> list[dict]:
     from bigmodel.infer.qa import answer_questions
 
     questions = read_questions(args.input)
-    found = answer_questions(model, tok, questions, min(args.max_length, model.config.block_size))
+    found = answer_questions(model, tok, questions, max_length)
     return [{"id": q.id, "question": q.question, "answer": text, "start": start, "end": end, "score": score}
             for q, (text, start, end, score) in zip(questions, found, strict=True)]
 
@@ -646,7 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hypothesis-column", help="seq2seq: score this column instead of a model (a baseline)")
     p.add_argument("--labels", help="zeroshot: VALUE[=DESCRIPTION],... e.g. 0=negative,1=positive")
     p.add_argument("--template", default="{}", help="zeroshot: how a label description is phrased")
-    p.add_argument("--max-length", type=int, default=512, help="tokens of input kept (default: 512)")
+    p.add_argument("--max-length", type=int, help="tokens of input kept (default: the checkpoint's fine-tuning "
+                   "length, else 512)")
     p.add_argument("--out", default="runs/evaluate", help="where metrics.json (and outputs.jsonl, confusion.png) go")
     add_flags(p, GenerateConfig, skip=("num_samples",))
     p.set_defaults(func=cmd_evaluate)
@@ -684,7 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="auto", choices=("auto", "seq2seq"),
                    help="auto: by the checkpoint (its head, or its encoder-decoder shape); seq2seq for a decoder-only "
                    "model fine-tuned with --task seq2seq")
-    p.add_argument("--max-length", type=int, default=512, help="tokens of input kept (default: 512)")
+    p.add_argument("--max-length", type=int, help="tokens of input kept (default: the checkpoint's fine-tuning "
+                   "length, else 512)")
     add_flags(p, GenerateConfig, skip=("num_samples",))
     p.set_defaults(func=cmd_predict)
 
