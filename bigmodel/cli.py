@@ -446,8 +446,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from bigmodel.model.hf import to_hf
 
     model, tok, folder = load(args)
-    to_hf(model, args.to_hf, tok)
-    family = "GPT2LMHeadModel" if model.config.causal else "BertModel"
+    family = to_hf(model, args.to_hf, tok)
     print(f"wrote {args.to_hf} from {folder}: load it with transformers' {family}.from_pretrained")
 
 
@@ -681,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, StorageConfig)
     p.set_defaults(func=cmd_convert)
 
-    p = verbs.add_parser("export", help="write a GPT-2- or BERT-shaped checkpoint as a folder transformers loads")
+    p = verbs.add_parser("export", help="write a GPT-2-, BERT- or BART-shaped checkpoint as a folder transformers loads")
     add_ckpt(p)
     p.add_argument("--to-hf", required=True, help="folder to write")
     p.set_defaults(func=cmd_export)

@@ -68,3 +68,29 @@ def test_unsupported_models_are_refused_with_a_reason(tmp_path):
         (tmp_path / name / "config.json").write_text(config)
         result = run_cli("convert", "--from-hf", str(tmp_path / name), "--out", str(tmp_path / "o"))
         assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+@torch.no_grad()
+def test_encoder_decoder_exports_as_bart_with_the_same_logits(tmp_path):
+    from bigmodel.model.hf import to_hf
+
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=300, block_size=40, n_layer=2, encoder_layers=3, n_head=4, n_embd=64,
+                         norm_first=False, embed_norm=True)
+    ours = Transformer(config).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so a misplaced one shows
+        for name, p in ours.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    assert to_hf(ours, tmp_path / "bart") == "BartForConditionalGeneration"
+    theirs = transformers.BartForConditionalGeneration.from_pretrained(tmp_path / "bart").eval()
+    source = torch.randint(300, (2, 30))
+    mask = torch.ones_like(source)
+    mask[1, 20:] = 0
+    target = torch.randint(300, (2, 12))
+    expected = theirs(input_ids=source, attention_mask=mask, decoder_input_ids=target).logits
+    torch.testing.assert_close(ours(target, source=source, source_mask=mask.bool())[0], expected,
+                               atol=1e-4, rtol=1e-4)
+    with pytest.raises(BigModelError, match="norm_first=False"):
+        to_hf(Transformer(ModelConfig(vocab_size=10, n_layer=1, encoder_layers=1, n_head=2, n_embd=8,
+                                      block_size=8, embed_norm=True)), tmp_path / "x")

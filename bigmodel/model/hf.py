@@ -5,7 +5,8 @@ GPT-2-family decoders map one to one onto a pre-norm causal `Transformer` (GPT-2
 layers store weights as (in, out), ours as (out, in), hence the transposes); BERT-family
 encoders onto a post-norm bidirectional one with token types, their separate query, key
 and value projections joined into our single `qkv`. BERT's pooler and MLM head, which
-sentence embeddings do not use, are not imported.
+sentence embeddings do not use, are not imported. Encoder-decoders export as BART (post-norm,
+learned positions that BART offsets by two, one embedding shared by both sides).
 """
 
 from __future__ import annotations
@@ -173,11 +174,76 @@ def check_exportable(cfg: ModelConfig, family: str, needs: dict[str, object]) ->
         raise BigModelError(f"{family} format needs a GELU MLP, this model has swiglu")
 
 
-def to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
-    """Export as GPT-2 (causal models) or BERT (encoders), whichever the model is."""
+def to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> str:
+    """Export as GPT-2 (decoders), BERT (encoders) or BART (encoder-decoders); the class that loads it."""
     if is_int8(model):
         raise BigModelError("an int8 model cannot be exported; export the checkpoint it was quantized from")
+    if model.config.encoder_layers:
+        bart_to_hf(model, folder, tokenizer)
+        return "BartForConditionalGeneration"
     (gpt2_to_hf if model.config.causal else bert_to_hf)(model, folder, tokenizer)
+    return "GPT2LMHeadModel" if model.config.causal else "BertModel"
+
+
+def write_hf_folder(folder: str | Path, weights: dict[str, torch.Tensor], config: dict,
+                    tokenizer: Tokenizer | None) -> None:
+    """config.json, model.safetensors and tokenizer.json; a tensor written under two names (BART's
+    encoder and decoder share ours) is stored twice, as safetensors holds no aliases."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    seen: set[int] = set()
+    stored = {}
+    for name, tensor in weights.items():
+        tensor = tensor.contiguous()
+        stored[name] = tensor.clone() if tensor.data_ptr() in seen else tensor
+        seen.add(tensor.data_ptr())
+    save_file(stored, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if tokenizer is not None:
+        tokenizer.save(str(folder / "tokenizer.json"))
+
+
+BART_ATTENTION = {"q_proj": slice(0, 1), "k_proj": slice(1, 2), "v_proj": slice(2, 3)}
+BART_BLOCK_NAMES = {"attn.proj": "self_attn.out_proj", "norm1": "self_attn_layer_norm", "mlp.up": "fc1",
+                    "mlp.down": "fc2", "norm2": "final_layer_norm", "cross.q": "encoder_attn.q_proj",
+                    "cross.proj": "encoder_attn.out_proj", "norm_cross": "encoder_attn_layer_norm"}
+
+
+def bart_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
+    """Write a folder `BartForConditionalGeneration.from_pretrained` loads to the same logits."""
+    cfg = model.config
+    check_exportable(cfg, "BART", {"norm_first": False, "embed_norm": True, "type_vocab_size": 0,
+                                   "share_embeddings": True, "tie_embeddings": True, "norm_eps": 1e-5})
+    sd = model.state_dict()
+    positions = torch.cat([torch.zeros(2, cfg.n_embd), sd["pos_emb.weight"]])  # BART looks up position + 2
+    out = {"model.shared.weight": sd["tok_emb.weight"], "final_logits_bias": torch.zeros(1, cfg.vocab_size)}
+    for side, blocks in (("encoder", "encoder"), ("decoder", "blocks")):
+        out[f"model.{side}.embed_positions.weight"] = positions
+        for part in ("weight", "bias"):
+            out[f"model.{side}.layernorm_embedding.{part}"] = sd[f"embed_norm.{part}"]
+        for i in range(cfg.encoder_layers if side == "encoder" else cfg.n_layer):
+            theirs, ours = f"model.{side}.layers.{i}.", f"{blocks}.{i}."
+            for part in ("weight", "bias"):
+                for name, chunk in zip(("q_proj", "k_proj", "v_proj"), sd[f"{ours}attn.qkv.{part}"].chunk(3),
+                                       strict=True):
+                    out[f"{theirs}self_attn.{name}.{part}"] = chunk
+                for mine, bart in BART_BLOCK_NAMES.items():
+                    if f"{ours}{mine}.{part}" in sd:  # the encoder's blocks have no cross-attention
+                        out[f"{theirs}{bart}.{part}"] = sd[f"{ours}{mine}.{part}"]
+                if side == "decoder":
+                    k, v = sd[f"{ours}cross.kv.{part}"].chunk(2)
+                    out[f"{theirs}encoder_attn.k_proj.{part}"], out[f"{theirs}encoder_attn.v_proj.{part}"] = k, v
+    eot = tokenizer.token_to_id(EOT) if tokenizer is not None else None
+    config = {"architectures": ["BartForConditionalGeneration"], "model_type": "bart", "vocab_size": cfg.vocab_size,
+              "d_model": cfg.n_embd, "encoder_layers": cfg.encoder_layers, "decoder_layers": cfg.n_layer,
+              "encoder_attention_heads": cfg.n_head, "decoder_attention_heads": cfg.n_head,
+              "encoder_ffn_dim": 4 * cfg.n_embd, "decoder_ffn_dim": 4 * cfg.n_embd,
+              "activation_function": "gelu_new" if cfg.mlp == "gelu_tanh" else "gelu",
+              "max_position_embeddings": cfg.block_size, "scale_embedding": False, "dropout": cfg.dropout,
+              "attention_dropout": cfg.dropout, "activation_dropout": 0.0, "tie_word_embeddings": True,
+              "bos_token_id": eot, "eos_token_id": eot, "decoder_start_token_id": eot, "forced_eos_token_id": None,
+              "pad_token_id": tokenizer.token_to_id("<|pad|>") if tokenizer is not None else None}
+    write_hf_folder(folder, out, config, tokenizer)
 
 
 def bert_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
@@ -186,8 +252,6 @@ def bert_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | No
     check_exportable(cfg, "BERT", {"causal": False, "norm_first": False, "embed_norm": True})
     if not cfg.type_vocab_size:
         raise BigModelError("BERT format needs token-type embeddings (type_vocab_size > 0)")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict()
     out = {"embeddings.word_embeddings.weight": sd["tok_emb.weight"],
            "embeddings.position_embeddings.weight": sd["pos_emb.weight"],
@@ -200,25 +264,19 @@ def bert_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | No
                 out[f"{prefix}attention.self.{name}.{part}"] = chunk
             for ours, theirs in BERT_BLOCK_NAMES.items():
                 out[f"{prefix}{theirs}.{part}"] = sd[f"blocks.{i}.{ours}.{part}"]
-    save_file({k: v.contiguous() for k, v in out.items()}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
     config = {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": cfg.vocab_size,
               "hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
               "intermediate_size": 4 * cfg.n_embd, "hidden_act": "gelu_new" if cfg.mlp == "gelu_tanh" else "gelu",
               "max_position_embeddings": cfg.block_size, "type_vocab_size": cfg.type_vocab_size,
               "layer_norm_eps": cfg.norm_eps, "hidden_dropout_prob": cfg.dropout,
               "attention_probs_dropout_prob": cfg.dropout, "position_embedding_type": "absolute"}
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    if tokenizer is not None:
-        tokenizer.save(str(folder / "tokenizer.json"))
+    write_hf_folder(folder, out, config, tokenizer)
 
 
 def gpt2_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
     """Write a folder `GPT2LMHeadModel.from_pretrained` loads to the same logits."""
     cfg = model.config
     check_exportable(cfg, "GPT-2", {"causal": True, "norm_first": True, "embed_norm": False, "type_vocab_size": 0})
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     sd = model.state_dict()
     out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
            "transformer.ln_f.weight": sd["norm_f.weight"], "transformer.ln_f.bias": sd["norm_f.bias"]}
@@ -229,8 +287,6 @@ def gpt2_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | No
             out[f"transformer.h.{i}.{theirs}.bias"] = sd[f"blocks.{i}.{ours}.bias"]
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = sd["lm_head.weight"]
-    save_file({k: v.contiguous() for k, v in out.items()}, str(folder / "model.safetensors"),
-              metadata={"format": "pt"})
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
               "n_positions": cfg.block_size, "n_ctx": cfg.block_size, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
               "n_head": cfg.n_head, "layer_norm_epsilon": cfg.norm_eps,
@@ -239,6 +295,4 @@ def gpt2_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | No
               "tie_word_embeddings": cfg.tie_embeddings}
     eot = tokenizer.token_to_id(EOT) if tokenizer is not None else None
     config["bos_token_id"] = config["eos_token_id"] = eot
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    if tokenizer is not None:
-        tokenizer.save(str(folder / "tokenizer.json"))
+    write_hf_folder(folder, out, config, tokenizer)
