@@ -680,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, StorageConfig)
     p.set_defaults(func=cmd_convert)
 
-    p = verbs.add_parser("export", help="write a GPT-2-, BERT- or BART-shaped checkpoint as a folder transformers loads")
+    p = verbs.add_parser("export", help="write a GPT-2, BERT or BART-shaped folder that transformers loads")
     add_ckpt(p)
     p.add_argument("--to-hf", required=True, help="folder to write")
     p.set_defaults(func=cmd_export)

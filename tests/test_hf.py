@@ -79,7 +79,7 @@ def test_encoder_decoder_exports_as_bart_with_the_same_logits(tmp_path):
                          norm_first=False, embed_norm=True)
     ours = Transformer(config).eval()
     with torch.no_grad():  # non-trivial norms and biases, so a misplaced one shows
-        for name, p in ours.named_parameters():
+        for p in ours.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
     assert to_hf(ours, tmp_path / "bart") == "BartForConditionalGeneration"
