@@ -211,6 +211,6 @@ def test_pinyin_dataset_reads_each_character_and_keeps_a_lookup_baseline(tmp_pat
     rows = [json.loads(line) for split in ("train", "val", "test")
             for line in (tmp_path / "out" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
     assert sum(counts.values()) == len(rows) == len({r["source"] for r in rows})  # clauses are kept once
-    bank = next(r for r in rows if r["source"] == "银行就在旁边")
+    bank = next(r for r in rows if r["source"] == "银 行 就 在 旁 边")
     assert bank["target"] == "yin2 hang2 jiu4 zai4 pang2 bian1"  # 行 read as in 银行, not as in 行李
-    assert all(len(r["target"].split()) == len(r["source"]) == len(r["lookup"].split()) for r in rows)
+    assert all(len(r["target"].split()) == len(r["source"].split()) == len(r["lookup"].split()) for r in rows)

@@ -9,7 +9,9 @@
   functions with their one-line descriptions; each function gets "What does NAME do?"
   (answer: its description) and "Which function DESCRIPTION?" (answer: its name).
 - `pinyin`: Chinese clauses from ChnSentiCorp's reviews → their pinyin with tone numbers
-  (labels from `pypinyin`, which resolves many readings by context), split by review. Each
+  (labels from `pypinyin`, which resolves many readings by context), split by review. The
+  characters are written with spaces between them, so a byte-level BPE tokenizer keeps each
+  one a token of its own and source and target align one to one. Each
   row also holds `lookup`: every character read as it was most often in training, the
   baseline a context-free dictionary gives.
 """
@@ -175,14 +177,15 @@ def build_pinyin(out: Path, source: Path) -> dict[str, int]:
                 if clause not in seen:
                     seen.add(clause)
                     target = " ".join(lazy_pinyin(clause, style=Style.TONE3, neutral_tone_with_five=True))
-                    splits[split].append({"source": clause, "target": target})
+                    splits[split].append({"source": " ".join(clause), "target": target})
     readings: dict[str, Counter] = {}
     for row in splits["train"]:
-        for char, syllable in zip(row["source"], row["target"].split(), strict=True):
+        for char, syllable in zip(row["source"].split(), row["target"].split(), strict=True):
             readings.setdefault(char, Counter())[syllable] += 1
     for name, rows in splits.items():
         for row in rows:
-            row["lookup"] = " ".join(readings[c].most_common(1)[0][0] if c in readings else "?" for c in row["source"])
+            row["lookup"] = " ".join(readings[c].most_common(1)[0][0] if c in readings else "?"
+                                     for c in row["source"].split())
         write_jsonl(out / f"{name}.jsonl", rows)
     (out / "corpus.txt").write_text("\n".join(f"{r['source']}\t{r['target']}" for r in splits["train"]),
                                     encoding="utf-8")
