@@ -15,7 +15,9 @@ batches, accumulation, DDP, LoRA, checkpoints, exact resume.
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -51,6 +53,18 @@ def backbone_of(model: torch.nn.Module) -> Transformer:
     return model.backbone if isinstance(model, SequenceModel) else model
 
 
+@contextlib.contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode without gradients, then back to the mode the model was in."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(training)
+
+
 class Task:
     """The interface `FineTuner` drives; see the module docstring."""
 
@@ -63,6 +77,10 @@ class Task:
         self.cfg, self.model, self.tok, self.pad = cfg, model, tok, pad_id(tok)
         self.max_length = min(cfg.max_length, backbone_of(model).config.block_size)
         self.examples = 0  # training examples
+
+    def read_pairs(self, path: str) -> list[tuple[str, ...]]:
+        """(source, target) rows: seq2seq's input and output, retrieval's query and document."""
+        return read_columns(path, [self.cfg.source_column, self.cfg.target_column])
 
     def train_items(self, rng: random.Random) -> list[Any]:
         """This epoch's encoded training examples (`rng` for augmentation)."""
@@ -161,12 +179,11 @@ class Seq2SeqTask(Task):
         from bigmodel.infer.seq2seq import start_id
 
         super().__init__(cfg, backbone, tok)
-        columns = [cfg.source_column, cfg.target_column]
-        self.train = read_columns(cfg.train, columns)[:cfg.max_train or None]
+        self.train = self.read_pairs(cfg.train)[:cfg.max_train or None]
         self.examples = len(self.train)
         self.stop = start_id(tok)
         self.encoder_decoder = backbone.config.encoder_layers > 0
-        self.val_items = self._encode(read_columns(cfg.val, columns))
+        self.val_items = self._encode(self.read_pairs(cfg.val))
 
     def _encode(self, pairs: list[tuple[str, ...]]) -> list[tuple[list[int], list[int]]]:
         """(source ids, target ids): a decoder-only model needs both, and its start token, in one context."""
@@ -206,23 +223,20 @@ class Seq2SeqTask(Task):
             _, loss = model(**batch, label_smoothing=self.cfg.label_smoothing)
         return loss * self.units(items)
 
-    @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Teacher-forced loss (no smoothing) and next-token accuracy over the target tokens."""
-        training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        total, correct, counted = 0.0, 0, 0
-        order = sorted(self.val_items, key=self.length)
-        for start in range(0, len(order), 64):
-            batch = self._batch(order[start:start + 64], device)
-            with autocast(self.cfg.dtype, device):
-                logits, loss = model(**batch)
-            n = int((batch["targets"] != -1).sum())
-            hits = (logits.argmax(-1) == batch["targets"]) & (batch["targets"] != -1)
-            total, correct, counted = total + loss.item() * n, correct + int(hits.sum()), counted + n
-        model.train(training)
-        return {"val_loss": total / counted, "token_accuracy": correct / counted}
+        with evaluating(model):
+            device = next(model.parameters()).device
+            total, correct, counted = 0.0, 0, 0
+            order = sorted(self.val_items, key=self.length)
+            for start in range(0, len(order), 64):
+                batch = self._batch(order[start:start + 64], device)
+                with autocast(self.cfg.dtype, device):
+                    logits, loss = model(**batch)
+                n = int((batch["targets"] != -1).sum())
+                hits = (logits.argmax(-1) == batch["targets"]) & (batch["targets"] != -1)
+                total, correct, counted = total + loss.item() * n, correct + int(hits.sum()), counted + n
+            return {"val_loss": total / counted, "token_accuracy": correct / counted}
 
 
 class QATask(Task):
@@ -261,26 +275,23 @@ class QATask(Task):
         return (F.cross_entropy(logits[..., 0], starts, reduction="sum")
                 + F.cross_entropy(logits[..., 1], ends, reduction="sum")) / 2
 
-    @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        answers, total, counted = [], 0.0, 0
-        for start in range(0, len(self.val_features), 32):
-            batch = self.val_features[start:start + 32]
-            logits = self._scores(model, batch, device).cpu()
-            for row, (q, f) in enumerate(zip(self.val[start:start + 32], batch, strict=True)):
-                i, j, _ = qa.best_span(logits[row], f)
-                answers.append(qa.answer_text(q, f, i, j)[0])
-            kept = [r for r, f in enumerate(batch) if f.start >= 0]
-            if kept:
-                targets = torch.tensor([[batch[r].start, batch[r].end] for r in kept])
-                total += (F.cross_entropy(logits[kept, :, 0], targets[:, 0], reduction="sum")
-                          + F.cross_entropy(logits[kept, :, 1], targets[:, 1], reduction="sum")).item() / 2
-                counted += len(kept)
-        model.train(training)
-        return {**squad_scores(answers, [q.answers for q in self.val]), "val_loss": total / max(counted, 1)}
+        with evaluating(model):
+            device = next(model.parameters()).device
+            answers, total, counted = [], 0.0, 0
+            for start in range(0, len(self.val_features), 32):
+                batch = self.val_features[start:start + 32]
+                logits = self._scores(model, batch, device).cpu()
+                for row, (q, f) in enumerate(zip(self.val[start:start + 32], batch, strict=True)):
+                    i, j, _ = qa.best_span(logits[row], f)
+                    answers.append(qa.answer_text(q, f, i, j)[0])
+                kept = [r for r, f in enumerate(batch) if f.start >= 0]
+                if kept:
+                    targets = torch.tensor([[batch[r].start, batch[r].end] for r in kept])
+                    total += (F.cross_entropy(logits[kept, :, 0], targets[:, 0], reduction="sum")
+                              + F.cross_entropy(logits[kept, :, 1], targets[:, 1], reduction="sum")).item() / 2
+                    counted += len(kept)
+            return {**squad_scores(answers, [q.answers for q in self.val]), "val_loss": total / max(counted, 1)}
 
 
 class RetrievalTask(Task):
@@ -291,10 +302,9 @@ class RetrievalTask(Task):
 
     def __init__(self, cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer) -> None:
         super().__init__(cfg, backbone, tok)
-        columns = [cfg.source_column, cfg.target_column]
-        self.train = read_columns(cfg.train, columns)[:cfg.max_train or None]
+        self.train = self.read_pairs(cfg.train)[:cfg.max_train or None]
         self.examples = len(self.train)
-        self.val = self._encode(read_columns(cfg.val, columns))
+        self.val = self._encode(self.read_pairs(cfg.val))
 
     def _encode(self, pairs: list[tuple[str, ...]]) -> list[tuple[list[int], list[int]]]:
         queries = encode(self.tok, [q for q, _ in pairs], self.max_length)
@@ -322,20 +332,17 @@ class RetrievalTask(Task):
         logits = self._logits(model, items, device)
         return F.cross_entropy(logits, torch.arange(len(items), device=device), reduction="sum")
 
-    @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Recall@1 with every validation document as a candidate; the loss over batches of 64."""
-        training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        queries = torch.cat([self._embed(model, [q for q, _ in self.val[i:i + 64]], device)
-                             for i in range(0, len(self.val), 64)])
-        docs = torch.cat([self._embed(model, [d for _, d in self.val[i:i + 64]], device)
-                          for i in range(0, len(self.val), 64)])
-        hits = (queries @ docs.T).argmax(-1).cpu() == torch.arange(len(self.val))
-        losses = [self.loss(model, self.val[i:i + 64], device).item() for i in range(0, len(self.val), 64)]
-        model.train(training)
-        return {"recall_at_1": hits.float().mean().item(), "val_loss": sum(losses) / len(self.val)}
+        with evaluating(model):
+            device = next(model.parameters()).device
+            queries = torch.cat([self._embed(model, [q for q, _ in self.val[i:i + 64]], device)
+                                 for i in range(0, len(self.val), 64)])
+            docs = torch.cat([self._embed(model, [d for _, d in self.val[i:i + 64]], device)
+                              for i in range(0, len(self.val), 64)])
+            hits = (queries @ docs.T).argmax(-1).cpu() == torch.arange(len(self.val))
+            losses = [self.loss(model, self.val[i:i + 64], device).item() for i in range(0, len(self.val), 64)]
+            return {"recall_at_1": hits.float().mean().item(), "val_loss": sum(losses) / len(self.val)}
 
 
 def make_task(cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer) -> Task:
