@@ -96,7 +96,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     tasks = {"classify": evaluate_classifier, "seq2seq": evaluate_seq2seq, "qa": evaluate_qa,
-             "zeroshot": evaluate_zeroshot, "retrieval": evaluate_retrieval}
+             "zeroshot": evaluate_zeroshot, "retrieval": evaluate_retrieval, "ctc": evaluate_transcripts}
     if not args.ckpt and not (args.task == "seq2seq" and args.hypothesis_column):
         raise BigModelError("evaluate needs --ckpt (or, for --task seq2seq, --hypothesis-column to score a column)")
     if args.task in tasks:
@@ -115,19 +115,31 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
 
 
-def evaluate_classifier(args: argparse.Namespace) -> None:
+def labelled_inputs(args: argparse.Namespace, model, tok):
+    """The model's reader and the (text or file path, label) rows of --data, for its modality."""
+    from bigmodel.data.inputs import inputs_for
     from bigmodel.data.labelled import read_labelled
+    from bigmodel.data.media import media_examples
+
+    inputs = inputs_for(model.config, tok)
+    if inputs.kind == "text":
+        return inputs, read_labelled(args.data, args.text_column, args.label_column)
+    return inputs, media_examples(args.data, inputs.suffixes, args.text_column, args.label_column)
+
+
+def evaluate_classifier(args: argparse.Namespace) -> None:
     from bigmodel.evaluate.classify import classification_metrics, plot_confusion, report_text
-    from bigmodel.infer.classify import predict_texts
+    from bigmodel.infer.classify import predict_scores
 
     model, tok, folder = load(args, with_head=True)
     labels = model.head_config.labels
-    examples = read_labelled(args.data, args.text_column, args.label_column)
+    inputs, examples = labelled_inputs(args, model, tok)
     unknown = sorted({e.label for e in examples} - set(labels))
     if unknown:
         raise BigModelError(f"{args.data}: labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}")
     y_true = [labels.index(e.label) for e in examples]
-    y_pred = predict_texts(model, tok, [e.text for e in examples]).argmax(-1).tolist()
+    scores = predict_scores(model, inputs.read([e.text for e in examples]), inputs, len(labels))
+    y_pred = scores.argmax(-1).tolist()
     figures = classification_metrics(y_true, y_pred, labels)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,6 +148,31 @@ def evaluate_classifier(args: argparse.Namespace) -> None:
     print(report_text(y_true, y_pred, labels))
     print(f"accuracy {figures['accuracy']:.4f} | macro-F1 {figures['macro_f1']:.4f} | "
           f"{len(examples)} examples | {out / 'metrics.json'}, {out / 'confusion.png'}")
+
+
+def evaluate_transcripts(args: argparse.Namespace) -> None:
+    """CTC speech recognition: CER and WER (jiwer) of greedy transcripts against --data's transcripts."""
+    from bigmodel.data.inputs import AudioInputs
+    from bigmodel.data.media import media_examples
+    from bigmodel.evaluate.seq2seq import error_rates
+    from bigmodel.infer.ctc import normalize, transcribe
+
+    model, _, folder = load(args, with_head=True)
+    if model.head_config.task != "ctc":
+        raise BigModelError(f"{folder}: not a speech recognizer (its head is {model.head_config.task!r})")
+    inputs = AudioInputs(model.config)
+    examples = media_examples(args.data, inputs.suffixes, args.source_column, args.target_column)
+    hypotheses = transcribe(model, inputs.read([e.text for e in examples]), inputs)
+    references = [normalize(e.label) for e in examples]
+    figures = {**error_rates(references, hypotheses), "examples": len(examples)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "outputs.jsonl", "w", encoding="utf-8") as f:
+        for e, hyp, ref in zip(examples, hypotheses, references, strict=True):
+            f.write(json.dumps({"audio": e.text, "reference": ref, "transcript": hyp}, ensure_ascii=False) + "\n")
+    (out / "metrics.json").write_text(json.dumps(figures, indent=2))
+    print(f"CER {figures['cer']:.2f}% | WER {figures['wer']:.2f}% | exact {figures['exact_match']:.1f}% | "
+          f"{len(examples)} clips | {out / 'metrics.json'}, {out / 'outputs.jsonl'}")
 
 
 def input_length(args: argparse.Namespace, model, folder) -> int:
@@ -301,7 +338,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 def cmd_dataset(args: argparse.Namespace) -> None:
     from bigmodel.data.builtin_tasks import build
 
-    counts = build(args.name, args.out, args.source)
+    counts = build(args.name, args.out, args.source, args.examples)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
 
 
@@ -334,8 +371,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
             records = predict_seq2seq(model, tok, args, input_length(args, model, folder))
         elif model.head_config.task == "qa":
             records = predict_answers(model, tok, args, input_length(args, model, folder))
+        elif model.config.frontend != "tokens":
+            records = predict_media(model, args.input)
         else:
-            records = predict_labels(model, tok, read_lines(args.input))
+            texts = read_lines(args.input)
+            records = [{"text": t, **r} for t, r in zip(texts, predict_labels(model, tok, texts), strict=True)]
         for record in records:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     finally:
@@ -343,20 +383,34 @@ def cmd_predict(args: argparse.Namespace) -> None:
             out.close()
 
 
-def predict_labels(model, tok, texts: list[str]) -> list[dict]:
-    from bigmodel.infer.classify import predict_texts
+def predict_labels(model, tok, texts: list) -> list[dict]:
+    """Label and probabilities (or value) per text, or per image or clip (paths or bytes)."""
+    from bigmodel.infer.classify import predict_inputs
 
     head = model.head_config
-    scores = predict_texts(model, tok, texts) if texts else None
+    scores = predict_inputs(model, tok, texts) if texts else None
     records = []
-    for i, text in enumerate(texts):
+    for i in range(len(texts)):
         if head.task == "regress":
-            records.append({"text": text, "value": scores[i, 0].item()})
+            records.append({"value": scores[i, 0].item()})
         else:
             probs = scores[i].softmax(-1).tolist()
-            records.append({"text": text, "label": head.labels[int(scores[i].argmax())],
+            records.append({"label": head.labels[int(scores[i].argmax())],
                             "probabilities": dict(zip(head.labels, probs, strict=True))})
     return records
+
+
+def predict_media(model, path: str) -> list[dict]:
+    """Images or WAV files (one file, a folder, or a list of paths): a label, or a transcript (CTC)."""
+    from bigmodel.data.inputs import inputs_for, media_files
+    from bigmodel.infer.ctc import transcribe
+
+    inputs = inputs_for(model.config, None)
+    files = media_files(path, inputs)
+    if model.head_config.task == "ctc":
+        return [{"input": f, "transcript": t} for f, t in zip(files, transcribe(model, inputs.read(files), inputs),
+                                                                strict=True)]
+    return [{"input": f, **r} for f, r in zip(files, predict_labels(model, None, files), strict=True)]
 
 
 def predict_seq2seq(model, tok, args: argparse.Namespace, max_length: int) -> list[dict]:
@@ -455,10 +509,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from bigmodel.train import privacy
     from bigmodel.train.finetune import finetune
 
-    cfg = resolve(FinetuneConfig, load_yaml(args.config).get("finetune"), args)
-    best = finetune(cfg)
+    recipe = load_yaml(args.config)
+    cfg = resolve(FinetuneConfig, recipe.get("finetune"), args)
+    best = finetune(cfg, ModelConfig.from_dict(recipe["model"]) if recipe.get("model") else None)
     if best:  # a resumed run that had already finished evaluates nothing new
-        figures = ("accuracy", "macro_f1", "mse", "val_loss", "token_accuracy", "exact_match", "f1", "recall_at_1")
+        figures = ("accuracy", "macro_f1", "mse", "val_loss", "token_accuracy", "exact_match", "f1", "recall_at_1",
+                   "cer", "wer")
         shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k in figures)
         print(f"best: {shown} at step {int(best['step'])}; checkpoint in {cfg.out}/best")
     if cfg.dp_epsilon is not None:
@@ -545,6 +601,8 @@ def cmd_explain(args: argparse.Namespace) -> None:
         raise BigModelError(f"{args.ckpt}: an encoder without a fine-tuned head has nothing to explain; "
                             "fine-tune it (`bigmodel finetune`) or give a decoder checkpoint")
     out = Path(args.out)
+    if model.config.frontend != "tokens":
+        return explain_images(args, model, out)
     if args.evaluate:
         if not classifier:
             raise BigModelError(f"{args.ckpt}: --evaluate measures a fine-tuned classifier (no {HEAD_FILE} here)")
@@ -577,6 +635,39 @@ def cmd_explain(args: argparse.Namespace) -> None:
         print(terminal_view(explanation))
         print(f"IG sum {sum(explanation.integrated_gradients):+.4f} vs score change {explanation.logit_difference:+.4f}"
               f" (delta {explanation.convergence_delta:+.1e}); report {paths['html']}")
+
+
+def explain_images(args: argparse.Namespace, model, out: Path) -> None:
+    """A ViT classifier: rollout PNGs for --input images, or the deletion check over --data."""
+    from bigmodel.data.inputs import ImageInputs, media_files
+    from bigmodel.infer.explain_image import deletion_check, patch_rollout, probabilities, rollout_figure
+
+    if model.config.frontend != "patches" or not hasattr(model, "head_config"):
+        raise BigModelError(f"{args.ckpt}: explanations cover text models and image classifiers, not audio yet")
+    inputs = ImageInputs(model.config)
+    labels = model.head_config.labels
+    if args.evaluate:
+        if not args.data:
+            raise BigModelError("--evaluate needs --data (a folder of class sub-folders, or a CSV of paths)")
+        images = inputs.read(media_files(args.data, inputs))[:args.max_examples or None]
+        report = deletion_check(model, images)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "deletion.json").write_text(json.dumps({"images": len(images), **report}, indent=2))
+        print(f"probability drop of the predicted class on {len(images)} images of {args.data}, patches blanked "
+              "(higher: those patches mattered)")
+        for k in (10, 25, 50):
+            print(f"top {k:>2}% by rollout {report[f'rollout@{k}']:.4f} | random {report[f'random@{k}']:.4f}")
+        print(f"figures: {out / 'deletion.json'}")
+        return
+    if not args.input:
+        raise BigModelError("explain needs --input IMAGE (a file, a folder, or a list of paths), or --evaluate --data")
+    files = media_files(args.input, inputs)
+    for i, (path, image) in enumerate(zip(files, inputs.read(files), strict=True), start=1):
+        probs = probabilities(model, image[None])[0]
+        label = labels[int(probs.argmax())]
+        png = out / (f"{i}_rollout.png" if len(files) > 1 else "rollout.png")
+        rollout_figure(image, patch_rollout(model, image), f"{Path(path).name}: {label} ({probs.max():.2f})", png)
+        print(f"{path}: {label} (p={probs.max():.3f}) | rollout {png}")
 
 
 def cmd_federated(args: argparse.Namespace) -> None:
@@ -648,8 +739,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("evaluate", help="LM perplexity; classifier, seq2seq, QA, zero-shot or retrieval figures")
     add_ckpt(p, required=False)
     p.add_argument("--data", required=True, help="prepared folder or raw text file (lm); a labelled file (classify, "
-                   "zeroshot); source/target rows (seq2seq, retrieval); SQuAD JSON (qa)")
-    p.add_argument("--task", default="lm", choices=("lm", "classify", "seq2seq", "qa", "zeroshot", "retrieval"))
+                   "zeroshot) or, for images and audio, a folder of class sub-folders; source/target rows (seq2seq, "
+                   "retrieval, ctc: WAV path and transcript); SQuAD JSON (qa)")
+    p.add_argument("--task", default="lm", choices=("lm", "classify", "seq2seq", "qa", "zeroshot", "retrieval",
+                                                            "ctc"))
     p.add_argument("--split", default="val", help="split of a prepared folder (default: val)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--text-column", default="text")
@@ -730,10 +823,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_ckpt(p, "encoder that embeds the queries (default: the one that built the index)", required=False)
     p.set_defaults(func=cmd_search)
 
-    p = verbs.add_parser("dataset", help="build a dataset from what every machine has (code, qa, pinyin)")
-    p.add_argument("name", choices=("code", "qa", "pinyin"))
+    p = verbs.add_parser("dataset", help="build a dataset from what every machine has (code, qa, pinyin; images: "
+                         "digits; speech by espeak-ng: keywords, speech)")
+    p.add_argument("name", choices=("code", "qa", "pinyin", "digits", "keywords", "speech"))
     p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--source", default="", help="pinyin: ChnSentiCorp's all.csv (default: ../shared/data/...)")
+    p.add_argument("--source", default="", help="pinyin: ChnSentiCorp's all.csv; speech: SST-2's train.tsv "
+                   "(default: ../shared/data/...)")
+    p.add_argument("--examples", type=int, default=0, help="keywords, speech: training clips to synthesize "
+                   "(default 4000, 6000; val a tenth, test a quarter of that)")
     p.set_defaults(func=cmd_dataset)
 
     p = verbs.add_parser("embed", help="one mean-pooled, L2-normalised vector per input line (.npy)")
@@ -773,14 +870,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("explain", help="why a model decided: token attributions, attention maps, faithfulness")
     add_ckpt(p, "fine-tuned classifier, or a decoder (explains its next token)")
     p.add_argument("--text", help="the text to explain")
-    p.add_argument("--input", help="one text per line (- for stdin); each gets its own report folder")
+    p.add_argument("--input", help="one text per line (- for stdin); each gets its own report folder. Image "
+                   "classifiers: an image, a folder of them, or a file of paths (attention rollout PNGs)")
     p.add_argument("--target", help="label to explain (default: the predicted one)")
     p.add_argument("--baseline", default="pad", choices=("pad", "mask"),
                    help="integrated gradients' reference text: real tokens replaced by [PAD] or [MASK]")
     p.add_argument("--steps", type=int, default=50, help="integrated gradients' steps (default: 50)")
     p.add_argument("--out", default="runs/explain", help="where report.html, attention.png, explanation.json go")
     p.add_argument("--evaluate", action="store_true", help="measure faithfulness (ERASER) on --data instead")
-    p.add_argument("--data", help="with --evaluate: labelled CSV/TSV/JSONL")
+    p.add_argument("--data", help="with --evaluate: labelled CSV/TSV/JSONL; images: a folder (deletion check)")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
     p.add_argument("--max-examples", type=int, default=0, help="with --evaluate: the first N rows (0: all)")

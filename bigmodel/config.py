@@ -44,10 +44,18 @@ class ModelConfig:
     embed_norm: bool = False  # normalise the summed embeddings, as BERT
     encoder_layers: int = 0  # > 0: an encoder-decoder (T5/BART shape); n_layer counts the decoder's blocks
     share_embeddings: bool = True  # encoder-decoder: the encoder reads the decoder's token embedding
+    frontend: str = "tokens"  # tokens | patches (images, as ViT) | mel (audio: log-mel frames); see frontends.py
+    image_size: int = 224  # patches: images are resized to this square
+    patch_size: int = 16  # patches: side of each square patch
+    channels: int = 3  # patches: 1 for grayscale, 3 for RGB
+    sample_rate: int = 16000  # mel: the rate every WAV file must have
+    n_mels: int = 80  # mel: filterbank channels
 
     def __post_init__(self) -> None:
         if self.n_kv_head == 0:
             self.n_kv_head = self.n_head
+        if self.frontend != "tokens":  # images and audio have no token table to tie
+            self.tie_embeddings = False
         checks = {
             "n_embd must be divisible by n_head": self.n_embd % self.n_head == 0,
             "n_head must be divisible by n_kv_head": self.n_head % self.n_kv_head == 0,
@@ -55,6 +63,11 @@ class ModelConfig:
             "positions must be learned or rope": self.positions in ("learned", "rope"),
             "mlp must be gelu, gelu_tanh or swiglu": self.mlp in ("gelu", "gelu_tanh", "swiglu"),
             "an encoder-decoder's decoder must be causal": self.causal or not self.encoder_layers,
+            "frontend must be tokens, patches or mel": self.frontend in ("tokens", "patches", "mel"),
+            "image_size must be a multiple of patch_size": self.frontend != "patches" or (
+                self.patch_size > 0 and self.image_size % self.patch_size == 0),
+            "images and audio go through an encoder (causal: false, encoder_layers: 0)": self.frontend == "tokens"
+            or not (self.causal or self.encoder_layers),
             "block_size, vocab_size and n_layer must be positive": min(
                 self.block_size, self.vocab_size, self.n_layer
             )
@@ -174,7 +187,7 @@ class FinetuneConfig(PrivacyConfig, StorageConfig):
     """`bigmodel finetune`: a pretrained model, a labelled dataset, a task head."""
 
     init: str = ""  # bigmodel checkpoint or Hugging Face folder (or `minilm`)
-    task: str = "classify"  # classify | regress | seq2seq | qa (SQuAD JSON) | retrieval (query, document)
+    task: str = "classify"  # classify | regress | seq2seq | qa (SQuAD JSON) | retrieval (query, document) | ctc
     train: str = ""
     val: str = ""
     out: str = "runs/finetune"
@@ -201,14 +214,16 @@ class FinetuneConfig(PrivacyConfig, StorageConfig):
     eval_every: int = 0  # steps between evaluations (and saves of last/); 0 means once per epoch
     patience: int = 3  # evaluations without improvement before stopping
     max_train: int = 0  # use only the first N training rows; 0 means all
-    augment: bool = False  # random deletion and swap of words, for small datasets
+    augment: bool = False  # text: random deletion and swap of words; images: random crops; audio: gain, shift, noise
+    hflip: bool = False  # images, with --augment: random horizontal flips too (not for digits or letters)
     seed: int = 1337
     resume: bool = False  # continue from out/last exactly where it stopped
     tensorboard: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
-        choices = {"task": ("classify", "regress", "seq2seq", "qa", "retrieval"), "method": ("full", "freeze", "lora"),
+        choices = {"task": ("classify", "regress", "seq2seq", "qa", "retrieval", "ctc"),
+                   "method": ("full", "freeze", "lora"),
                    "dtype": ("fp32", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -14,6 +14,8 @@
   one a token of its own and source and target align one to one. Each
   row also holds `lookup`: every character read as it was most often in training, the
   baseline a context-free dictionary gives.
+
+Images and speech (`digits`, `keywords`, `speech`) are built in `builtin_media.py`.
 """
 
 from __future__ import annotations
@@ -192,15 +194,27 @@ def build_pinyin(out: Path, source: Path) -> dict[str, int]:
     return {name: len(rows) for name, rows in splits.items()}
 
 
-def build(name: str, out: str | Path, source: str = "") -> dict[str, int]:
+DEFAULT_EXAMPLES = {"keywords": 4000, "speech": 6000}  # training clips synthesized
+
+
+def build(name: str, out: str | Path, source: str = "", examples: int = 0) -> dict[str, int]:
     """Build dataset `name` into `out`; how many examples each split holds."""
+    from bigmodel.data import builtin_media
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data"
+    examples = examples or DEFAULT_EXAMPLES.get(name, 0)
+    if name == "digits":
+        return builtin_media.build_digits(out)
+    if name == "keywords":
+        return builtin_media.build_keywords(out, examples)
+    if name == "speech":
+        return builtin_media.build_speech(out, examples, Path(source) if source else shared / "sst2" / "train.tsv")
     if name == "code":
         return build_code(out)
     if name == "qa":
         return build_qa(out)
     if name == "pinyin":
-        default = Path(__file__).resolve().parents[3] / "shared" / "data" / "chnsenticorp" / "all.csv"
-        return build_pinyin(out, Path(source) if source else default)
-    raise BigModelError(f"unknown dataset {name!r}; choose code, qa or pinyin")
+        return build_pinyin(out, Path(source) if source else shared / "chnsenticorp" / "all.csv")
+    raise BigModelError(f"unknown dataset {name!r}; choose code, qa, pinyin, digits, keywords or speech")

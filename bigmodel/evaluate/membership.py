@@ -16,7 +16,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from tokenizers import Tokenizer
 
-from bigmodel.data.collate import encode, pad_id
+from bigmodel.data.inputs import TextInputs
 from bigmodel.data.labelled import Example
 from bigmodel.errors import BigModelError
 from bigmodel.infer.classify import predict_scores
@@ -40,8 +40,8 @@ def example_losses(model: SequenceModel, tok: Tokenizer, examples: list[Example]
                    ) -> np.ndarray:
     """The model's loss on each labelled example (cross-entropy, or squared error for a regressor)."""
     head = model.head_config
-    ids = encode(tok, [e.text for e in examples], min(max_length, model.config.block_size))
-    scores = predict_scores(model, ids, pad_id(tok), head.n_outputs)
+    inputs = TextInputs(tok, min(max_length, model.config.block_size))
+    scores = predict_scores(model, inputs.read([e.text for e in examples]), inputs, head.n_outputs)
     if head.task == "regress":
         targets = torch.tensor([float(e.label) for e in examples])
         return ((scores[:, 0] - targets) ** 2).numpy()

@@ -1,30 +1,40 @@
 """Generated text against references: BLEU and chrF (`sacrebleu`, corpus-level, its default
 13a tokenisation), ROUGE-L F1 (`rouge-score`, mean over examples), and character and word
-error rates (`jiwer`) for transduction tasks such as pinyin, where every symbol counts."""
+error rates (`jiwer`) for transduction tasks such as pinyin and speech recognition, where every
+symbol counts."""
 
 from __future__ import annotations
 
 from bigmodel.errors import BigModelError
 
 
-def seq2seq_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    """Character and word error rates and exact matches, in percent."""
     try:
         import jiwer
+    except ImportError:
+        raise BigModelError("error rates need jiwer: pip install 'bigmodel[seq2seq]'") from None
+    if not references:
+        raise BigModelError("nothing to score: no examples")
+    spoken = [hyp if hyp.strip() else "-" for hyp in hypotheses]  # jiwer refuses empty hypotheses
+    return {"cer": 100 * jiwer.cer(references, spoken), "wer": 100 * jiwer.wer(references, spoken),
+            "exact_match": 100 * sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references)}
+
+
+def seq2seq_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    try:
         import sacrebleu
         from rouge_score import rouge_scorer
     except ImportError:
-        raise BigModelError("seq2seq scores need sacrebleu, rouge-score and jiwer: "
+        raise BigModelError("seq2seq scores need sacrebleu and rouge-score: "
                             "pip install 'bigmodel[seq2seq]'") from None
     if not references:
         raise BigModelError("nothing to score: no examples")
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     rouge = [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references, strict=True)]
-    spoken = [hyp if hyp.strip() else "-" for hyp in hypotheses]  # jiwer refuses empty hypotheses
     return {
         "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
         "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
         "rouge_l": 100 * sum(rouge) / len(rouge),
-        "cer": 100 * jiwer.cer(references, spoken),
-        "wer": 100 * jiwer.wer(references, spoken),
-        "exact_match": 100 * sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references),
+        **error_rates(references, hypotheses),
     }

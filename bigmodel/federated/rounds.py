@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from bigmodel.config import FederatedConfig, FinetuneConfig, ModelConfig
-from bigmodel.data.collate import encode, pad_id
+from bigmodel.data.inputs import TextInputs
 from bigmodel.data.labelled import label_ids, read_labelled
 from bigmodel.data.tokenizer import tokenizer_from_json
 from bigmodel.errors import BigModelError
@@ -88,7 +88,8 @@ class GlobalModel:
         labels = label_ids(val, val) if local.task == "classify" else []
         head = HeadConfig(task=local.task, labels=labels, pooling="last" if backbone.config.causal else "mean")
         self.model = SequenceModel(backbone, head, local.head_dropout).eval()
-        self.val_ids = encode(self.tok, [e.text for e in val], min(local.max_length, backbone.config.block_size))
+        self.inputs = TextInputs(self.tok, min(local.max_length, backbone.config.block_size))
+        self.val_ids = self.inputs.read([e.text for e in val])
         self.val_y = targets_of(val, head)
         self.best = KeepBest(minimize=local.task == "regress")
         self.first_round = 1
@@ -124,7 +125,7 @@ class GlobalModel:
         if flower_round == 0 and r > 0:  # a resumed run: the starting point was logged before the stop
             return {}
         assign_weights(self.model, weights)
-        scores = predict_scores(self.model, self.val_ids, pad_id(self.tok), self.model.head_config.n_outputs,
+        scores = predict_scores(self.model, self.val_ids, self.inputs, self.model.head_config.n_outputs,
                                 self.local.dtype)
         figures = score(self.model.head_config, scores, self.val_y)
         clients, self.round_clients = (self.round_clients if r else []), []

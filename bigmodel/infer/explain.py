@@ -196,6 +196,7 @@ def faithfulness(model: SequenceModel, tok: Tokenizer, texts: list[str], ks: tup
     them (sufficiency: lower means they suffice). Special tokens always stay."""
     from tqdm import tqdm
 
+    from bigmodel.data.inputs import TextInputs
     from bigmodel.infer.classify import predict_scores
 
     head = model.head_config
@@ -203,6 +204,7 @@ def faithfulness(model: SequenceModel, tok: Tokenizer, texts: list[str], ks: tup
         raise BigModelError("faithfulness is measured on classifiers; this checkpoint regresses")
     rng = random.Random(seed)
     pad, special = pad_id(tok), special_ids(tok)
+    inputs = TextInputs(tok, model.config.block_size)
     totals: dict[tuple[str, str, int], float] = {}
     counted = 0
     for text in tqdm(texts, desc="faithfulness", unit=" texts", mininterval=1.0):
@@ -210,7 +212,7 @@ def faithfulness(model: SequenceModel, tok: Tokenizer, texts: list[str], ks: tup
         real = [i for i, t in enumerate(ids) if t not in special]
         if not real:
             continue
-        whole = predict_scores(model, [ids], pad, head.n_outputs)[0].softmax(-1)
+        whole = predict_scores(model, [ids], inputs, head.n_outputs)[0].softmax(-1)
         index = int(whole.argmax())
         attributions, _ = classifier_attributions(model, tok, ids, index, baseline, steps)
         ranked = sorted(real, key=lambda i: -attributions[i])
@@ -221,7 +223,7 @@ def faithfulness(model: SequenceModel, tok: Tokenizer, texts: list[str], ks: tup
                 without = [t for i, t in enumerate(ids) if i not in chosen] or [pad]
                 only = [t for i, t in enumerate(ids) if i in chosen or i not in real]
                 variants.append((method, k, without, only))
-        probs = predict_scores(model, [v[2] for v in variants] + [v[3] for v in variants], pad,
+        probs = predict_scores(model, [v[2] for v in variants] + [v[3] for v in variants], inputs,
                                head.n_outputs).softmax(-1)[:, index]
         for j, (method, k, _, _) in enumerate(variants):
             for measure, p in (("comprehensiveness", probs[j]), ("sufficiency", probs[len(variants) + j])):

@@ -144,18 +144,20 @@ def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
         raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
-def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: Tokenizer,
+def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: Tokenizer | None,
                     sections: dict[str, Any], trainer_state: dict[str, Any] | None = None,
                     storage: Storage = PLAIN) -> None:
     """Write the folder as `path.tmp`, then replace `path` with it (old one kept until then).
 
-    A `SequenceModel` also leaves `head.json` (task, labels, pooling)."""
+    A `SequenceModel` also leaves `head.json` (task, labels, pooling). Image and audio models have
+    no tokenizer (a speech recognizer's characters are its head's labels)."""
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     files = {WEIGHTS: weights_bytes(model), MODEL_CONFIG: json.dumps(model.config.to_dict(), indent=2).encode(),
-             RUN_CONFIG: yaml_text(sections).encode(),
-             TOKENIZER: plain_tokenizer(tokenizer).to_str().encode()}  # never pads or truncates when reloaded
+             RUN_CONFIG: yaml_text(sections).encode()}
+    if tokenizer is not None:
+        files[TOKENIZER] = plain_tokenizer(tokenizer).to_str().encode()  # never pads or truncates when reloaded
     if isinstance(model, SequenceModel):
         files[HEAD_FILE] = model.head_config.to_json().encode()
     if trainer_state is not None:
@@ -244,7 +246,9 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_h
     return model.to(device).eval(), read_tokenizer(folder, storage), folder
 
 
-def read_tokenizer(folder: Path, storage: Storage = PLAIN) -> Tokenizer:
+def read_tokenizer(folder: Path, storage: Storage = PLAIN) -> Tokenizer | None:
+    if not (folder / TOKENIZER).is_file():
+        return None
     return tokenizer_from_json(storage.text(folder, TOKENIZER), folder / TOKENIZER)
 
 

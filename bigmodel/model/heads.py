@@ -1,9 +1,10 @@
 """Task heads on top of the Transformer: one vector per sequence, then a linear layer; or,
-for extractive question answering, a linear layer per token (answer start and end scores).
+for extractive question answering and CTC speech recognition, a linear layer per position
+(answer start and end scores; each audio frame's character scores).
 
 Encoders pool by the attention-masked mean of their last hidden states (what sentence
 encoders such as MiniLM were trained for); decoders take their last real token, the only
-one that has seen the whole text.
+one that has seen the whole text; a ViT reads its [CLS] vector (`first`).
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ HEAD_FILE = "head.json"
 
 @dataclass
 class HeadConfig:
-    task: str = "classify"  # classify | regress | qa
-    labels: list[str] = field(default_factory=list)  # class names, in output order
-    pooling: str = "mean"  # mean | last
+    task: str = "classify"  # classify | regress | qa | ctc
+    labels: list[str] = field(default_factory=list)  # class names in output order; ctc: blank, then characters
+    pooling: str = "mean"  # mean | last | first
 
     @property
     def n_outputs(self) -> int:
-        return {"classify": len(self.labels), "qa": 2}.get(self.task, 1)
+        return {"classify": len(self.labels), "ctc": len(self.labels), "qa": 2}.get(self.task, 1)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False)
@@ -56,12 +57,14 @@ class SequenceModel(nn.Module):
         self.classifier = nn.Linear(backbone.config.n_embd, head.n_outputs)  # not "head": peft matches suffixes
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scores (B, n_outputs) for right-padded `ids` whose real tokens `mask` marks; for QA,
-        (B, T, 2): each token's score as the answer's start and as its end."""
+        """Scores (B, n_outputs) for right-padded `ids` (or pixels, or waveforms) whose real positions
+        `mask` marks; for QA and CTC, (B, T, n_outputs): scores at every position."""
         hidden = self.backbone.hidden_states(ids, padding_mask=mask)
-        if self.head_config.task == "qa":
+        if self.head_config.task in ("qa", "ctc"):
             return self.classifier(self.dropout(hidden))
-        if self.head_config.pooling == "last":
+        if self.head_config.pooling == "first":
+            pooled = hidden[:, 0]
+        elif self.head_config.pooling == "last":
             pooled = hidden[torch.arange(len(ids), device=ids.device), mask.sum(1) - 1]
         else:
             pooled = mean_pool(hidden, mask)

@@ -5,6 +5,8 @@ Every variant is a flag on `ModelConfig`: causal or bidirectional attention, pre
 post-norm blocks, LayerNorm or RMSNorm, learned or rotary positions, GELU or SwiGLU MLP,
 grouped-query attention (`n_kv_head < n_head`), token-type embeddings, tied embeddings, and
 an encoder in front (`encoder_layers`) whose output the decoder blocks cross-attend to.
+Images and audio enter the same encoder blocks through a front end (`frontends.py`) in
+place of the token embedding.
 Attention goes through `F.scaled_dot_product_attention`; generation uses a preallocated
 `KVCache` so each new token costs one small forward pass, and an encoder-decoder computes
 its cross-attention keys and values once per source (`Memory`).
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 
 from bigmodel.config import ModelConfig
 from bigmodel.errors import BigModelError
+from bigmodel.model.frontends import make_frontend
 
 FEW_ROWS = 32  # up to this many rows, a decoding step rather than a training batch
 
@@ -324,7 +327,11 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        text = config.frontend == "tokens"
+        if text:
+            self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        else:
+            self.frontend = make_frontend(config)
         if config.positions == "learned":
             self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
         else:
@@ -344,9 +351,10 @@ class Transformer(nn.Module):
             self.encoder_norm = make_norm(config) if config.norm_first else nn.Identity()
         self.blocks = nn.ModuleList(Block(config, i, cross=seq2seq) for i in range(config.n_layer))
         self.norm_f = make_norm(config) if config.norm_first else nn.Identity()  # post-norm ends normalised
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.tok_emb.weight
+        if text:  # images and audio have task heads only (heads.py)
+            self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+            if config.tie_embeddings:
+                self.lm_head.weight = self.tok_emb.weight
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections by 1/sqrt(2 * n_layer) so depth doesn't blow up the stream.
         for name, p in self.named_parameters():
@@ -368,7 +376,8 @@ class Transformer(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+        # a ViT's patch projection is a linear map per patch: as small as the positions, so they count from step 0
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
@@ -396,6 +405,8 @@ class Transformer(nn.Module):
         encoder-decoder reads the `source` ids (and their `source_mask`), or a `memory`
         encoded before.
         """
+        if self.config.frontend != "tokens":
+            raise BigModelError(f"a {self.config.frontend} model has no language-model head; it needs a task head")
         if source is not None:
             memory = self.encode(source, source_mask)
         # one new token through our own Linear layers (not int8 ones): every matrix takes its OpenBLAS path
@@ -413,14 +424,22 @@ class Transformer(nn.Module):
                                    ignore_index=-1, label_smoothing=label_smoothing)
         return logits, loss
 
-    def embed(self, idx: torch.Tensor, positions: torch.Tensor, length: int, token_types: torch.Tensor | None = None,
-              table: nn.Embedding | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Token (+ position, + segment) embeddings of `idx`, and the rotary tables when positions rotate.
-        `length`, the longest row's length counting the cached past, is checked on the host."""
-        B, T = idx.shape
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor | None = None, length: int = 0,
+              token_types: torch.Tensor | None = None, table: nn.Embedding | None = None,
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Token (or front-end) vectors of `idx` plus positions (and segments); the rotary tables when
+        positions rotate. Without `positions`, they count from 0. `length`, the longest row's length
+        counting the cached past, is checked on the host."""
+        if self.config.frontend == "tokens":
+            x = (self.tok_emb if table is None else table)(idx)
+        else:
+            x = self.frontend(idx)
+        B, T = x.shape[:2]
+        if positions is None:
+            positions, length = torch.arange(T, device=x.device), T
         if length > self.config.block_size:
-            raise BigModelError(f"sequence of {length} tokens is longer than the context ({self.config.block_size})")
-        x = (self.tok_emb if table is None else table)(idx)
+            unit = "tokens" if self.config.frontend == "tokens" else "positions"
+            raise BigModelError(f"sequence of {length} {unit} is longer than the context ({self.config.block_size})")
         rope = None
         if self.config.positions == "learned":
             x = x + self.pos_emb(positions.expand(B, T))  # a batch dimension, for per-example gradients (DP)
@@ -438,8 +457,7 @@ class Transformer(nn.Module):
             raise BigModelError("this model has no encoder (encoder_layers is 0): it cannot read a source")
         if source_mask is None:
             source_mask = torch.ones_like(source, dtype=torch.bool)
-        x, rope = self.embed(source, torch.arange(source.size(1), device=source.device), source.size(1),
-                             table=getattr(self, "src_emb", None))
+        x, rope = self.embed(source, table=getattr(self, "src_emb", None))
         for block in self.encoder:
             x = block(x, rope, None, source_mask)
         x = self.encoder_norm(x)
@@ -452,14 +470,15 @@ class Transformer(nn.Module):
         """The last layer's output (B, T, n_embd), before the language-model head."""
         if (memory is None) != (self.config.encoder_layers == 0):
             raise BigModelError("an encoder-decoder needs a source to attend to; other models take none")
-        T = idx.size(1)
-        step = None if cache is None else cache.begin(T)
-        positions = torch.arange(T, device=idx.device) if step is None else step.positions
-        x, rope = self.embed(idx, positions, T if step is None else step.end, token_types)
+        step = None if cache is None else cache.begin(idx.size(1))
+        if step is None:
+            x, rope = self.embed(idx, token_types=token_types)
+        else:
+            x, rope = self.embed(idx, step.positions, step.end, token_types)
         for block in self.blocks:
             x = block(x, rope, step, padding_mask, memory)
         if cache is not None:
-            cache.lengths += T
+            cache.lengths += idx.size(1)
         return self.norm_f(x)
 
     def flops_per_token(self) -> float:

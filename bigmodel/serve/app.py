@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import json
 import secrets
@@ -33,9 +34,12 @@ from tokenizers import Tokenizer
 
 from bigmodel.config import GenerateConfig, ServeConfig
 from bigmodel.data.collate import pad_id
+from bigmodel.data.inputs import Inputs, TextInputs, inputs_for
 from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
 from bigmodel.device import pick_device
+from bigmodel.errors import BigModelError
 from bigmodel.infer.classify import predict_scores
+from bigmodel.infer.ctc import transcribe
 from bigmodel.infer.embed import embed_ids
 from bigmodel.model.checkpoint import Storage, load_checkpoint, locate
 from bigmodel.model.heads import HEAD_FILE, SequenceModel
@@ -65,7 +69,7 @@ class Served:
     """What the server holds once the checkpoint has loaded."""
 
     model: Transformer  # generates (through the engine) and embeds
-    tok: Tokenizer
+    tok: Tokenizer | None  # None for image and audio models
     model_id: str
     engine: Engine | None  # decoders only
     chat: Callable[[list[Message]], str]  # messages to prompt
@@ -180,6 +184,9 @@ class Service:
     def tokens_of(self, text: str, param: str, special: bool = False) -> list[int]:
         """`text`'s ids, checked against the context (a prompt leaves room for one new token)."""
         block = self.served.model.config.block_size
+        if self.served.tok is None:
+            raise ApiError(400, f"model {self.served.model_id} reads {self.served.model.config.frontend}, not text; "
+                           "it serves /v1/classify", "invalid_request_error", "model")
         ids = self.served.tok.encode(text, add_special_tokens=special).ids
         if not ids:
             raise ApiError(400, f"{param} has no tokens", "invalid_request_error", param)
@@ -347,15 +354,41 @@ def embeddings(req: EmbeddingRequest, request: Request) -> dict:
                       if req.encoding_format == "base64" else v.tolist()} for i, v in enumerate(vectors)]}
 
 
+def media_items(inputs_b64: list[str], inputs: Inputs) -> list:
+    """Images or WAV files sent as base64 (or `data:...;base64,` URLs), decoded and checked."""
+    items = []
+    for i, text in enumerate(inputs_b64):
+        try:
+            data = base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
+            items += inputs.read([data])
+        except binascii.Error:
+            raise ApiError(400, f"input[{i}] is not base64 (an {inputs.kind} model takes base64-encoded files)",
+                           "invalid_request_error", "input") from None
+        except BigModelError as e:
+            raise ApiError(400, f"input[{i}]: {e}".replace("the uploaded data: ", ""), "invalid_request_error",
+                           "input") from None
+    return items
+
+
 @router.post("/v1/classify", responses=ERRORS)
 def classify(req: TextsRequest, request: Request) -> dict:
-    """Label and probabilities per text (a regression head gives its value)."""
+    """Label and probabilities per text (a regression head gives its value). Image and audio classifiers
+    take base64-encoded files; a speech recognizer (CTC) answers with transcripts."""
     svc = service(request)
     s = svc.served
     classifier = svc.classifier()
-    ids, tokens = svc.inputs_of(req)
     head = classifier.head_config
-    scores = predict_scores(classifier, ids, pad_id(s.tok), head.n_outputs)
+    if classifier.config.frontend == "tokens":
+        ids, tokens = svc.inputs_of(req)
+        inputs = TextInputs(s.tok, classifier.config.block_size)
+    else:
+        inputs = inputs_for(classifier.config, None)
+        ids, tokens = media_items(req.texts(), inputs), 0
+    if head.task == "ctc":
+        rows = [{"transcript": t} for t in transcribe(classifier, ids, inputs)]
+        return {"object": "list", "model": s.model_id, "data": [{"object": "transcription", "index": i, **row}
+                                                               for i, row in enumerate(rows)]}
+    scores = predict_scores(classifier, ids, inputs, head.n_outputs)
     if head.task == "classify":
         rows = [{"label": head.labels[int(p.argmax())],
                  "probabilities": dict(zip(head.labels, p.tolist(), strict=True))} for p in scores.softmax(-1)]

@@ -26,7 +26,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bigmodel.config import FinetuneConfig
+from bigmodel.config import FinetuneConfig, ModelConfig
 from bigmodel.errors import BigModelError
 from bigmodel.model.checkpoint import (
     Storage,
@@ -109,11 +109,14 @@ class FineTuner:
     """One fine-tuning run: data, model, optimizer and the state `--resume` restores."""
 
     def __init__(self, cfg: FinetuneConfig, dist: distributed.Dist,
-                 start: tuple[SequenceModel, Tokenizer] | None = None) -> None:
-        """`start`: a model with its head (a federated round's global model) instead of `cfg.init`."""
-        for name in ("train", "val") if start else ("init", "train", "val"):
+                 start: tuple[SequenceModel, Tokenizer] | None = None, scratch: ModelConfig | None = None) -> None:
+        """`start`: a model with its head (a federated round's global model) instead of `cfg.init`;
+        `scratch`: a new model of this shape (images and audio, which have no pretrained checkpoint here)."""
+        for name in ("train", "val") if start or scratch else ("init", "train", "val"):
             if not getattr(cfg, name):
-                raise BigModelError(f"finetune needs --{name}")
+                raise BigModelError(f"finetune needs --{name}" + (" (or a model: section in --config)"
+                                                                  if name == "init" else ""))
+        self.scratch = scratch
         self.cfg, self.dist, self.out = cfg, dist, Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.storage = Storage.of(cfg)
@@ -121,7 +124,10 @@ class FineTuner:
             model, self.tok = start
             self.task: Task = LabelTask(cfg, None, self.tok, model)
         else:
-            backbone, self.tok = load_backbone(cfg.init, dist.device, self.storage)
+            if scratch:
+                backbone, self.tok = Transformer(scratch).to(dist.device), None
+            else:
+                backbone, self.tok = load_backbone(cfg.init, dist.device, self.storage)
             self.task = make_task(cfg, backbone, self.tok)
         model = self.task.model
         self.runner = apply_method(model, cfg).to(dist.device)
@@ -186,7 +192,7 @@ class FineTuner:
 
     def _save(self, name: str, step: int, figures: dict[str, float]) -> None:
         state = self._state(step) if name == "last" else None  # every rank joins the RNG gather
-        sections = {"finetune": self.cfg, "val": figures}
+        sections = {"finetune": self.cfg, "val": figures, **({"model": self.scratch} if self.scratch else {})}
         if self.private:
             sections["privacy"] = self.private.record()
         if self.dist.is_main:
@@ -319,10 +325,11 @@ class FineTuner:
         return self.best_figures
 
 
-def finetune(cfg: FinetuneConfig) -> dict[str, float]:
-    """Fine-tune as `cfg` says (under torchrun: one process of many); the best evaluation's figures."""
+def finetune(cfg: FinetuneConfig, scratch: ModelConfig | None = None) -> dict[str, float]:
+    """Fine-tune as `cfg` says (under torchrun: one process of many); the best evaluation's figures.
+    With `scratch` and no `cfg.init`, the model starts from random weights of that shape."""
     dist = distributed.setup(cfg.device)
     try:
-        return FineTuner(cfg, dist).fit()
+        return FineTuner(cfg, dist, scratch=None if cfg.init else scratch).fit()
     finally:
         distributed.teardown()

@@ -68,7 +68,8 @@ def check(dp: PrivacyConfig, examples: int, batch_size: int, refusals: dict[str,
 def freeze_embeddings(model: SequenceModel) -> None:
     """Embeddings (tied to the output layer) stay as pretrained: see the module's docstring."""
     backbone = model.backbone
-    for module in (backbone.tok_emb, getattr(backbone, "pos_emb", None), getattr(backbone, "type_emb", None)):
+    for name in ("tok_emb", "pos_emb", "type_emb"):
+        module = getattr(backbone, name, None)
         if module is not None:
             module.weight.requires_grad = False
 

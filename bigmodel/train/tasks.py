@@ -5,12 +5,13 @@ each epoch's training examples, turns a batch of them into a summed loss, and ev
 the validation file. Every task shares the rest: optimizer, schedule, length-grouped
 batches, accumulation, DDP, LoRA, checkpoints, exact resume.
 
-- `classify` / `regress`: a pooled head over a sentence (`LabelTask`).
+- `classify` / `regress`: a pooled head over a sentence, an image or a clip (`LabelTask`).
 - `seq2seq`: a target text from a source text, teacher-forced with label smoothing; an
   encoder-decoder, or a decoder-only model reading `source <|endoftext|> target`.
 - `qa`: a start/end head over each token of a (question, context) pair (SQuAD JSON).
 - `retrieval`: a query and its document pulled together, the batch's other documents pushed
   away (in-batch negatives over normalised mean-pooled embeddings).
+- `ctc`: speech → characters, CTC over the encoder's frames (`CTCTask`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from tokenizers import Tokenizer
 
 from bigmodel.config import FinetuneConfig
 from bigmodel.data.collate import collate, encode, pad_id
+from bigmodel.data.inputs import AudioInputs, Inputs, inputs_for
 from bigmodel.data.labelled import Example, label_ids, read_columns, read_labelled
+from bigmodel.data.media import media_examples
 from bigmodel.data.squad import read_squad
 from bigmodel.errors import BigModelError
 from bigmodel.evaluate.classify import classification_metrics
 from bigmodel.evaluate.qa import squad_scores
-from bigmodel.infer import qa
+from bigmodel.infer import ctc, qa
 from bigmodel.infer.classify import predict_scores
 from bigmodel.model.heads import HeadConfig, SequenceModel, mean_pool
 from bigmodel.model.transformer import Transformer
@@ -73,8 +76,9 @@ class Task:
     figures: list[str] = []  # metrics.csv columns besides the losses
     private_ok = False  # DP-SGD supported
 
-    def __init__(self, cfg: FinetuneConfig, model: torch.nn.Module, tok: Tokenizer) -> None:
-        self.cfg, self.model, self.tok, self.pad = cfg, model, tok, pad_id(tok)
+    def __init__(self, cfg: FinetuneConfig, model: torch.nn.Module, tok: Tokenizer | None) -> None:
+        self.cfg, self.model, self.tok = cfg, model, tok
+        self.pad = pad_id(tok) if tok else 0
         self.max_length = min(cfg.max_length, backbone_of(model).config.block_size)
         self.examples = 0  # training examples
 
@@ -103,45 +107,57 @@ class Task:
 
 
 class LabelTask(Task):
-    """Classification (accuracy, macro-F1) or regression (MSE) from one pooled vector."""
+    """Classification (accuracy, macro-F1) or regression (MSE) from one pooled vector: of a text, or of
+    an image or a clip (paths in the text column, or a folder of class sub-folders)."""
 
     private_ok = True
 
-    def __init__(self, cfg: FinetuneConfig, backbone: Transformer | None, tok: Tokenizer,
+    def __init__(self, cfg: FinetuneConfig, backbone: Transformer | None, tok: Tokenizer | None,
                  model: SequenceModel | None = None) -> None:
         """`backbone` gets a new head; or `model` already has one (a federated round's global model)."""
-        self.train = read_labelled(cfg.train, cfg.text_column, cfg.label_column)
-        if cfg.max_train:
-            self.train = self.train[:cfg.max_train]
-        val = read_labelled(cfg.val, cfg.text_column, cfg.label_column)
+        config = (backbone or backbone_of(model)).config
+        self.inputs = inputs_for(config, tok, cfg.max_length, cfg.hflip)
+        self.train = read_examples(self.inputs, cfg.train, cfg)[:cfg.max_train or None]
+        val = read_examples(self.inputs, cfg.val, cfg)
         if model is None:
             labels = label_ids(self.train, val) if cfg.task == "classify" else []
-            head = HeadConfig(task=cfg.task, labels=labels, pooling="last" if backbone.config.causal else "mean")
-            model = SequenceModel(backbone, head, cfg.head_dropout)
+            pooling = "first" if config.frontend == "patches" else "last" if config.causal else "mean"
+            model = SequenceModel(backbone, HeadConfig(task=cfg.task, labels=labels, pooling=pooling), cfg.head_dropout)
         super().__init__(cfg, model, tok)
         self.head = model.head_config
         self.examples = len(self.train)
         self.metric, self.minimize = ("mse", True) if cfg.task == "regress" else ("accuracy", False)
         self.figures = ["mse"] if cfg.task == "regress" else ["accuracy", "macro_f1"]
         self.train_y, self.val_y = targets_of(self.train, self.head), targets_of(val, self.head)
-        self.val_ids = encode(tok, [e.text for e in val], self.max_length)
+        self.val_items = self.inputs.read([e.text for e in val])
+        self.decoded = None if self.inputs.kind == "text" else self.inputs.read([e.text for e in self.train])
 
-    def train_items(self, rng: random.Random) -> list[tuple[int, list[int]]]:
-        texts = [augment(e.text, rng) if self.cfg.augment else e.text for e in self.train]
-        return list(enumerate(encode(self.tok, texts, self.max_length)))
+    def train_items(self, rng: random.Random) -> list[tuple[int, Any]]:
+        if self.decoded is None:
+            items = self.inputs.read([augment(e.text, rng) if self.cfg.augment else e.text for e in self.train])
+        else:  # images and clips are decoded once; augmentation makes copies
+            items = [self.inputs.augment(x, rng) for x in self.decoded] if self.cfg.augment else self.decoded
+        return list(enumerate(items))
 
-    def length(self, item: tuple[int, list[int]]) -> int:
-        return len(item[1])
+    def length(self, item: tuple[int, Any]) -> int:
+        return self.inputs.length(item[1])
 
-    def loss(self, model: torch.nn.Module, items: list[tuple[int, list[int]]], device: torch.device) -> torch.Tensor:
-        x, mask = collate([ids for _, ids in items], self.pad, device)
+    def loss(self, model: torch.nn.Module, items: list[tuple[int, Any]], device: torch.device) -> torch.Tensor:
+        x, mask = self.inputs.batch([x for _, x in items], device)
         with autocast(self.cfg.dtype, device):
             scores = model(x, mask).float()
         return task_loss(self.head, scores, self.train_y[[i for i, _ in items]].to(device), reduction="sum")
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        scores = predict_scores(model, self.val_ids, self.pad, self.head.n_outputs, self.cfg.dtype)
+        scores = predict_scores(model, self.val_items, self.inputs, self.head.n_outputs, self.cfg.dtype)
         return {**score(self.head, scores, self.val_y), "val_loss": task_loss(self.head, scores, self.val_y).item()}
+
+
+def read_examples(inputs: Inputs, path: str, cfg: FinetuneConfig) -> list[Example]:
+    """(text, label) rows; for images and audio, (file path, label) from a folder or a table of paths."""
+    if inputs.kind == "text":
+        return read_labelled(path, cfg.text_column, cfg.label_column)
+    return media_examples(path, inputs.suffixes, cfg.text_column, cfg.label_column)
 
 
 def targets_of(examples: list[Example], head: HeadConfig) -> torch.Tensor:
@@ -345,8 +361,77 @@ class RetrievalTask(Task):
             return {"recall_at_1": hits.float().mean().item(), "val_loss": sum(losses) / len(self.val)}
 
 
-def make_task(cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer) -> Task:
-    kinds = {"seq2seq": Seq2SeqTask, "qa": QATask, "retrieval": RetrievalTask}
+class CTCTask(Task):
+    """Speech recognition: per-frame character scores, CTC loss (output 0 is the blank), greedy decoding.
+
+    The alphabet is the training transcripts' characters (lower-cased, spaces collapsed); the
+    head's labels record it, so a checkpoint needs no tokenizer."""
+
+    metric, minimize = "cer", True
+    figures = ["cer", "wer"]
+
+    def __init__(self, cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer | None) -> None:
+        if backbone.config.frontend != "mel":
+            raise BigModelError("--task ctc needs an audio model (frontend: mel)")
+        self.inputs = AudioInputs(backbone.config)
+        train = media_examples(cfg.train, self.inputs.suffixes, cfg.source_column, cfg.target_column)
+        train = train[:cfg.max_train or None]
+        alphabet = [ctc.BLANK, *sorted({c for e in train for c in ctc.normalize(e.label)})]
+        super().__init__(cfg, SequenceModel(backbone, HeadConfig(task="ctc", labels=alphabet), cfg.head_dropout), tok)
+        self.waves, self.targets = self._read(train)
+        self.examples = len(self.waves)
+        val = media_examples(cfg.val, self.inputs.suffixes, cfg.source_column, cfg.target_column)
+        self.val_waves, self.val_targets = self._read(val)
+        self.references = [ctc.normalize(e.label) for e in val]
+
+    def _read(self, examples: list[Example]) -> tuple[list[torch.Tensor], list[list[int]]]:
+        """Waveforms and target ids; a transcript longer than its clip's frames cannot be aligned."""
+        index = {c: i for i, c in enumerate(self.model.head_config.labels)}
+        waves = self.inputs.read([e.text for e in examples])
+        targets = [[index[c] for c in ctc.normalize(e.label) if c in index] for e in examples]
+        for e, w, t in zip(examples, waves, targets, strict=True):
+            if not t or len(t) > self.inputs.length(w):
+                raise BigModelError(f"{e.text}: transcript of {len(t)} characters does not fit its "
+                                    f"{self.inputs.length(w)} frames (CTC needs 1 to {self.inputs.length(w)})")
+        return waves, targets
+
+    def train_items(self, rng: random.Random) -> list[tuple[torch.Tensor, list[int]]]:
+        waves = [self.inputs.augment(w, rng) for w in self.waves] if self.cfg.augment else self.waves
+        return list(zip(waves, self.targets, strict=True))
+
+    def length(self, item: tuple[torch.Tensor, list[int]]) -> int:
+        return self.inputs.length(item[0])
+
+    def units(self, items: list[tuple[torch.Tensor, list[int]]]) -> int:
+        return sum(len(t) for _, t in items)
+
+    def loss(self, model: torch.nn.Module, items: list[tuple[torch.Tensor, list[int]]], device: torch.device
+             ) -> torch.Tensor:
+        x, mask = self.inputs.batch([w for w, _ in items], device)
+        with autocast(self.cfg.dtype, device):
+            scores = model(x, mask)
+        log_probs = scores.float().log_softmax(-1).transpose(0, 1)  # (T, B, C), as ctc_loss wants
+        targets = torch.tensor([i for _, t in items for i in t], device=device)
+        return F.ctc_loss(log_probs, targets, mask.sum(1), torch.tensor([len(t) for _, t in items], device=device),
+                          blank=0, reduction="sum", zero_infinity=True)
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Character and word error rates of greedy transcripts; the CTC loss per target character."""
+        from bigmodel.evaluate.seq2seq import error_rates
+
+        with evaluating(model):
+            device = next(model.parameters()).device
+            order = sorted(range(len(self.val_waves)), key=lambda i: len(self.val_waves[i]))
+            total = 0.0
+            for start in range(0, len(order), 32):
+                rows = order[start:start + 32]
+                total += self.loss(model, [(self.val_waves[i], self.val_targets[i]) for i in rows], device).item()
+            hypotheses = ctc.transcribe(model, self.val_waves, self.inputs, self.cfg.dtype)
+        return {**error_rates(self.references, hypotheses), "val_loss": total / sum(map(len, self.val_targets))}
+
+
+def make_task(cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer | None) -> Task:
+    kinds = {"seq2seq": Seq2SeqTask, "qa": QATask, "retrieval": RetrievalTask, "ctc": CTCTask}
     if cfg.task in kinds:
         if cfg.task != "seq2seq" and backbone.config.encoder_layers:
             raise BigModelError(f"--task {cfg.task} needs an encoder or a decoder, not an encoder-decoder")
