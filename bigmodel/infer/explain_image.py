@@ -4,7 +4,8 @@ deletion check of how much the rolled-out patches matter.
 Rollout (the same `attention_rollout` as for text) gives how much [CLS], which the head reads,
 draws on each input patch through all layers. The deletion check blanks the top-k% patches by
 rollout, or as many random ones, and reports the drop of the predicted class's probability:
-if rollout points at what the model uses, its drop is the larger.
+if rollout points at what the model uses, its drop is the larger. Random patches are drawn from
+those that are not already black, so blanking them changes the image as blanking rollout's does.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def blank_patches(image: torch.Tensor, patches: list[int], patch_size: int) -> t
 def deletion_check(model: SequenceModel, images: list[torch.Tensor], ks: tuple[int, ...] = (10, 25, 50),
                    seed: int = 0) -> dict[str, float]:
     """Mean drop of the predicted class's probability with the top-k% rollout patches blanked, and with
-    k% random patches blanked."""
+    as many random non-black patches blanked (all patches if too few are)."""
     rng = random.Random(seed)
     size = model.config.patch_size
     totals: dict[str, float] = {}
@@ -54,10 +55,12 @@ def deletion_check(model: SequenceModel, images: list[torch.Tensor], ks: tuple[i
         whole = probabilities(model, image[None])[0]
         label = int(whole.argmax())
         order = patch_rollout(model, image).flatten().argsort(descending=True).tolist()
+        lit = [p for p in order if blank_patches(image, [p], size).ne(image).any()]
         variants, names = [], []
         for k in ks:
             n = max(1, round(len(order) * k / 100))
-            variants += [blank_patches(image, order[:n], size), blank_patches(image, rng.sample(order, n), size)]
+            pool = lit if len(lit) >= n else order
+            variants += [blank_patches(image, order[:n], size), blank_patches(image, rng.sample(pool, n), size)]
             names += [f"rollout@{k}", f"random@{k}"]
         drops = whole[label] - probabilities(model, torch.stack(variants))[:, label]
         for name, drop in zip(names, drops.tolist(), strict=True):
