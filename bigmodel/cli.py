@@ -778,8 +778,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-hf", required=True, help="folder to write")
     p.set_defaults(func=cmd_export)
 
-    p = verbs.add_parser("finetune", help="train a pretrained model (or a new one from a recipe's model: section): classify, "
-                         "regress, seq2seq, qa, retrieval, ctc")
+    p = verbs.add_parser("finetune", help="train a pretrained model (or a new one from a recipe's model: "
+                         "section): classify, regress, seq2seq, qa, retrieval, ctc")
     p.add_argument("--config", help="YAML recipe (its `finetune:` section)")
     add_flags(p, FinetuneConfig)
     p.set_defaults(func=cmd_finetune)
