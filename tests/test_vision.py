@@ -55,6 +55,13 @@ def test_evaluate_and_predict_read_image_folders_and_files(vit_run, digits, tmp_
     assert done.returncode == 0, done.stderr[-2000:]
     figures = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert figures["accuracy"] > 0.8 and (tmp_path / "eval" / "confusion.png").stat().st_size > 1000
+    table = digits / "test.csv"  # the same images listed as (path relative to the table, label) rows
+    table.write_text("text,label\n" + "".join(f"{f.relative_to(digits)},{f.parent.name}\n"
+                                              for f in sorted((digits / "test").glob("*/*.png"))))
+    listed = run_cli("evaluate", "--task", "classify", "--ckpt", str(vit_run), "--data", str(table),
+                     "--out", str(tmp_path / "eval_csv"))
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert json.loads((tmp_path / "eval_csv" / "metrics.json").read_text())["accuracy"] == figures["accuracy"]
     sevens = sorted((digits / "test" / "7").glob("*.png"))[:10]
     one = run_cli("predict", "--ckpt", str(vit_run), "--input", str(sevens[0]))
     assert one.returncode == 0, one.stderr[-2000:]
