@@ -831,7 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="", help="pinyin: ChnSentiCorp's all.csv; speech: SST-2's train.tsv "
                    "(default: ../shared/data/...)")
     p.add_argument("--examples", type=int, default=0, help="keywords, speech: training clips to synthesize "
-                   "(default 4000, 6000; val a tenth, test a quarter of that)")
+                   "(default 4000, 5000; val a tenth, test a quarter of that)")
     p.set_defaults(func=cmd_dataset)
 
     p = verbs.add_parser("embed", help="one mean-pooled, L2-normalised vector per input line (.npy)")

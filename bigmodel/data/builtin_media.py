@@ -6,8 +6,9 @@
   synthesized by Debian's espeak-ng, in class sub-folders of 16 kHz WAV files. Each clip draws an
   accent, a voice variant, a speed, a pitch and sometimes background noise; validation and test
   use voice variants that training never hears.
-- `speech`: short sentences (4-10 words, from SST-2's movie-review phrases) spoken the same way,
-  listed in train/val/test.csv (audio path, text). Test sentences and voice variants are unseen.
+- `speech`: short sentences (SST-2's movie-review phrases of 4-10 words, all among the phrases'
+  2,000 most common words) spoken the same way, listed in train/val/test.csv (audio path, text).
+  Test sentences and voice variants are unseen; their words are not.
 
 espeak-ng is a system package (`apt-get install espeak-ng`); nothing is downloaded here.
 """
@@ -20,6 +21,7 @@ import random
 import re
 import shutil
 import subprocess
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,7 @@ VARIANTS = ["adam", "Alex", "Alicia", "Andrea", "Andy", "Annie", "antonio", "aun
             "m7", "m8", "norbert", "sandro", "shelby", "travis", "victor"]
 HELD_OUT = {"val": VARIANTS[3::12], "test": VARIANTS[7::6]}  # 8 and 15 variants no training clip uses
 SPLIT_SIZES = {"train": 1.0, "val": 0.1, "test": 0.25}  # relative to the training set
+COMMON_WORDS = 2000  # speech: a dictation vocabulary, so each word is heard in many voices
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ def build_keywords(out: Path, examples: int) -> dict[str, int]:
 
 
 def sentences(source: Path, rng: random.Random) -> list[str]:
-    """Distinct 4-10 word phrases of letters and apostrophes from SST-2's sentence column."""
+    """Distinct 4-10 word phrases of letters and apostrophes from SST-2's sentence column, of common words."""
     if not source.is_file():
         raise BigModelError(f"{source}: not found (SST-2's train.tsv, in ../shared/data/sst2)")
     found = set()
@@ -151,7 +154,8 @@ def sentences(source: Path, rng: random.Random) -> list[str]:
         words = [w for w in words if w.strip("'")]
         if 4 <= len(words) <= 10:
             found.add(" ".join(words).replace(" 's", "'s").replace(" n't", "n't"))
-    ordered = sorted(found)
+    common = {w for w, _ in Counter(w for phrase in found for w in phrase.split()).most_common(COMMON_WORDS)}
+    ordered = sorted(phrase for phrase in found if set(phrase.split()) <= common)
     rng.shuffle(ordered)
     return ordered
 

@@ -194,7 +194,7 @@ def build_pinyin(out: Path, source: Path) -> dict[str, int]:
     return {name: len(rows) for name, rows in splits.items()}
 
 
-DEFAULT_EXAMPLES = {"keywords": 4000, "speech": 6000}  # training clips synthesized
+DEFAULT_EXAMPLES = {"keywords": 4000, "speech": 5000}  # training clips synthesized
 
 
 def build(name: str, out: str | Path, source: str = "", examples: int = 0) -> dict[str, int]:
