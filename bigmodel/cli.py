@@ -374,8 +374,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
         elif model.config.frontend != "tokens":
             records = predict_media(model, args.input)
         else:
+            from bigmodel.infer.classify import label_records
+
             texts = read_lines(args.input)
-            records = [{"text": t, **r} for t, r in zip(texts, predict_labels(model, tok, texts), strict=True)]
+            records = [{"text": t, **r} for t, r in zip(texts, label_records(model, tok, texts), strict=True)]
         for record in records:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     finally:
@@ -383,26 +385,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
             out.close()
 
 
-def predict_labels(model, tok, texts: list) -> list[dict]:
-    """Label and probabilities (or value) per text, or per image or clip (paths or bytes)."""
-    from bigmodel.infer.classify import predict_inputs
-
-    head = model.head_config
-    scores = predict_inputs(model, tok, texts) if texts else None
-    records = []
-    for i in range(len(texts)):
-        if head.task == "regress":
-            records.append({"value": scores[i, 0].item()})
-        else:
-            probs = scores[i].softmax(-1).tolist()
-            records.append({"label": head.labels[int(scores[i].argmax())],
-                            "probabilities": dict(zip(head.labels, probs, strict=True))})
-    return records
-
-
 def predict_media(model, path: str) -> list[dict]:
     """Images or WAV files (one file, a folder, or a list of paths): a label, or a transcript (CTC)."""
     from bigmodel.data.inputs import inputs_for, media_files
+    from bigmodel.infer.classify import label_records
     from bigmodel.infer.ctc import transcribe
 
     inputs = inputs_for(model.config, None)
@@ -410,7 +396,7 @@ def predict_media(model, path: str) -> list[dict]:
     if model.head_config.task == "ctc":
         return [{"input": f, "transcript": t} for f, t in zip(files, transcribe(model, inputs.read(files), inputs),
                                                                 strict=True)]
-    return [{"input": f, **r} for f, r in zip(files, predict_labels(model, None, files), strict=True)]
+    return [{"input": f, **r} for f, r in zip(files, label_records(model, None, files), strict=True)]
 
 
 def predict_seq2seq(model, tok, args: argparse.Namespace, max_length: int) -> list[dict]:
@@ -575,6 +561,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
     cfg = resolve(ServeConfig, load_yaml(args.config).get("serve"), args)
     if not cfg.ckpt:
         raise BigModelError("serve needs --ckpt DIR (or `ckpt:` under `serve:` in --config)")
+    if cfg.ckpt.startswith("models:/"):
+        from bigmodel.model.registry import fetch
+
+        cfg = dataclasses.replace(cfg, ckpt=str(fetch(cfg.ckpt, cfg.tracking_uri)))
     app = create_app(cfg)
     print(f"bigmodel serve: http://{cfg.host}:{cfg.port}/v1 (model loading; /health answers 200 when ready)",
           file=sys.stderr, flush=True)
@@ -685,6 +675,30 @@ def cmd_federated(args: argparse.Namespace) -> None:
     shown = f"mse {best['mse']:.4f}" if "mse" in best else f"accuracy {best['accuracy']:.4f}"
     print(f"{int(rows[-1]['round'])} rounds; best global {shown} after round {int(best['round'])}; "
           f"checkpoints in {out}/best and {out}/last; per-client figures in {out}/clients.csv")
+
+
+def cmd_registry(args: argparse.Namespace) -> None:
+    """register | list | alias: checkpoints as named, numbered versions in MLflow's registry."""
+    import time
+
+    from bigmodel.model import registry
+
+    if args.action == "register":
+        if not args.ckpt:
+            raise BigModelError("registry register needs --ckpt DIR")
+        v = registry.register(args.ckpt, args.name, args.alias, args.tracking_uri)
+        alias = f" (models:/{v.name}@{args.alias})" if args.alias else ""
+        print(f"registered {args.ckpt} as models:/{v.name}/{v.version}{alias} in {registry.store_uri(args.tracking_uri)}")
+    elif args.action == "alias":
+        if not (args.version and args.alias):
+            raise BigModelError("registry alias needs --version N and --alias NAME")
+        registry.set_alias(args.name, args.version, args.alias, args.tracking_uri)
+        print(f"models:/{args.name}@{args.alias} -> version {args.version}")
+    else:
+        for v in registry.versions(args.name, args.tracking_uri):
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created_ms / 1000))
+            aliases = ", ".join(f"@{a}" for a in v.aliases) or "-"
+            print(f"{v.name}/{v.version}\t{aliases}\t{when}\trun {v.run_id or '-'}\t{v.source}")
 
 
 def cmd_audit(args: argparse.Namespace) -> None:
@@ -884,6 +898,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", default="label")
     p.add_argument("--max-examples", type=int, default=0, help="with --evaluate: the first N rows (0: all)")
     p.set_defaults(func=cmd_explain)
+
+    p = verbs.add_parser("registry", help="MLflow model registry: register a checkpoint, list versions, move an alias")
+    p.add_argument("action", choices=("register", "list", "alias"))
+    p.add_argument("--name", required=True, help="registered model name")
+    p.add_argument("--ckpt", help="register: checkpoint or run folder (a tracked run's logged model is reused)")
+    p.add_argument("--version", type=int, help="alias: the version the alias should point at")
+    p.add_argument("--alias", default="", help="register/alias: e.g. production; serve --ckpt models:/NAME@production")
+    p.add_argument("--tracking-uri", default="", help="MLflow store (default: MLFLOW_TRACKING_URI, else "
+                   "sqlite:///runs/mlflow.db)")
+    p.set_defaults(func=cmd_registry)
 
     p = verbs.add_parser("audit", help="membership-inference attack: does the model give away its training data?")
     add_ckpt(p, "fine-tuned checkpoint folder or run folder")

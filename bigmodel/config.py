@@ -143,7 +143,19 @@ class PrivacyConfig:
 
 
 @dataclass
-class TrainConfig(PrivacyConfig, StorageConfig):
+class TrackingConfig:
+    """Where a training run is recorded besides its own folder (metrics.csv, loss.png, TensorBoard)."""
+
+    track: str = "none"  # none | mlflow (params, metrics per evaluation, plots, the checkpoint as a model)
+    tracking_uri: str = ""  # MLflow store; empty: sqlite file mlflow.db beside the run folder
+
+    def __post_init__(self) -> None:
+        if self.track not in ("none", "mlflow"):
+            raise BigModelError(f"--track must be none or mlflow, not {self.track!r}")
+
+
+@dataclass
+class TrainConfig(TrackingConfig, PrivacyConfig, StorageConfig):
     """`bigmodel pretrain`: the optimisation loop and what it records."""
 
     data: str = ""
@@ -171,6 +183,7 @@ class TrainConfig(PrivacyConfig, StorageConfig):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.dtype not in ("fp32", "bf16"):
             raise BigModelError(f"--dtype must be fp32 or bf16, not {self.dtype!r}")
         if self.objective not in ("clm", "mlm", "span"):
@@ -183,7 +196,7 @@ class TrainConfig(PrivacyConfig, StorageConfig):
 
 
 @dataclass
-class FinetuneConfig(PrivacyConfig, StorageConfig):
+class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig):
     """`bigmodel finetune`: a pretrained model, a labelled dataset, a task head."""
 
     init: str = ""  # bigmodel checkpoint or Hugging Face folder (or `minilm`)
@@ -222,6 +235,7 @@ class FinetuneConfig(PrivacyConfig, StorageConfig):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         choices = {"task": ("classify", "regress", "seq2seq", "qa", "retrieval", "ctc"),
                    "method": ("full", "freeze", "lora"),
                    "dtype": ("fp32", "bf16")}
@@ -234,7 +248,7 @@ class FinetuneConfig(PrivacyConfig, StorageConfig):
 
 
 @dataclass
-class FederatedConfig(StorageConfig):
+class FederatedConfig(TrackingConfig, StorageConfig):
     """`bigmodel federated`: rounds of Flower over clients that each fine-tune on their own data.
 
     How each client trains locally is the `finetune:` section (its `epochs` are local epochs per round)."""
@@ -260,6 +274,7 @@ class FederatedConfig(StorageConfig):
     seed: int = 1337
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         choices = {"partition": ("iid", "label-skew"), "strategy": ("fedavg", "fedprox", "fedadam")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -301,6 +316,7 @@ class ServeConfig(StorageConfig):
     max_new_tokens_limit: int = 512  # the largest max_tokens a request may ask
     quantize: str = "none"  # none | int8 (dynamic int8 linear layers at load time)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    tracking_uri: str = ""  # registry of --ckpt models:/NAME/VERSION (default: MLFLOW_TRACKING_URI, runs/mlflow.db)
 
     def __post_init__(self) -> None:
         if self.quantize not in ("none", "int8"):
@@ -390,4 +406,5 @@ def yaml_text(sections: dict[str, Any]) -> str:
 
 
 __all__ = ["DataConfig", "FederatedConfig", "FinetuneConfig", "GenerateConfig", "ModelConfig", "PrivacyConfig",
-           "ServeConfig", "StorageConfig", "TrainConfig", "add_flags", "load_yaml", "preset", "resolve", "yaml_text"]
+           "ServeConfig", "StorageConfig", "TrackingConfig", "TrainConfig",
+           "add_flags", "load_yaml", "preset", "resolve", "yaml_text"]

@@ -47,15 +47,13 @@ def make_strategy(global_model: GlobalModel, clients: int) -> FedAvg:
 def run_server(grid: Grid, context: Context) -> None:
     fed, local = read_recipe(str(context.run_config["recipe"]))
     global_model = GlobalModel(fed, local)
-    try:
+    with global_model.tracker:
         remaining = fed.rounds - global_model.first_round + 1
         if remaining > 0:
             make_strategy(global_model, fed.clients).start(
                 grid=grid, initial_arrays=ArrayRecord(global_model.weights()), num_rounds=remaining,
                 timeout=fed.round_timeout, train_config=ConfigRecord(global_model.message()),
                 evaluate_fn=lambda r, arrays: MetricRecord(global_model.evaluate(r, arrays.to_torch_state_dict())))
-    finally:
-        global_model.close()
 
 
 @client.train()

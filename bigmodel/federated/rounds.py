@@ -34,7 +34,7 @@ from bigmodel.train import distributed
 from bigmodel.train.finetune import FineTuner, load_backbone, plain_model
 from bigmodel.train.optim import KeepBest
 from bigmodel.train.tasks import score, targets_of, task_loss
-from bigmodel.train.track import Tracker
+from bigmodel.train.track import Tracker, tracking_sinks
 
 RECIPE = "recipe.yaml"
 FIELDS = ["round", "train_loss", "val_loss", "accuracy", "macro_f1", "clients", "examples", "examples_per_s",
@@ -68,7 +68,7 @@ def local_round(config: dict[str, Any], weights: dict[str, torch.Tensor], data: 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:  # the loop's `out`; a local round saves nothing
         local = dataclasses.replace(local, train=data, val=data, out=scratch, seed=seed, resume=False,
-                                    tensorboard=False, encrypt_key_env="")
+                                    tensorboard=False, track="none", encrypt_key_env="")
         tuner = FineTuner(local, distributed.setup(local.device), start=(model, tok))
         loss, examples = tuner.local_round(float(config.get("proximal-mu", 0.0)))
         trained = plain_model(tuner.runner, local)
@@ -100,7 +100,9 @@ class GlobalModel:
             self.first_round = int(state["round"]) + 1
             self.best.restore(state["best"])
         self.out.mkdir(parents=True, exist_ok=True)
+        sinks = tracking_sinks(fed, self.out, {"federated": fed, "finetune": local}, "round", True)
         self.tracker = Tracker(self.out, fed.rounds, self.first_round - 1, True, False, FIELDS, desc="federated",
+                               sinks=sinks,
                                keep_before=self.first_round)
         self.clients_csv = self.out / "clients.csv"
         kept = self.clients_csv.read_text().splitlines()[1:] if fed.resume and self.clients_csv.is_file() else []
@@ -151,6 +153,3 @@ class GlobalModel:
             state = {"round": r, "best": self.best.state()}
             save_checkpoint(self.out / "last", self.model, self.tok, sections, state, self.storage)
         return {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and not math.isnan(v)}
-
-    def close(self) -> None:
-        self.tracker.close()

@@ -29,3 +29,15 @@ def predict_inputs(model: torch.nn.Module, tok: Tokenizer | None, sources: list[
     """Head outputs for raw texts (or image/WAV paths or bytes, for those models), in input order."""
     inputs = inputs_for(model.config, tok, max_length)
     return predict_scores(model, inputs.read(sources), inputs, model.head_config.n_outputs)
+
+
+def label_records(model: torch.nn.Module, tok: Tokenizer | None, sources: list[Source]) -> list[dict]:
+    """Label and probabilities (or value, for regression) per text, image or clip, in input order."""
+    head = model.head_config
+    if not sources:
+        return []
+    scores = predict_inputs(model, tok, sources)
+    if head.task == "regress":
+        return [{"value": s[0].item()} for s in scores]
+    return [{"label": head.labels[int(s.argmax())], "probabilities": dict(zip(head.labels, s.softmax(-1).tolist(),
+                                                                                strict=True))} for s in scores]

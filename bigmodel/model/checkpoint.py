@@ -192,7 +192,12 @@ def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
 
 
 def locate(path: str | Path) -> tuple[Path, bool]:
-    """The folder `--ckpt` names and whether it is a Hugging Face one (imported, not loaded)."""
+    """The folder `--ckpt` names and whether it is a Hugging Face one (imported, not loaded).
+    `models:/NAME/VERSION` and `models:/NAME@ALIAS` come from the MLflow registry (`registry.py`)."""
+    if str(path).startswith("models:/"):
+        from bigmodel.model.registry import fetch
+
+        return fetch(str(path)), False
     try:
         return resolve_checkpoint(path), False
     except BigModelError as not_ours:

@@ -42,7 +42,7 @@ from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy
 from bigmodel.train.optim import KeepBest, linear_lr, make_optimizer, optimizer_step
 from bigmodel.train.tasks import LabelTask, Task, backbone_of, make_task
-from bigmodel.train.track import Tracker
+from bigmodel.train.track import Sink, Tracker, tracking_sinks
 
 LORA_TARGETS = ["qkv", "proj", "up", "down", "gate", "q", "kv"]
 
@@ -109,14 +109,16 @@ class FineTuner:
     """One fine-tuning run: data, model, optimizer and the state `--resume` restores."""
 
     def __init__(self, cfg: FinetuneConfig, dist: distributed.Dist,
-                 start: tuple[SequenceModel, Tokenizer] | None = None, scratch: ModelConfig | None = None) -> None:
+                 start: tuple[SequenceModel, Tokenizer] | None = None, scratch: ModelConfig | None = None,
+                 sinks: list[Sink] | None = None) -> None:
         """`start`: a model with its head (a federated round's global model) instead of `cfg.init`;
-        `scratch`: a new model of this shape (images and audio, which have no pretrained checkpoint here)."""
+        `scratch`: a new model of this shape (images and audio, which have no pretrained checkpoint here);
+        `sinks`: listeners to every evaluation besides the ones `--track` asks for (a sweep's pruner)."""
         for name in ("train", "val") if start or scratch else ("init", "train", "val"):
             if not getattr(cfg, name):
                 raise BigModelError(f"finetune needs --{name}" + (" (or a model: section in --config)"
                                                                   if name == "init" else ""))
-        self.scratch = scratch
+        self.scratch, self.sinks = scratch, sinks or []
         self.cfg, self.dist, self.out = cfg, dist, Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.storage = Storage.of(cfg)
@@ -287,13 +289,16 @@ class FineTuner:
         if dist.is_main:
             print(f"{cfg.method}: training {self.trainable:,} of {self.total:,} parameters "
                   f"({100 * self.trainable / self.total:.2f}%)")
+        sections = {"finetune": cfg, **({"model": self.scratch} if self.scratch else {})}
+        sinks = tracking_sinks(cfg, self.out, sections, "step", dist.is_main) + self.sinks
         tracker = Tracker(self.out, self.total_steps, self.start_step, dist.is_main, cfg.tensorboard, fields,
-                          desc="finetune", keep_before=self.start_step + 1)  # its evaluation came before the save
+                          desc="finetune", keep_before=self.start_step + 1,  # its evaluation came before the save
+                          sinks=sinks)
         started = window_start = time.perf_counter()
         window_loss, window_units, window_examples = 0.0, 0, 0
         step = self.start_step
         self.runner.train()  # checkpoints load in eval mode: dropout (and Opacus' hooks) need training mode
-        try:
+        with tracker:
             for epoch in range(self.start_step // self.steps_per_epoch, cfg.epochs):
                 items, batches = self.epoch_batches(epoch)
                 for s in range(step - epoch * self.steps_per_epoch, self.steps_per_epoch):
@@ -316,20 +321,21 @@ class FineTuner:
                             self.best_figures = {**figures, "trainable_params": self.trainable,
                                                  "total_params": self.total}
                             self._save("best", step, figures)
+                            if dist.is_main:
+                                self.task.plot_best(self.out)
                         self._save("last", step, figures)
                         if self.best.exhausted:
                             return self.best_figures
                         window_start, window_loss, window_units, window_examples = time.perf_counter(), 0.0, 0, 0
-        finally:
-            tracker.close()
         return self.best_figures
 
 
-def finetune(cfg: FinetuneConfig, scratch: ModelConfig | None = None) -> dict[str, float]:
+def finetune(cfg: FinetuneConfig, scratch: ModelConfig | None = None, sinks: list[Sink] | None = None
+             ) -> dict[str, float]:
     """Fine-tune as `cfg` says (under torchrun: one process of many); the best evaluation's figures.
     With `scratch` and no `cfg.init`, the model starts from random weights of that shape."""
     dist = distributed.setup(cfg.device)
     try:
-        return FineTuner(cfg, dist, scratch=None if cfg.init else scratch).fit()
+        return FineTuner(cfg, dist, scratch=None if cfg.init else scratch, sinks=sinks).fit()
     finally:
         distributed.teardown()

@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import confusion_matrix
 from tokenizers import Tokenizer
 
 from bigmodel.config import FinetuneConfig
@@ -32,7 +34,7 @@ from bigmodel.data.labelled import Example, label_ids, read_columns, read_labell
 from bigmodel.data.media import media_examples
 from bigmodel.data.squad import read_squad
 from bigmodel.errors import BigModelError
-from bigmodel.evaluate.classify import classification_metrics
+from bigmodel.evaluate.classify import classification_metrics, plot_confusion
 from bigmodel.evaluate.qa import squad_scores
 from bigmodel.infer import ctc, qa
 from bigmodel.infer.classify import predict_scores
@@ -105,6 +107,9 @@ class Task:
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         raise NotImplementedError
 
+    def plot_best(self, out: Path) -> None:
+        """Figures worth a picture, from the evaluation that just became the best (none by default)."""
+
 
 class LabelTask(Task):
     """Classification (accuracy, macro-F1) or regression (MSE) from one pooled vector: of a text, or of
@@ -150,7 +155,14 @@ class LabelTask(Task):
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         scores = predict_scores(model, self.val_items, self.inputs, self.head.n_outputs, self.cfg.dtype)
+        self.val_predictions = scores.argmax(-1).tolist()
         return {**score(self.head, scores, self.val_y), "val_loss": task_loss(self.head, scores, self.val_y).item()}
+
+    def plot_best(self, out: Path) -> None:
+        """confusion.png of the best evaluation, for classifiers."""
+        if self.head.task == "classify":
+            matrix = confusion_matrix(self.val_y.tolist(), self.val_predictions, labels=range(len(self.head.labels)))
+            plot_confusion(matrix.tolist(), self.head.labels, out / "confusion.png", f"{out.name}: best validation")
 
 
 def read_examples(inputs: Inputs, path: str, cfg: FinetuneConfig) -> list[Example]:

@@ -1,13 +1,16 @@
-"""What a person watches during training: a progress bar, metrics.csv, loss.png, TensorBoard.
+"""What a person watches during training: a progress bar, metrics.csv, loss.png, TensorBoard,
+and, with `--track mlflow`, an MLflow run (`mlflow_run.py`).
 
-Pretraining and fine-tuning both log through `Tracker`: one row per evaluation, whose first
-field (`iter` or `step`) is the x-axis of the plot and of TensorBoard.
+Pretraining, fine-tuning and federated rounds all log through `Tracker`: one row per evaluation,
+whose first field (`iter`, `step` or `round`) is the x-axis of the plot and of TensorBoard. Other
+listeners (MLflow, a sweep's pruner) are `Sink`s: they see each evaluation row and the run's end.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
@@ -59,14 +62,33 @@ def shown(name: str, value: float) -> str:
     return f"{name} {value:.4f}"
 
 
+class Sink(Protocol):
+    def evaluation(self, row: dict[str, float]) -> None: ...
+
+    def close(self, error: BaseException | None) -> None: ...
+
+
+def tracking_sinks(cfg: Any, run_dir: Path, sections: dict[str, Any], x: str, enabled: bool) -> list[Sink]:
+    """The sinks a run's `--track` asks for (on the main process only)."""
+    if not enabled or cfg.track == "none":
+        return []
+    from bigmodel.train.mlflow_run import MlflowRun
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return [MlflowRun(run_dir, sections, cfg.tracking_uri, x)]
+
+
 class Tracker:
-    """Only the main process tracks; the others get a silent one."""
+    """Only the main process tracks; the others get a silent one. Use it as a context manager: its
+    end tells the sinks whether the run finished or why not."""
 
     def __init__(self, run_dir: Path, total: int, start: int, enabled: bool, tensorboard: bool,
-                 fields: list[str] = METRIC_FIELDS, desc: str = "train", keep_before: int | None = None) -> None:
+                 fields: list[str] = METRIC_FIELDS, desc: str = "train", keep_before: int | None = None,
+                 sinks: list[Sink] | None = None) -> None:
         """`start` is where a resumed run's bar begins; rows from `keep_before` on (default: `start`), which
         the run is about to log again, are dropped from metrics.csv."""
         self.enabled = enabled
+        self.sinks = sinks or []
         self.fields = fields
         self.x = fields[0]
         self.rate_field = next(f for f in fields if f.endswith("_per_s"))
@@ -99,8 +121,12 @@ class Tracker:
                                      refresh=False)
 
     def evaluation(self, row: dict[str, float]) -> None:
-        if not self.enabled:
-            return
+        if self.enabled:
+            self._record(row)
+        for sink in self.sinks:  # last: a sweep's pruner may stop the run here
+            sink.evaluation(row)
+
+    def _record(self, row: dict[str, float]) -> None:
         figures = " | ".join(shown(k, row[k]) for k in self.fields[1:] if k in row)
         self.bar.write(f"{self.x} {int(row[self.x]):>6} | {figures}")
         with self.csv_path.open("a", newline="") as fh:
@@ -111,7 +137,7 @@ class Tracker:
                     self.writer.add_scalar(key, row[key], int(row[self.x]))
             self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, error: BaseException | None = None) -> None:
         self.bar.close()
         if self.enabled:
             rows = read_metrics(self.csv_path)
@@ -119,3 +145,11 @@ class Tracker:
                 plot_losses(rows, self.png_path, self.title, self.x)
         if self.writer is not None:
             self.writer.close()
+        for sink in self.sinks:
+            sink.close(error)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: Any) -> None:
+        self.close(error)

@@ -30,13 +30,16 @@ from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy
 from bigmodel.train.objectives import MaskedLM, SpanCorruption, masked_accuracy
 from bigmodel.train.optim import KeepBest, autocast, lr_at, make_optimizer, optimizer_step
-from bigmodel.train.track import METRIC_FIELDS, Tracker
+from bigmodel.train.track import METRIC_FIELDS, Sink, Tracker, tracking_sinks
 
 
 class Trainer:
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, sections: dict[str, Any]) -> None:
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, sections: dict[str, Any],
+                 sinks: list[Sink] | None = None) -> None:
+        """`sinks` see every evaluation besides the ones `--track` asks for (a sweep's pruner)."""
         self.cfg = cfg
         self.sections = sections
+        self.sinks = sinks or []
         self.dist = distributed.setup(cfg.device)
         self.run_dir = Path(cfg.out)
         self.storage = Storage.of(cfg)
@@ -201,40 +204,43 @@ class Trainer:
         save_every = cfg.save_interval or cfg.eval_interval
         fields = [*METRIC_FIELDS, *(["val_mask_acc"] if cfg.objective == "mlm" else []),
                   *(["epsilon"] if self.private else [])]
-        tracker = Tracker(self.run_dir, cfg.max_iters, self.start_iter, self.dist.is_main, cfg.tensorboard, fields)
+        sinks = tracking_sinks(cfg, self.run_dir, self.sections, "iter", self.dist.is_main) + self.sinks
+        tracker = Tracker(self.run_dir, cfg.max_iters, self.start_iter, self.dist.is_main, cfg.tensorboard, fields,
+                          sinks=sinks)
         started = time.perf_counter()
         window_start, window_iters, loss = started, 0, math.nan
         last_eval: dict[str, float] = {}
         try:
-            for it in range(self.start_iter, cfg.max_iters + 1):
-                if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-                    now = time.perf_counter()
-                    rate = tokens_per_iter * window_iters / max(now - window_start, 1e-9)
-                    losses = self.evaluate()
-                    last_eval = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
-                                 "lr": lr_at(it, cfg), "tokens_per_s": rate, "elapsed_s": now - started}
-                    if cfg.objective == "mlm":
-                        last_eval["val_mask_acc"] = losses["val_mask_acc"]
-                    if self.private:
-                        last_eval["epsilon"] = self.private.epsilon()
-                    tracker.evaluation(last_eval)
-                    if self.best.improved(losses["val"]):
-                        self._save("best", it)
-                    window_start, window_iters = time.perf_counter(), 0
-                if it % save_every == 0 or it == cfg.max_iters:
-                    self._save("last", it)
-                if it == cfg.max_iters:
-                    break
-                if (mean := self._step(it)) is not None:
-                    loss = mean
-                window_iters += 1
-                rate = tokens_per_iter * window_iters / max(time.perf_counter() - window_start, 1e-9)
-                tracker.step(loss, lr_at(it, cfg), rate)
+            with tracker:
+                for it in range(self.start_iter, cfg.max_iters + 1):
+                    if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+                        now = time.perf_counter()
+                        rate = tokens_per_iter * window_iters / max(now - window_start, 1e-9)
+                        losses = self.evaluate()
+                        last_eval = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
+                                     "lr": lr_at(it, cfg), "tokens_per_s": rate, "elapsed_s": now - started}
+                        if cfg.objective == "mlm":
+                            last_eval["val_mask_acc"] = losses["val_mask_acc"]
+                        if self.private:
+                            last_eval["epsilon"] = self.private.epsilon()
+                        tracker.evaluation(last_eval)
+                        if self.best.improved(losses["val"]):
+                            self._save("best", it)
+                        window_start, window_iters = time.perf_counter(), 0
+                    if it % save_every == 0 or it == cfg.max_iters:
+                        self._save("last", it)
+                    if it == cfg.max_iters:
+                        break
+                    if (mean := self._step(it)) is not None:
+                        loss = mean
+                    window_iters += 1
+                    rate = tokens_per_iter * window_iters / max(time.perf_counter() - window_start, 1e-9)
+                    tracker.step(loss, lr_at(it, cfg), rate)
         finally:
-            tracker.close()
             distributed.teardown()
         return last_eval
 
 
-def pretrain(model_cfg: ModelConfig, cfg: TrainConfig, sections: dict[str, Any]) -> dict[str, float]:
-    return Trainer(model_cfg, cfg, sections).fit()
+def pretrain(model_cfg: ModelConfig, cfg: TrainConfig, sections: dict[str, Any],
+             sinks: list[Sink] | None = None) -> dict[str, float]:
+    return Trainer(model_cfg, cfg, sections, sinks).fit()
