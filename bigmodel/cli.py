@@ -62,21 +62,13 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def pretrain_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, dict]:
     """Layer defaults < preset < YAML < flags; a resumed run starts from its saved config."""
-    from bigmodel.config import preset
-    from bigmodel.data.batches import load_meta
     from bigmodel.model.checkpoint import RUN_CONFIG, read_sections
+    from bigmodel.train.trainer import layered_configs
 
     recipe = load_yaml(args.config)
     if args.resume and args.out and (Path(args.out) / "last" / RUN_CONFIG).is_file():
         recipe = {**read_sections(Path(args.out) / "last", storage(args)), "preset": None}
-    train = resolve(TrainConfig, recipe.get("train"), args)
-    if not train.data:
-        raise BigModelError("pretrain needs --data DIR (a folder made by `bigmodel prepare`)")
-    preset_name = args.preset or recipe.get("preset")
-    model_values = {"vocab_size": load_meta(train.data)["vocab_size"], "causal": train.objective != "mlm"}
-    model_values.update(preset(preset_name) if preset_name else {})
-    model = resolve(ModelConfig, model_values, recipe.get("model"), args)
-    return model, train, {"preset": preset_name, "model": model, "train": train}
+    return layered_configs(recipe, args, args.preset)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -677,6 +669,24 @@ def cmd_federated(args: argparse.Namespace) -> None:
           f"checkpoints in {out}/best and {out}/last; per-client figures in {out}/clients.csv")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from optuna.trial import TrialState
+
+    from bigmodel.train.sweep import Param, sweep
+
+    if not args.config:
+        raise BigModelError("sweep needs --config FILE: the recipe whose fields the trials vary")
+    params = [Param.parse(text) for text in args.param]
+    study = sweep(load_yaml(args.config), params, args.trials, Path(args.out), args.metric, args.track,
+                  args.tracking_uri, args.seed)
+    states = [t.state for t in study.trials]
+    print(f"{args.trials} trials: {states.count(TrialState.COMPLETE)} complete, {states.count(TrialState.PRUNED)} "
+          f"pruned, {states.count(TrialState.FAIL)} failed; best {study.user_attrs['metric']} {study.best_value:.4f} "
+          f"(trial {study.best_trial.number}: {study.best_params})")
+    print(f"best recipe {args.out}/best.yaml; plots {args.out}/history.png, {args.out}/importance.png; "
+          f"study {args.out}/study.db")
+
+
 def cmd_registry(args: argparse.Namespace) -> None:
     """register | list | alias: checkpoints as named, numbered versions in MLflow's registry."""
     import time
@@ -688,7 +698,8 @@ def cmd_registry(args: argparse.Namespace) -> None:
             raise BigModelError("registry register needs --ckpt DIR")
         v = registry.register(args.ckpt, args.name, args.alias, args.tracking_uri)
         alias = f" (models:/{v.name}@{args.alias})" if args.alias else ""
-        print(f"registered {args.ckpt} as models:/{v.name}/{v.version}{alias} in {registry.store_uri(args.tracking_uri)}")
+        where = registry.store_uri(args.tracking_uri)
+        print(f"registered {args.ckpt} as models:/{v.name}/{v.version}{alias} in {where}")
     elif args.action == "alias":
         if not (args.version and args.alias):
             raise BigModelError("registry alias needs --version N and --alias NAME")
@@ -898,6 +909,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", default="label")
     p.add_argument("--max-examples", type=int, default=0, help="with --evaluate: the first N rows (0: all)")
     p.set_defaults(func=cmd_explain)
+
+    p = verbs.add_parser("sweep", help="hyperparameter search (Optuna) over a finetune or pretrain recipe; "
+                         "re-run the same command to continue a killed sweep")
+    p.add_argument("--config", help="YAML recipe with a finetune: (or train:) section")
+    p.add_argument("--trials", type=int, default=12, help="trials in all, counting those already run (default 12)")
+    p.add_argument("--param", action="append", default=[], help="FIELD=loguniform:LOW:HIGH | uniform:LOW:HIGH | "
+                   "int:LOW:HIGH | choice:A,B,...; FIELD of the stage (lr) or model.FIELD; repeatable")
+    p.add_argument("--metric", default="", help="figure to optimise: accuracy (classify; maximised), val_loss "
+                   "(otherwise; minimised), or any figure the run reports")
+    p.add_argument("--out", default="runs/sweep", help="trial folders, study.db, best.yaml and plots")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed (each trial keeps the recipe's)")
+    p.add_argument("--track", default="none", help="none | mlflow: every trial as an MLflow run")
+    p.add_argument("--tracking-uri", default="", help="MLflow store (default: OUT's parent/mlflow.db)")
+    p.set_defaults(func=cmd_sweep)
 
     p = verbs.add_parser("registry", help="MLflow model registry: register a checkpoint, list versions, move an alias")
     p.add_argument("action", choices=("register", "list", "alias"))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bigmodel.config import ModelConfig, TrainConfig
+from bigmodel.config import ModelConfig, TrainConfig, preset, resolve
 from bigmodel.data.batches import BlockSampler, WindowSampler, load_meta, open_split
 from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.errors import BigModelError
@@ -239,6 +239,20 @@ class Trainer:
         finally:
             distributed.teardown()
         return last_eval
+
+
+def layered_configs(recipe: dict[str, Any], flags: Any = None, preset_name: str | None = None
+                    ) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+    """The model and training configs of a recipe: defaults < preset < YAML < flags (a Namespace or dict).
+    The vocabulary comes from the prepared data, causality from the objective."""
+    train = resolve(TrainConfig, recipe.get("train"), flags)
+    if not train.data:
+        raise BigModelError("pretrain needs --data DIR (a folder made by `bigmodel prepare`)")
+    preset_name = preset_name or recipe.get("preset")
+    model_values = {"vocab_size": load_meta(train.data)["vocab_size"], "causal": train.objective != "mlm"}
+    model_values.update(preset(preset_name) if preset_name else {})
+    model = resolve(ModelConfig, model_values, recipe.get("model"), flags)
+    return model, train, {"preset": preset_name, "model": model, "train": train}
 
 
 def pretrain(model_cfg: ModelConfig, cfg: TrainConfig, sections: dict[str, Any],
