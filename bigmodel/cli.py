@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -76,6 +77,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     model, train, sections = pretrain_configs(args)
     result = pretrain(model, train, sections)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+        return
     if result:
         print(f"done: val loss {result['val_loss']:.4f} at iteration {int(result['iter'])}; "
               f"checkpoints in {train.out}/best and {train.out}/last")

@@ -177,6 +177,7 @@ class TrainConfig(TrackingConfig, PrivacyConfig, StorageConfig):
     save_interval: int = 0  # 0 means at every evaluation
     dtype: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False
+    strategy: str = "ddp"  # under torchrun: ddp (whole model per process) | fsdp (FSDP2, sharded per block)
     seed: int = 1337
     resume: bool = False
     tensorboard: bool = False
@@ -186,6 +187,8 @@ class TrainConfig(TrackingConfig, PrivacyConfig, StorageConfig):
         super().__post_init__()
         if self.dtype not in ("fp32", "bf16"):
             raise BigModelError(f"--dtype must be fp32 or bf16, not {self.dtype!r}")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise BigModelError(f"--strategy must be ddp or fsdp, not {self.strategy!r}")
         if self.objective not in ("clm", "mlm", "span"):
             raise BigModelError(f"--objective must be clm, mlm or span, not {self.objective!r}")
         if self.max_iters < 0:

@@ -45,6 +45,7 @@ MODEL_CONFIG = "model.json"
 RUN_CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.json"
 TRAINER_STATE = "trainer_state.pt"
+SHARDS = "shards"  # FSDP: weights and optimizer state as torch.distributed.checkpoint shards
 MANIFEST = "manifest.json"
 
 
@@ -146,11 +147,12 @@ def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> 
 
 def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: Tokenizer | None,
                     sections: dict[str, Any], trainer_state: dict[str, Any] | None = None,
-                    storage: Storage = PLAIN) -> None:
+                    storage: Storage = PLAIN, shards: Path | None = None) -> None:
     """Write the folder as `path.tmp`, then replace `path` with it (old one kept until then).
 
     A `SequenceModel` also leaves `head.json` (task, labels, pooling). Image and audio models have
-    no tokenizer (a speech recognizer's characters are its head's labels)."""
+    no tokenizer (a speech recognizer's characters are its head's labels). `shards`, a folder of
+    FSDP shards already written, moves in as `shards/` before the rename, so it lands with the rest."""
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -166,6 +168,8 @@ def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: T
         files[TRAINER_STATE] = buffer.getvalue()
     sha256 = {name: storage.write(tmp, name, data) for name, data in files.items()}
     (tmp / MANIFEST).write_text(json.dumps({"sealed": storage.key is not None, "sha256": sha256}, indent=2))
+    if shards is not None:
+        os.replace(shards, tmp / SHARDS)
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)

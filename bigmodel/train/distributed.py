@@ -1,8 +1,16 @@
-"""torchrun / torch.distributed set-up: one code path whether there is one process or many."""
+"""torchrun / torch.distributed set-up: one code path whether there is one process or many.
+
+Two ways to spread training over processes: DDP (every process holds the whole model and
+optimizer, gradients are averaged) and FSDP2 (`fully_shard`: each block's parameters, gradients
+and optimizer state are split across the processes and gathered one block at a time), which is
+what lets a model larger than one process's memory train.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -64,3 +72,36 @@ def setup(preference: str = "auto") -> Dist:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard(model: torch.nn.Module, world: Dist, dtype: str) -> None:
+    """FSDP2 in place: every block, then the rest (embeddings, final norm, head), sharded over a 1-D
+    mesh of all processes. bf16: parameters gathered in bf16 for compute, gradients reduced in fp32."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(world.device.type, (world.world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if dtype == "bf16" \
+        else MixedPrecisionPolicy()
+    for block in [*getattr(model, "encoder", []), *model.blocks]:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+@contextlib.contextmanager
+def gradient_sync(model: torch.nn.Module, sync: bool) -> Iterator[None]:
+    """Hold back the gradient all-reduce (DDP) or reduce-scatter (FSDP2) for all but the last
+    micro-batch of an accumulated step."""
+    if sync:
+        yield
+    elif hasattr(model, "no_sync"):  # DDP
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:  # one process: nothing to hold back
+        yield

@@ -14,7 +14,6 @@ counting steps.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import random
@@ -229,8 +228,7 @@ class FineTuner:
         for i, batch in enumerate(group):
             mine = [items[j] for j in batch[dist.rank::dist.world_size]]
             last = i == len(group) - 1
-            sync = contextlib.nullcontext() if last or dist.world_size == 1 else self.model.no_sync()
-            with sync:
+            with distributed.gradient_sync(self.model, last):
                 loss = self.task.loss(self.model, mine, dist.device)
                 (loss * dist.world_size / units).backward()
             summed, counted, examples = summed + loss.item(), counted + self.task.units(mine), examples + len(mine)

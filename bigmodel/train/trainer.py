@@ -12,7 +12,6 @@ by group privacy).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -25,9 +24,16 @@ from bigmodel.config import ModelConfig, TrainConfig, preset, resolve
 from bigmodel.data.batches import BlockSampler, WindowSampler, load_meta, open_split
 from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.errors import BigModelError
-from bigmodel.model.checkpoint import Storage, assign_weights, load_trainer_state, resolve_checkpoint, save_checkpoint
+from bigmodel.model.checkpoint import (
+    SHARDS,
+    Storage,
+    assign_weights,
+    load_trainer_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from bigmodel.model.transformer import Transformer
-from bigmodel.train import distributed, privacy
+from bigmodel.train import distributed, privacy, sharded
 from bigmodel.train.objectives import MaskedLM, SpanCorruption, masked_accuracy
 from bigmodel.train.optim import KeepBest, autocast, lr_at, make_optimizer, optimizer_step
 from bigmodel.train.track import METRIC_FIELDS, Sink, Tracker, tracking_sinks
@@ -51,6 +57,12 @@ class Trainer:
         self.tokenizer = load_tokenizer(cfg.data)
         torch.manual_seed(cfg.seed)
         self.raw_model = Transformer(model_cfg).to(self.dist.device)
+        self.sharded = cfg.strategy == "fsdp" and self.dist.world_size > 1
+        if self.sharded:
+            if self.storage.key is not None:
+                raise BigModelError("--strategy fsdp writes sharded checkpoints, which cannot be sealed yet "
+                                    "(drop --encrypt-key-env or use --strategy ddp)")
+            distributed.shard(self.raw_model, self.dist, cfg.dtype)  # before the optimizer sees the parameters
         self.optimizer = make_optimizer(self.raw_model, cfg, self.dist.device)
         block, world = model_cfg.block_size, self.dist.world_size
         self.splits = {s: open_split(cfg.data, s) for s in ("train", "val")}
@@ -74,7 +86,7 @@ class Trainer:
         self.private: privacy.Privacy | None = None
         if cfg.dp_epsilon is not None:
             model = self._make_private(model_cfg)
-        if world > 1:
+        if world > 1 and not self.sharded:
             model = DDP(model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None)
         self.model = torch.compile(model) if cfg.compile else model
 
@@ -96,8 +108,13 @@ class Trainer:
     def _restore(self) -> None:
         folder = resolve_checkpoint(self.run_dir, prefer="last")
         state = load_trainer_state(folder, self.storage)
-        assign_weights(self.raw_model, self.storage.tensors(folder)[0])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if (folder / SHARDS).is_dir():  # FSDP's: resharded onto however many processes run now
+            sharded.load(self.raw_model, self.optimizer, folder / SHARDS)
+        elif self.sharded:
+            raise BigModelError(f"{folder}: saved by --strategy ddp; resume it with --strategy ddp")
+        else:
+            assign_weights(self.raw_model, self.storage.tensors(folder)[0])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.start_iter = int(state["iter"])
         self.best.restore(state["best"])
         self.train_batches.restore(state["sampler"])
@@ -106,8 +123,9 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"][self.dist.rank])
 
     def _state(self, it: int) -> dict[str, Any]:
-        state = {"iter": it, "best": self.best.state(), "optimizer": self.optimizer.state_dict(),
-                 "torch_rng": self.dist.rng_states()}
+        state = {"iter": it, "best": self.best.state(), "torch_rng": self.dist.rng_states()}
+        if not self.sharded:  # FSDP's optimizer state is in the shards
+            state["optimizer"] = self.optimizer.state_dict()
         if not self.private:  # a private run cannot resume (yet): its Poisson draws have no saved state
             state["sampler"] = self.train_batches.state()
         if self.masking is not None:
@@ -115,10 +133,18 @@ class Trainer:
         return state
 
     def _save(self, name: str, it: int) -> None:
-        state = self._state(it)  # every rank joins the gather; only rank 0 writes
+        """`best/` or `last/` (with what resumes); every rank joins the gathers, rank 0 writes the folder.
+        Under FSDP the weights are gathered into a plain checkpoint, and `last/` also holds the shards
+        of weights and optimizer state (`torch.distributed.checkpoint`), written by every rank."""
+        state = self._state(it)
         sections = {**self.sections, "privacy": self.private.record()} if self.private else self.sections
+        model, shards = self.raw_model, None
+        if self.sharded:
+            model = sharded.gathered(self.raw_model, self.dist.is_main)
+            if name == "last":
+                shards = sharded.save(self.raw_model, self.optimizer, self.run_dir / f"{name}.{SHARDS}.tmp")
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / name, self.raw_model, self.tokenizer, sections, state, self.storage)
+            save_checkpoint(self.run_dir / name, model, self.tokenizer, sections, state, self.storage, shards)
 
     # --- loop --------------------------------------------------------------------------
 
@@ -165,8 +191,7 @@ class Trainer:
         for micro in range(self.cfg.grad_accum):
             x, y = self._inputs(self.train_batches)
             last = micro == self.cfg.grad_accum - 1
-            sync = contextlib.nullcontext() if last or self.dist.world_size == 1 else self.model.no_sync()
-            with sync, autocast(self.cfg.dtype, self.dist.device):
+            with distributed.gradient_sync(self.model, last), autocast(self.cfg.dtype, self.dist.device):
                 _, loss = self.model(**x, targets=y)
                 (loss / self.cfg.grad_accum).backward()
             total += loss.item()
@@ -210,34 +235,31 @@ class Trainer:
         started = time.perf_counter()
         window_start, window_iters, loss = started, 0, math.nan
         last_eval: dict[str, float] = {}
-        try:
-            with tracker:
-                for it in range(self.start_iter, cfg.max_iters + 1):
-                    if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-                        now = time.perf_counter()
-                        rate = tokens_per_iter * window_iters / max(now - window_start, 1e-9)
-                        losses = self.evaluate()
-                        last_eval = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
-                                     "lr": lr_at(it, cfg), "tokens_per_s": rate, "elapsed_s": now - started}
-                        if cfg.objective == "mlm":
-                            last_eval["val_mask_acc"] = losses["val_mask_acc"]
-                        if self.private:
-                            last_eval["epsilon"] = self.private.epsilon()
-                        tracker.evaluation(last_eval)
-                        if self.best.improved(losses["val"]):
-                            self._save("best", it)
-                        window_start, window_iters = time.perf_counter(), 0
-                    if it % save_every == 0 or it == cfg.max_iters:
-                        self._save("last", it)
-                    if it == cfg.max_iters:
-                        break
-                    if (mean := self._step(it)) is not None:
-                        loss = mean
-                    window_iters += 1
-                    rate = tokens_per_iter * window_iters / max(time.perf_counter() - window_start, 1e-9)
-                    tracker.step(loss, lr_at(it, cfg), rate)
-        finally:
-            distributed.teardown()
+        with tracker:
+            for it in range(self.start_iter, cfg.max_iters + 1):
+                if it % cfg.eval_interval == 0 or it == cfg.max_iters:
+                    now = time.perf_counter()
+                    rate = tokens_per_iter * window_iters / max(now - window_start, 1e-9)
+                    losses = self.evaluate()
+                    last_eval = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
+                                 "lr": lr_at(it, cfg), "tokens_per_s": rate, "elapsed_s": now - started}
+                    if cfg.objective == "mlm":
+                        last_eval["val_mask_acc"] = losses["val_mask_acc"]
+                    if self.private:
+                        last_eval["epsilon"] = self.private.epsilon()
+                    tracker.evaluation(last_eval)
+                    if self.best.improved(losses["val"]):
+                        self._save("best", it)
+                    window_start, window_iters = time.perf_counter(), 0
+                if it % save_every == 0 or it == cfg.max_iters:
+                    self._save("last", it)
+                if it == cfg.max_iters:
+                    break
+                if (mean := self._step(it)) is not None:
+                    loss = mean
+                window_iters += 1
+                rate = tokens_per_iter * window_iters / max(time.perf_counter() - window_start, 1e-9)
+                tracker.step(loss, lr_at(it, cfg), rate)
         return last_eval
 
 
@@ -257,4 +279,8 @@ def layered_configs(recipe: dict[str, Any], flags: Any = None, preset_name: str 
 
 def pretrain(model_cfg: ModelConfig, cfg: TrainConfig, sections: dict[str, Any],
              sinks: list[Sink] | None = None) -> dict[str, float]:
-    return Trainer(model_cfg, cfg, sections, sinks).fit()
+    """Train as `cfg` says (under torchrun: one process of many); the last evaluation."""
+    try:
+        return Trainer(model_cfg, cfg, sections, sinks).fit()
+    finally:  # after the trainer (and DDP's reducer) is gone: freeing it later can deadlock in gloo
+        distributed.teardown()
