@@ -79,6 +79,7 @@ def test_a_killed_sweep_continues_and_reports_the_best_trial(recipe, tmp_path):
     ("lr=foo:1", "expected FIELD=loguniform"),
     ("lr=loguniform:0:1", "LOW > 0"),
     ("lr=uniform:1:x", "two numbers"),
+    ("n_layer=int:1:3", "not a field of the train: section"),
 ])
 def test_a_bad_param_is_one_clear_line(recipe, tmp_path, param, fragment):
     done = run_cli("sweep", "--config", str(recipe), "--out", str(tmp_path / "s"), "--param", param)

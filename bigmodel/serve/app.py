@@ -21,13 +21,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from tokenizers import Tokenizer
@@ -63,6 +64,7 @@ from bigmodel.serve.schema import (
     error_body,
 )
 
+PLAYGROUND = Path(__file__).with_name("static") / "playground.html"
 
 @dataclass
 class Served:
@@ -74,6 +76,13 @@ class Served:
     engine: Engine | None  # decoders only
     chat: Callable[[list[Message]], str]  # messages to prompt
     classifier: SequenceModel | None = None  # a fine-tuned checkpoint's model with its head
+
+    def capabilities(self) -> list[str]:
+        """What this model answers, as `/v1/models` tells clients such as the playground."""
+        text = self.tok is not None
+        head = self.classifier.head_config.task if self.classifier else None
+        return [name for name, able in (("generate", self.engine is not None), ("classify", head is not None),
+                                        ("explain", text and head == "classify"), ("embeddings", text)) if able]
 
 
 def load_served(cfg: ServeConfig) -> Served:
@@ -319,10 +328,17 @@ def prometheus(request: Request) -> str:
     return service(request).metrics.text(loaded.engine.depth if loaded and loaded.engine else 0)
 
 
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def playground() -> str:
+    """The playground page; it calls the /v1 routes with the key the user types."""
+    return PLAYGROUND.read_text(encoding="utf-8")
+
+
 @router.get("/v1/models", responses={401: ERRORS[401], 503: ERRORS[503]})
 def models(request: Request) -> dict:
-    return {"object": "list", "data": [{"id": service(request).served.model_id, "object": "model", "created": 0,
-                                        "owned_by": "bigmodel"}]}
+    served = service(request).served
+    return {"object": "list", "data": [{"id": served.model_id, "object": "model", "created": 0,
+                                        "owned_by": "bigmodel", "capabilities": served.capabilities()}]}
 
 
 @router.post("/v1/completions", responses=STREAMED)

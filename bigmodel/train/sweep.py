@@ -15,6 +15,7 @@ A `--param` is `FIELD=KIND:ARGS`, FIELD a field of the recipe's stage (`lr`) or 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from bigmodel.config import FinetuneConfig, ModelConfig, resolve
+from bigmodel.config import FinetuneConfig, ModelConfig, TrainConfig, resolve
 from bigmodel.errors import BigModelError
 
 MINIMIZED = ("val_loss", "train_loss", "mse", "cer", "wer")
@@ -102,6 +103,17 @@ class Pruning:
         """Nothing to release: the study records the trial's end."""
 
 
+def check_fields(params: list[Param], stage: str) -> None:
+    """Every --param names a field of the stage's config or of the model's."""
+    known = {"model": ModelConfig, stage: FinetuneConfig if stage == "finetune" else TrainConfig}
+    for p in params:
+        section, _, name = p.field.rpartition(".")
+        cls = known.get(section or stage)
+        if cls is None or name not in {f.name for f in dataclasses.fields(cls)}:
+            raise BigModelError(f"--param {p.field}: not a field of the {section or stage}: section "
+                                f"(fields of the model section are written model.FIELD)")
+
+
 def default_metric(recipe: dict[str, Any]) -> str:
     if stage_of(recipe) == "finetune" and recipe["finetune"].get("task", "classify") == "classify":
         return "accuracy"
@@ -158,6 +170,7 @@ def sweep(recipe: dict[str, Any], params: list[Param], trials: int, out: Path, m
     if not params:
         raise BigModelError("sweep needs at least one --param FIELD=KIND:ARGS")
     stage, metric = stage_of(recipe), metric or default_metric(recipe)
+    check_fields(params, stage)
     minimize = metric in MINIMIZED
     out.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # the heartbeat's retry callback is marked experimental
