@@ -2,7 +2,7 @@
 
 Each trial is an ordinary fine-tuning (or pretraining) run of the recipe with some fields drawn
 by Optuna's TPE sampler, in `OUT/trial-NNN`. Its evaluations are reported to a median pruner, which
-stops trials that fall behind the others at the same step (never at step 0, before any training).
+stops trials that fall behind the others at the same point (never in the first quarter of the run).
 The study lives in `OUT/study.db` (SQLite) with a heartbeat, so a killed sweep re-run with the
 same command continues: finished trials stay, and the trial the kill interrupted is run again
 with the same values. At the end:
@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,10 +82,13 @@ def with_values(recipe: dict[str, Any], values: dict[str, Any]) -> dict[str, Any
 
 
 class Pruning:
-    """A `Sink` that reports a trial's evaluations to Optuna and stops the trial when told to."""
+    """A `Sink` that reports a trial's evaluations to Optuna and stops the trial when told to.
 
-    def __init__(self, trial: Any, metric: str, x: str, minimize: bool) -> None:
-        self.trial, self.metric, self.x, self.minimize = trial, metric, x, minimize
+    Evaluations are reported by how much data the trial has seen (thousandths of an epoch when
+    fine-tuning, sequences when pretraining), so trials of different batch sizes compare fairly."""
+
+    def __init__(self, trial: Any, metric: str, minimize: bool, progress: Callable[[dict[str, float]], int]) -> None:
+        self.trial, self.metric, self.minimize, self.progress = trial, metric, minimize, progress
         self.best: float | None = None
 
     def evaluation(self, row: dict[str, float]) -> None:
@@ -92,12 +96,12 @@ class Pruning:
 
         if self.metric not in row:
             raise BigModelError(f"--metric {self.metric}: the run reports {', '.join(sorted(row))}")
-        value = row[self.metric]
+        value, seen = row[self.metric], self.progress(row)
         better = min if self.minimize else max
         self.best = value if self.best is None else better(self.best, value)
-        self.trial.report(value, int(row[self.x]))
+        self.trial.report(value, seen)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"{self.metric} {value:.4f} at {self.x} {int(row[self.x])}")
+            raise optuna.TrialPruned(f"{self.metric} {value:.4f} at progress {seen}")
 
     def close(self, error: BaseException | None) -> None:
         """Nothing to release: the study records the trial's end."""
@@ -131,6 +135,22 @@ def run_trial(recipe: dict[str, Any], pruning: Pruning) -> None:
         from bigmodel.train.trainer import layered_configs, pretrain
 
         pretrain(*layered_configs(recipe), sinks=[pruning])
+
+
+def progress_of(recipe: dict[str, Any]) -> Callable[[dict[str, float]], int]:
+    """How far an evaluation row is into training, in the units the pruner compares."""
+    if stage_of(recipe) == "finetune":
+        return lambda row: round(row["epoch"] * 1000)
+    train = resolve(TrainConfig, recipe["train"])
+    return lambda row: int(row["iter"]) * train.batch_size * train.grad_accum
+
+
+def budget(recipe: dict[str, Any]) -> int:
+    """The recipe's whole run in those units; the pruner waits for its first quarter."""
+    if stage_of(recipe) == "finetune":
+        return resolve(FinetuneConfig, recipe["finetune"]).epochs * 1000
+    train = resolve(TrainConfig, recipe["train"])
+    return train.max_iters * train.batch_size * train.grad_accum
 
 
 def counted(study: Any) -> int:
@@ -180,7 +200,8 @@ def sweep(recipe: dict[str, Any], params: list[Param], trials: int, out: Path, m
     study = optuna.create_study(study_name=out.name, storage=storage, load_if_exists=True,
                                 direction="minimize" if minimize else "maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=3,
+                                                                   n_warmup_steps=budget(recipe) // 4))
     study.set_user_attr("metric", metric)
     settle_interrupted(study)
 
@@ -189,7 +210,7 @@ def sweep(recipe: dict[str, Any], params: list[Param], trials: int, out: Path, m
         run = with_values(recipe, values)
         run[stage].update(out=str(out / f"trial-{trial.number:03d}"), resume=False, track=track,
                           tracking_uri=tracking_uri)
-        pruning = Pruning(trial, metric, "step" if stage == "finetune" else "iter", minimize)
+        pruning = Pruning(trial, metric, minimize, progress_of(run))
         run_trial(run, pruning)
         if pruning.best is None:
             raise BigModelError(f"trial {trial.number}: the run finished without an evaluation")
