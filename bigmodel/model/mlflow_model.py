@@ -2,7 +2,7 @@
 
 MLflow runs this file at load time instead of unpickling an object. `predict` takes a list of texts
 (or image/WAV paths, for those models): a classifier gives label and probabilities per text, a
-language model its continuation (`params`: max_new_tokens, temperature).
+language model its continuation as `text` (`params`: max_new_tokens, temperature).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class CheckpointModel(mlflow.pyfunc.PythonModel):
         self.model, self.tok, _ = load_checkpoint(folder, "cpu", with_head=with_head)
         self.classifier = with_head
 
-    def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> list[Any]:
+    def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> list[dict]:
         texts = list(model_input)
         if self.classifier:
             from bigmodel.infer.classify import label_records
@@ -34,7 +34,7 @@ class CheckpointModel(mlflow.pyfunc.PythonModel):
         from bigmodel.infer.generate import generate_texts
 
         cfg = GenerateConfig(**{k: v for k, v in (params or {}).items() if k in ("max_new_tokens", "temperature")})
-        return [generate_texts(self.model, self.tok, text, cfg)[0] for text in texts]
+        return [{"text": generate_texts(self.model, self.tok, text, cfg)[0]} for text in texts]
 
 
 set_model(CheckpointModel())

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,10 @@ CACHE = Path(os.environ.get("BIGMODEL_CACHE", Path.home() / ".cache" / "bigmodel
 
 
 def import_mlflow() -> Any:
-    """MLflow with its usage telemetry off unless the user turned it on."""
+    """MLflow with its usage telemetry off unless the user turned it on, and no progress bar for the
+    artefacts it copies around (a checkpoint is a handful of files)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         import mlflow
     except ImportError:
@@ -68,10 +70,10 @@ def use_experiment(name: str) -> str:
 def log_checkpoint(folder: Path) -> str:
     """Log a checkpoint folder as a model of the active run; returns the model's URI."""
     mlflow = import_mlflow()
-    with warnings.catch_warnings():  # MLflow would like narrower type hints than "texts in, records out"
-        warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts={ARTEFACT: str(folder)},
-                                       pip_requirements=["bigmodel"])
+    # MLflow's schema inference would like narrower types than "texts in, records out", and says so
+    logging.getLogger("mlflow.models.signature").setLevel(logging.WARNING)
+    info = mlflow.pyfunc.log_model(name="model", python_model=str(MODEL_CODE), artifacts={ARTEFACT: str(folder)},
+                                   pip_requirements=["bigmodel"])
     return info.model_uri
 
 
