@@ -157,7 +157,7 @@ def evaluate_transcripts(args: argparse.Namespace) -> None:
         raise BigModelError(f"{folder}: not a speech recognizer (its head is {model.head_config.task!r})")
     inputs = AudioInputs(model.config)
     examples = media_examples(args.data, inputs.suffixes, args.source_column, args.target_column)
-    hypotheses = transcribe(model, inputs.read([e.text for e in examples]), inputs)
+    hypotheses = transcribe(model, inputs.read([e.text for e in examples]), inputs, **lexicon_settings(args, model))
     references = [normalize(e.label) for e in examples]
     figures = {**error_rates(references, hypotheses), "examples": len(examples)}
     out = Path(args.out)
@@ -367,7 +367,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         elif model.head_config.task == "qa":
             records = predict_answers(model, tok, args, input_length(args, model, folder))
         elif model.config.frontend != "tokens":
-            records = predict_media(model, args.input)
+            records = predict_media(model, args)
         else:
             from bigmodel.infer.classify import label_records
 
@@ -380,17 +380,44 @@ def cmd_predict(args: argparse.Namespace) -> None:
             out.close()
 
 
-def predict_media(model, path: str) -> list[dict]:
+def add_lexicon_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lexicon", help="speech recognizers: decode against the words of these transcripts (a "
+                        ".txt of lines, or a CSV/TSV/JSONL and --lexicon-column), with a word bigram model of them")
+    parser.add_argument("--lexicon-column", default="text", help="the transcripts' column (default: text)")
+    parser.add_argument("--beam-width", type=int, default=128, help="lexicon decoding's beam (default 128)")
+    parser.add_argument("--lm-weight", type=float, default=0.8, help="weight of the word bigram log-probability")
+    parser.add_argument("--word-bonus", type=float, default=2.5, help="score added per word (longer transcripts)")
+
+
+def lexicon_settings(args: argparse.Namespace, model) -> dict:
+    """`transcribe`'s keyword arguments for `--lexicon` (none: greedy decoding)."""
+    if not args.lexicon:
+        return {}
+    from bigmodel.data.labelled import read_columns
+    from bigmodel.infer.ctc import WordModel
+
+    path = Path(args.lexicon)
+    if path.suffix.lower() == ".txt":
+        texts = read_lines(args.lexicon, "lexicon")
+    else:
+        texts = [row[0] for row in read_columns(path, [args.lexicon_column])]
+    words = WordModel.from_texts(texts, model.head_config.labels)
+    if not words.counts:
+        raise BigModelError(f"--lexicon {args.lexicon}: no word spelled in the model's characters")
+    return {"words": words, "beam": args.beam_width, "lm_weight": args.lm_weight, "word_bonus": args.word_bonus}
+
+
+def predict_media(model, args: argparse.Namespace) -> list[dict]:
     """Images or WAV files (one file, a folder, or a list of paths): a label, or a transcript (CTC)."""
     from bigmodel.data.inputs import inputs_for, media_files
     from bigmodel.infer.classify import label_records
     from bigmodel.infer.ctc import transcribe
 
     inputs = inputs_for(model.config, None)
-    files = media_files(path, inputs)
+    files = media_files(args.input, inputs)
     if model.head_config.task == "ctc":
-        return [{"input": f, "transcript": t} for f, t in zip(files, transcribe(model, inputs.read(files), inputs),
-                                                                strict=True)]
+        transcripts = transcribe(model, inputs.read(files), inputs, **lexicon_settings(args, model))
+        return [{"input": f, "transcript": t} for f, t in zip(files, transcripts, strict=True)]
     return [{"input": f, **r} for f, r in zip(files, label_records(model, None, files), strict=True)]
 
 
@@ -784,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "length, else 512)")
     p.add_argument("--out", default="runs/evaluate", help="where metrics.json (and outputs.jsonl, confusion.png) go")
     add_flags(p, GenerateConfig, skip=("num_samples",))
+    add_lexicon_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = verbs.add_parser("generate", help="continue a prompt, streaming the text")
@@ -823,6 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, help="tokens of input kept (default: the checkpoint's fine-tuning "
                    "length, else 512)")
     add_flags(p, GenerateConfig, skip=("num_samples",))
+    add_lexicon_flags(p)
     p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser("zeroshot", help="label texts with no training: nearest label description by embedding")

@@ -123,6 +123,15 @@ def test_ctc_training_lowers_its_loss_and_predict_prints_a_transcript(espeak, tm
     assert scored.returncode == 0, scored.stderr[-2000:]
     figures = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert figures["examples"] == 12 and 0 <= figures["cer"] and "CER" in scored.stdout
+    lexicon = run_cli("evaluate", "--task", "ctc", "--ckpt", str(tmp_path / "run"), "--data",
+                      str(tmp_path / "val.csv"), "--source-column", "audio", "--target-column", "text",
+                      "--lexicon", str(tmp_path / "train.csv"), "--out", str(tmp_path / "eval_lexicon"))
+    assert lexicon.returncode == 0, lexicon.stderr[-2000:]
+    decoded = json.loads((tmp_path / "eval_lexicon" / "metrics.json").read_text())
+    assert decoded["cer"] <= figures["cer"]  # spelling only known words cannot be worse here
+    words = {w for phrase in phrases for w in phrase.split()}
+    for line in (tmp_path / "eval_lexicon" / "outputs.jsonl").read_text().splitlines():
+        assert set(json.loads(line)["transcript"].split()) <= words
 
 
 def test_greedy_ctc_decoding_merges_repeats_and_drops_blanks():
@@ -132,6 +141,23 @@ def test_greedy_ctc_decoding_merges_repeats_and_drops_blanks():
     frames = [1, 1, 0, 1, 2, 2, 0, 0, 2, 1]  # a a _ a b b _ _ b | a (beyond the length)
     scores = torch.nn.functional.one_hot(torch.tensor(frames), 3).float()
     assert greedy_decode(scores, 9, alphabet) == "aabb"
+
+
+def test_lexicon_decoding_spells_known_words_where_greedy_spells_by_ear():
+    from bigmodel.infer.ctc import WordModel, greedy_decode, lexicon_decode
+
+    alphabet = ["<blank>", " ", "d", "l", "o", "r", "u", "w"]
+    frames = [(7, 0.9), (0, 0.9), (6, 0.5), (0, 0.9), (5, 0.9), (3, 0.9), (2, 0.9), (1, 0.9), (7, 0.9), (4, 0.9),
+              (5, 0.9), (2, 0.9)]  # "w_u_rld wor d": greedy hears "wurld word"
+    scores = torch.full((len(frames), len(alphabet)), 0.02)
+    for t, (c, p) in enumerate(frames):
+        scores[t, c] = p
+    scores[2, 4] = 0.4  # "o" was nearly as likely as "u"
+    log_probs = (scores / scores.sum(-1, keepdim=True)).log()
+    assert greedy_decode(log_probs, len(frames), alphabet) == "wurld word"
+    words = WordModel.from_texts(["world word", "word world", "old world"], alphabet)
+    assert lexicon_decode(log_probs, alphabet, words, beam=16) == "world word"
+    assert words.logp("old", "world") > words.logp("old", "word")  # the bigram counts
 
 
 def test_bad_audio_gets_one_line_and_exit_1(tmp_path):
