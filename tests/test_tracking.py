@@ -68,6 +68,8 @@ def test_registry_versions_aliases_and_models_uris(tracked):
     first = run_cli("registry", "register", "--ckpt", str(run_dir), "--name", "digits", "--alias", "production")
     assert first.returncode == 0, first.stderr[-2000:]
     assert "models:/digits/1 (models:/digits@production)" in first.stdout
+    record = json.loads((run_dir / "mlflow.json").read_text())
+    assert store(tracked).get_model_version("digits", "1").source == record["model_uri"]  # the run's own model
     second = run_cli("registry", "register", "--ckpt", str(run_dir / "last"), "--name", "digits",
                      "--tracking-uri", uri)
     assert second.returncode == 0 and "models:/digits/2" in second.stdout
@@ -79,6 +81,9 @@ def test_registry_versions_aliases_and_models_uris(tracked):
     assert moved.returncode == 0
     assert run_cli("registry", "list", "--name", "digits", "--tracking-uri", uri).stdout.startswith(
         "digits/2\t@production")
+    wrong = run_cli("registry", "alias", "--name", "digits", "--version", "9", "--alias", "production",
+                    "--tracking-uri", uri)
+    assert wrong.returncode == 1 and "digits has no version 9" in wrong.stderr
 
     image = str(next((tracked / "digits" / "test" / "4").glob("*.png")))
     env_uri = {"MLFLOW_TRACKING_URI": uri}

@@ -95,7 +95,9 @@ def register(ckpt: str, name: str, alias: str = "", uri: str = "") -> Version:
     tracked = json.loads(record.read_text()) if record else {}
     api = client(uri or tracked.get("tracking_uri", ""))
     mlflow = import_mlflow()
-    model_uri = tracked.get("model_uri") if tracked.get("tracking_uri") == mlflow.get_tracking_uri() else None
+    same = tracked.get("tracking_uri") == mlflow.get_tracking_uri() and tracked.get("checkpoint") == str(
+        folder.resolve())
+    model_uri = tracked.get("model_uri") if same else None  # the run logged this very folder
     if model_uri is None:
         experiment = use_experiment("registered")
         with mlflow.start_run(experiment_id=experiment, run_name=f"register {name}"):
@@ -119,7 +121,8 @@ def versions(name: str, uri: str = "") -> list[Version]:
 
 
 def set_alias(name: str, version: int, alias: str, uri: str = "") -> None:
-    versions(name, uri)  # a clear error when the model does not exist
+    if version not in {v.version for v in versions(name, uri)}:  # versions() names a missing model
+        raise BigModelError(f"registry {store_uri(uri)}: {name} has no version {version}")
     client(uri).set_registered_model_alias(name, alias, str(version))
 
 

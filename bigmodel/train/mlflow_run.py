@@ -74,6 +74,7 @@ class MlflowRun:
         if best is not None and error is None:
             model_uri = log_checkpoint(best)
             record = self.run_dir / RECORD
-            record.write_text(json.dumps({**json.loads(record.read_text()), "model_uri": model_uri}, indent=2))
+            record.write_text(json.dumps({**json.loads(record.read_text()), "model_uri": model_uri,
+                                          "checkpoint": str(best.resolve())}, indent=2))
         interrupted = error is not None and type(error).__name__ in ("KeyboardInterrupt", "TrialPruned")
         mlflow.end_run("FINISHED" if error is None else "KILLED" if interrupted else "FAILED")
