@@ -700,8 +700,6 @@ def cmd_federated(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from optuna.trial import TrialState
-
     from bigmodel.train.sweep import Param, sweep
 
     if not args.config:
@@ -709,9 +707,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     params = [Param.parse(text) for text in args.param]
     study = sweep(load_yaml(args.config), params, args.trials, Path(args.out), args.metric, args.track,
                   args.tracking_uri, args.seed)
-    states = [t.state for t in study.trials]
-    print(f"{args.trials} trials: {states.count(TrialState.COMPLETE)} complete, {states.count(TrialState.PRUNED)} "
-          f"pruned, {states.count(TrialState.FAIL)} failed; best {study.user_attrs['metric']} {study.best_value:.4f} "
+    states = [t.state.name for t in study.trials]  # sweep() has checked that Optuna is installed
+    print(f"{args.trials} trials: {states.count('COMPLETE')} complete, {states.count('PRUNED')} "
+          f"pruned, {states.count('FAIL')} failed; best {study.user_attrs['metric']} {study.best_value:.4f} "
           f"(trial {study.best_trial.number}: {study.best_params})")
     print(f"best recipe {args.out}/best.yaml; plots {args.out}/history.png, {args.out}/importance.png; "
           f"study {args.out}/study.db")
