@@ -44,7 +44,7 @@ def main() -> None:
         ours, _ = run("-m", "bigmodel.cli", "pretrain", "--config", args.config, "--data", str(data), "--out",
                       str(run_dir))
         run("-m", "bigmodel.cli", "evaluate", "--ckpt", str(run_dir / "last"), "--data", str(data), "--json",
-            str(report))
+            str(report), "--dtype", "fp32")  # the peer is scored in fp32 too
         our_loss = json.loads(report.read_text())["loss"]
         print(f"bigmodel pretrain: {ours:.1f} s wall, val loss {our_loss:.4f} (every token of the val split)",
               flush=True)

@@ -2,7 +2,8 @@
 
 For the `baby` and `small` presets (character vocabulary of 65, dropout 0) each side runs
 forward, backward, gradient clipping and a fused AdamW step on the same batches; both in
-fp32, then both under bf16 autocast. Prints tokens/s, our model-FLOPs utilisation against
+fp32, then both under bf16 autocast where this CPU runs bf16 faster (`--dtype auto`'s probe).
+Prints the machine, tokens/s, our model-FLOPs utilisation against
 this machine's measured fp32 matmul peak, and last `ratio: X.XX` (the smaller of the two
 fp32 ratios, ours over transformers; higher is better for us).
 """
@@ -15,7 +16,7 @@ import statistics
 import time
 
 import torch
-from _common import matmul_peak_flops, save
+from _common import formats_here, matmul_peak_flops, save
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from bigmodel.config import ModelConfig, TrainConfig, preset
@@ -80,7 +81,8 @@ def main() -> None:
     peak = matmul_peak_flops()
     results: dict[str, dict] = {}
     for name in ("baby", "small"):
-        for dtype in ("fp32", "bf16"):
+        shape = preset(name)
+        for dtype in formats_here(shape["n_embd"], BATCH[name] * shape["block_size"]):
             r = measure(name, dtype, args.steps if name == "baby" else max(5, args.steps // 2))
             r["mfu"] = r["tokens_per_s"]["bigmodel"] * r["flops_per_token"] / peak
             results[f"{name}/{dtype}"] = r

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from bigmodel.config import (
+    DTYPES,
     DataConfig,
     FederatedConfig,
     FinetuneConfig,
@@ -36,12 +37,18 @@ def storage(args: argparse.Namespace):
     return Storage.of(resolve(StorageConfig, None, args))
 
 
-def load(args: argparse.Namespace, with_head: bool = False, ckpt: str | None = None):
-    """The model, tokenizer and folder `--ckpt` (or `ckpt`) names, on the device `--device` picks."""
+def load(args: argparse.Namespace, with_head: bool = False, ckpt: str | None = None, decoding: bool = False):
+    """The model, tokenizer and folder `--ckpt` (or `ckpt`) names, on the device `--device` picks, in the
+    number format `--dtype` picks (verbs that have it) for batches of whole windows, or for `decoding`
+    one token at a time."""
     from bigmodel.device import pick_device
-    from bigmodel.model.checkpoint import load_checkpoint
+    from bigmodel.model.checkpoint import in_precision, load_checkpoint
 
-    return load_checkpoint(ckpt or args.ckpt, pick_device(args.device), with_head=with_head, storage=storage(args))
+    device = pick_device(args.device)
+    model, tok, folder = load_checkpoint(ckpt or args.ckpt, device, with_head=with_head, storage=storage(args))
+    if getattr(args, "dtype", None):
+        model = in_precision(model, args.dtype, device, decoding)
+    return model, tok, folder
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -467,7 +474,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     cfg = resolve(GenerateConfig, args, {"temperature": 0.0} if args.greedy else None)
     prompts = _prompts(args)
-    model, tok, _ = load(args)
+    model, tok, _ = load(args, decoding=True)
     if model.config.encoder_layers:  # the prompt is a source; the output its target
         from bigmodel.infer.seq2seq import generate_targets
 
@@ -762,14 +769,18 @@ def cmd_audit(args: argparse.Namespace) -> None:
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from bigmodel.recipes.quickstart import quickstart
 
-    quickstart(Path(args.out), args.minutes)
+    quickstart(Path(args.out), args.minutes, args.device)
 
 
 def add_ckpt(parser: argparse.ArgumentParser, help: str = "checkpoint folder, or a run folder (uses best/)",
-             required: bool = True) -> None:
-    """`--ckpt`, the `--device` to run it on and how it is stored, as every verb that loads a model takes them."""
+             required: bool = True, dtype: bool = False) -> None:
+    """`--ckpt`, the `--device` to run it on and how it is stored, as every verb that loads a model takes them;
+    `dtype`: also `--dtype` (verbs whose figures stay comparable across formats keep the checkpoint's)."""
     parser.add_argument("--ckpt", required=required, help=f"{help}; or a Hugging Face folder, or `minilm`")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    if dtype:
+        parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 where this device runs "
+                            "it faster than fp32 (a short probe, cached), else fp32; a bf16 checkpoint stays bf16")
     add_flags(parser, StorageConfig)
 
 
@@ -790,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = verbs.add_parser("evaluate", help="LM perplexity; classifier, seq2seq, QA, zero-shot or retrieval figures")
-    add_ckpt(p, required=False)
+    add_ckpt(p, required=False, dtype=True)
     p.add_argument("--data", required=True, help="prepared folder or raw text file (lm); a labelled file (classify, "
                    "zeroshot) or, for images and audio, a folder of class sub-folders; source/target rows (seq2seq, "
                    "retrieval, ctc: WAV path and transcript); SQuAD JSON (qa)")
@@ -813,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = verbs.add_parser("generate", help="continue a prompt, streaming the text")
-    add_ckpt(p)
+    add_ckpt(p, dtype=True)
     p.add_argument("--prompt", help="text to continue")
     p.add_argument("--prompt-file", help="one prompt per line (write \\n for a newline inside one)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
@@ -839,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = verbs.add_parser("predict", help="label and probabilities, an answer span, or a target text, as JSONL")
-    add_ckpt(p, "fine-tuned checkpoint folder or run folder")
+    add_ckpt(p, "fine-tuned checkpoint folder or run folder", dtype=True)
     p.add_argument("--input", required=True, help="UTF-8 text file, one text per line, or - for stdin; "
                    "QA: SQuAD JSON or JSONL with question and context")
     p.add_argument("--out", help="JSONL file to write (default: stdout)")
@@ -977,6 +988,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("quickstart", help="prepare, pretrain, evaluate and generate on Python's own source")
     p.add_argument("--out", default="runs/quickstart", help="where everything goes (default: runs/quickstart)")
     p.add_argument("--minutes", type=float, default=3.0, help="training time budget (default: 3)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.set_defaults(func=cmd_quickstart)
     return parser
 

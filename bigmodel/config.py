@@ -19,6 +19,8 @@ import yaml
 
 from bigmodel.errors import BigModelError
 
+DTYPES = ("auto", "fp32", "bf16", "fp16")  # auto: what this device runs fastest (see device.choose_precision)
+
 
 @dataclass
 class ModelConfig:
@@ -175,7 +177,7 @@ class TrainConfig(TrackingConfig, PrivacyConfig, StorageConfig):
     eval_interval: int = 250
     eval_iters: int = 20
     save_interval: int = 0  # 0 means at every evaluation
-    dtype: str = "fp32"  # fp32 | bf16 (autocast)
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
     compile: bool = False
     strategy: str = "ddp"  # under torchrun: ddp (whole model per process) | fsdp (FSDP2, sharded per block)
     seed: int = 1337
@@ -185,8 +187,8 @@ class TrainConfig(TrackingConfig, PrivacyConfig, StorageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.dtype not in ("fp32", "bf16"):
-            raise BigModelError(f"--dtype must be fp32 or bf16, not {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise BigModelError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.strategy not in ("ddp", "fsdp"):
             raise BigModelError(f"--strategy must be ddp or fsdp, not {self.strategy!r}")
         if self.objective not in ("clm", "mlm", "span"):
@@ -226,7 +228,7 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig):
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # 0 disables clipping
     head_dropout: float = 0.1  # before the classification/regression layer
-    dtype: str = "fp32"  # fp32 | bf16 (autocast)
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
     eval_every: int = 0  # steps between evaluations (and saves of last/); 0 means once per epoch
     patience: int = 3  # evaluations without improvement before stopping
     max_train: int = 0  # use only the first N training rows; 0 means all
@@ -241,7 +243,7 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig):
         super().__post_init__()
         choices = {"task": ("classify", "regress", "seq2seq", "qa", "retrieval", "ctc"),
                    "method": ("full", "freeze", "lora"),
-                   "dtype": ("fp32", "bf16")}
+                   "dtype": DTYPES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise BigModelError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
@@ -318,12 +320,15 @@ class ServeConfig(StorageConfig):
     max_queue: int = 64  # sequences waiting for a batch row; more get 429
     max_new_tokens_limit: int = 512  # the largest max_tokens a request may ask
     quantize: str = "none"  # none | int8 (dynamic int8 linear layers at load time)
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16; auto probes one decoding step at the model's width
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     tracking_uri: str = ""  # registry of --ckpt models:/NAME/VERSION (default: MLFLOW_TRACKING_URI, runs/mlflow.db)
 
     def __post_init__(self) -> None:
         if self.quantize not in ("none", "int8"):
             raise BigModelError(f"--quantize must be none or int8, not {self.quantize!r}")
+        if self.dtype not in DTYPES:
+            raise BigModelError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.max_batch < 1 or self.max_queue < 0 or self.max_new_tokens_limit < 1:
             raise BigModelError("--max-batch and --max-new-tokens-limit must be at least 1, --max-queue at least 0")
 

@@ -1,11 +1,23 @@
-"""Which device a command runs on: `--device auto|cpu|cuda|cuda:N` for every verb."""
+"""Where a command runs and in which number format: `--device auto|cpu|cuda|cuda:N` and
+`--dtype auto|fp32|bf16|fp16`, decided here for every verb."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import platform
 import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from bigmodel.config import DTYPES
 from bigmodel.errors import BigModelError
 
 DEVICE_CHOICES = "auto | cpu | cuda | cuda:N"
@@ -24,3 +36,138 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise BigModelError(f"--device {preference}: only {torch.cuda.device_count()} GPU(s) here")
     return device
+
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FAST_ENOUGH = 1.2  # bf16 must beat fp32 by this much on the probe: autocast's casts cost something too
+TOO_SLOW = 0.5  # an explicit bf16 that runs at less than this fraction of fp32's speed gets a warning
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The number format a run computes in, and why it was chosen (printed once, so figures say it)."""
+
+    name: str  # fp32 | bf16 | fp16
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return TORCH_DTYPES[self.name]
+
+    def scaler(self, device: torch.device) -> torch.amp.GradScaler:
+        """A gradient scaler that does its work for fp16 only (bf16 has fp32's range); disabled it is a no-op."""
+        return torch.amp.GradScaler(device.type, enabled=self.name == "fp16")
+
+    def line(self) -> str:
+        return f"{self.name}: {self.reason}"
+
+
+def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision for a concrete `dtype` (fp32 | bf16 | fp16): matrix products in the low format,
+    the weights and reductions in fp32; nothing for fp32."""
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=TORCH_DTYPES[dtype])
+
+
+def machine() -> dict[str, str | int]:
+    """What decides speed here: CPU model, the kernels PyTorch picked, cores, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
+            "cores": os.cpu_count() or 1, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def machine_line() -> str:
+    m = machine()
+    isa = "" if m["onednn_isa"] == "default" else f", oneDNN {m['onednn_isa']}"
+    return f"{m['cpu']} ({m['capability']}{isa}), {m['cores']} cores, {m['threads']} threads, torch {m['torch']}"
+
+
+def _probe_file() -> Path:
+    return Path(os.environ.get("BIGMODEL_CACHE", Path.home() / ".cache" / "bigmodel")) / "dtype_probe.json"
+
+
+def measure_bf16_speedup(width: int, rows: int, repeats: int = 9) -> float:
+    """fp32 time over bf16-autocast time of a linear layer (width -> 4 x width) on `rows` tokens, forward
+    and backward, as training runs it: the casts autocast adds are paid too, which small models feel.
+    The two are timed in turns after a warm-up, so a noisy neighbour slows both alike."""
+    x = torch.randn(rows, width)
+    w = torch.randn(4 * width, width, requires_grad=True)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for i in range(3 + repeats):
+        for name in times:
+            start = time.perf_counter()
+            with autocast(name, torch.device("cpu")):
+                y = F.linear(x, w)
+            y.sum().backward()
+            if i >= 3:
+                times[name].append(time.perf_counter() - start)
+    return statistics.median(times["fp32"]) / statistics.median(times["bf16"])
+
+
+def bf16_speedup(width: int, rows: int) -> float:
+    """`measure_bf16_speedup`, measured once per machine, torch version and shape and then read from the cache."""
+    key = "|".join(str(v) for v in (*machine().values(), width, rows))
+    path = _probe_file()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = round(measure_bf16_speedup(width, rows), 3)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(path)
+        except OSError:  # a read-only home only costs a re-measure next time
+            pass
+    return cache[key]
+
+
+def decide_cpu(requested: str, speedup: float) -> tuple[Precision, str | None]:
+    """The CPU's choice for `requested` given bf16's measured speed-up over fp32; and a warning, if any."""
+    shown = f"bf16 {speedup:.2f}x fp32 here"
+    if requested == "auto":
+        if speedup >= FAST_ENOUGH:
+            return Precision("bf16", f"{speedup:.1f}x fp32 here"), None
+        why = "this CPU has no fast bf16" if speedup < TOO_SLOW else "bf16 is not faster at this size"
+        return Precision("fp32", f"{why} ({shown})"), None
+    if requested == "bf16":
+        warning = None
+        if speedup < TOO_SLOW:
+            warning = (f"--dtype bf16 runs {1 / speedup:.0f}x slower than fp32 on this CPU (no fast bf16); "
+                       "--dtype auto would choose fp32")
+        return Precision("bf16", f"asked for ({shown})"), warning
+    return Precision(requested, "asked for"), None
+
+
+def choose_precision(requested: str, device: torch.device, width: int, rows: int) -> Precision:
+    """`--dtype auto|fp32|bf16|fp16` made concrete for this device and a job of `rows` tokens at `width`.
+
+    CUDA: bf16 where the GPU supports it, else fp16 (training then scales the loss). CPU: bf16 only
+    where a short probe at the model's shapes finds it faster than fp32; many CPUs (AVX2 without
+    AVX-512 BF16/AMX) run bf16 tens of times slower. An explicit choice is kept, with a warning
+    when it is much slower."""
+    if requested not in DTYPES:
+        raise BigModelError(f"--dtype must be one of {', '.join(DTYPES)}, not {requested!r}")
+    if device.type == "cuda":
+        if requested != "auto":
+            return Precision(requested, "asked for")
+        if torch.cuda.is_bf16_supported():
+            return Precision("bf16", "this GPU supports it")
+        return Precision("fp16", "this GPU has no bf16 (loss scaling on)")
+    if requested in ("fp32", "fp16"):
+        return Precision(requested, "asked for")
+    precision, warning = decide_cpu(requested, bf16_speedup(width, rows))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return precision

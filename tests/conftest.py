@@ -27,6 +27,15 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subpro
                           cwd=cwd, timeout=timeout)
 
 
+def error_line(done: subprocess.CompletedProcess) -> str:
+    """The one-line error of a failed command: exit status 1, no traceback, and nothing else on stderr
+    but the number-format note verbs that run a model print before they read their input."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and lines and "Traceback" not in done.stderr, done.stderr
+    assert all(line.startswith("dtype ") for line in lines[:-1]), done.stderr
+    return lines[-1]
+
+
 def metric_rows(run_dir: Path) -> list[dict[str, float]]:
     with open(run_dir / "metrics.csv", newline="") as fh:
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]

@@ -25,6 +25,7 @@ from bigmodel.config import FederatedConfig, FinetuneConfig, ModelConfig
 from bigmodel.data.inputs import TextInputs
 from bigmodel.data.labelled import label_ids, read_labelled
 from bigmodel.data.tokenizer import tokenizer_from_json
+from bigmodel.device import choose_precision
 from bigmodel.errors import BigModelError
 from bigmodel.infer.classify import predict_scores
 from bigmodel.model.checkpoint import Storage, assign_weights, load_trainer_state, resolve_checkpoint, save_checkpoint
@@ -91,6 +92,8 @@ class GlobalModel:
         self.inputs = TextInputs(self.tok, min(local.max_length, backbone.config.block_size))
         self.val_ids = self.inputs.read([e.text for e in val])
         self.val_y = targets_of(val, head)
+        self.dtype = choose_precision(local.dtype, torch.device("cpu"), width=backbone.config.n_embd,
+                                      rows=local.batch_size * local.max_length).name  # as the clients choose
         self.best = KeepBest(minimize=local.task == "regress")
         self.first_round = 1
         if fed.resume:
@@ -127,8 +130,7 @@ class GlobalModel:
         if flower_round == 0 and r > 0:  # a resumed run: the starting point was logged before the stop
             return {}
         assign_weights(self.model, weights)
-        scores = predict_scores(self.model, self.val_ids, self.inputs, self.model.head_config.n_outputs,
-                                self.local.dtype)
+        scores = predict_scores(self.model, self.val_ids, self.inputs, self.model.head_config.n_outputs, self.dtype)
         figures = score(self.model.head_config, scores, self.val_y)
         clients, self.round_clients = (self.round_clients if r else []), []
         if r and not clients:

@@ -6,6 +6,7 @@ import torch
 from tokenizers import Tokenizer
 
 from bigmodel.data.inputs import Inputs, Source, batches, inputs_for
+from bigmodel.device import autocast
 
 
 @torch.no_grad()
@@ -18,7 +19,7 @@ def predict_scores(model: torch.nn.Module, items: list, inputs: Inputs, n_output
     out = torch.zeros(len(items), n_outputs)
     for rows in batches(items, inputs, batch_size):
         x, mask = inputs.batch([items[i] for i in rows], device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with autocast(dtype, device):
             out[rows] = model(x, mask).float().cpu()
     model.train(training)
     return out

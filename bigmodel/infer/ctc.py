@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bigmodel.data.inputs import AudioInputs, batches
+from bigmodel.device import autocast
 
 BLANK = "<blank>"  # output 0: "no new character here"
 
@@ -159,7 +160,7 @@ def transcribe(model: torch.nn.Module, waves: list[torch.Tensor], inputs: AudioI
     out = [""] * len(waves)
     for rows in batches(waves, inputs, batch_size):
         x, mask = inputs.batch([waves[i] for i in rows], device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with autocast(dtype, device):
             scores = model(x, mask).float().cpu()
         for row, i in enumerate(rows):
             length = int(mask[row].sum())

@@ -52,9 +52,9 @@ class LogMelFrontend(nn.Module):
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, frames), scaled to about [-1, 1] (Whisper's 8-decade floor below each clip's peak)."""
-        spec = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window, pad_mode="constant",  # as batches pad
-                          return_complex=True)
-        mel = (self.filters @ spec.abs().pow(2)).clamp(min=1e-10).log10()
+        spec = torch.stft(wave.float(), self.n_fft, self.hop, window=self.window.float(),  # fp32 even in a bf16 model
+                          pad_mode="constant", return_complex=True)  # constant: as batches pad
+        mel = (self.filters.float() @ spec.abs().pow(2)).clamp(min=1e-10).log10()
         mel = torch.maximum(mel, mel.amax(dim=(1, 2), keepdim=True) - 8.0)
         return (mel + 4.0) / 4.0
 

@@ -42,7 +42,7 @@ from bigmodel.errors import BigModelError
 from bigmodel.infer.classify import predict_scores
 from bigmodel.infer.ctc import transcribe
 from bigmodel.infer.embed import embed_ids
-from bigmodel.model.checkpoint import Storage, load_checkpoint, locate
+from bigmodel.model.checkpoint import Storage, in_precision, load_checkpoint, locate
 from bigmodel.model.heads import HEAD_FILE, SequenceModel
 from bigmodel.model.quantize import is_int8, to_int8
 from bigmodel.model.transformer import Transformer
@@ -96,6 +96,8 @@ def load_served(cfg: ServeConfig) -> Served:
         model, tok, folder = load_checkpoint(folder, device, storage=storage)
     if cfg.quantize == "int8" and not is_int8(model):
         model = to_int8(model)
+    else:  # in place: a classifier's backbone is the generator's model
+        in_precision(classifier or model, cfg.dtype, device, decoding=model.config.causal)
     engine = Engine(model, cfg.max_batch, cfg.max_queue, special_id(tok, EOT)) if model.config.causal else None
     model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
     return Served(model, tok, model_id, engine, chat_template(folder), classifier)

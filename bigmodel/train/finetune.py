@@ -39,7 +39,7 @@ from bigmodel.model.heads import SequenceModel
 from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy
-from bigmodel.train.optim import KeepBest, linear_lr, make_optimizer, optimizer_step
+from bigmodel.train.optim import KeepBest, linear_lr, make_optimizer, optimizer_step, run_precision
 from bigmodel.train.tasks import LabelTask, Task, backbone_of, make_task
 from bigmodel.train.track import Sink, Tracker, tracking_sinks
 
@@ -118,7 +118,8 @@ class FineTuner:
                 raise BigModelError(f"finetune needs --{name}" + (" (or a model: section in --config)"
                                                                   if name == "init" else ""))
         self.scratch, self.sinks = scratch, sinks or []
-        self.cfg, self.dist, self.out = cfg, dist, Path(cfg.out)
+        self.saved_cfg = cfg  # what checkpoints record (`dtype: auto` stays auto); the run uses the concrete dtype
+        self.dist, self.out = dist, Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.storage = Storage.of(cfg)
         if start:
@@ -131,6 +132,9 @@ class FineTuner:
                 backbone, self.tok = load_backbone(cfg.init, dist.device, self.storage)
             self.task = make_task(cfg, backbone, self.tok)
         model = self.task.model
+        cfg, self.scaler = run_precision(cfg, dist.device, width=backbone_of(model).config.n_embd,
+                                         rows=cfg.batch_size * cfg.max_length, speak=dist.is_main and not start)
+        self.cfg = self.task.cfg = cfg
         self.runner = apply_method(model, cfg).to(dist.device)
         self.anchor: list[torch.Tensor] = []  # FedProx: the round's starting point, which `proximal_mu` pulls towards
         self.proximal_mu = 0.0
@@ -139,7 +143,8 @@ class FineTuner:
             privacy.check(cfg, examples, cfg.batch_size, {
                 f"--task {cfg.task} yet": not self.task.private_ok,
                 "--grad-accum above 1 yet": cfg.grad_accum > 1, "--resume yet": cfg.resume,
-                "several processes (torchrun) yet": dist.world_size > 1})
+                "several processes (torchrun) yet": dist.world_size > 1,
+                "--dtype fp16 (its loss scaling) yet": cfg.dtype == "fp16"})
             privacy.freeze_embeddings(model)
         if cfg.task == "retrieval" and dist.world_size > 1:
             raise BigModelError("--task retrieval runs in one process (its negatives are the batch's own documents)")
@@ -174,6 +179,8 @@ class FineTuner:
     def _state(self, step: int) -> dict[str, Any]:
         state = {"step": step, "best": self.best.state(), "best_figures": self.best_figures,
                  "optimizer": self.optimizer.state_dict(), "torch_rng": self.dist.rng_states()}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         if self.cfg.method == "lora":  # merged weights cannot be un-merged: keep the adapters themselves
             state["adapters"] = {k: v.detach().cpu() for k, v in self.runner.named_parameters() if v.requires_grad}
         return state
@@ -186,6 +193,8 @@ class FineTuner:
         else:
             assign_weights(self.runner, self.storage.tensors(folder)[0])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler.is_enabled() and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.start_step = int(state["step"])
         self.best.restore(state["best"])
         self.best_figures = dict(state["best_figures"])
@@ -193,7 +202,7 @@ class FineTuner:
 
     def _save(self, name: str, step: int, figures: dict[str, float]) -> None:
         state = self._state(step) if name == "last" else None  # every rank joins the RNG gather
-        sections = {"finetune": self.cfg, "val": figures, **({"model": self.scratch} if self.scratch else {})}
+        sections = {"finetune": self.saved_cfg, "val": figures, **({"model": self.scratch} if self.scratch else {})}
         if self.private:
             sections["privacy"] = self.private.record()
         if self.dist.is_main:
@@ -230,12 +239,13 @@ class FineTuner:
             last = i == len(group) - 1
             with distributed.gradient_sync(self.model, last):
                 loss = self.task.loss(self.model, mine, dist.device)
-                (loss * dist.world_size / units).backward()
+                self.scaler.scale(loss * dist.world_size / units).backward()
             summed, counted, examples = summed + loss.item(), counted + self.task.units(mine), examples + len(mine)
         if self.proximal_mu:  # FedProx: the gradient of mu/2 * ||w - w_round_start||^2
             for p, start in zip(self._trainable(), self.anchor, strict=True):
                 p.grad.add_(p.detach() - start, alpha=self.proximal_mu)
-        optimizer_step(self.optimizer, linear_lr(step, cfg.lr, self.warmup, self.total_steps), cfg.grad_clip)
+        optimizer_step(self.optimizer, linear_lr(step, cfg.lr, self.warmup, self.total_steps), cfg.grad_clip,
+                       self.scaler)
         return summed, counted, examples
 
     def _trainable(self) -> list[torch.nn.Parameter]:
@@ -287,7 +297,7 @@ class FineTuner:
         if dist.is_main:
             print(f"{cfg.method}: training {self.trainable:,} of {self.total:,} parameters "
                   f"({100 * self.trainable / self.total:.2f}%)")
-        sections = {"finetune": cfg, **({"model": self.scratch} if self.scratch else {})}
+        sections = {"finetune": self.saved_cfg, **({"model": self.scratch} if self.scratch else {})}
         sinks = tracking_sinks(cfg, self.out, sections, "step", dist.is_main) + self.sinks
         tracker = Tracker(self.out, self.total_steps, self.start_step, dist.is_main, cfg.tensorboard, fields,
                           desc="finetune", keep_before=self.start_step + 1,  # its evaluation came before the save

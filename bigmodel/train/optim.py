@@ -1,16 +1,16 @@
-"""What pretraining and fine-tuning share: AdamW, learning-rate schedules, autocast, the
+"""What pretraining and fine-tuning share: AdamW, learning-rate schedules, the number format, the
 clipped optimizer step and keep-best with patience. One place, so the two loops cannot drift."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from bigmodel.config import FinetuneConfig, TrainConfig
+from bigmodel.device import choose_precision
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig | FinetuneConfig, device: torch.device
@@ -26,11 +26,14 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig | FinetuneConfig, de
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on `device` for `dtype == "bf16"`, nothing for fp32."""
-    if dtype == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def run_precision(cfg: TrainConfig | FinetuneConfig, device: torch.device, width: int, rows: int,
+                  speak: bool = True) -> tuple[Any, torch.amp.GradScaler]:
+    """`cfg` with its `--dtype` made concrete for this device (auto resolved by the probe), and the
+    gradient scaler the loop steps through (active for fp16 only). The choice is printed once."""
+    precision = choose_precision(cfg.dtype, device, width, rows)
+    if speak:
+        print(f"dtype {cfg.dtype} -> {precision.line()}", flush=True)
+    return replace(cfg, dtype=precision.name), precision.scaler(device)
 
 
 def lr_at(it: int, cfg: TrainConfig) -> float:
@@ -51,14 +54,23 @@ def linear_lr(step: int, lr: float, warmup_steps: int, total_steps: int) -> floa
     return lr * max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, lr: float, grad_clip: float) -> None:
-    """Clip the gradients' global norm (0 disables), step at `lr`, and clear the gradients."""
+def optimizer_step(optimizer: torch.optim.Optimizer, lr: float, grad_clip: float,
+                   scaler: torch.amp.GradScaler | None = None) -> None:
+    """Clip the gradients' global norm (0 disables), step at `lr`, and clear the gradients.
+    With an active fp16 `scaler` the gradients are unscaled first, and a step whose gradients
+    overflowed is skipped (the scaler then lowers its scale)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if grad_clip > 0:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
 

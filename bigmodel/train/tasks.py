@@ -33,6 +33,7 @@ from bigmodel.data.inputs import AudioInputs, Inputs, inputs_for
 from bigmodel.data.labelled import Example, label_ids, read_columns, read_labelled
 from bigmodel.data.media import media_examples
 from bigmodel.data.squad import read_squad
+from bigmodel.device import autocast
 from bigmodel.errors import BigModelError
 from bigmodel.evaluate.classify import classification_metrics, plot_confusion
 from bigmodel.evaluate.qa import squad_scores
@@ -40,7 +41,6 @@ from bigmodel.infer import ctc, qa
 from bigmodel.infer.classify import predict_scores
 from bigmodel.model.heads import HeadConfig, SequenceModel, mean_pool
 from bigmodel.model.transformer import Transformer
-from bigmodel.train.optim import autocast
 
 RETRIEVAL_TEMPERATURE = 0.05  # the scale of in-batch contrastive logits, as sentence-transformers uses
 

@@ -1,6 +1,7 @@
 """The pretraining loop: AdamW, warm-up + cosine, clipping, accumulation, autocast, DDP, DP-SGD.
 
-One code path: a single process is a world of size one, bf16 is an autocast context,
+One code path: a single process is a world of size one, bf16/fp16 is an autocast context
+(`--dtype auto` picks the format this device runs fastest; fp16 adds a gradient scaler),
 compile is a wrapped module. Everything a resumed run needs to continue exactly (weights,
 optimizer, iteration, RNG, sampler position) goes into `last/` at every save.
 
@@ -23,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from bigmodel.config import ModelConfig, TrainConfig, preset, resolve
 from bigmodel.data.batches import BlockSampler, WindowSampler, load_meta, open_split
 from bigmodel.data.tokenizer import load_tokenizer
+from bigmodel.device import autocast
 from bigmodel.errors import BigModelError
 from bigmodel.model.checkpoint import (
     SHARDS,
@@ -35,18 +37,21 @@ from bigmodel.model.checkpoint import (
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy, sharded
 from bigmodel.train.objectives import MaskedLM, SpanCorruption, masked_accuracy
-from bigmodel.train.optim import KeepBest, autocast, lr_at, make_optimizer, optimizer_step
+from bigmodel.train.optim import KeepBest, lr_at, make_optimizer, optimizer_step, run_precision
 from bigmodel.train.track import METRIC_FIELDS, Sink, Tracker, tracking_sinks
 
 
 class Trainer:
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, sections: dict[str, Any],
                  sinks: list[Sink] | None = None) -> None:
-        """`sinks` see every evaluation besides the ones `--track` asks for (a sweep's pruner)."""
-        self.cfg = cfg
+        """`sinks` see every evaluation besides the ones `--track` asks for (a sweep's pruner).
+        `sections` are saved as given (`dtype: auto` stays auto); the run itself uses the concrete dtype."""
         self.sections = sections
         self.sinks = sinks or []
         self.dist = distributed.setup(cfg.device)
+        cfg, self.scaler = run_precision(cfg, self.dist.device, width=model_cfg.n_embd,
+                                         rows=cfg.batch_size * model_cfg.block_size, speak=self.dist.is_main)
+        self.cfg = cfg
         self.run_dir = Path(cfg.out)
         self.storage = Storage.of(cfg)
         meta = load_meta(cfg.data)
@@ -62,6 +67,8 @@ class Trainer:
             if self.storage.key is not None:
                 raise BigModelError("--strategy fsdp writes sharded checkpoints, which cannot be sealed yet "
                                     "(drop --encrypt-key-env or use --strategy ddp)")
+            if cfg.dtype == "fp16":
+                raise BigModelError("--dtype fp16 with --strategy fsdp is not supported (use bf16, or --strategy ddp)")
             distributed.shard(self.raw_model, self.dist, cfg.dtype)  # before the optimizer sees the parameters
         self.optimizer = make_optimizer(self.raw_model, cfg, self.dist.device)
         block, world = model_cfg.block_size, self.dist.world_size
@@ -97,7 +104,8 @@ class Trainer:
             "--objective span yet": cfg.objective == "span",
             "tied embeddings (pass --no-tie-embeddings)": model_cfg.tie_embeddings,
             "--grad-accum above 1 yet": cfg.grad_accum > 1, "--resume yet": cfg.resume,
-            "--compile": cfg.compile, "several processes (torchrun) yet": self.dist.world_size > 1})
+            "--compile": cfg.compile, "several processes (torchrun) yet": self.dist.world_size > 1,
+            "--dtype fp16 (its loss scaling) yet": cfg.dtype == "fp16"})
         model, self.optimizer, drawn, self.private = privacy.make_private(
             self.raw_model, self.optimizer, blocks, cfg.batch_size, cfg.max_iters, cfg)
         self.train_batches = BlockSampler(self.splits["train"], model_cfg.block_size, drawn)
@@ -118,6 +126,8 @@ class Trainer:
         self.start_iter = int(state["iter"])
         self.best.restore(state["best"])
         self.train_batches.restore(state["sampler"])
+        if self.scaler.is_enabled() and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         if self.masking is not None:
             self.masking.generator.set_state(state["masking"])
         torch.set_rng_state(state["torch_rng"][self.dist.rank])
@@ -130,6 +140,8 @@ class Trainer:
             state["sampler"] = self.train_batches.state()
         if self.masking is not None:
             state["masking"] = self.masking.generator.get_state()
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         return state
 
     def _save(self, name: str, it: int) -> None:
@@ -193,9 +205,9 @@ class Trainer:
             last = micro == self.cfg.grad_accum - 1
             with distributed.gradient_sync(self.model, last), autocast(self.cfg.dtype, self.dist.device):
                 _, loss = self.model(**x, targets=y)
-                (loss / self.cfg.grad_accum).backward()
+                self.scaler.scale(loss / self.cfg.grad_accum).backward()
             total += loss.item()
-        optimizer_step(self.optimizer, lr_at(it, self.cfg), self.cfg.grad_clip)
+        optimizer_step(self.optimizer, lr_at(it, self.cfg), self.cfg.grad_clip, self.scaler)
         return self._checked(total / self.cfg.grad_accum, it)
 
     def _private_step(self, it: int) -> float | None:
