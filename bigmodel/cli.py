@@ -27,7 +27,7 @@ from bigmodel.config import (
     load_yaml,
     resolve,
 )
-from bigmodel.errors import BigModelError
+from bigmodel.errors import BigModelError, require
 
 
 def storage(args: argparse.Namespace):
@@ -113,8 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if report.unknown_chars:
         print(f"note: {report.unknown_chars} characters are not in the tokenizer's vocabulary "
               f"(e.g. {report.unknown_examples}); they were scored as <|unk|>")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    write_results(args, report.to_dict())
 
 
 def labelled_inputs(args: argparse.Namespace, model, tok):
@@ -143,10 +142,8 @@ def evaluate_classifier(args: argparse.Namespace) -> None:
     scores = predict_scores(model, inputs.read([e.text for e in examples]), inputs, len(labels))
     y_pred = scores.argmax(-1).tolist()
     figures = classification_metrics(y_true, y_pred, labels)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = write_results(args, figures)
     plot_confusion(figures["confusion_matrix"], labels, out / "confusion.png", f"{folder} on {Path(args.data).name}")
-    (out / "metrics.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False))
     print(report_text(y_true, y_pred, labels))
     print(f"accuracy {figures['accuracy']:.4f} | macro-F1 {figures['macro_f1']:.4f} | "
           f"{len(examples)} examples | {out / 'metrics.json'}, {out / 'confusion.png'}")
@@ -167,12 +164,8 @@ def evaluate_transcripts(args: argparse.Namespace) -> None:
     hypotheses = transcribe(model, inputs.read([e.text for e in examples]), inputs, **lexicon_settings(args, model))
     references = [normalize(e.label) for e in examples]
     figures = {**error_rates(references, hypotheses), "examples": len(examples)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "outputs.jsonl", "w", encoding="utf-8") as f:
-        for e, hyp, ref in zip(examples, hypotheses, references, strict=True):
-            f.write(json.dumps({"audio": e.text, "reference": ref, "transcript": hyp}, ensure_ascii=False) + "\n")
-    (out / "metrics.json").write_text(json.dumps(figures, indent=2))
+    out = write_results(args, figures, [{"audio": e.text, "reference": ref, "transcript": hyp}
+                                        for e, hyp, ref in zip(examples, hypotheses, references, strict=True)])
     print(f"CER {figures['cer']:.2f}% | WER {figures['wer']:.2f}% | exact {figures['exact_match']:.1f}% | "
           f"{len(examples)} clips | {out / 'metrics.json'}, {out / 'outputs.jsonl'}")
 
@@ -583,10 +576,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    try:
-        from bigmodel.serve.app import create_app, serve
-    except ImportError:
-        raise BigModelError("serving needs FastAPI and uvicorn: pip install 'bigmodel[serve]'") from None
+    for module in ("fastapi", "uvicorn"):
+        require(module, "serve", "serving")
+    from bigmodel.serve.app import create_app, serve
+
     cfg = resolve(ServeConfig, load_yaml(args.config).get("serve"), args)
     if not cfg.ckpt:
         raise BigModelError("serve needs --ckpt DIR (or `ckpt:` under `serve:` in --config)")
@@ -603,11 +596,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    try:
-        from bigmodel.infer.explain import explain_classifier, explain_next_token, faithfulness
-        from bigmodel.infer.report import terminal_view, write_report
-    except ImportError:
-        raise BigModelError("explanations need Captum: pip install 'bigmodel[explain]'") from None
+    require("captum", "explain", "explaining")
+    from bigmodel.infer.explain import explain_classifier, explain_next_token, faithfulness
+    from bigmodel.infer.report import terminal_view, write_report
     from bigmodel.model.checkpoint import locate
     from bigmodel.model.heads import HEAD_FILE
 

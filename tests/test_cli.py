@@ -1,6 +1,7 @@
 """The command line as a user meets it: one clear line and a non-zero exit for bad input."""
 
 import json
+import sys
 
 import pytest
 
@@ -51,9 +52,11 @@ def test_generate_and_evaluate_from_the_command_line(trained_run, shakespeare_ch
     gen = run_cli("generate", "--ckpt", str(trained_run), "--prompt", "KING:", "--max-new-tokens", "20", "--seed", "1")
     assert gen.returncode == 0 and gen.stdout.startswith("KING:") and len(gen.stdout.strip()) >= 20
     report = tmp_path / "eval.json"
-    ev = run_cli("evaluate", "--ckpt", str(trained_run), "--data", str(shakespeare_char), "--json", str(report))
+    ev = run_cli("evaluate", "--ckpt", str(trained_run), "--data", str(shakespeare_char), "--json", str(report),
+                 "--out", str(tmp_path / "out"))
     assert ev.returncode == 0, ev.stderr
     figures = json.loads(report.read_text())
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == figures  # --out is honoured too
     assert figures["tokens"] > 100_000 and 1.0 < figures["loss"] < 3.5
     assert figures["perplexity"] == pytest.approx(2.718281828 ** figures["loss"], rel=1e-6)
 
@@ -101,3 +104,14 @@ def test_serve_settings_come_from_yaml_and_flags_win(tmp_path):
     recipe.write_text("serve:\n  max_batches: 2\n", encoding="utf-8")
     with pytest.raises(BigModelError, match="unknown field.*max_batches"):
         resolve(ServeConfig, load_yaml(str(recipe))["serve"])
+
+
+@pytest.mark.parametrize("verb,module", [("serve", "bigmodel.serve.app"), ("explain", "bigmodel.infer.explain")])
+def test_a_broken_import_is_not_reported_as_a_missing_extra(verb, module, trained_run, monkeypatch):
+    """FastAPI and Captum are installed here: an ImportError inside bigmodel's own chain is a bug and keeps
+    its traceback, instead of telling the user to install what they have."""
+    from bigmodel.cli import main
+
+    monkeypatch.setitem(sys.modules, module, None)  # importing it now fails, as a broken module would
+    with pytest.raises(ImportError, match=module):
+        main([verb, "--ckpt", str(trained_run), *(["--text", "hi"] if verb == "explain" else [])])

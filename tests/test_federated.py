@@ -13,7 +13,7 @@ from bigmodel.data.labelled import Example
 from bigmodel.federated.partition import partition
 from bigmodel.model.checkpoint import load_checkpoint
 
-from .conftest import metric_rows, run_cli
+from .conftest import free_port, metric_rows, run_cli
 from .test_finetune import synthetic, write_rows
 
 
@@ -55,8 +55,11 @@ def test_rounds_run_on_flower_processes_then_resume(trained_run, tmp_path):
     model, _, _ = load_checkpoint(tmp_path / "fed" / "last", with_head=True)
     assert model.head_config.labels == ["evil", "good"]
 
-    resumed = federated(trained_run, tmp_path, "--clients", "2", "--rounds", "3", "--epochs", "2", "--resume")
+    port = free_port()
+    resumed = federated(trained_run, tmp_path, "--clients", "2", "--rounds", "3", "--epochs", "2", "--resume",
+                        "--port-base", str(port))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"on 127.0.0.1:{port}." in (logs / "superlink.log").read_text()  # --port-base chose the SuperLink's port
     assert [int(r["round"]) for r in metric_rows(tmp_path / "fed")] == [0, 1, 2, 3]
     assert "3 rounds; best global accuracy" in resumed.stdout
 

@@ -4,6 +4,7 @@ import csv
 import json
 import random
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,9 +104,12 @@ def test_bad_fine_tuning_input_is_one_clear_line(trained_run, tmp_path, case, fr
 
 
 def _accuracy_from_cli(ckpt, data, out):
-    result = run_cli("evaluate", "--task", "classify", "--ckpt", str(ckpt), "--data", str(data), "--out", str(out))
+    result = run_cli("evaluate", "--task", "classify", "--ckpt", str(ckpt), "--data", str(data), "--out", str(out),
+                     "--json", str(out) + ".json")
     assert result.returncode == 0, result.stderr
-    return json.loads((out / "metrics.json").read_text())["accuracy"]
+    figures = json.loads((out / "metrics.json").read_text())
+    assert json.loads(Path(str(out) + ".json").read_text()) == figures  # --json is honoured too
+    return figures["accuracy"]
 
 
 def test_lora_merges_into_a_plain_checkpoint_that_scores_the_same(trained_run, tmp_path):
@@ -181,7 +185,7 @@ def test_a_sigkilled_fine_tuning_resumes_to_the_same_figures_and_weights(trained
     kill_then_resume(_finetune_cmd(trained_run, train, val, killed, **extra), killed)
     assert _figures(killed) == _figures(whole)
     a, b = load_file(whole / "last" / "model.safetensors"), load_file(killed / "last" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_two_process_torchrun_fine_tunes_as_one_process_at_the_same_global_batch(trained_run, tmp_path):

@@ -9,11 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from playwright import sync_api
 
 from .test_explain import word_classifier  # noqa: F401  (a fixture)
 from .test_serve import start_server
 
-sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]

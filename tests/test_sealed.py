@@ -116,6 +116,10 @@ def test_plain_checkpoints_are_checked_against_their_manifest(trained_run, tmp_p
     line = result.stderr.strip().splitlines()[-1]
     assert f"{WEIGHTS}: SHA-256" in line and "differs from manifest.json" in line and "--no-verify" in line
     assert greedy(folder, "--no-verify").returncode == 0
+    (folder / MANIFEST).unlink()
+    unchecked = greedy(folder)
+    assert unchecked.returncode == 0 and unchecked.stderr.count(f"has no {MANIFEST}") == 1, unchecked.stderr
+    assert "load unchecked" in unchecked.stderr
 
 
 def test_training_reads_and_writes_sealed_checkpoints(shakespeare_char, sealed, tmp_path):

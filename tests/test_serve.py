@@ -313,3 +313,45 @@ def test_a_checkpoint_that_fails_to_load_ends_the_server_with_one_line(trained_r
     result = run_cli("serve", "--ckpt", str(broken), "--port", str(free_port()), timeout=60)
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert result.returncode == 1 and len(errors) == 1 and str(broken) in errors[0]
+
+
+def test_stop_text_holds_back_what_may_begin_a_stop_string():
+    from bigmodel.data.tokenizer import StopText
+
+    text = StopText(["\n\n", "END"])
+    assert [text.push(p) for p in ["Hel", "lo\n", "E", "x", "\nWor"]] == [
+        ("Hel", False), ("lo", False), ("", False), ("\nEx", False), ("", True)]
+    tail = StopText(["\n\n"])
+    assert tail.push("ab\n") == ("ab", False) and tail.flush() == "\n"
+
+
+def test_a_stop_string_spanning_tokens_never_leaks_into_the_text(server):
+    c = client(server)
+    [model] = c.models.list().data
+    full = c.completions.create(model=model.id, prompt="ROMEO:", max_tokens=40, temperature=0).choices[0].text
+    stop = full[12:15]  # three characters: three tokens of this character-level model
+    expected = full[:full.index(stop)]
+    done = c.completions.create(model=model.id, prompt="ROMEO:", max_tokens=40, temperature=0, stop=[stop])
+    assert (done.choices[0].text, done.choices[0].finish_reason) == (expected, "stop")
+    pieces = [ch.choices[0].text for ch in c.completions.create(model=model.id, prompt="ROMEO:", max_tokens=40,
+                                                                   temperature=0, stop=[stop], stream=True)]
+    assert "".join(pieces) == expected
+
+
+def test_an_internal_error_answers_in_openai_shape_and_logs_its_traceback(trained_run, caplog):
+    from fastapi.testclient import TestClient
+
+    from bigmodel.config import ServeConfig
+    from bigmodel.serve.app import create_app
+
+    app = create_app(ServeConfig(ckpt=str(trained_run)))
+
+    def broken() -> dict:
+        raise ZeroDivisionError("a bug")
+
+    app.add_api_route("/broken", broken)
+    with TestClient(app, raise_server_exceptions=False) as c, caplog.at_level("ERROR", "bigmodel.serve"):
+        response = c.get("/broken")
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    logged = [r for r in caplog.records if r.name == "bigmodel.serve" and r.exc_info]
+    assert logged and logged[0].exc_info[0] is ZeroDivisionError and "/broken" in logged[0].getMessage()

@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 
+import optuna
 import pytest
 import yaml
 
 from .conftest import metric_rows, run_cli
-
-optuna = pytest.importorskip("optuna")
 
 
 def sweep_command(recipe, out, trials):

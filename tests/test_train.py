@@ -66,7 +66,7 @@ def test_sigkilled_run_resumes_to_the_same_final_loss(shakespeare_char, tmp_path
     kill_then_resume(_pretrain_cmd(shakespeare_char, killed), killed, settle=0.3)  # between two checkpoints
     assert _losses(killed) == _losses(whole)
     a, b = load_file(whole / "last" / "model.safetensors"), load_file(killed / "last" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_two_process_torchrun_matches_one_process_at_the_same_global_batch(shakespeare_char, tmp_path):
@@ -116,3 +116,15 @@ def test_masking_follows_the_bert_recipe(shakespeare_char):
     kept = inputs[chosen] == tokens[chosen]
     assert 0.77 < masked.float().mean() < 0.83 and 0.08 < kept.float().mean() < 0.13
     assert torch.equal(inputs[~chosen], tokens[~chosen])
+
+
+def test_resuming_with_another_shape_is_one_line(shakespeare_char, tmp_path):
+    run, short = tmp_path / "run", {"eval_interval": 2, "save_interval": 2, "eval_iters": 1}
+    first = subprocess.run(_bigmodel(_pretrain_cmd(shakespeare_char, run, max_iters=4, **short)),
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    wider = subprocess.run(_bigmodel([*_pretrain_cmd(shakespeare_char, run, max_iters=8, n_embd=96, **short),
+                                      "--resume"]), capture_output=True, text=True)
+    lines = wider.stderr.strip().splitlines()
+    assert wider.returncode == 1 and "Traceback" not in wider.stderr, wider.stderr
+    assert "does not fit the model this run builds" in lines[-1] and "size mismatch" in lines[-1]

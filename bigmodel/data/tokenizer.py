@@ -114,6 +114,38 @@ class StreamDecoder:
         return text
 
 
+class StopText:
+    """Streams text that must end before the first of some stop strings, never sending a piece of one.
+
+    A stop string can arrive over several tokens; the text that could still be the start of one is
+    held back until the next pieces show whether it is."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.text = ""
+        self.sent = 0  # characters of `text` already handed out
+
+    def push(self, piece: str) -> tuple[str, bool]:
+        """The text that is now safe to send, and whether a stop string was met (then nothing follows)."""
+        self.text += piece
+        hits = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            return self._send(min(hits)), True
+        return self._send(len(self.text) - self._held()), False
+
+    def flush(self) -> str:
+        """At the end: whatever was held back, since no stop string can complete any more."""
+        return self._send(len(self.text))
+
+    def _held(self) -> int:
+        """Length of the longest end of the text that begins some stop string."""
+        return max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+
+    def _send(self, end: int) -> str:
+        out, self.sent = self.text[self.sent:max(end, self.sent)], max(end, self.sent)
+        return out
+
+
 def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
     batch: list[str] = []
     for item in items:

@@ -114,20 +114,25 @@ class LocalFederation:
 
     folder: Path
     clients: list[Path]
+    port_base: int = 0  # the SuperLink's port, and the SuperNodes' after it (0: free ports)
     processes: list[subprocess.Popen] = dataclasses.field(default_factory=list)
     control: str = ""
+
+    def port(self, i: int) -> int:
+        """Port of process `i` (0: the SuperLink, 1...: the SuperNodes)."""
+        return self.port_base + i if self.port_base else free_port()
 
     def start(self) -> None:
         logs = self.folder / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        port = free_port()  # one HTTP port serves the control, fleet and runtime APIs
+        port = self.port(0)  # one HTTP port serves the control, fleet and runtime APIs
         self.control = f"127.0.0.1:{port}"
         self._spawn(logs / "superlink.log", flower("flower-superlink"), "--insecure", "--host", "127.0.0.1",
                     "--port", str(port), "--database", str(self.folder / "superlink.db"))
         wait_for_port(port, self.processes[0], logs / "superlink.log")
         for i, data in enumerate(self.clients):
             self._spawn(logs / f"supernode-{i}.log", flower("flower-supernode"), "--insecure",
-                        "--superlink", self.control, "--host", "127.0.0.1", "--port", str(free_port()),
+                        "--superlink", self.control, "--host", "127.0.0.1", "--port", str(self.port(1 + i)),
                         "--node-config", f'data="{data.as_posix()}" client={i}')
 
     def _spawn(self, log: Path, *command: str) -> None:
@@ -168,7 +173,7 @@ def run_federated(fed: FederatedConfig, local: FinetuneConfig) -> Path:
     if not fed.superlink:  # a local federation: the data owners are simulated here, one SuperNode each
         files = client_files(fed, local, out)
         fed = dataclasses.replace(fed, clients=len(files))
-        federation = LocalFederation(out / "flower", files)
+        federation = LocalFederation(out / "flower", files, fed.port_base)
     app = write_app(fed, local, out)
     env = {**os.environ, "FLWR_HOME": str(out / "flower" / "home")}
     try:

@@ -28,7 +28,14 @@ from bigmodel.data.tokenizer import tokenizer_from_json
 from bigmodel.device import choose_precision
 from bigmodel.errors import BigModelError
 from bigmodel.infer.classify import predict_scores
-from bigmodel.model.checkpoint import Storage, assign_weights, load_trainer_state, resolve_checkpoint, save_checkpoint
+from bigmodel.model.checkpoint import (
+    RESUMED,
+    Storage,
+    assign_weights,
+    load_trainer_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from bigmodel.model.heads import HeadConfig, SequenceModel
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed
@@ -58,7 +65,7 @@ def rebuild(config: dict[str, Any], weights: dict[str, torch.Tensor]) -> tuple[S
     local = FinetuneConfig(**json.loads(config["finetune"]))
     backbone = Transformer(ModelConfig.from_dict(json.loads(config["model"])))
     model = SequenceModel(backbone, HeadConfig.from_json(config["head"]), local.head_dropout)
-    assign_weights(model, weights)
+    assign_weights(model, weights, "the round's global weights", "the model the server described")
     return model, tokenizer_from_json(config["tokenizer"], Path("the server's tokenizer")), local
 
 
@@ -99,7 +106,7 @@ class GlobalModel:
         if fed.resume:
             last = resolve_checkpoint(self.out, prefer="last")
             state = load_trainer_state(last, self.storage)
-            assign_weights(self.model, self.storage.tensors(last)[0])
+            assign_weights(self.model, self.storage.tensors(last)[0], last, RESUMED)
             self.first_round = int(state["round"]) + 1
             self.best.restore(state["best"])
         self.out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +136,7 @@ class GlobalModel:
         r = flower_round + self.first_round - 1
         if flower_round == 0 and r > 0:  # a resumed run: the starting point was logged before the stop
             return {}
-        assign_weights(self.model, weights)
+        assign_weights(self.model, weights, "the aggregated weights", "the global model")
         scores = predict_scores(self.model, self.val_ids, self.inputs, self.model.head_config.n_outputs, self.dtype)
         figures = score(self.model.head_config, scores, self.val_y)
         clients, self.round_clients = (self.round_clients if r else []), []

@@ -12,6 +12,7 @@ as `minilm`) is imported instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -49,6 +50,7 @@ TOKENIZER = "tokenizer.json"
 TRAINER_STATE = "trainer_state.pt"
 SHARDS = "shards"  # FSDP: weights and optimizer state as torch.distributed.checkpoint shards
 MANIFEST = "manifest.json"
+RESUMED = "the model this run builds (resume with the settings it was started with)"
 
 
 @dataclass(frozen=True)
@@ -113,13 +115,23 @@ class Storage:
         return plain
 
     def _check(self, folder: Path, name: str, sha256: str) -> None:
-        if not self.verify or not (folder / MANIFEST).is_file():  # checkpoints from before manifests load as they are
+        if not self.verify:
+            return
+        if not (folder / MANIFEST).is_file():  # checkpoints from before manifests load, but not in silence
+            say_unchecked(folder)
             return
         expected = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["sha256"].get(name)
         if expected != sha256:
             raise BigModelError(f"{folder / name}: SHA-256 {sha256[:16]}… differs from {MANIFEST}'s "
                                 f"{str(expected)[:16]}…: the file is damaged or was replaced "
                                 "(--no-verify loads it anyway)")
+
+
+@functools.cache
+def say_unchecked(folder: Path) -> None:
+    """Once per folder: its files cannot be checked against a manifest."""
+    print(f"note: {folder} has no {MANIFEST}, so its files load unchecked (damage or replacement would go unseen)",
+          file=sys.stderr, flush=True)
 
 
 PLAIN = Storage()
@@ -137,14 +149,28 @@ def weights_bytes(model: Transformer | SequenceModel) -> bytes:
     return safetensors_bytes(tensors)
 
 
-def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy `tensors` into `model`; a name may be missing only when it shares its tensor with a stored one."""
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str | Path,
+              expected: str) -> tuple[list[str], list[str]]:
+    """`load_state_dict(strict=False)`, with a shape that differs said in one line; the missing and
+    unexpected names."""
+    try:
+        return model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e))
+        raise BigModelError(f"{source}: does not fit {expected} ({detail})") from None
+
+
+def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str | Path,
+                   expected: str = MODEL_CONFIG) -> None:
+    """Copy `tensors` (read from `source`) into `model`; a name may be missing only when it shares its
+    tensor with a stored one. Names or shapes that differ are one line saying `source` does not fit
+    `expected` (what the model was built from)."""
+    missing, unexpected = load_into(model, tensors, source, expected)
     state = model.state_dict()
     stored = {state[name].data_ptr() for name in tensors if name in state}
     missing = [name for name in missing if state[name].data_ptr() not in stored]
     if missing or unexpected:
-        raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise BigModelError(f"{source}: does not fit {expected} (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: Tokenizer | None,
@@ -249,7 +275,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_h
             model = to_int8(model)
             load_int8_tensors(model, tensors)
         else:
-            assign_weights(model, tensors)
+            assign_weights(model, tensors, folder / WEIGHTS)
     except (RuntimeError, KeyError) as e:
         raise BigModelError(f"{folder / WEIGHTS}: does not fit {MODEL_CONFIG} ({str(e).splitlines()[0]})") from None
     if has_head and not with_head:

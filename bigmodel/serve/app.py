@@ -14,6 +14,7 @@ import base64
 import binascii
 import contextlib
 import json
+import logging
 import secrets
 import signal
 import threading
@@ -36,7 +37,7 @@ from tokenizers import Tokenizer
 from bigmodel.config import GenerateConfig, ServeConfig
 from bigmodel.data.collate import pad_id
 from bigmodel.data.inputs import Inputs, TextInputs, inputs_for
-from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
+from bigmodel.data.tokenizer import EOT, StopText, StreamDecoder, special_id
 from bigmodel.device import pick_device
 from bigmodel.errors import BigModelError
 from bigmodel.infer.classify import predict_scores
@@ -84,6 +85,8 @@ class Served:
         return [name for name, able in (("generate", self.engine is not None), ("classify", head is not None),
                                         ("explain", text and head == "classify"), ("embeddings", text)) if able]
 
+log = logging.getLogger("bigmodel.serve")
+
 
 def load_served(cfg: ServeConfig) -> Served:
     folder, is_hf = locate(cfg.ckpt)
@@ -114,24 +117,23 @@ class Choice:
     async def pieces(self, tok: Tokenizer, stop_id: int | None, stops: list[str],
                      ) -> AsyncIterator[tuple[str, str | None]]:
         """(text, finish_reason) pieces; the reason comes with the last. Leaving early frees the row."""
-        decoder, text = StreamDecoder(tok), ""
+        decoder, text = StreamDecoder(tok), StopText(stops)
         try:
             while (token := await self.tokens.get()) is not None:
                 self.used += 1
                 if token == stop_id:
-                    yield "", "stop"
+                    yield text.flush(), "stop"
                     return
-                piece = decoder.push(token)
-                text += piece
-                hit = next((s for s in stops if s and s in text), None)
+                piece, hit = text.push(decoder.push(token))
                 if hit:
-                    yield piece[:max(0, len(piece) - (len(text) - text.index(hit)))], "stop"
+                    yield piece, "stop"
                     return
                 if piece:
                     yield piece, None
             if self.seq.error:
                 raise RuntimeError(self.seq.error)
-            yield decoder.flush(), "length"
+            piece, hit = text.push(decoder.flush())
+            yield piece + ("" if hit else text.flush()), "stop" if hit else "length"
         finally:
             self.seq.cancel()
 
@@ -477,7 +479,8 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(str(e.detail), kind), status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, e: Exception) -> JSONResponse:  # a bug: still OpenAI's shape, and logged
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:  # a bug: still OpenAI's shape, and logged
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=e)
         return JSONResponse(error_body(f"internal error: {type(e).__name__}", "server_error"), status_code=500)
 
     @app.exception_handler(RequestValidationError)

@@ -28,9 +28,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from bigmodel.config import FinetuneConfig, ModelConfig
 from bigmodel.errors import BigModelError
 from bigmodel.model.checkpoint import (
+    RESUMED,
     Storage,
     assign_weights,
     load_checkpoint,
+    load_into,
     load_trainer_state,
     resolve_checkpoint,
     save_checkpoint,
@@ -189,9 +191,9 @@ class FineTuner:
         folder = resolve_checkpoint(self.out, prefer="last")
         state = load_trainer_state(folder, self.storage)
         if self.cfg.method == "lora":
-            self.runner.load_state_dict(state["adapters"], strict=False)
+            load_into(self.runner, state["adapters"], folder, RESUMED)
         else:
-            assign_weights(self.runner, self.storage.tensors(folder)[0])
+            assign_weights(self.runner, self.storage.tensors(folder)[0], folder, RESUMED)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler.is_enabled() and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])

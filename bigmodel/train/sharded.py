@@ -51,5 +51,5 @@ def gathered(model: torch.nn.Module, is_main: bool) -> Transformer | None:
     if not is_main:
         return None
     plain = Transformer.empty(model.config)
-    assign_weights(plain, full)
+    assign_weights(plain, full, "the gathered shards", "the model's config")
     return plain

@@ -27,6 +27,7 @@ from bigmodel.data.tokenizer import load_tokenizer
 from bigmodel.device import autocast
 from bigmodel.errors import BigModelError
 from bigmodel.model.checkpoint import (
+    RESUMED,
     SHARDS,
     Storage,
     assign_weights,
@@ -121,7 +122,7 @@ class Trainer:
         elif self.sharded:
             raise BigModelError(f"{folder}: saved by --strategy ddp; resume it with --strategy ddp")
         else:
-            assign_weights(self.raw_model, self.storage.tensors(folder)[0])
+            assign_weights(self.raw_model, self.storage.tensors(folder)[0], folder, RESUMED)
             self.optimizer.load_state_dict(state["optimizer"])
         self.start_iter = int(state["iter"])
         self.best.restore(state["best"])
