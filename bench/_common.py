@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from bigmodel.device import FAST_ENOUGH, bf16_speedup, machine, machine_line
+from bigmodel.config import ModelConfig
+from bigmodel.device import machine, machine_line
+from bigmodel.model.probe import training_precision
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -47,11 +49,11 @@ def save(name: str, figures: dict) -> Path:
     return path
 
 
-def formats_here(width: int, rows: int) -> list[str]:
-    """fp32, and bf16 where `--dtype auto` would choose it on this machine for these shapes; elsewhere
-    a bf16 row would time a format no one should run here (tens of times slower on AVX2-only CPUs)."""
-    speedup = bf16_speedup(width, rows)
-    if speedup >= FAST_ENOUGH:
+def formats_here(config: ModelConfig, batch: int, length: int) -> list[str]:
+    """fp32, and bf16 where `--dtype auto` would train this model in it on this machine; elsewhere a bf16
+    row would time a format no one should run here (tens of times slower on AVX2-only CPUs)."""
+    precision = training_precision("auto", torch.device("cpu"), config, batch, length)
+    if precision.name == "bf16":
         return ["fp32", "bf16"]
-    print(f"bf16 left out: {speedup:.2f}x fp32 at width {width}, {rows} rows on this CPU", flush=True)
+    print(f"bf16 left out: auto chooses {precision.line()}", flush=True)
     return ["fp32"]

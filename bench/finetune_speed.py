@@ -29,6 +29,7 @@ from transformers import (
 
 from bigmodel.config import FinetuneConfig
 from bigmodel.data.labelled import Example, read_labelled
+from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.hf import find_hf_folder
 from bigmodel.train.finetune import finetune
 
@@ -70,7 +71,7 @@ def main() -> None:
     dev = read_labelled(SST2 / "dev.tsv", "sentence", "label")
     figures: dict[str, dict[str, float]] = {}
     ratios = {}
-    for dtype in formats_here(384, BATCH * LENGTH):  # MiniLM's width
+    for dtype in formats_here(load_checkpoint("minilm")[0].config, BATCH, LENGTH):
         rate, accuracy = trainer_peer(train, dev, dtype)
         figures[f"transformers Trainer {dtype}"] = {"examples_per_s": rate, "dev_accuracy": accuracy}
         print(f"transformers Trainer {dtype}: {rate:6.1f} examples/s, dev accuracy {accuracy:.4f}", flush=True)

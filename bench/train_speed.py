@@ -81,8 +81,8 @@ def main() -> None:
     peak = matmul_peak_flops()
     results: dict[str, dict] = {}
     for name in ("baby", "small"):
-        shape = preset(name)
-        for dtype in formats_here(shape["n_embd"], BATCH[name] * shape["block_size"]):
+        shape = ModelConfig(vocab_size=VOCAB, **preset(name))
+        for dtype in formats_here(shape, BATCH[name], shape.block_size):
             r = measure(name, dtype, args.steps if name == "baby" else max(5, args.steps // 2))
             r["mfu"] = r["tokens_per_s"]["bigmodel"] * r["flops_per_token"] / peak
             results[f"{name}/{dtype}"] = r

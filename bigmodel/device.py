@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -11,6 +12,7 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +41,7 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
 
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FAST_ENOUGH = 1.2  # bf16 must beat fp32 by this much on the probe: autocast's casts cost something too
+FAST_ENOUGH = 1.2  # bf16 must beat fp32 by this much on a real step: less is noise, not worth the lost precision
 TOO_SLOW = 0.5  # an explicit bf16 that runs at less than this fraction of fp32's speed gets a warning
 
 
@@ -95,34 +97,50 @@ def _probe_file() -> Path:
     return Path(os.environ.get("BIGMODEL_CACHE", Path.home() / ".cache" / "bigmodel")) / "dtype_probe.json"
 
 
-def measure_bf16_speedup(width: int, rows: int, repeats: int = 9) -> float:
-    """fp32 time over bf16-autocast time of a linear layer (width -> 4 x width) on `rows` tokens, forward
-    and backward, as training runs it: the casts autocast adds are paid too, which small models feel.
-    The two are timed in turns after a warm-up, so a noisy neighbour slows both alike."""
-    x = torch.randn(rows, width)
-    w = torch.randn(4 * width, width, requires_grad=True)
-    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    for i in range(3 + repeats):
-        for name in times:
-            start = time.perf_counter()
-            with autocast(name, torch.device("cpu")):
-                y = F.linear(x, w)
-            y.sum().backward()
-            if i >= 3:
-                times[name].append(time.perf_counter() - start)
+Step = Callable[[str], object]  # runs one step of the job in the named format (fp32 | bf16)
+
+
+def kernel_speedup(width: int, repeats: int = 5) -> float:
+    """fp32 time over bf16 time of one matrix product at this width (2,048 rows): a cheap first look that
+    tells a CPU with no fast bf16 kernels (AVX2 only: tens of times slower) from one that has them."""
+    x, w = torch.randn(2048, width), torch.randn(4 * width, width)
+    return _alternating({"fp32": lambda: F.linear(x, w), "bf16": lambda: F.linear(x.bfloat16(), w.bfloat16())},
+                        repeats)
+
+
+def _alternating(runs: dict[str, Callable[[], object]], repeats: int) -> float:
+    """fp32's median time over bf16's, timed in turns after a warm-up so a noisy neighbour slows both alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.no_grad():
+        for i in range(2 + repeats):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run()
+                if i >= 2:
+                    times[name].append(time.perf_counter() - start)
     return statistics.median(times["fp32"]) / statistics.median(times["bf16"])
 
 
-def bf16_speedup(width: int, rows: int) -> float:
-    """`measure_bf16_speedup`, measured once per machine, torch version and shape and then read from the cache."""
-    key = "|".join(str(v) for v in (*machine().values(), width, rows))
+def measure_bf16_speedup(width: int, make_step: Callable[[], Step], repeats: int = 5) -> float:
+    """bf16's speed-up over fp32 for a job: the kernel look first; where bf16 kernels are fast, one real
+    step of the job in each format (small models lose to autocast's casts what their products gain)."""
+    kernels = kernel_speedup(width)
+    if kernels < TOO_SLOW:
+        return kernels
+    step = make_step()
+    return _alternating({name: functools.partial(step, name) for name in ("fp32", "bf16")}, repeats)
+
+
+def bf16_speedup(shape: str, width: int, make_step: Callable[[], Step]) -> float:
+    """`measure_bf16_speedup`, measured once per machine, torch version and job `shape`, then cached."""
+    key = "|".join(str(v) for v in (*machine().values(), shape))
     path = _probe_file()
     try:
         cache = json.loads(path.read_text())
     except (OSError, ValueError):
         cache = {}
     if key not in cache:
-        cache[key] = round(measure_bf16_speedup(width, rows), 3)
+        cache[key] = round(measure_bf16_speedup(width, make_step), 3)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -150,13 +168,15 @@ def decide_cpu(requested: str, speedup: float) -> tuple[Precision, str | None]:
     return Precision(requested, "asked for"), None
 
 
-def choose_precision(requested: str, device: torch.device, width: int, rows: int) -> Precision:
-    """`--dtype auto|fp32|bf16|fp16` made concrete for this device and a job of `rows` tokens at `width`.
+def choose_precision(requested: str, device: torch.device, shape: str, width: int,
+                     make_step: Callable[[], Step]) -> Precision:
+    """`--dtype auto|fp32|bf16|fp16` made concrete for this device and a job (`shape` names it in the
+    cache; `make_step` builds what runs one step of it in a format; `width` is the model's).
 
     CUDA: bf16 where the GPU supports it, else fp16 (training then scales the loss). CPU: bf16 only
-    where a short probe at the model's shapes finds it faster than fp32; many CPUs (AVX2 without
-    AVX-512 BF16/AMX) run bf16 tens of times slower. An explicit choice is kept, with a warning
-    when it is much slower."""
+    where a short probe of this job finds it faster than fp32; many CPUs (AVX2 without AVX-512
+    BF16/AMX) run bf16 tens of times slower. An explicit choice is kept, with a warning when it is
+    much slower."""
     if requested not in DTYPES:
         raise BigModelError(f"--dtype must be one of {', '.join(DTYPES)}, not {requested!r}")
     if device.type == "cuda":
@@ -167,7 +187,7 @@ def choose_precision(requested: str, device: torch.device, width: int, rows: int
         return Precision("fp16", "this GPU has no bf16 (loss scaling on)")
     if requested in ("fp32", "fp16"):
         return Precision(requested, "asked for")
-    precision, warning = decide_cpu(requested, bf16_speedup(width, rows))
+    precision, warning = decide_cpu(requested, bf16_speedup(shape, width, make_step))
     if warning:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     return precision

@@ -16,8 +16,9 @@ import torch
 import yaml
 
 from bigmodel import device as dev
-from bigmodel.config import TrainConfig
+from bigmodel.config import ModelConfig, TrainConfig
 from bigmodel.data.batches import load_meta
+from bigmodel.model.probe import training_precision
 from bigmodel.recipes.quickstart import quickstart
 from bigmodel.train.trainer import pretrain
 from tests.conftest import metric_rows, run_cli
@@ -25,6 +26,7 @@ from tests.test_train import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+SHAPE = ModelConfig(vocab_size=256, n_layer=2, n_head=4, n_embd=128, block_size=64)
 
 
 def test_cpu_decision_from_measured_speedups():
@@ -42,7 +44,7 @@ def test_cpu_decision_from_measured_speedups():
 
 def test_probe_is_measured_once_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("BIGMODEL_CACHE", str(tmp_path))
-    first = dev.choose_precision("auto", torch.device("cpu"), 128, 256)
+    first = training_precision("auto", torch.device("cpu"), SHAPE, 8, 64)
     [speedup] = json.loads((tmp_path / "dtype_probe.json").read_text()).values()
     assert first.name == ("bf16" if speedup >= dev.FAST_ENOUGH else "fp32")
 
@@ -50,20 +52,22 @@ def test_probe_is_measured_once_and_cached(tmp_path, monkeypatch):
         raise AssertionError("measured again")
 
     monkeypatch.setattr(dev, "measure_bf16_speedup", no_second_measurement)
-    assert dev.choose_precision("auto", torch.device("cpu"), 128, 256) == first
+    assert training_precision("auto", torch.device("cpu"), SHAPE, 8, 64) == first
     with pytest.raises(dev.BigModelError, match="--dtype must be one of"):
-        dev.choose_precision("int4", torch.device("cpu"), 128, 256)
+        training_precision("int4", torch.device("cpu"), SHAPE, 8, 64)
 
 
 def test_imitated_avx2_cpu_picks_what_it_measures(tmp_path):
     """Under PyTorch's and oneDNN's AVX2 limits the probe runs where bf16 has no native kernels; the
     choice follows the measured speed (on CPUs where the limits slow bf16 down, that is fp32)."""
-    code = ("import torch, json; from bigmodel import device as d; "
-            "p = d.choose_precision('auto', torch.device('cpu'), 256, 2048); "
-            "print(json.dumps([p.name, d.bf16_speedup(256, 2048), torch.backends.cpu.get_cpu_capability()]))")
+    code = ("import torch, json; from bigmodel.config import ModelConfig; from bigmodel.model.probe import "
+            "training_precision; p = training_precision('auto', torch.device('cpu'), ModelConfig(vocab_size=256, "
+            "n_layer=2, n_head=4, n_embd=128, block_size=64), 8, 64); print(json.dumps([p.name, "
+            "torch.backends.cpu.get_cpu_capability()]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, **AVX2, "BIGMODEL_CACHE": str(tmp_path)})
-    name, speedup, capability = json.loads(done.stdout)
+    name, capability = json.loads(done.stdout)
+    [speedup] = json.loads((tmp_path / "dtype_probe.json").read_text()).values()
     assert capability == "AVX2"
     assert name == ("bf16" if speedup >= dev.FAST_ENOUGH else "fp32")
 

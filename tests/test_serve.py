@@ -319,8 +319,8 @@ def test_stop_text_holds_back_what_may_begin_a_stop_string():
     from bigmodel.data.tokenizer import StopText
 
     text = StopText(["\n\n", "END"])
-    assert [text.push(p) for p in ["Hel", "lo\n", "E", "x", "\nWor"]] == [
-        ("Hel", False), ("lo", False), ("", False), ("\nEx", False), ("", True)]
+    assert [text.push(p) for p in ["Hel", "lo\n", "E", "N", "x", "\n", "\nWor"]] == [
+        ("Hel", False), ("lo", False), ("\n", False), ("", False), ("ENx", False), ("", False), ("", True)]
     tail = StopText(["\n\n"])
     assert tail.push("ab\n") == ("ab", False) and tail.flush() == "\n"
 

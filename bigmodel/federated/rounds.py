@@ -25,7 +25,6 @@ from bigmodel.config import FederatedConfig, FinetuneConfig, ModelConfig
 from bigmodel.data.inputs import TextInputs
 from bigmodel.data.labelled import label_ids, read_labelled
 from bigmodel.data.tokenizer import tokenizer_from_json
-from bigmodel.device import choose_precision
 from bigmodel.errors import BigModelError
 from bigmodel.infer.classify import predict_scores
 from bigmodel.model.checkpoint import (
@@ -37,6 +36,7 @@ from bigmodel.model.checkpoint import (
     save_checkpoint,
 )
 from bigmodel.model.heads import HeadConfig, SequenceModel
+from bigmodel.model.probe import training_precision
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed
 from bigmodel.train.finetune import FineTuner, load_backbone, plain_model
@@ -99,8 +99,8 @@ class GlobalModel:
         self.inputs = TextInputs(self.tok, min(local.max_length, backbone.config.block_size))
         self.val_ids = self.inputs.read([e.text for e in val])
         self.val_y = targets_of(val, head)
-        self.dtype = choose_precision(local.dtype, torch.device("cpu"), width=backbone.config.n_embd,
-                                      rows=local.batch_size * local.max_length).name  # as the clients choose
+        self.dtype = training_precision(local.dtype, torch.device("cpu"), backbone.config, local.batch_size,
+                                        min(local.max_length, backbone.config.block_size)).name  # as clients do
         self.best = KeepBest(minimize=local.task == "regress")
         self.first_round = 1
         if fed.resume:

@@ -33,10 +33,10 @@ from tokenizers import Tokenizer
 
 from bigmodel.config import ModelConfig, StorageConfig, yaml_text
 from bigmodel.data.tokenizer import plain_tokenizer, tokenizer_from_json
-from bigmodel.device import choose_precision
 from bigmodel.errors import BigModelError
 from bigmodel.model.heads import HEAD_FILE, HeadConfig, SequenceModel
 from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
+from bigmodel.model.probe import inference_precision
 from bigmodel.model.quantize import METADATA as INT8_METADATA
 from bigmodel.model.quantize import int8_tensors, is_int8, load_int8_tensors, to_int8
 from bigmodel.model.sealed import Key, Plaintext, digest, is_sealed, unseal
@@ -286,11 +286,10 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_h
 def in_precision(model: Any, requested: str, device: torch.device, decoding: bool = False) -> Any:
     """An fp32 model cast to the number format `--dtype` picks for this device (said on stderr), as
     `transformers`' `torch_dtype` and vLLM's `--dtype` do; bf16 and int8 checkpoints keep theirs.
-    `decoding` probes the shape of one decoding step (one row), else batches of whole windows."""
+    `decoding` probes one decoding step (one row, one token), else batches of whole windows."""
     if is_int8(model) or next(model.parameters()).dtype != torch.float32:
         return model
-    rows = 1 if decoding else 16 * model.config.block_size
-    precision = choose_precision(requested, torch.device(device), model.config.n_embd, rows)
+    precision = inference_precision(requested, torch.device(device), model.config, decoding)
     print(f"dtype {requested} -> {precision.line()}", file=sys.stderr, flush=True)
     return model.to(precision.dtype)
 

@@ -87,7 +87,7 @@ def quickstart(out: Path, minutes: float = 3.0, device_name: str = "auto",
     train_cfg, scaler = run_precision(
         TrainConfig(data=str(data_dir), out=str(out / "run"), batch_size=16, lr=2e-3, min_lr=2e-4, warmup_iters=30,
                     weight_decay=0.1, eval_iters=10, device=device_name),
-        device, width=model_cfg.n_embd, rows=16 * model_cfg.block_size)
+        device, model_cfg, 16, model_cfg.block_size)
     step = seconds_per_step(model_cfg, train_cfg, device, scaler)
     budget = minutes * 60 * 0.92  # evaluation and checkpoints take the rest
     train_cfg.eval_interval = max(10, int(budget / step) // 8)

@@ -134,8 +134,9 @@ class FineTuner:
                 backbone, self.tok = load_backbone(cfg.init, dist.device, self.storage)
             self.task = make_task(cfg, backbone, self.tok)
         model = self.task.model
-        cfg, self.scaler = run_precision(cfg, dist.device, width=backbone_of(model).config.n_embd,
-                                         rows=cfg.batch_size * cfg.max_length, speak=dist.is_main and not start)
+        shape = backbone_of(model).config
+        cfg, self.scaler = run_precision(cfg, dist.device, shape, cfg.batch_size, min(cfg.max_length, shape.block_size),
+                                         speak=dist.is_main and not start)
         self.cfg = self.task.cfg = cfg
         self.runner = apply_method(model, cfg).to(dist.device)
         self.anchor: list[torch.Tensor] = []  # FedProx: the round's starting point, which `proximal_mu` pulls towards

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from bigmodel.config import FinetuneConfig, TrainConfig
-from bigmodel.device import choose_precision
+from bigmodel.config import FinetuneConfig, ModelConfig, TrainConfig
+from bigmodel.model.probe import training_precision
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig | FinetuneConfig, device: torch.device
@@ -26,11 +26,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig | FinetuneConfig, de
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def run_precision(cfg: TrainConfig | FinetuneConfig, device: torch.device, width: int, rows: int,
-                  speak: bool = True) -> tuple[Any, torch.amp.GradScaler]:
-    """`cfg` with its `--dtype` made concrete for this device (auto resolved by the probe), and the
-    gradient scaler the loop steps through (active for fp16 only). The choice is printed once."""
-    precision = choose_precision(cfg.dtype, device, width, rows)
+def run_precision(cfg: TrainConfig | FinetuneConfig, device: torch.device, model: ModelConfig, batch: int,
+                  length: int, speak: bool = True) -> tuple[Any, torch.amp.GradScaler]:
+    """`cfg` with its `--dtype` made concrete for training `model` on this device (auto: a probe of one
+    step at this batch shape), and the gradient scaler the loop steps through (active for fp16 only).
+    The choice is printed once."""
+    precision = training_precision(cfg.dtype, device, model, batch, length)
     if speak:
         print(f"dtype {cfg.dtype} -> {precision.line()}", flush=True)
     return replace(cfg, dtype=precision.name), precision.scaler(device)

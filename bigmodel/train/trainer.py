@@ -50,8 +50,8 @@ class Trainer:
         self.sections = sections
         self.sinks = sinks or []
         self.dist = distributed.setup(cfg.device)
-        cfg, self.scaler = run_precision(cfg, self.dist.device, width=model_cfg.n_embd,
-                                         rows=cfg.batch_size * model_cfg.block_size, speak=self.dist.is_main)
+        cfg, self.scaler = run_precision(cfg, self.dist.device, model_cfg, cfg.batch_size, model_cfg.block_size,
+                                         speak=self.dist.is_main)
         self.cfg = cfg
         self.run_dir = Path(cfg.out)
         self.storage = Storage.of(cfg)
