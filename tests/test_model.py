@@ -3,7 +3,8 @@ import torch
 
 from bigmodel.config import ModelConfig, preset
 from bigmodel.errors import BigModelError
-from bigmodel.model.transformer import KVCache, Transformer
+from bigmodel.model.cache import KVCache
+from bigmodel.model.transformer import Transformer
 
 VARIANTS = [
     {},
@@ -82,21 +83,25 @@ def test_too_long_input_and_bad_config_are_clear_errors():
 
 
 @torch.no_grad()
-def test_only_a_single_new_token_decodes_on_one_torch_thread():
-    """Batch-1 prefill and evaluation keep every core; only a (1, 1) decoding step hands them to OpenBLAS."""
+def test_only_a_single_row_decoding_step_runs_on_one_torch_thread():
+    """Prefill, evaluation and batched decoding keep every core; a one-row decoding step hands them to
+    OpenBLAS, and the model's own forward never changes the process's threads."""
+    from bigmodel.config import GenerateConfig
+    from bigmodel.infer.generate import generate_ids
+
     model = Transformer(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=32)).eval()
     seen = []
     model.blocks[0].register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        cache = KVCache.allocate(model.config, 1, 32, torch.float32, "cpu")
-        model(torch.randint(50, (1, 20)), cache=cache)  # prefill
-        model(torch.randint(50, (1, 1)), cache=cache)  # one decoding step
-        model(torch.randint(50, (1, 20)))  # evaluation of one sequence
+        cfg = GenerateConfig(max_new_tokens=3, temperature=0.0)
+        list(generate_ids(model, list(range(20)), cfg))  # prefill, then 2 decoding steps of one row
+        list(generate_ids(model, list(range(20)), cfg, batch_size=2))  # prefill, then 2 steps of two rows
+        model(torch.randint(50, (1, 1)), cache=KVCache.allocate(model.config, 1, 32, torch.float32, "cpu"))
     finally:
         torch.set_num_threads(threads)
-    assert seen == [2, 1, 2]
+    assert seen == [2, 1, 1, 2, 2, 2, 2]
 
 
 @torch.no_grad()

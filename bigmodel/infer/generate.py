@@ -15,7 +15,9 @@ from tokenizers import Tokenizer
 from bigmodel.config import GenerateConfig
 from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
 from bigmodel.errors import BigModelError
-from bigmodel.model.transformer import KVCache, Transformer
+from bigmodel.model.cache import KVCache
+from bigmodel.model.decoding import decoding_threads
+from bigmodel.model.transformer import Transformer
 
 
 def sample_next(logits: torch.Tensor, cfg: GenerateConfig, generator: torch.Generator) -> torch.Tensor:
@@ -57,19 +59,20 @@ def generate_ids(model: Transformer, prompt: list[int], cfg: GenerateConfig, bat
     cache = KVCache.allocate(model.config, batch_size, block, dtype, device)
     logits, _ = model(history, cache=cache, last_only=True)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    for _ in range(cfg.max_new_tokens):
+    for step in range(cfg.max_new_tokens):
         token = sample_next(logits[:, -1, :], cfg, generator)
         yield token
         if stop_id is not None:
             done |= token == stop_id
-            if bool(done.all()):
-                return
+        if step == cfg.max_new_tokens - 1 or bool(done.all()):
+            return
         history = torch.cat([history, token[:, None]], dim=1)
         if int(cache.lengths[0]) == block:
             cache.lengths[:] = 0
             logits, _ = model(history[:, -(block // 2):], cache=cache, last_only=True)
         else:
-            logits, _ = model(token[:, None], cache=cache, last_only=True)
+            with decoding_threads(model, batch_size):
+                logits, _ = model(token[:, None], cache=cache, last_only=True)
 
 
 def stream_text(model: Transformer, tok: Tokenizer, prompt: str, cfg: GenerateConfig,

@@ -18,7 +18,9 @@ from bigmodel.data.collate import collate, encode, pad_id
 from bigmodel.data.tokenizer import EOT, special_id
 from bigmodel.errors import BigModelError
 from bigmodel.infer.generate import sample_next
-from bigmodel.model.transformer import KVCache, Memory, Transformer
+from bigmodel.model.cache import KVCache
+from bigmodel.model.decoding import decoding_threads
+from bigmodel.model.transformer import Memory, Transformer
 
 
 def start_id(tok: Tokenizer) -> int:
@@ -73,7 +75,8 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
         done |= token == stop_id
         if bool(done.all()):
             break
-        logits = model(token[:, None], cache=cache, memory=memory, last_only=True)[0][:, -1].float()
+        with decoding_threads(model, B * K):
+            logits = model(token[:, None], cache=cache, memory=memory, last_only=True)[0][:, -1].float()
     if beam:
         best = (scores / lengths.view(B, K).clamp(min=1) ** cfg.length_penalty).argmax(-1)
         out = out[torch.arange(B, device=device) * K + best]

@@ -7,68 +7,26 @@ grouped-query attention (`n_kv_head < n_head`), token-type embeddings, tied embe
 an encoder in front (`encoder_layers`) whose output the decoder blocks cross-attend to.
 Images and audio enter the same encoder blocks through a front end (`frontends.py`) in
 place of the token embedding.
-Attention goes through `F.scaled_dot_product_attention`; generation uses a preallocated
-`KVCache` so each new token costs one small forward pass, and an encoder-decoder computes
-its cross-attention keys and values once per source (`Memory`).
+Attention goes through `F.scaled_dot_product_attention`; generation passes a preallocated
+`KVCache` (`cache.py`) so each new token costs one small forward pass, and an encoder-decoder
+computes its cross-attention keys and values once per source (`Memory`). The linear layers
+take a faster path for decoding steps on the CPU (`decoding.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bigmodel.config import ModelConfig
 from bigmodel.errors import BigModelError
+from bigmodel.model.cache import CacheStep, KVCache
+from bigmodel.model.decoding import Linear
 from bigmodel.model.frontends import make_frontend
-
-FEW_ROWS = 32  # up to this many rows, a decoding step rather than a training batch
-
-
-def rows_on_cpu(x: torch.Tensor, weight: torch.Tensor, most: int) -> bool:
-    """True for at most `most` fp32 rows on the CPU outside autograd: a decoding step."""
-    return (x.numel() <= most * x.size(-1) and x.device.type == "cpu" and weight.dtype == torch.float32
-            and not torch.is_grad_enabled())
-
-
-@contextlib.contextmanager
-def one_torch_thread() -> Iterator[None]:
-    """Leave the cores to OpenBLAS: spinning torch threads would fight it for them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-class Linear(nn.Linear):
-    """nn.Linear with fast paths for decoding steps on the CPU, outside autograd.
-
-    Batch-1 decoding is bound by how fast the weights stream from memory. PyTorch's CPU
-    build multiplies one row through a matrix-vector kernel that uses one core; numpy's
-    OpenBLAS uses them all and streams about twice as fast here, so one row goes that way.
-    For a few rows (a serving batch), the CPU build's BLAS computes W @ x.T about twice
-    as fast as the x @ W.T of `F.linear`, with the same result.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not rows_on_cpu(x, self.weight, FEW_ROWS):
-            return super().forward(x)
-        rows = x.detach().reshape(-1, x.size(-1))
-        if len(rows) == 1:
-            y = torch.from_numpy(np.dot(rows.numpy(), self.weight.detach().numpy().T))
-        else:
-            y = (self.weight @ rows.T).T.contiguous()
-        if self.bias is not None:
-            y += self.bias
-        return y.view(*x.shape[:-1], -1)
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -90,81 +48,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-@dataclass(frozen=True)
-class CacheStep:
-    """One forward pass's place in a `KVCache`: where it writes and what its queries may see."""
-
-    cache: KVCache
-    start: int  # the first position any row writes: the shortest row's length
-    end: int  # one past the last position written: the longest row's length + the new tokens
-    positions: torch.Tensor  # of the new tokens: (T,) when the rows agree, else (B, T)
-    mask: torch.Tensor | None  # ragged rows only: (B, 1, T, end), each query sees its own row's past
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's keys/values for `layer`; return all keys/values seen so far."""
-        keys, values = self.cache.keys[layer], self.cache.values[layer]
-        if self.mask is None:
-            keys[:, :, self.start:self.end] = k
-            values[:, :, self.start:self.end] = v
-        else:
-            rows = torch.arange(k.size(0), device=k.device)[:, None]
-            keys[rows, :, self.positions] = k.transpose(1, 2)
-            values[rows, :, self.positions] = v.transpose(1, 2)
-        return keys[:, :, :self.end], values[:, :, :self.end]
-
-
-@dataclass
-class KVCache:
-    """Preallocated keys and values of every layer, so decoding never copies the past.
-
-    Each row holds one sequence at its own length: the rows of a serving batch joined at
-    different times. A step whose rows agree on their length writes one slice and needs no
-    mask; ragged rows write at their own positions and hide each other's unused slots.
-    Lengths live on the host, so checking them never waits for the device.
-    """
-
-    keys: list[torch.Tensor]  # per layer: (B, n_kv_head, max_len, head_dim)
-    values: list[torch.Tensor]
-    lengths: np.ndarray  # positions filled, per row; a view of the parent's for `rows()`
-
-    @classmethod
-    def allocate(cls, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device | str) -> KVCache:
-        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
-        return cls([torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)],
-                   [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)],
-                   np.zeros(batch_size, dtype=np.int64))
-
-    def rows(self, start: int, stop: int) -> KVCache:
-        """A cache over rows start..stop-1 that shares this one's storage."""
-        return KVCache([k[start:stop] for k in self.keys], [v[start:stop] for v in self.values],
-                       self.lengths[start:stop])
-
-    def move_row(self, source: int, target: int) -> None:
-        """Copy one sequence's keys, values and length into another row (the source is left stale)."""
-        used = int(self.lengths[source])
-        for store in (*self.keys, *self.values):
-            store[target, :, :used] = store[source, :, :used]
-        self.lengths[target] = used
-
-    def select(self, index: torch.Tensor) -> None:
-        """Make row i hold what row index[i] held (beam search keeps the best continuations)."""
-        for store in (*self.keys, *self.values):
-            store.copy_(store[index])
-        self.lengths[:] = self.lengths[index.cpu().numpy()]
-
-    def begin(self, steps: int) -> CacheStep:
-        """The step that appends `steps` tokens to every row."""
-        first, longest = int(self.lengths.min()), int(self.lengths.max())
-        device = self.keys[0].device
-        if first == longest:
-            return CacheStep(self, first, longest + steps, torch.arange(first, longest + steps, device=device), None)
-        positions = torch.from_numpy(self.lengths[:, None] + np.arange(steps)).to(device)
-        end = longest + steps
-        mask = (torch.arange(end, device=device) <= positions[:, :, None])[:, None]
-        return CacheStep(self, first, end, positions, mask)
 
 
 class SelfAttention(nn.Module):
@@ -409,12 +292,7 @@ class Transformer(nn.Module):
             raise BigModelError(f"a {self.config.frontend} model has no language-model head; it needs a task head")
         if source is not None:
             memory = self.encode(source, source_mask)
-        # one new token through our own Linear layers (not int8 ones): every matrix takes its OpenBLAS path
-        if idx.shape == (1, 1) and isinstance(self.lm_head, Linear) and rows_on_cpu(idx, self.lm_head.weight, 1):
-            with one_torch_thread():
-                x = self.hidden_states(idx, cache, padding_mask, token_types, memory)
-        else:
-            x = self.hidden_states(idx, cache, padding_mask, token_types, memory)
+        x = self.hidden_states(idx, cache, padding_mask, token_types, memory)
         if last_only:
             x = x[:, -1:, :]
         logits = self.lm_head(x)

@@ -19,7 +19,9 @@ import torch
 
 from bigmodel.config import GenerateConfig
 from bigmodel.infer.generate import sample_next
-from bigmodel.model.transformer import KVCache, Transformer
+from bigmodel.model.cache import KVCache
+from bigmodel.model.decoding import decoding_threads
+from bigmodel.model.transformer import Transformer
 
 log = logging.getLogger("bigmodel.serve")
 
@@ -144,7 +146,8 @@ class Engine:
                 self._fill(row, seq.history[-(block // 2):-1])
         n = len(self.active)
         tokens = torch.tensor([[seq.history[-1]] for seq in self.active], device=self.device)
-        logits, _ = self.model(tokens, cache=self.cache.rows(0, n), last_only=True)
+        with decoding_threads(self.model, n):
+            logits, _ = self.model(tokens, cache=self.cache.rows(0, n), last_only=True)
         for row in range(n):
             self._accept(row, logits[row, -1])
         self._leave_finished()

@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from bigmodel.config import PrivacyConfig
 from bigmodel.errors import BigModelError
 from bigmodel.model.checkpoint import Storage, read_sections, resolve_checkpoint
+from bigmodel.model.decoding import Linear
 from bigmodel.model.heads import SequenceModel
-from bigmodel.model.transformer import Linear
 from bigmodel.train.optim import optimizer_step
 
 CHUNK = 32  # examples per forward pass inside a DP-SGD batch (Opacus' "physical batch")
