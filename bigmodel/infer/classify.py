@@ -7,6 +7,7 @@ from tokenizers import Tokenizer
 
 from bigmodel.data.inputs import Inputs, Source, batches, inputs_for
 from bigmodel.device import autocast
+from bigmodel.model.heads import HeadConfig
 
 
 @torch.no_grad()
@@ -37,7 +38,11 @@ def label_records(model: torch.nn.Module, tok: Tokenizer | None, sources: list[S
     head = model.head_config
     if not sources:
         return []
-    scores = predict_inputs(model, tok, sources)
+    return score_records(head, predict_inputs(model, tok, sources))
+
+
+def score_records(head: HeadConfig, scores: torch.Tensor) -> list[dict]:
+    """Head outputs as records: label and probabilities per row, or the value of a regression head."""
     if head.task == "regress":
         return [{"value": s[0].item()} for s in scores]
     return [{"label": head.labels[int(s.argmax())], "probabilities": dict(zip(head.labels, s.softmax(-1).tolist(),

@@ -1,0 +1,133 @@
+"""What every route stands on: the checkpoint loaded in the background (`Served`), and the `Service`
+the app keeps in its state (config, key, metrics, loading and draining, the checks of a request's
+text against the model)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+from tokenizers import Tokenizer
+
+from bigmodel.config import ServeConfig
+from bigmodel.data.tokenizer import EOT, special_id
+from bigmodel.device import pick_device
+from bigmodel.model.checkpoint import Storage, in_precision, load_checkpoint, locate
+from bigmodel.model.heads import HEAD_FILE, SequenceModel
+from bigmodel.model.quantize import is_int8, to_int8
+from bigmodel.model.transformer import Transformer
+from bigmodel.serve.chat import chat_template
+from bigmodel.serve.engine import Engine
+from bigmodel.serve.metrics import Metrics
+from bigmodel.serve.schema import ApiError, Message, TextsRequest
+
+
+@dataclass
+class Served:
+    """What the server holds once the checkpoint has loaded."""
+
+    model: Transformer  # generates (through the engine) and embeds
+    tok: Tokenizer | None  # None for image and audio models
+    model_id: str
+    engine: Engine | None  # decoders only
+    chat: Callable[[list[Message]], str]  # messages to prompt
+    classifier: SequenceModel | None = None  # a fine-tuned checkpoint's model with its head
+
+    def capabilities(self) -> list[str]:
+        """What this model answers, as `/v1/models` tells clients such as the playground."""
+        text = self.tok is not None
+        head = self.classifier.head_config.task if self.classifier else None
+        return [name for name, able in (("generate", self.engine is not None), ("classify", head is not None),
+                                        ("explain", text and head == "classify"), ("embeddings", text)) if able]
+
+def load_served(cfg: ServeConfig) -> Served:
+    folder, is_hf = locate(cfg.ckpt)
+    device = pick_device(cfg.device)
+    classifier, storage = None, Storage.of(cfg)
+    if not is_hf and (folder / HEAD_FILE).is_file():
+        classifier, tok, folder = load_checkpoint(folder, device, with_head=True, storage=storage)
+        model = classifier.backbone
+    else:
+        model, tok, folder = load_checkpoint(folder, device, storage=storage)
+    if cfg.quantize == "int8" and not is_int8(model):
+        model = to_int8(model)
+    else:  # in place: a classifier's backbone is the generator's model
+        in_precision(classifier or model, cfg.dtype, device, decoding=model.config.causal)
+    engine = Engine(model, cfg.max_batch, cfg.max_queue, special_id(tok, EOT)) if model.config.causal else None
+    model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
+    return Served(model, tok, model_id, engine, chat_template(folder), classifier)
+
+
+
+class Service:
+    """Everything the routes use: the config, the loaded model (once it has loaded) and the metrics."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.api_key = cfg.api_key()
+        self.metrics = Metrics()
+        self.loaded: Served | None = None
+        self.failure: str | None = None
+        self.draining = False
+
+    def load(self) -> None:
+        """Run in a background thread; a failure is reported by /health and every route, and ends the CLI."""
+        try:
+            self.loaded = load_served(self.cfg)
+        except Exception as e:
+            self.failure = str(e).splitlines()[0] if str(e) else type(e).__name__
+
+    def unavailable(self) -> str | None:
+        """Why requests cannot be served now, or None."""
+        if self.draining:
+            return "the server is shutting down"
+        if self.failure:
+            return f"the model failed to load: {self.failure}"
+        return None if self.loaded else "the model is loading; retry shortly"
+
+    @property
+    def served(self) -> Served:
+        assert self.loaded is not None  # the middleware answers 503 until it is
+        return self.loaded
+
+    def generator(self) -> Engine:
+        s = self.served
+        if s.engine is None:
+            raise ApiError(400, f"model {s.model_id} is an encoder; it serves /v1/embeddings"
+                           + (" and /v1/classify" if s.classifier else ""), "invalid_request_error", "model")
+        return s.engine
+
+    def classifier(self) -> SequenceModel:
+        """The fine-tuned model with its head, for the routes that need one."""
+        s = self.served
+        if s.classifier is None:
+            raise ApiError(400, f"model {s.model_id} has no classifier head; fine-tune it with `bigmodel finetune`",
+                           "invalid_request_error", "model")
+        return s.classifier
+
+    def tokens_of(self, text: str, param: str, special: bool = False) -> list[int]:
+        """`text`'s ids, checked against the context (a prompt leaves room for one new token)."""
+        block = self.served.model.config.block_size
+        if self.served.tok is None:
+            raise ApiError(400, f"model {self.served.model_id} reads {self.served.model.config.frontend}, not text; "
+                           "it serves /v1/classify", "invalid_request_error", "model")
+        ids = self.served.tok.encode(text, add_special_tokens=special).ids
+        if not ids:
+            raise ApiError(400, f"{param} has no tokens", "invalid_request_error", param)
+        if len(ids) > block - (0 if special else 1):
+            raise ApiError(413, f"{param} is {len(ids)} tokens; the context holds {block}", "invalid_request_error",
+                           param)
+        return ids
+
+    def inputs_of(self, req: TextsRequest) -> tuple[list[list[int]], int]:
+        """The request's texts as token ids (special tokens included), each checked against the context."""
+        ids = [self.tokens_of(t, "input", special=True) for t in req.texts()]
+        tokens = sum(len(i) for i in ids)
+        self.metrics.count_tokens("prompt", tokens)
+        return ids, tokens
+
+
+
+def service(request: Request) -> Service:
+    return request.app.state.service
