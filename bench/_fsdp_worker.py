@@ -9,7 +9,8 @@ import resource
 import sys
 import time
 
-from bigmodel.cli import build_parser, pretrain_configs
+from bigmodel.cli import build_parser
+from bigmodel.recipes.train import pretrain_configs
 from bigmodel.train.trainer import pretrain
 
 args = build_parser().parse_args(["pretrain", *sys.argv[1:]])

@@ -160,3 +160,16 @@ def _table(lines: Iterator[str], source: str, column: str, delimiter: str) -> It
         value = row.get(column)
         if value is not None:
             yield Document(value, source)
+
+
+def read_lines(name: str, what: str = "input") -> list[str]:
+    """The non-blank lines of a UTF-8 file, or of standard input for `-`."""
+    if name == "-":
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    path = Path(name)
+    if not path.is_file():
+        raise BigModelError(f"{path}: no such {what} file")
+    try:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise BigModelError(f"{path}: not valid UTF-8") from None

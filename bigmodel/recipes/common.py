@@ -1,0 +1,82 @@
+"""What the verbs that load a checkpoint share: the model on its device and format, the input length
+it was tuned at, and where figures are written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bigmodel.config import (
+    StorageConfig,
+    resolve,
+)
+from bigmodel.data.readers import read_lines
+from bigmodel.errors import BigModelError
+
+
+def storage(args: argparse.Namespace):
+    """How `--encrypt-key-env` and `--no-verify` say checkpoints are read and written."""
+    from bigmodel.model.checkpoint import Storage
+
+    return Storage.of(resolve(StorageConfig, None, args))
+
+
+def load(args: argparse.Namespace, with_head: bool = False, ckpt: str | None = None, decoding: bool = False):
+    """The model, tokenizer and folder `--ckpt` (or `ckpt`) names, on the device `--device` picks, in the
+    number format `--dtype` picks (verbs that have it) for batches of whole windows, or for `decoding`
+    one token at a time."""
+    from bigmodel.device import pick_device
+    from bigmodel.model.checkpoint import in_precision, load_checkpoint
+
+    device = pick_device(args.device)
+    model, tok, folder = load_checkpoint(ckpt or args.ckpt, device, with_head=with_head, storage=storage(args))
+    if getattr(args, "dtype", None):
+        model = in_precision(model, args.dtype, device, decoding)
+    return model, tok, folder
+
+
+def input_length(args: argparse.Namespace, model, folder) -> int:
+    """`--max-length`, else the length the checkpoint was fine-tuned at (else 512), within the context."""
+    from bigmodel.model.checkpoint import read_sections
+
+    length = args.max_length
+    if length is None:
+        sections = read_sections(folder, storage(args)) if (folder / "config.yaml").is_file() else {}
+        length = (sections.get("finetune") or {}).get("max_length", 512)
+    return min(length, model.config.block_size)
+
+
+SEQ2SEQ_DEFAULTS = {"temperature": 0.0, "max_new_tokens": 64}  # a target is short, and its most likely form wanted
+
+
+def write_results(args: argparse.Namespace, figures: dict, outputs: list[dict] | None = None) -> Path:
+    """metrics.json (and outputs.jsonl) in `--out`; the figures also to `--json` when asked."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(figures, indent=2, ensure_ascii=False))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, ensure_ascii=False))
+    if outputs is not None:
+        with (out / "outputs.jsonl").open("w", encoding="utf-8") as fh:
+            for row in outputs:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return out
+
+
+def lexicon_settings(args: argparse.Namespace, model) -> dict:
+    """`transcribe`'s keyword arguments for `--lexicon` (none: greedy decoding)."""
+    if not args.lexicon:
+        return {}
+    from bigmodel.data.labelled import read_columns
+    from bigmodel.infer.ctc import WordModel
+
+    path = Path(args.lexicon)
+    if path.suffix.lower() == ".txt":
+        texts = read_lines(args.lexicon, "lexicon")
+    else:
+        texts = [row[0] for row in read_columns(path, [args.lexicon_column])]
+    words = WordModel.from_texts(texts, model.head_config.labels)
+    if not words.counts:
+        raise BigModelError(f"--lexicon {args.lexicon}: no word spelled in the model's characters")
+    return {"words": words, "beam": args.beam_width, "lm_weight": args.lm_weight, "word_bonus": args.word_bonus}

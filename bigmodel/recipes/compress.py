@@ -1,0 +1,40 @@
+"""`bigmodel quantize` and `prune`: change the weights, save, and say what it cost in size and perplexity."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bigmodel.recipes.common import load, storage
+
+
+def compress_checkpoint(args: argparse.Namespace, change, what: str) -> None:
+    """Load, measure, `change` the model in place (or return a new one), save, measure again."""
+    from bigmodel.evaluate.lm import evaluate_lm
+    from bigmodel.model.checkpoint import WEIGHTS, save_checkpoint
+
+    model, tok, folder = load(args)
+    before = evaluate_lm(model, tok, args.text)
+    model = change(model) or model
+    save_checkpoint(Path(args.out), model, tok, {"compressed_from": str(folder.resolve()), "compression": what},
+                    storage=storage(args))
+    after = evaluate_lm(load(args, ckpt=args.out)[0], tok, args.text)
+    size_before, size_after = (folder / WEIGHTS).stat().st_size, (Path(args.out) / WEIGHTS).stat().st_size
+    change_pct = 100 * (after.perplexity / before.perplexity - 1)
+    print(f"{what}: weights {size_before / 1e6:.2f} MB -> {size_after / 1e6:.2f} MB; perplexity on {args.text} "
+          f"{before.perplexity:.4f} -> {after.perplexity:.4f} ({change_pct:+.2f}%)")
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from bigmodel.infer.compress import to_bf16
+    from bigmodel.model.quantize import to_int8
+
+    methods = {"bf16": (to_bf16, "bf16 weights"), "int8": (to_int8, "dynamic int8 linear layers")}
+    change, what = methods[args.method]
+    compress_checkpoint(args, change, what)
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from bigmodel.infer.compress import prune_magnitude
+
+    compress_checkpoint(args, lambda m: prune_magnitude(m, args.sparsity), f"{args.sparsity:.0%} magnitude pruning")

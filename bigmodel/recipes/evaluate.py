@@ -1,0 +1,172 @@
+"""`bigmodel evaluate`: a checkpoint's figures on a file, for the task its head (or `--task`) names."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bigmodel.config import (
+    GenerateConfig,
+    resolve,
+)
+from bigmodel.errors import BigModelError
+from bigmodel.recipes.common import SEQ2SEQ_DEFAULTS, input_length, lexicon_settings, load, write_results
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    tasks = {"classify": evaluate_classifier, "seq2seq": evaluate_seq2seq, "qa": evaluate_qa,
+             "zeroshot": evaluate_zeroshot, "retrieval": evaluate_retrieval, "ctc": evaluate_transcripts}
+    if not args.ckpt and not (args.task == "seq2seq" and args.hypothesis_column):
+        raise BigModelError("evaluate needs --ckpt (or, for --task seq2seq, --hypothesis-column to score a column)")
+    if args.task in tasks:
+        return tasks[args.task](args)
+    from bigmodel.evaluate.lm import evaluate_lm
+
+    model, tok, folder = load(args)
+    report = evaluate_lm(model, tok, args.data, args.split)
+    print(f"{report.source}: loss {report.loss:.4f} | perplexity {report.perplexity:.3f} | "
+          f"bits/byte {report.bits_per_byte:.4f} | {report.tokens:,} tokens, {report.bytes:,} bytes "
+          f"| checkpoint {folder}")
+    if report.unknown_chars:
+        print(f"note: {report.unknown_chars} characters are not in the tokenizer's vocabulary "
+              f"(e.g. {report.unknown_examples}); they were scored as <|unk|>")
+    write_results(args, report.to_dict())
+
+
+def labelled_inputs(args: argparse.Namespace, model, tok):
+    """The model's reader and the (text or file path, label) rows of --data, for its modality."""
+    from bigmodel.data.inputs import inputs_for
+    from bigmodel.data.labelled import read_labelled
+    from bigmodel.data.media import media_examples
+
+    inputs = inputs_for(model.config, tok)
+    if inputs.kind == "text":
+        return inputs, read_labelled(args.data, args.text_column, args.label_column)
+    return inputs, media_examples(args.data, inputs.suffixes, args.text_column, args.label_column)
+
+
+def evaluate_classifier(args: argparse.Namespace) -> None:
+    from bigmodel.evaluate.classify import classification_metrics, plot_confusion, report_text
+    from bigmodel.infer.classify import predict_scores
+
+    model, tok, folder = load(args, with_head=True)
+    labels = model.head_config.labels
+    inputs, examples = labelled_inputs(args, model, tok)
+    unknown = sorted({e.label for e in examples} - set(labels))
+    if unknown:
+        raise BigModelError(f"{args.data}: labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}")
+    y_true = [labels.index(e.label) for e in examples]
+    scores = predict_scores(model, inputs.read([e.text for e in examples]), inputs, len(labels))
+    y_pred = scores.argmax(-1).tolist()
+    figures = classification_metrics(y_true, y_pred, labels)
+    out = write_results(args, figures)
+    plot_confusion(figures["confusion_matrix"], labels, out / "confusion.png", f"{folder} on {Path(args.data).name}")
+    print(report_text(y_true, y_pred, labels))
+    print(f"accuracy {figures['accuracy']:.4f} | macro-F1 {figures['macro_f1']:.4f} | "
+          f"{len(examples)} examples | {out / 'metrics.json'}, {out / 'confusion.png'}")
+
+
+def evaluate_transcripts(args: argparse.Namespace) -> None:
+    """CTC speech recognition: CER and WER (jiwer) of greedy transcripts against --data's transcripts."""
+    from bigmodel.data.inputs import AudioInputs
+    from bigmodel.data.media import media_examples
+    from bigmodel.evaluate.seq2seq import error_rates
+    from bigmodel.infer.ctc import normalize, transcribe
+
+    model, _, folder = load(args, with_head=True)
+    if model.head_config.task != "ctc":
+        raise BigModelError(f"{folder}: not a speech recognizer (its head is {model.head_config.task!r})")
+    inputs = AudioInputs(model.config)
+    examples = media_examples(args.data, inputs.suffixes, args.source_column, args.target_column)
+    hypotheses = transcribe(model, inputs.read([e.text for e in examples]), inputs, **lexicon_settings(args, model))
+    references = [normalize(e.label) for e in examples]
+    figures = {**error_rates(references, hypotheses), "examples": len(examples)}
+    out = write_results(args, figures, [{"audio": e.text, "reference": ref, "transcript": hyp}
+                                        for e, hyp, ref in zip(examples, hypotheses, references, strict=True)])
+    print(f"CER {figures['cer']:.2f}% | WER {figures['wer']:.2f}% | exact {figures['exact_match']:.1f}% | "
+          f"{len(examples)} clips | {out / 'metrics.json'}, {out / 'outputs.jsonl'}")
+
+
+def evaluate_seq2seq(args: argparse.Namespace) -> None:
+    """BLEU, chrF, ROUGE-L, CER, WER of generated targets (or of an existing column: a baseline)."""
+    from bigmodel.data.labelled import read_columns
+    from bigmodel.evaluate.seq2seq import seq2seq_scores
+
+    columns = [args.source_column, args.target_column, *([args.hypothesis_column] if args.hypothesis_column else [])]
+    rows = read_columns(args.data, columns)
+    if args.hypothesis_column:
+        hypotheses, source = [r[2] for r in rows], f"column {args.hypothesis_column!r}"
+    else:
+        from bigmodel.infer.seq2seq import generate_targets
+
+        model, tok, folder = load(args)
+        cfg = resolve(GenerateConfig, SEQ2SEQ_DEFAULTS, args)
+        hypotheses = generate_targets(model, tok, [r[0] for r in rows], cfg, input_length(args, model, folder),
+                                      progress=True)
+        source = str(folder)
+    figures = {**seq2seq_scores(hypotheses, [r[1] for r in rows]), "examples": len(rows), "model": source}
+    out = write_results(args, figures, [{"source": r[0], "reference": r[1], "output": h}
+                                        for r, h in zip(rows, hypotheses, strict=True)])
+    print(f"BLEU {figures['bleu']:.2f} | chrF {figures['chrf']:.2f} | ROUGE-L {figures['rouge_l']:.2f} | "
+          f"CER {figures['cer']:.2f}% | WER {figures['wer']:.2f}% | exact {figures['exact_match']:.1f}% | "
+          f"{len(rows)} examples | {source} | {out / 'outputs.jsonl'}")
+
+
+def evaluate_qa(args: argparse.Namespace) -> None:
+    """SQuAD exact match and F1 on a SQuAD-format file."""
+    from bigmodel.data.squad import read_squad
+    from bigmodel.evaluate.qa import squad_scores
+    from bigmodel.infer.qa import answer_questions
+
+    model, tok, folder = load(args, with_head=True)
+    if model.head_config.task != "qa":
+        raise BigModelError(f"{folder}: a {model.head_config.task} head, not a QA one (finetune --task qa)")
+    questions = read_squad(args.data, need_answers=True)
+    found = answer_questions(model, tok, questions, input_length(args, model, folder))
+    figures = {**squad_scores([f[0] for f in found], [q.answers for q in questions]), "questions": len(questions)}
+    out = write_results(args, figures, [{"id": q.id, "question": q.question, "answers": q.answers, "output": f[0]}
+                                        for q, f in zip(questions, found, strict=True)])
+    print(f"exact match {figures['exact_match']:.2f} | F1 {figures['f1']:.2f} | {len(questions)} questions | "
+          f"{folder} | {out / 'outputs.jsonl'}")
+
+
+def evaluate_zeroshot(args: argparse.Namespace) -> None:
+    """Accuracy and macro-F1 of zero-shot labels against a labelled file, beside the majority class."""
+    from collections import Counter
+
+    from bigmodel.data.labelled import read_labelled
+    from bigmodel.evaluate.classify import classification_metrics, report_text
+    from bigmodel.infer.zeroshot import label_similarities, parse_labels
+
+    values, descriptions = parse_labels(args.labels or "")
+    examples = read_labelled(args.data, args.text_column, args.label_column)
+    unknown = sorted({e.label for e in examples} - set(values))
+    if unknown:
+        raise BigModelError(f"{args.data}: labels missing from --labels: {', '.join(map(repr, unknown[:5]))}")
+    model, tok, folder = load(args)
+    sims = label_similarities(model, tok, [e.text for e in examples], descriptions, args.template,
+                              input_length(args, model, folder))
+    y_true, y_pred = [values.index(e.label) for e in examples], sims.argmax(1).tolist()
+    figures = classification_metrics(y_true, y_pred, values)
+    figures["majority_class_accuracy"] = Counter(y_true).most_common(1)[0][1] / len(y_true)
+    write_results(args, figures)
+    print(report_text(y_true, y_pred, values))
+    print(f"zero-shot accuracy {figures['accuracy']:.4f} | macro-F1 {figures['macro_f1']:.4f} | majority class "
+          f"{figures['majority_class_accuracy']:.4f} | {len(examples)} examples | {folder}")
+
+
+def evaluate_retrieval(args: argparse.Namespace) -> None:
+    """Recall@1/5/10 and MRR@10: each query's own document among all the file's documents."""
+    from bigmodel.data.labelled import read_columns
+    from bigmodel.infer.embed import embed_texts
+    from bigmodel.infer.retrieval import recall_at
+
+    rows = read_columns(args.data, [args.source_column, args.target_column])
+    model, tok, folder = load(args)
+    length = input_length(args, model, folder)
+    queries = embed_texts(model, tok, [r[0] for r in rows], max_length=length)
+    figures = {**recall_at(queries, embed_texts(model, tok, [r[1] for r in rows], max_length=length)),
+               "queries": len(rows)}
+    write_results(args, figures)
+    print(f"recall@1 {figures['recall_at_1']:.4f} | recall@5 {figures['recall_at_5']:.4f} | recall@10 "
+          f"{figures['recall_at_10']:.4f} | MRR@10 {figures['mrr_at_10']:.4f} | {len(rows)} queries | {folder}")

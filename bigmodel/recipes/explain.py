@@ -1,0 +1,96 @@
+"""`bigmodel explain`: attributions and attention for texts, rollout for images, faithfulness checks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bigmodel.data.readers import read_lines
+from bigmodel.errors import BigModelError, require
+from bigmodel.recipes.common import load
+
+
+def cmd_explain(args: argparse.Namespace) -> None:
+    require("captum", "explain", "explaining")
+    from bigmodel.infer.explain import explain_classifier, explain_next_token, faithfulness
+    from bigmodel.infer.report import terminal_view, write_report
+    from bigmodel.model.checkpoint import locate
+    from bigmodel.model.heads import HEAD_FILE
+
+    if args.steps < 2:
+        raise BigModelError("--steps must be at least 2")
+    folder, is_hf = locate(args.ckpt)
+    classifier = not is_hf and (folder / HEAD_FILE).is_file()
+    model, tok, _ = load(args, with_head=classifier)
+    if not classifier and not model.config.causal:
+        raise BigModelError(f"{args.ckpt}: an encoder without a fine-tuned head has nothing to explain; "
+                            "fine-tune it (`bigmodel finetune`) or give a decoder checkpoint")
+    out = Path(args.out)
+    if model.config.frontend != "tokens":
+        return explain_images(args, model, out)
+    if args.evaluate:
+        if not classifier:
+            raise BigModelError(f"{args.ckpt}: --evaluate measures a fine-tuned classifier (no {HEAD_FILE} here)")
+        if not args.data:
+            raise BigModelError("--evaluate needs --data FILE (CSV/TSV/JSONL with --text-column)")
+        from bigmodel.data.labelled import read_labelled
+
+        texts = [e.text for e in read_labelled(args.data, args.text_column, args.label_column)]
+        report = faithfulness(model, tok, texts[:args.max_examples or None], baseline=args.baseline, steps=args.steps)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "faithfulness.json").write_text(json.dumps(report, indent=2))
+        print(f"faithfulness on {report['texts']['count']} texts of {args.data} (probability drop of the predicted "
+              "class; comprehensiveness: higher is better, sufficiency: lower is better)")
+        for k in (10, 20, 50):
+            ig, rnd = report["integrated_gradients"], report["random"]
+            print(f"top {k:>2}%: comprehensiveness {ig[f'comprehensiveness@{k}']:.4f} (random "
+                  f"{rnd[f'comprehensiveness@{k}']:.4f}) | sufficiency {ig[f'sufficiency@{k}']:.4f} (random "
+                  f"{rnd[f'sufficiency@{k}']:.4f})")
+        print(f"figures: {out / 'faithfulness.json'}")
+        return
+    texts = [args.text] if args.text is not None else read_lines(args.input) if args.input else []
+    if not texts:
+        raise BigModelError("explain needs --text TEXT, --input FILE (or - for stdin), or --evaluate --data FILE")
+    for i, text in enumerate(texts, start=1):
+        if classifier:
+            explanation = explain_classifier(model, tok, text, args.target, args.baseline, args.steps)
+        else:
+            explanation = explain_next_token(model, tok, text, args.baseline, args.steps)
+        paths = write_report(explanation, out / str(i) if len(texts) > 1 else out)
+        print(terminal_view(explanation))
+        print(f"IG sum {sum(explanation.integrated_gradients):+.4f} vs score change {explanation.logit_difference:+.4f}"
+              f" (delta {explanation.convergence_delta:+.1e}); report {paths['html']}")
+
+
+def explain_images(args: argparse.Namespace, model, out: Path) -> None:
+    """A ViT classifier: rollout PNGs for --input images, or the deletion check over --data."""
+    from bigmodel.data.inputs import ImageInputs, media_files
+    from bigmodel.infer.explain_image import deletion_check, patch_rollout, probabilities, rollout_figure
+
+    if model.config.frontend != "patches" or not hasattr(model, "head_config"):
+        raise BigModelError(f"{args.ckpt}: explanations cover text models and image classifiers, not audio yet")
+    inputs = ImageInputs(model.config)
+    labels = model.head_config.labels
+    if args.evaluate:
+        if not args.data:
+            raise BigModelError("--evaluate needs --data (a folder of class sub-folders, or a CSV of paths)")
+        images = inputs.read(media_files(args.data, inputs))[:args.max_examples or None]
+        report = deletion_check(model, images)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "deletion.json").write_text(json.dumps({"images": len(images), **report}, indent=2))
+        print(f"probability drop of the predicted class on {len(images)} images of {args.data}, patches blanked "
+              "(higher: those patches mattered)")
+        for k in (10, 25, 50):
+            print(f"top {k:>2}% by rollout {report[f'rollout@{k}']:.4f} | random {report[f'random@{k}']:.4f}")
+        print(f"figures: {out / 'deletion.json'}")
+        return
+    if not args.input:
+        raise BigModelError("explain needs --input IMAGE (a file, a folder, or a list of paths), or --evaluate --data")
+    files = media_files(args.input, inputs)
+    for i, (path, image) in enumerate(zip(files, inputs.read(files), strict=True), start=1):
+        probs = probabilities(model, image[None])[0]
+        label = labels[int(probs.argmax())]
+        png = out / (f"{i}_rollout.png" if len(files) > 1 else "rollout.png")
+        rollout_figure(image, patch_rollout(model, image), f"{Path(path).name}: {label} ({probs.max():.2f})", png)
+        print(f"{path}: {label} (p={probs.max():.3f}) | rollout {png}")

@@ -1,0 +1,118 @@
+"""The verbs that run a model over inputs: generate, embed, zeroshot, index and search."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bigmodel.config import (
+    GenerateConfig,
+    resolve,
+)
+from bigmodel.data.readers import read_lines
+from bigmodel.errors import BigModelError
+from bigmodel.recipes.common import load
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from bigmodel.infer.generate import generate_texts, stream_text
+
+    cfg = resolve(GenerateConfig, args, {"temperature": 0.0} if args.greedy else None)
+    prompts = _prompts(args)
+    model, tok, _ = load(args, decoding=True)
+    if model.config.encoder_layers:  # the prompt is a source; the output its target
+        from bigmodel.infer.seq2seq import generate_targets
+
+        for prompt, target in zip(prompts, generate_targets(model, tok, prompts, cfg), strict=True):
+            print(target if len(prompts) == 1 else f"{prompt}\t{target}")
+        return
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.seed)
+    for i, prompt in enumerate(prompts):
+        if len(prompts) > 1:
+            print(f"=== prompt {i + 1} ===", flush=True)
+        if cfg.num_samples == 1:
+            sys.stdout.write(prompt)
+            for piece in stream_text(model, tok, prompt, cfg, generator):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            for j, text in enumerate(generate_texts(model, tok, prompt, cfg)):
+                print(f"--- sample {j + 1} ---\n{prompt}{text}")
+        sys.stdout.flush()
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    if args.prompt_file:
+        prompts = [line.replace("\\n", "\n") for line in read_lines(args.prompt_file, "prompt")]
+        if not prompts:
+            raise BigModelError(f"{args.prompt_file}: holds no prompts")
+        return prompts
+    if args.prompt is None:
+        raise BigModelError("generate needs --prompt TEXT or --prompt-file FILE")
+    return [args.prompt]
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from bigmodel.infer.embed import embed_texts
+
+    texts = read_lines(args.input)
+    if not texts:
+        raise BigModelError(f"{args.input}: holds no lines to embed")
+    model, tok, _ = load(args)
+    vectors = embed_texts(model, tok, texts, args.batch_size, args.max_length)
+    np.save(args.out, vectors)
+    print(f"wrote {args.out}: {vectors.shape[0]} vectors of {vectors.shape[1]} dimensions")
+
+
+def cmd_zeroshot(args: argparse.Namespace) -> None:
+    """JSONL per input line: the nearest label (or every label over --threshold) and each label's cosine."""
+    from bigmodel.infer.zeroshot import label_similarities, parse_labels
+
+    values, descriptions = parse_labels(args.labels)
+    texts = read_lines(args.input)
+    model, tok, _ = load(args)
+    sims = label_similarities(model, tok, texts, descriptions, args.template, args.max_length) if texts else []
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    for text, row in zip(texts, sims, strict=True):
+        record = {"text": text, "scores": {v: round(float(x), 4) for v, x in zip(values, row, strict=True)}}
+        if args.multi_label:
+            record["labels"] = [v for v, x in zip(values, row, strict=True) if x >= args.threshold]
+        else:
+            record["label"] = values[int(row.argmax())]
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if args.out:
+        out.close()
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from bigmodel.data.labelled import read_columns
+    from bigmodel.infer.retrieval import build_index
+
+    suffix = Path(args.input).suffix.lower()
+    docs = [r[0] for r in read_columns(args.input, [args.text_column])] if suffix in (".jsonl", ".csv", ".tsv") \
+        else read_lines(args.input)
+    model, tok, _ = load(args)
+    out = build_index(model, tok, docs, args.out, args.ckpt, args.max_length)
+    print(f"wrote {out}: {len(docs)} documents embedded by {args.ckpt}")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from bigmodel.infer.embed import embed_texts
+    from bigmodel.infer.retrieval import open_index, top_k
+
+    meta, vectors, docs = open_index(args.index)
+    queries = read_lines(args.query_file, "query") if args.query_file else [args.query] if args.query else []
+    if not queries:
+        raise BigModelError("search needs --query TEXT or --query-file FILE")
+    model, tok, _ = load(args, ckpt=args.ckpt or meta["ckpt"])
+    found, scores = top_k(embed_texts(model, tok, queries, max_length=meta["max_length"]), vectors, args.top_k)
+    for query, ids, sims in zip(queries, found, scores, strict=True):
+        hits = [{"id": int(i), "score": round(float(x), 4), "text": docs[i]} for i, x in zip(ids, sims, strict=True)]
+        print(json.dumps({"query": query, "hits": hits}, ensure_ascii=False))

@@ -1,0 +1,136 @@
+"""The verbs that move data and models around: prepare, dataset, convert, export, registry, serve, audit
+and the quickstart."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from bigmodel.config import (
+    DataConfig,
+    ServeConfig,
+    load_yaml,
+    resolve,
+)
+from bigmodel.errors import BigModelError, require
+from bigmodel.recipes.common import load, storage
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from bigmodel.data.prepare import prepare
+
+    cfg = resolve(DataConfig, load_yaml(args.config).get("data"), args)
+    if not cfg.input:
+        raise BigModelError("prepare needs --input PATH [PATH ...]")
+    meta = prepare(cfg)
+    clean = meta["cleaning"]
+    print(f"wrote {cfg.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
+          f"({meta['dtype']}), vocabulary {meta['vocab_size']:,}")
+    print(f"documents: {clean['documents_in']:,} read, {clean['documents_kept']:,} kept, "
+          f"{clean['duplicates_dropped']:,} duplicates and {clean['empty_dropped']:,} empty dropped, "
+          f"{clean['control_chars_removed']:,} control characters removed")
+    if "pii_replaced" in clean:
+        print("personal data replaced: " + ", ".join(f"{k} {v}" for k, v in clean["pii_replaced"].items()))
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from bigmodel.data.builtin_tasks import build
+
+    counts = build(args.name, args.out, args.source, args.examples)
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from bigmodel.model.checkpoint import save_checkpoint
+    from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
+
+    source = find_hf_folder(args.from_hf)
+    model = from_hf(source)
+    save_checkpoint(Path(args.out), model, read_hf_tokenizer(source), {"converted_from": str(source.resolve())},
+                    storage=storage(args))
+    for name in ("tokenizer_config.json", "chat_template.jinja"):  # where `serve` finds a chat template
+        if (source / name).is_file():
+            shutil.copy(source / name, Path(args.out) / name)
+    print(f"wrote {args.out}: {model.num_params() / 1e6:.1f}M parameters from {source}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from bigmodel.model.hf import to_hf
+
+    model, tok, folder = load(args)
+    family = to_hf(model, args.to_hf, tok)
+    print(f"wrote {args.to_hf} from {folder}: load it with transformers' {family}.from_pretrained")
+
+
+def cmd_registry(args: argparse.Namespace) -> None:
+    """register | list | alias: checkpoints as named, numbered versions in MLflow's registry."""
+    import time
+
+    from bigmodel.model import registry
+
+    if args.action == "register":
+        if not args.ckpt:
+            raise BigModelError("registry register needs --ckpt DIR")
+        v = registry.register(args.ckpt, args.name, args.alias, args.tracking_uri)
+        alias = f" (models:/{v.name}@{args.alias})" if args.alias else ""
+        where = registry.store_uri(args.tracking_uri)
+        print(f"registered {args.ckpt} as models:/{v.name}/{v.version}{alias} in {where}")
+    elif args.action == "alias":
+        if not (args.version and args.alias):
+            raise BigModelError("registry alias needs --version N and --alias NAME")
+        registry.set_alias(args.name, args.version, args.alias, args.tracking_uri)
+        print(f"models:/{args.name}@{args.alias} -> version {args.version}")
+    else:
+        for v in registry.versions(args.name, args.tracking_uri):
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created_ms / 1000))
+            aliases = ", ".join(f"@{a}" for a in v.aliases) or "-"
+            print(f"{v.name}/{v.version}\t{aliases}\t{when}\trun {v.run_id or '-'}\t{v.source}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    for module in ("fastapi", "uvicorn"):
+        require(module, "serve", "serving")
+    from bigmodel.serve.app import create_app, serve
+
+    cfg = resolve(ServeConfig, load_yaml(args.config).get("serve"), args)
+    if not cfg.ckpt:
+        raise BigModelError("serve needs --ckpt DIR (or `ckpt:` under `serve:` in --config)")
+    if cfg.ckpt.startswith("models:/"):
+        from bigmodel.model.registry import fetch
+
+        cfg = dataclasses.replace(cfg, ckpt=str(fetch(cfg.ckpt, cfg.tracking_uri)))
+    app = create_app(cfg)
+    print(f"bigmodel serve: http://{cfg.host}:{cfg.port}/v1 (model loading; /health answers 200 when ready)",
+          file=sys.stderr, flush=True)
+    serve(app, cfg)
+    if app.state.service.failure:
+        raise BigModelError(f"{cfg.ckpt}: {app.state.service.failure}")
+
+
+def cmd_audit(args: argparse.Namespace) -> None:
+    from bigmodel.data.labelled import read_labelled
+    from bigmodel.evaluate.membership import example_losses, loss_attack, plot_roc
+
+    model, tok, folder = load(args, with_head=True)
+    members = read_labelled(args.train, args.text_column, args.label_column)
+    non_members = read_labelled(args.holdout, args.text_column, args.label_column)
+    if args.max_examples:
+        members, non_members = members[:args.max_examples], non_members[:args.max_examples]
+    report, fpr, tpr = loss_attack(example_losses(model, tok, members), example_losses(model, tok, non_members))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(report.to_dict(), indent=2))
+    plot_roc(fpr, tpr, report, out / "roc.png", f"membership inference on {folder}")
+    print(f"loss attack on {report.members} training and {report.non_members} held-out examples: AUC {report.auc:.4f} "
+          f"(0.5 = nothing leaks), TPR at 1% FPR {report.tpr_at_1pct_fpr:.4f}; mean loss {report.member_loss:.4f} "
+          f"(train) vs {report.non_member_loss:.4f} (held out) | {out / 'audit.json'}, {out / 'roc.png'}")
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from bigmodel.recipes.quickstart import quickstart
+
+    quickstart(Path(args.out), args.minutes, args.device)

@@ -1,0 +1,87 @@
+"""`bigmodel predict`: JSONL per input: a label, an answer span, a transcript or a target text."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from bigmodel.config import (
+    GenerateConfig,
+    resolve,
+)
+from bigmodel.data.readers import read_lines
+from bigmodel.errors import BigModelError
+from bigmodel.recipes.common import SEQ2SEQ_DEFAULTS, input_length, lexicon_settings, load
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    """JSONL per input: a label (or value) with probabilities, an answer span (QA), or a target text (seq2seq)."""
+    from bigmodel.model.checkpoint import HEAD_FILE, locate
+
+    folder, from_hf = locate(args.ckpt)
+    headed = not from_hf and (folder / HEAD_FILE).is_file()
+    model, tok, folder = load(args, with_head=headed)
+    if not headed and args.task != "seq2seq" and not model.config.encoder_layers:
+        raise BigModelError(f"{args.ckpt}: no fine-tuned head to predict with (for a decoder-only seq2seq model, "
+                            "pass --task seq2seq)")
+    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    try:
+        if not headed:
+            records = predict_seq2seq(model, tok, args, input_length(args, model, folder))
+        elif model.head_config.task == "qa":
+            records = predict_answers(model, tok, args, input_length(args, model, folder))
+        elif model.config.frontend != "tokens":
+            records = predict_media(model, args)
+        else:
+            from bigmodel.infer.classify import label_records
+
+            texts = read_lines(args.input)
+            records = [{"text": t, **r} for t, r in zip(texts, label_records(model, tok, texts), strict=True)]
+        for record in records:
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if args.out:
+            out.close()
+
+
+def predict_media(model, args: argparse.Namespace) -> list[dict]:
+    """Images or WAV files (one file, a folder, or a list of paths): a label, or a transcript (CTC)."""
+    from bigmodel.data.inputs import inputs_for, media_files
+    from bigmodel.infer.classify import label_records
+    from bigmodel.infer.ctc import transcribe
+
+    inputs = inputs_for(model.config, None)
+    files = media_files(args.input, inputs)
+    if model.head_config.task == "ctc":
+        transcripts = transcribe(model, inputs.read(files), inputs, **lexicon_settings(args, model))
+        return [{"input": f, "transcript": t} for f, t in zip(files, transcripts, strict=True)]
+    return [{"input": f, **r} for f, r in zip(files, label_records(model, None, files), strict=True)]
+
+
+def predict_seq2seq(model, tok, args: argparse.Namespace, max_length: int) -> list[dict]:
+    from bigmodel.infer.seq2seq import generate_targets
+
+    sources = read_lines(args.input)
+    cfg = resolve(GenerateConfig, SEQ2SEQ_DEFAULTS, args)
+    outputs = generate_targets(model, tok, sources, cfg, max_length)
+    return [{"source": s, "output": o} for s, o in zip(sources, outputs, strict=True)]
+
+
+def read_questions(path: str) -> list:
+    """SQuAD-format JSON, or JSONL lines with `question` and `context`."""
+    from bigmodel.data.labelled import read_columns
+    from bigmodel.data.squad import Question, read_squad
+
+    if path.endswith(".json"):
+        return read_squad(path, need_answers=False)
+    return [Question(str(i), q, c) for i, (q, c) in enumerate(read_columns(path, ["question", "context"]))]
+
+
+def predict_answers(model, tok, args: argparse.Namespace, max_length: int) -> list[dict]:
+    from bigmodel.infer.qa import answer_questions
+
+    questions = read_questions(args.input)
+    found = answer_questions(model, tok, questions, max_length)
+    return [{"id": q.id, "question": q.question, "answer": text, "start": start, "end": end, "score": score}
+            for q, (text, start, end, score) in zip(questions, found, strict=True)]
