@@ -19,6 +19,8 @@ import yaml
 
 from bigmodel.errors import BigModelError
 
+WINDOW_SECONDS = 0.025  # audio: 25 ms analysis windows ...
+HOP_SECONDS = 0.010  # ... every 10 ms, speech recognition's usual frames
 DTYPES = ("auto", "fp32", "bf16", "fp16")  # auto: what this device runs fastest (see device.choose_precision)
 
 

@@ -17,11 +17,10 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from bigmodel.config import ModelConfig
+from bigmodel.config import HOP_SECONDS, ModelConfig
 from bigmodel.data.collate import collate, encode, pad_id
 from bigmodel.data.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, read_audio, read_image
 from bigmodel.errors import BigModelError
-from bigmodel.model.frontends import HOP_SECONDS
 
 Source = str | Path | bytes
 

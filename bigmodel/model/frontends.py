@@ -13,11 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bigmodel.config import ModelConfig
+from bigmodel.config import HOP_SECONDS, WINDOW_SECONDS, ModelConfig
 from bigmodel.errors import BigModelError
-
-WINDOW_SECONDS = 0.025  # 25 ms analysis windows ...
-HOP_SECONDS = 0.010  # ... every 10 ms, speech recognition's usual frames
 
 
 class PatchEmbedding(nn.Module):

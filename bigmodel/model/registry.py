@@ -1,7 +1,7 @@
 """Checkpoints in MLflow's model registry: logged as models, registered under a name and version,
 moved between aliases (`@production`), and fetched back as plain folders for `--ckpt models:/...`.
 
-A checkpoint is logged as an MLflow "pyfunc" model from code (`mlflow_model.py`), never pickled:
+A checkpoint is logged as an MLflow "pyfunc" model from code (`infer/mlflow_model.py`), never pickled:
 the folder travels as the model's artefact, and `mlflow.pyfunc.load_model` gives a model whose
 `predict` labels or continues texts. The registry is whichever store `--tracking-uri` names
 (default: `MLFLOW_TRACKING_URI`, else `runs/mlflow.db`).
@@ -22,7 +22,7 @@ from typing import Any
 from bigmodel.errors import BigModelError
 from bigmodel.model.checkpoint import WEIGHTS, resolve_checkpoint
 
-MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+MODEL_CODE = Path(__file__).parents[1] / "infer" / "mlflow_model.py"  # imports infer/, so it lives there
 ARTEFACT = "checkpoint"  # the logged model's artefact key for the checkpoint folder
 CACHE = Path(os.environ.get("BIGMODEL_CACHE", Path.home() / ".cache" / "bigmodel")) / "registry"
 

@@ -1,0 +1,48 @@
+"""The package's layers: each imports only from the layers below it, so a change low down is seen by
+everything above and a change high up by nothing below."""
+
+import ast
+from pathlib import Path
+
+import bigmodel
+
+LAYERS = [  # lowest first; a package imports from itself and from the layers before its own, not from a neighbour
+    {"errors"},
+    {"config"},
+    {"device"},
+    {"data"},
+    {"model"},
+    {"infer"},
+    {"evaluate"},
+    {"train"},
+    {"federated", "serve"},
+    {"recipes"},
+    {"cli"},
+]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+ROOT = Path(bigmodel.__file__).parent
+
+
+def imports_of(path: Path) -> list[str]:
+    """Every `bigmodel.X` module a file imports, at the top or inside a function."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bigmodel."):
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("bigmodel.")]
+    return found
+
+
+def test_every_module_imports_only_from_its_layer_or_below():
+    files = [p for p in ROOT.rglob("*.py") if p.name != "__init__.py" or p.parent != ROOT]
+    unknown = sorted({p.relative_to(ROOT).with_suffix("").parts[0] for p in files} - set(RANK))
+    assert not unknown, f"place these in LAYERS: {unknown}"
+    upward = []
+    for path in files:
+        here = path.relative_to(ROOT).with_suffix("").parts[0]
+        for module in imports_of(path):
+            there = module.split(".")[1]
+            if RANK[there] > RANK[here] or (RANK[there] == RANK[here] and there != here):
+                upward.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not upward, "\n".join(upward)
