@@ -10,7 +10,6 @@ import dataclasses
 import sys
 
 from bigmodel.config import (
-    DTYPES,
     DataConfig,
     FederatedConfig,
     FinetuneConfig,
@@ -19,9 +18,9 @@ from bigmodel.config import (
     ServeConfig,
     StorageConfig,
     TrainConfig,
-    add_flags,
 )
 from bigmodel.errors import BigModelError
+from bigmodel.flags import add_ckpt, add_flags, add_lexicon_flags
 from bigmodel.recipes.compress import cmd_prune, cmd_quantize
 from bigmodel.recipes.evaluate import cmd_evaluate
 from bigmodel.recipes.explain import cmd_explain
@@ -38,27 +37,6 @@ from bigmodel.recipes.manage import (
 )
 from bigmodel.recipes.predict import cmd_predict
 from bigmodel.recipes.train import cmd_federated, cmd_finetune, cmd_pretrain, cmd_sweep
-
-
-def add_lexicon_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lexicon", help="speech recognizers: decode against the words of these transcripts (a "
-                        ".txt of lines, or a CSV/TSV/JSONL and --lexicon-column), with a word bigram model of them")
-    parser.add_argument("--lexicon-column", default="text", help="the transcripts' column (default: text)")
-    parser.add_argument("--beam-width", type=int, default=128, help="lexicon decoding's beam (default 128)")
-    parser.add_argument("--lm-weight", type=float, default=0.8, help="weight of the word bigram log-probability")
-    parser.add_argument("--word-bonus", type=float, default=2.5, help="score added per word (longer transcripts)")
-
-
-def add_ckpt(parser: argparse.ArgumentParser, help: str = "checkpoint folder, or a run folder (uses best/)",
-             required: bool = True, dtype: bool = False) -> None:
-    """`--ckpt`, the `--device` to run it on and how it is stored, as every verb that loads a model takes them;
-    `dtype`: also `--dtype` (verbs whose figures stay comparable across formats keep the checkpoint's)."""
-    parser.add_argument("--ckpt", required=required, help=f"{help}; or a Hugging Face folder, or `minilm`")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
-    if dtype:
-        parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 where this device runs "
-                            "it faster than fp32 (a short probe, cached), else fp32; a bf16 checkpoint stays bf16")
-    add_flags(parser, StorageConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:

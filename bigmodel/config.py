@@ -6,11 +6,8 @@ recipe and a command line speak the same names. Precedence: defaults < preset < 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -344,36 +341,6 @@ class ServeConfig(StorageConfig):
         return key
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _base_type(annotation: Any) -> Any:
-    """`int`, `float`, `str`, `bool` or `list[str]` from a (string) annotation."""
-    tp = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation
-    if isinstance(tp, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    return tp
-
-
-def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per dataclass field; unset flags stay None so they never mask YAML values."""
-    group = parser.add_argument_group(cls.__name__)
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        tp = _base_type(f.type)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"(default: {default})"
-        if tp is bool:
-            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
-                               default=None, help=help_text)
-        elif typing.get_origin(tp) is list:
-            group.add_argument(_flag(f.name), dest=f.name, nargs="+", default=None, help=help_text)
-        else:
-            group.add_argument(_flag(f.name), dest=f.name, type=tp, default=None, help=help_text)
-
-
 def load_yaml(path: str | None) -> dict:
     """The YAML recipe as a dict ({} without one); errors name the file."""
     if not path:
@@ -390,14 +357,14 @@ def load_yaml(path: str | None) -> dict:
     return values
 
 
-def resolve(cls: type, *layers: dict | argparse.Namespace | None) -> Any:
-    """Build `cls` from layered values; later layers win, None values are skipped."""
+def resolve(cls: type, *layers: dict | object | None) -> Any:
+    """Build `cls` from layered values (mappings, or parsed flags); later layers win, None values are skipped."""
     known = {f.name for f in fields(cls)}
     values: dict[str, Any] = {}
     for layer in layers:
         if layer is None:
             continue
-        items = vars(layer) if isinstance(layer, argparse.Namespace) else layer
+        items = layer if isinstance(layer, dict) else vars(layer)
         if isinstance(layer, dict):
             unknown = sorted(set(items) - known)
             if unknown:
@@ -417,4 +384,4 @@ def yaml_text(sections: dict[str, Any]) -> str:
 
 __all__ = ["DataConfig", "FederatedConfig", "FinetuneConfig", "GenerateConfig", "ModelConfig", "PrivacyConfig",
            "ServeConfig", "StorageConfig", "TrackingConfig", "TrainConfig",
-           "add_flags", "load_yaml", "preset", "resolve", "yaml_text"]
+           "load_yaml", "preset", "resolve", "yaml_text"]

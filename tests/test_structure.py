@@ -9,7 +9,7 @@ import bigmodel
 LAYERS = [  # lowest first; a package imports from itself and from the layers before its own, not from a neighbour
     {"errors"},
     {"config"},
-    {"device"},
+    {"device", "flags"},
     {"data"},
     {"model"},
     {"infer"},

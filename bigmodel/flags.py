@@ -1,0 +1,81 @@
+"""Command-line flags from the config dataclasses: one flag per field, its help the comment beside the
+field, unset flags left None so they never mask a YAML recipe's values (see `config.resolve`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import inspect
+import re
+import types
+import typing
+from dataclasses import fields
+from typing import Any
+
+from bigmodel.config import DTYPES, StorageConfig
+
+
+@functools.cache
+def field_comments(cls: type) -> dict[str, str]:
+    """The `# comment` after each field of `cls` and of the dataclasses it inherits from."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            for name, text in re.findall(r"^    (\w+): [^#\n]*#\s*(.+)$", inspect.getsource(klass), re.MULTILINE):
+                comments[name] = text.strip()
+    return comments
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> Any:
+    """`int`, `float`, `str`, `bool` or `list[str]` from a (string) annotation."""
+    tp = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation
+    if isinstance(tp, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field; unset flags stay None so they never mask YAML values."""
+    group = parser.add_argument_group(cls.__name__)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        tp = _base_type(f.type)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        comment = field_comments(cls).get(f.name)
+        help_text = f"{comment} (default: {default})" if comment else f"(default: {default})"
+        if tp is bool:
+            group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=None, help=help_text)
+        elif typing.get_origin(tp) is list:
+            group.add_argument(_flag(f.name), dest=f.name, nargs="+", default=None, help=help_text)
+        else:
+            group.add_argument(_flag(f.name), dest=f.name, type=tp, default=None, help=help_text)
+
+
+def add_ckpt(parser: argparse.ArgumentParser, help: str = "checkpoint folder, or a run folder (uses best/)",
+             required: bool = True, dtype: bool = False) -> None:
+    """`--ckpt`, the `--device` to run it on and how it is stored, as every verb that loads a model takes them;
+    `dtype`: also `--dtype` (verbs whose figures stay comparable across formats keep the checkpoint's)."""
+    parser.add_argument("--ckpt", required=required, help=f"{help}; or a Hugging Face folder, or `minilm`")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    if dtype:
+        parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 where this device runs "
+                            "it faster than fp32 (a short probe, cached), else fp32; a bf16 checkpoint stays bf16")
+    add_flags(parser, StorageConfig)
+
+
+def add_lexicon_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lexicon", help="speech recognizers: decode against the words of these transcripts (a "
+                        ".txt of lines, or a CSV/TSV/JSONL and --lexicon-column), with a word bigram model of them")
+    parser.add_argument("--lexicon-column", default="text", help="the transcripts' column (default: text)")
+    parser.add_argument("--beam-width", type=int, default=128, help="lexicon decoding's beam (default 128)")
+    parser.add_argument("--lm-weight", type=float, default=0.8, help="weight of the word bigram log-probability")
+    parser.add_argument("--word-bonus", type=float, default=2.5, help="score added per word (longer transcripts)")
+
+
