@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from bigmodel.config import FinetuneConfig
+from bigmodel.errors import BigModelError
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.train.finetune import finetune
 
@@ -69,6 +70,20 @@ def test_regression_learns_a_number(trained_run, tmp_path):
     best = finetune(FinetuneConfig(init=str(trained_run), task="regress", train=str(train), val=str(train),
                                    out=str(tmp_path / "r"), epochs=10, lr=3e-3, batch_size=16, patience=10))
     assert best["mse"] < 0.02  # the labels' own variance is about 0.17
+
+
+def test_a_diverging_fine_tune_stops_before_it_overwrites_last(trained_run, tmp_path):
+    """The first step's evaluation saves last/; the steps after it blow the weights up, and the run stops
+    with one line instead of saving NaN weights over the good checkpoint."""
+    rows = [("a" * n, str(n)) for n in range(2, 40)]
+    train = write_rows(tmp_path / "t.csv", rows)
+    cfg = FinetuneConfig(init=str(trained_run), task="regress", train=str(train), val=str(train),
+                         out=str(tmp_path / "r"), epochs=20, lr=1e8, warmup=0.0, grad_clip=0.0, batch_size=4,
+                         eval_every=1, patience=1000)
+    with pytest.raises(BigModelError, match=r"loss became (nan|inf) at step \d+; stopped without saving"):
+        finetune(cfg)
+    weights = load_file(tmp_path / "r" / "last" / "model.safetensors")
+    assert all(torch.isfinite(t).all() for t in weights.values())
 
 
 def _one_line_error(result, fragment):

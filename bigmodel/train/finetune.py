@@ -41,7 +41,7 @@ from bigmodel.model.heads import SequenceModel
 from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy
-from bigmodel.train.optim import KeepBest, linear_lr, make_optimizer, optimizer_step, run_precision
+from bigmodel.train.optim import KeepBest, finite, linear_lr, make_optimizer, optimizer_step, run_precision
 from bigmodel.train.tasks import LabelTask, Task, backbone_of, make_task
 from bigmodel.train.track import Sink, Tracker, tracking_sinks
 
@@ -315,6 +315,7 @@ class FineTuner:
                 for s in range(step - epoch * self.steps_per_epoch, self.steps_per_epoch):
                     group = batches[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]
                     loss, units, examples = self._step(step, items, group)
+                    finite(loss, f"step {step + 1}", self.out / "last")
                     step += 1
                     window_loss, window_units = window_loss + loss, window_units + units
                     window_examples += examples

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from bigmodel.config import FinetuneConfig, ModelConfig, TrainConfig
+from bigmodel.errors import BigModelError
 from bigmodel.model.probe import training_precision
 
 
@@ -102,3 +104,11 @@ class KeepBest:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.best, self.stale = float(state["best"]), int(state["stale"])
+
+
+def finite(loss: float, where: str, last: Path) -> float:
+    """`loss`, unless training diverged: then stop before anything is saved over `last`, the good checkpoint."""
+    if not math.isfinite(loss):
+        raise BigModelError(f"loss became {loss} at {where}; stopped without saving. The last good checkpoint is "
+                            f"{last} (try a lower --lr or --grad-clip)")
+    return loss

@@ -38,7 +38,7 @@ from bigmodel.model.checkpoint import (
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy, sharded
 from bigmodel.train.objectives import MaskedLM, SpanCorruption, masked_accuracy
-from bigmodel.train.optim import KeepBest, lr_at, make_optimizer, optimizer_step, run_precision
+from bigmodel.train.optim import KeepBest, finite, lr_at, make_optimizer, optimizer_step, run_precision
 from bigmodel.train.track import METRIC_FIELDS, Sink, Tracker, tracking_sinks
 
 
@@ -209,7 +209,7 @@ class Trainer:
                 self.scaler.scale(loss / self.cfg.grad_accum).backward()
             total += loss.item()
         optimizer_step(self.optimizer, lr_at(it, self.cfg), self.cfg.grad_clip, self.scaler)
-        return self._checked(total / self.cfg.grad_accum, it)
+        return finite(total / self.cfg.grad_accum, f"iteration {it}", self.run_dir / "last")
 
     def _private_step(self, it: int) -> float | None:
         """One DP-SGD step over a Poisson batch of blocks, in chunks that bound the per-example gradients' memory."""
@@ -223,16 +223,7 @@ class Trainer:
                 return self.model(x[rows.start:rows.stop], y[rows.start:rows.stop])[1]
 
         summed = privacy.private_step(self.optimizer, lr_at(it, self.cfg), privacy.chunks(range(len(x))), mean_loss)
-        return self._checked(summed / len(x), it)
-
-    def _checked(self, mean: float, it: int) -> float:
-        """`mean`, unless training diverged."""
-        if not math.isfinite(mean):
-            raise BigModelError(
-                f"loss became {mean} at iteration {it}; stopped without saving. The last good "
-                f"checkpoint is {self.run_dir / 'last'} (try a lower --lr or --grad-clip)"
-            )
-        return mean
+        return finite(summed / len(x), f"iteration {it}", self.run_dir / "last")
 
     def fit(self) -> dict[str, float]:
         """Train to `max_iters`; returns the last evaluation."""
