@@ -166,3 +166,23 @@ def test_the_documented_multi_machine_commands_work_over_tls(trained_run, tmp_pa
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = metric_rows(tmp_path / "fed")
     assert [int(r["round"]) for r in rows] == [0, 1] and rows[1]["clients"] == 2 and rows[1]["examples"] == 240
+
+
+def test_the_server_knows_every_label_it_can_read_and_a_client_names_one_it_lacks(trained_run, tmp_path):
+    """A label only the training partitions hold is in the global head; a client whose label the head
+    lacks (a remote federation's server sees only its validation file) gets one clear line, not a KeyError."""
+    from bigmodel.config import FederatedConfig, FinetuneConfig
+    from bigmodel.errors import BigModelError
+    from bigmodel.federated.rounds import GlobalModel, local_round
+
+    rows = synthetic(30, 0)
+    train = write_rows(tmp_path / "train.csv", [*rows, ("rare words", "neutral")])
+    val = write_rows(tmp_path / "val.csv", rows[:10])
+    local = FinetuneConfig(init=str(trained_run), epochs=1, batch_size=8)
+    server = GlobalModel(FederatedConfig(train=str(train), val=str(val), out=str(tmp_path / "fed")), local)
+    assert server.model.head_config.labels == ["evil", "good", "neutral"]
+    assert server.model.head_config.pooling == "last"  # a decoder's head reads its last token
+
+    remote = GlobalModel(FederatedConfig(val=str(val), out=str(tmp_path / "remote")), local)
+    with pytest.raises(BigModelError, match="labels the model's head does not have: 'neutral'"):
+        local_round(remote.message(), remote.weights(), str(train), seed=0)

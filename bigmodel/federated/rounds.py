@@ -23,7 +23,7 @@ import yaml
 
 from bigmodel.config import FederatedConfig, FinetuneConfig, ModelConfig
 from bigmodel.data.inputs import TextInputs
-from bigmodel.data.labelled import label_ids, read_labelled
+from bigmodel.data.labelled import Example, label_ids, read_labelled
 from bigmodel.data.tokenizer import tokenizer_from_json
 from bigmodel.errors import BigModelError
 from bigmodel.infer.classify import predict_scores
@@ -35,7 +35,7 @@ from bigmodel.model.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from bigmodel.model.heads import HeadConfig, SequenceModel
+from bigmodel.model.heads import HeadConfig, SequenceModel, pooling_for
 from bigmodel.model.probe import training_precision
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed
@@ -84,6 +84,13 @@ def local_round(config: dict[str, Any], weights: dict[str, torch.Tensor], data: 
             {"train_loss": loss, "num-examples": examples, "seconds": time.perf_counter() - started})
 
 
+def known_examples(fed: FederatedConfig, local: FinetuneConfig) -> list[Example]:
+    """The rows the server can read: the file it partitions, or the clients' files when they are here. A
+    remote federation's server knows its validation file only: there every client label must be in it."""
+    files = [fed.train] if fed.train else [f for f in fed.client_files if Path(f).is_file()]
+    return [e for f in files for e in read_labelled(f, local.text_column, local.label_column)]
+
+
 class GlobalModel:
     """The server's side: the model being trained, its evaluation, its log and its checkpoints."""
 
@@ -93,8 +100,8 @@ class GlobalModel:
         val = read_labelled(fed.val, local.text_column, local.label_column)
         torch.manual_seed(local.seed)
         backbone, self.tok = load_backbone(local.init, torch.device("cpu"), Storage.of(local))
-        labels = label_ids(val, val) if local.task == "classify" else []
-        head = HeadConfig(task=local.task, labels=labels, pooling="last" if backbone.config.causal else "mean")
+        labels = label_ids(known_examples(fed, local) + val, val) if local.task == "classify" else []
+        head = HeadConfig(task=local.task, labels=labels, pooling=pooling_for(backbone.config))
         self.model = SequenceModel(backbone, head, local.head_dropout).eval()
         self.inputs = TextInputs(self.tok, min(local.max_length, backbone.config.block_size))
         self.val_ids = self.inputs.read([e.text for e in val])

@@ -21,6 +21,12 @@ from bigmodel.model.transformer import Transformer
 HEAD_FILE = "head.json"
 
 
+def pooling_for(config: ModelConfig) -> str:
+    """How a new head reads a sequence: ViT's [CLS] patch, a decoder's last token (the only one that has
+    seen them all), else the mean."""
+    return "first" if config.frontend == "patches" else "last" if config.causal else "mean"
+
+
 @dataclass
 class HeadConfig:
     task: str = "classify"  # classify | regress | qa | ctc

@@ -39,7 +39,7 @@ from bigmodel.evaluate.classify import classification_metrics, plot_confusion
 from bigmodel.evaluate.qa import squad_scores
 from bigmodel.infer import ctc, qa
 from bigmodel.infer.classify import predict_scores
-from bigmodel.model.heads import HeadConfig, SequenceModel, mean_pool
+from bigmodel.model.heads import HeadConfig, SequenceModel, mean_pool, pooling_for
 from bigmodel.model.transformer import Transformer
 
 RETRIEVAL_TEMPERATURE = 0.05  # the scale of in-batch contrastive logits, as sentence-transformers uses
@@ -126,8 +126,8 @@ class LabelTask(Task):
         val = read_examples(self.inputs, cfg.val, cfg)
         if model is None:
             labels = label_ids(self.train, val) if cfg.task == "classify" else []
-            pooling = "first" if config.frontend == "patches" else "last" if config.causal else "mean"
-            model = SequenceModel(backbone, HeadConfig(task=cfg.task, labels=labels, pooling=pooling), cfg.head_dropout)
+            head = HeadConfig(task=cfg.task, labels=labels, pooling=pooling_for(config))
+            model = SequenceModel(backbone, head, cfg.head_dropout)
         super().__init__(cfg, model, tok)
         self.head = model.head_config
         self.examples = len(self.train)
@@ -179,6 +179,10 @@ def targets_of(examples: list[Example], head: HeadConfig) -> torch.Tensor:
         except ValueError as e:
             raise BigModelError(f"--task regress needs numeric labels ({e})") from None
     index = {label: i for i, label in enumerate(head.labels)}
+    unknown = sorted({e.label for e in examples} - set(index))
+    if unknown:
+        raise BigModelError(f"labels the model's head does not have: {', '.join(map(repr, unknown[:5]))} "
+                            f"(it has {', '.join(map(repr, head.labels[:10]))})")
     return torch.tensor([index[e.label] for e in examples])
 
 
