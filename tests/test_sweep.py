@@ -85,3 +85,15 @@ def test_a_bad_param_is_one_clear_line(recipe, tmp_path, param, fragment):
     done = run_cli("sweep", "--config", str(recipe), "--out", str(tmp_path / "s"), "--param", param)
     assert done.returncode == 1
     assert fragment in done.stderr.strip().splitlines()[-1] and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("task, metric, lower", [("classify", "accuracy", False), ("regress", "mse", True),
+                                                 ("qa", "f1", False), ("ctc", "cer", True),
+                                                 ("seq2seq", "val_loss", True)])
+def test_a_sweep_optimises_what_its_runs_keep_their_best_checkpoint_by(task, metric, lower):
+    from bigmodel.train.sweep import default_metric
+    from bigmodel.train.tasks import LOWER_IS_BETTER
+
+    assert default_metric({"finetune": {"task": task}}) == metric
+    assert (metric in LOWER_IS_BETTER) == lower
+    assert default_metric({"train": {}}) == "val_loss" and "val_loss" in LOWER_IS_BETTER

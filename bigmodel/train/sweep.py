@@ -26,8 +26,8 @@ import yaml
 
 from bigmodel.config import FinetuneConfig, ModelConfig, TrainConfig, resolve
 from bigmodel.errors import BigModelError
+from bigmodel.train.tasks import GOALS, LOWER_IS_BETTER
 
-MINIMIZED = ("val_loss", "train_loss", "mse", "cer", "wer")
 HEARTBEAT_S = 2  # a trial silent for GRACE_S seconds belonged to a killed sweep
 GRACE_S = 6
 
@@ -119,8 +119,9 @@ def check_fields(params: list[Param], stage: str) -> None:
 
 
 def default_metric(recipe: dict[str, Any]) -> str:
-    if stage_of(recipe) == "finetune" and recipe["finetune"].get("task", "classify") == "classify":
-        return "accuracy"
+    """The figure the runs themselves keep their best checkpoint by."""
+    if stage_of(recipe) == "finetune":
+        return GOALS.get(recipe["finetune"].get("task", "classify"), ("val_loss", True))[0]
     return "val_loss"
 
 
@@ -191,7 +192,7 @@ def sweep(recipe: dict[str, Any], params: list[Param], trials: int, out: Path, m
         raise BigModelError("sweep needs at least one --param FIELD=KIND:ARGS")
     stage, metric = stage_of(recipe), metric or default_metric(recipe)
     check_fields(params, stage)
-    minimize = metric in MINIMIZED
+    minimize = metric in LOWER_IS_BETTER
     out.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # the heartbeat's retry callback is marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -70,6 +70,13 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
         model.train(training)
 
 
+GOALS = {  # per task: the figure that picks the best checkpoint (and a sweep's default), and whether lower is better
+    "classify": ("accuracy", False), "regress": ("mse", True), "seq2seq": ("val_loss", True),
+    "qa": ("f1", False), "retrieval": ("recall_at_1", False), "ctc": ("cer", True),
+}
+LOWER_IS_BETTER = {"val_loss", "train_loss", "wer", *(m for m, lower in GOALS.values() if lower)}
+
+
 class Task:
     """The interface `FineTuner` drives; see the module docstring."""
 
@@ -131,7 +138,7 @@ class LabelTask(Task):
         super().__init__(cfg, model, tok)
         self.head = model.head_config
         self.examples = len(self.train)
-        self.metric, self.minimize = ("mse", True) if cfg.task == "regress" else ("accuracy", False)
+        self.metric, self.minimize = GOALS[cfg.task]
         self.figures = ["mse"] if cfg.task == "regress" else ["accuracy", "macro_f1"]
         self.train_y, self.val_y = targets_of(self.train, self.head), targets_of(val, self.head)
         self.val_items = self.inputs.read([e.text for e in val])
@@ -274,7 +281,7 @@ class Seq2SeqTask(Task):
 class QATask(Task):
     """Start and end token of the answer, each a softmax over the context's tokens."""
 
-    metric, minimize = "f1", False
+    metric, minimize = GOALS["qa"]
     figures = ["exact_match", "f1"]
 
     def __init__(self, cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer) -> None:
@@ -329,7 +336,7 @@ class QATask(Task):
 class RetrievalTask(Task):
     """Contrastive: each query's own document against the batch's other documents."""
 
-    metric, minimize = "recall_at_1", False
+    metric, minimize = GOALS["retrieval"]
     figures = ["recall_at_1"]
 
     def __init__(self, cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer) -> None:
@@ -383,7 +390,7 @@ class CTCTask(Task):
     The alphabet is the training transcripts' characters (lower-cased, spaces collapsed); the
     head's labels record it, so a checkpoint needs no tokenizer."""
 
-    metric, minimize = "cer", True
+    metric, minimize = GOALS["ctc"]
     figures = ["cer", "wer"]
 
     def __init__(self, cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer | None) -> None:
