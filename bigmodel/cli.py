@@ -212,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=12, help="trials in all, counting those already run (default 12)")
     p.add_argument("--param", action="append", default=[], help="FIELD=loguniform:LOW:HIGH | uniform:LOW:HIGH | "
                    "int:LOW:HIGH | choice:A,B,...; FIELD of the stage (lr) or model.FIELD; repeatable")
-    p.add_argument("--metric", default="", help="figure to optimise (default: what the runs keep "
-                   "their best by: accuracy, mse, f1, recall_at_1, cer, else val_loss); losses, mse, cer, wer minimised")
+    p.add_argument("--metric", default="", help="figure to optimise (default: what the runs keep their best by: "
+                   "accuracy, mse, f1, recall_at_1, cer, else val_loss); lower is better for losses, mse, cer, wer")
     p.add_argument("--out", default="runs/sweep", help="trial folders, study.db, best.yaml and plots")
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed (each trial keeps the recipe's)")
     p.add_argument("--track", default="none", help="none | mlflow: every trial as an MLflow run")
