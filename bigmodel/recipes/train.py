@@ -49,11 +49,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from bigmodel.model.checkpoint import Storage
     from bigmodel.train import privacy
-    from bigmodel.train.finetune import finetune
+    from bigmodel.train.finetune import finetune, finetune_configs
 
-    recipe = load_yaml(args.config)
-    cfg = resolve(FinetuneConfig, recipe.get("finetune"), args)
-    best = finetune(cfg, ModelConfig.from_dict(recipe["model"]) if recipe.get("model") else None)
+    cfg, scratch = finetune_configs(load_yaml(args.config), args)
+    best = finetune(cfg, scratch)
     if best:  # a resumed run that had already finished evaluates nothing new
         figures = ("accuracy", "macro_f1", "mse", "val_loss", "token_accuracy", "exact_match", "f1", "recall_at_1",
                    "cer", "wer")

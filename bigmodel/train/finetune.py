@@ -25,7 +25,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bigmodel.config import FinetuneConfig, ModelConfig
+from bigmodel.config import FinetuneConfig, ModelConfig, resolve
 from bigmodel.errors import BigModelError
 from bigmodel.model.checkpoint import (
     RESUMED,
@@ -340,6 +340,13 @@ class FineTuner:
                             return self.best_figures
                         window_start, window_loss, window_units, window_examples = time.perf_counter(), 0.0, 0, 0
         return self.best_figures
+
+
+def finetune_configs(recipe: dict[str, Any], flags: Any = None) -> tuple[FinetuneConfig, ModelConfig | None]:
+    """A recipe's fine-tuning config (defaults < YAML < flags, a Namespace or dict) and, for a model trained
+    from scratch, its `model:` section."""
+    model = ModelConfig.from_dict(recipe["model"]) if recipe.get("model") else None
+    return resolve(FinetuneConfig, recipe.get("finetune"), flags), model
 
 
 def finetune(cfg: FinetuneConfig, scratch: ModelConfig | None = None, sinks: list[Sink] | None = None

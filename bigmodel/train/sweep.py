@@ -128,10 +128,9 @@ def default_metric(recipe: dict[str, Any]) -> str:
 def run_trial(recipe: dict[str, Any], pruning: Pruning) -> None:
     """Train the trial's recipe; its figures reach `pruning` at every evaluation."""
     if stage_of(recipe) == "finetune":
-        from bigmodel.train.finetune import finetune
+        from bigmodel.train.finetune import finetune, finetune_configs
 
-        scratch = ModelConfig.from_dict(recipe["model"]) if recipe.get("model") else None
-        finetune(resolve(FinetuneConfig, recipe["finetune"]), scratch, sinks=[pruning])
+        finetune(*finetune_configs(recipe), sinks=[pruning])
     else:
         from bigmodel.train.trainer import layered_configs, pretrain
 
