@@ -132,7 +132,7 @@ def test_index_and_search_find_the_right_document(tmp_path):
 
 
 def test_recall_at_k_counts_the_rank_of_each_querys_own_document():
-    from bigmodel.infer.retrieval import recall_at
+    from bigmodel.evaluate.retrieval import recall_at
 
     docs = np.eye(4, dtype=np.float32)
     queries = docs.copy()

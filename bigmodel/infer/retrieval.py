@@ -49,13 +49,3 @@ def top_k(queries: np.ndarray, docs: np.ndarray, k: int) -> tuple[np.ndarray, np
     order = np.take_along_axis(scores, best, 1).argsort(axis=1)[:, ::-1]
     best = np.take_along_axis(best, order, 1)
     return best, np.take_along_axis(scores, best, 1)
-
-
-def recall_at(queries: np.ndarray, docs: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
-    """Recall@k and MRR@10 when query i's relevant document is document i."""
-    best, _ = top_k(queries, docs, max(ks))
-    hit = best == np.arange(len(queries))[:, None]
-    rank = np.where(hit.any(1), hit.argmax(1) + 1, 0)
-    figures = {f"recall_at_{k}": float(hit[:, :k].any(1).mean()) for k in ks}
-    figures["mrr_at_10"] = float(np.where((rank > 0) & (rank <= 10), 1.0 / np.maximum(rank, 1), 0.0).mean())
-    return figures

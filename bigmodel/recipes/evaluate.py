@@ -158,8 +158,8 @@ def evaluate_zeroshot(args: argparse.Namespace) -> None:
 def evaluate_retrieval(args: argparse.Namespace) -> None:
     """Recall@1/5/10 and MRR@10: each query's own document among all the file's documents."""
     from bigmodel.data.labelled import read_columns
+    from bigmodel.evaluate.retrieval import recall_at
     from bigmodel.infer.embed import embed_texts
-    from bigmodel.infer.retrieval import recall_at
 
     rows = read_columns(args.data, [args.source_column, args.target_column])
     model, tok, folder = load(args)

@@ -37,6 +37,7 @@ from bigmodel.device import autocast
 from bigmodel.errors import BigModelError
 from bigmodel.evaluate.classify import classification_metrics, plot_confusion
 from bigmodel.evaluate.qa import squad_scores
+from bigmodel.evaluate.retrieval import recall_at
 from bigmodel.infer import ctc, qa
 from bigmodel.infer.classify import predict_scores
 from bigmodel.model.heads import HeadConfig, SequenceModel, mean_pool, pooling_for
@@ -337,7 +338,7 @@ class RetrievalTask(Task):
     """Contrastive: each query's own document against the batch's other documents."""
 
     metric, minimize = GOALS["retrieval"]
-    figures = ["recall_at_1"]
+    figures = ["recall_at_1", "recall_at_5", "recall_at_10", "mrr_at_10"]
 
     def __init__(self, cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer) -> None:
         super().__init__(cfg, backbone, tok)
@@ -372,16 +373,16 @@ class RetrievalTask(Task):
         return F.cross_entropy(logits, torch.arange(len(items), device=device), reduction="sum")
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        """Recall@1 with every validation document as a candidate; the loss over batches of 64."""
+        """Recall@k and MRR@10 with every validation document as a candidate; the loss over batches of 64."""
         with evaluating(model):
             device = next(model.parameters()).device
             queries = torch.cat([self._embed(model, [q for q, _ in self.val[i:i + 64]], device)
                                  for i in range(0, len(self.val), 64)])
             docs = torch.cat([self._embed(model, [d for _, d in self.val[i:i + 64]], device)
                               for i in range(0, len(self.val), 64)])
-            hits = (queries @ docs.T).argmax(-1).cpu() == torch.arange(len(self.val))
             losses = [self.loss(model, self.val[i:i + 64], device).item() for i in range(0, len(self.val), 64)]
-            return {"recall_at_1": hits.float().mean().item(), "val_loss": sum(losses) / len(self.val)}
+            return {**recall_at(queries.float().cpu().numpy(), docs.float().cpu().numpy()),
+                    "val_loss": sum(losses) / len(self.val)}
 
 
 class CTCTask(Task):
