@@ -7,10 +7,12 @@ recipe and a command line speak the same names. Precedence: defaults < preset < 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -18,7 +20,30 @@ from bigmodel.errors import BigModelError
 
 WINDOW_SECONDS = 0.025  # audio: 25 ms analysis windows ...
 HOP_SECONDS = 0.010  # ... every 10 ms, speech recognition's usual frames
-DTYPES = ("auto", "fp32", "bf16", "fp16")  # auto: what this device runs fastest (see device.choose_precision)
+Dtype = Literal["auto", "fp32", "bf16", "fp16"]  # auto: what this device runs fastest (see device.choose_precision)
+DTYPES = typing.get_args(Dtype)
+
+
+@functools.cache
+def choices_of(cls: type) -> dict[str, tuple]:
+    """The fields of a config class annotated `Literal[...]`, and the values each allows."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: typing.get_args(hints[f.name]) for f in fields(cls)
+            if typing.get_origin(hints[f.name]) is Literal}
+
+
+class Checked:
+    """Base of every config: a `Literal[...]` field refuses values outside its choices, naming the flag.
+
+    Subclasses with their own checks call `super().__post_init__()` first."""
+
+    required: ClassVar[tuple[str, ...]] = ()  # fields a command needs set, by flag or by the recipe
+
+    def __post_init__(self) -> None:
+        for name, allowed in choices_of(type(self)).items():
+            if getattr(self, name) not in allowed:
+                raise BigModelError(f"--{name.replace('_', '-')} must be one of {', '.join(map(str, allowed))}, "
+                                    f"not {getattr(self, name)!r}")
 
 
 @dataclass
@@ -112,7 +137,7 @@ def preset(name: str) -> dict:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Checked):
     """`bigmodel prepare`: raw files in, tokenizer and token shards out."""
 
     input: list[str] = field(default_factory=list)
@@ -127,7 +152,7 @@ class DataConfig:
 
 
 @dataclass
-class StorageConfig:
+class StorageConfig(Checked):
     """How a command keeps the checkpoints it writes and reads."""
 
     encrypt_key_env: str = ""  # environment variable with the AES key (base64 of 32 bytes) or a passphrase
@@ -135,7 +160,7 @@ class StorageConfig:
 
 
 @dataclass
-class PrivacyConfig:
+class PrivacyConfig(Checked):
     """DP-SGD (Opacus) settings that pretraining and fine-tuning share; no ε means no DP."""
 
     dp_epsilon: float | None = None  # set: DP-SGD spending at most this ε over the run
@@ -144,24 +169,65 @@ class PrivacyConfig:
 
 
 @dataclass
-class TrackingConfig:
+class TrackingConfig(Checked):
     """Where a training run is recorded besides its own folder (metrics.csv, loss.png, TensorBoard)."""
 
-    track: str = "none"  # none | mlflow (params, metrics per evaluation, plots, the checkpoint as a model)
+    track: Literal["none", "mlflow"] = "none"  # mlflow: params, metrics per evaluation, plots, the model
     tracking_uri: str = ""  # MLflow store; empty: sqlite file mlflow.db beside the run folder
-
-    def __post_init__(self) -> None:
-        if self.track not in ("none", "mlflow"):
-            raise BigModelError(f"--track must be none or mlflow, not {self.track!r}")
 
 
 @dataclass
-class TrainConfig(TrackingConfig, PrivacyConfig, StorageConfig):
+class DeviceConfig(Checked):
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+
+
+@dataclass
+class CkptConfig(DeviceConfig, StorageConfig):
+    """A command that loads a checkpoint: which one, on what device, how it is stored."""
+
+    ckpt: str = ""  # checkpoint folder, or a run folder (uses best/); or a Hugging Face folder, or `minilm`
+    required: ClassVar[tuple[str, ...]] = ("ckpt",)
+
+
+@dataclass
+class PrecisionConfig(Checked):
+    dtype: Dtype = "auto"  # auto: bf16 where this device runs it faster (a short probe, cached), else fp32
+
+
+@dataclass
+class TextColumnConfig(Checked):
+    text_column: str = "text"  # the CSV/TSV/JSONL column with the text (or an image's or a clip's path)
+
+
+@dataclass
+class LabelColumnsConfig(TextColumnConfig):
+    label_column: str = "label"
+
+
+@dataclass
+class PairColumnsConfig(Checked):
+    source_column: str = "source"  # seq2seq: the input text; retrieval: the query; ctc: the WAV file
+    target_column: str = "target"  # seq2seq: the text to produce; retrieval: the document; ctc: the transcript
+
+
+@dataclass
+class LexiconConfig(Checked):
+    """Speech recognizers: decode against a word list and its bigram model instead of greedily."""
+
+    lexicon: str = ""  # a .txt of transcripts, or a CSV/TSV/JSONL and --lexicon-column
+    lexicon_column: str = "text"  # the transcripts' column
+    beam_width: int = 128  # lexicon decoding's beam
+    lm_weight: float = 0.8  # weight of the word bigram log-probability
+    word_bonus: float = 2.5  # score added per word (longer transcripts)
+
+
+@dataclass
+class TrainConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig):
     """`bigmodel pretrain`: the optimisation loop and what it records."""
 
     data: str = ""
     out: str = "runs/pretrain"
-    objective: str = "clm"  # clm (next token) | mlm (masked tokens, needs --no-causal) | span (T5, --encoder-layers)
+    objective: Literal["clm", "mlm", "span"] = "clm"  # next token | masked tokens (--no-causal) | T5's spans
     max_iters: int = 2000
     batch_size: int = 12  # sequences per micro-batch per process
     grad_accum: int = 1
@@ -176,22 +242,15 @@ class TrainConfig(TrackingConfig, PrivacyConfig, StorageConfig):
     eval_interval: int = 250
     eval_iters: int = 20
     save_interval: int = 0  # 0 means at every evaluation
-    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
+    dtype: Dtype = "auto"  # autocast; fp16 with loss scaling
     compile: bool = False
-    strategy: str = "ddp"  # under torchrun: ddp (whole model per process) | fsdp (FSDP2, sharded per block)
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: whole model per process | FSDP2, sharded per block
     seed: int = 1337
     resume: bool = False
     tensorboard: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.dtype not in DTYPES:
-            raise BigModelError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        if self.strategy not in ("ddp", "fsdp"):
-            raise BigModelError(f"--strategy must be ddp or fsdp, not {self.strategy!r}")
-        if self.objective not in ("clm", "mlm", "span"):
-            raise BigModelError(f"--objective must be clm, mlm or span, not {self.objective!r}")
         if self.max_iters < 0:
             raise BigModelError("--max-iters must be 0 (save the initial model) or more")
         for name in ("batch_size", "grad_accum", "eval_interval", "eval_iters"):
@@ -200,20 +259,17 @@ class TrainConfig(TrackingConfig, PrivacyConfig, StorageConfig):
 
 
 @dataclass
-class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig):
+class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig, LabelColumnsConfig,
+                     PairColumnsConfig):
     """`bigmodel finetune`: a pretrained model, a labelled dataset, a task head."""
 
     init: str = ""  # bigmodel checkpoint or Hugging Face folder (or `minilm`)
-    task: str = "classify"  # classify | regress | seq2seq | qa (SQuAD JSON) | retrieval (query, document) | ctc
+    task: Literal["classify", "regress", "seq2seq", "qa", "retrieval", "ctc"] = "classify"  # qa: SQuAD JSON
     train: str = ""
     val: str = ""
     out: str = "runs/finetune"
-    text_column: str = "text"
-    label_column: str = "label"
-    source_column: str = "source"  # seq2seq: the input text; retrieval: the query
-    target_column: str = "target"  # seq2seq: the text to produce; retrieval: the document to find
     label_smoothing: float = 0.1  # seq2seq: mass spread over the vocabulary in the teacher-forced loss
-    method: str = "full"  # full | freeze | lora
+    method: Literal["full", "freeze", "lora"] = "full"
     freeze_layers: int = 2  # with freeze: how many top blocks still train
     lora_r: int = 8
     epochs: int = 3
@@ -227,7 +283,7 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig):
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # 0 disables clipping
     head_dropout: float = 0.1  # before the classification/regression layer
-    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
+    dtype: Dtype = "auto"  # autocast; fp16 with loss scaling
     eval_every: int = 0  # steps between evaluations (and saves of last/); 0 means once per epoch
     patience: int = 3  # evaluations without improvement before stopping
     max_train: int = 0  # use only the first N training rows; 0 means all
@@ -236,16 +292,9 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig):
     seed: int = 1337
     resume: bool = False  # continue from out/last exactly where it stopped
     tensorboard: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choices = {"task": ("classify", "regress", "seq2seq", "qa", "retrieval", "ctc"),
-                   "method": ("full", "freeze", "lora"),
-                   "dtype": DTYPES}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise BigModelError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) <= 0:
                 raise BigModelError(f"--{name.replace('_', '-')} must be positive")
@@ -262,10 +311,10 @@ class FederatedConfig(TrackingConfig, StorageConfig):
     train: str = ""  # one labelled file to partition among simulated clients ...
     client_files: list[str] = field(default_factory=list)  # ... or one file per client
     clients: int = 4
-    partition: str = "iid"  # iid | label-skew (Dirichlet over each label's examples)
+    partition: Literal["iid", "label-skew"] = "iid"  # label-skew: Dirichlet over each label's examples
     alpha: float = 0.5  # label-skew concentration: small is skewed
     rounds: int = 5
-    strategy: str = "fedavg"  # fedavg | fedprox | fedadam
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
     proximal_mu: float = 0.01  # fedprox: weight of the pull towards the global model
     server_lr: float = 0.01  # fedadam: the server optimizer's step size
     min_clients: int = 0  # clients a round needs (0: all); a round finishes with whoever answered
@@ -279,55 +328,57 @@ class FederatedConfig(TrackingConfig, StorageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        choices = {"partition": ("iid", "label-skew"), "strategy": ("fedavg", "fedprox", "fedadam")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise BigModelError(f"--{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.rounds < 1 or self.clients < 1:
             raise BigModelError("--rounds and --clients must be at least 1")
 
 
 @dataclass
-class GenerateConfig:
-    """`bigmodel generate`: how to continue a prompt."""
+class DecodingConfig(Checked):
+    """How a model continues a text: sampling, or a beam search for sequence-to-sequence models."""
 
     max_new_tokens: int = 200
     temperature: float = 0.8  # 0 means greedy
     top_k: int = 0  # 0 keeps every token
     top_p: float = 1.0
-    num_samples: int = 1
     beams: int = 1  # sequence-to-sequence: > 1 is a beam search of this width (temperature is then unused)
     length_penalty: float = 1.0  # beam search ranks by log-probability / length ** this
     seed: int = 1337
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise BigModelError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
-        if self.max_new_tokens < 0 or self.num_samples < 1 or self.beams < 1:
-            raise BigModelError("need --max-new-tokens >= 0, --num-samples >= 1 and --beams >= 1")
+        if self.max_new_tokens < 0 or self.beams < 1:
+            raise BigModelError("need --max-new-tokens >= 0 and --beams >= 1")
 
 
 @dataclass
-class ServeConfig(StorageConfig):
+class GenerateConfig(DecodingConfig):
+    """`bigmodel generate`: how to continue a prompt, and how many continuations."""
+
+    num_samples: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_samples < 1:
+            raise BigModelError("need --num-samples >= 1")
+
+
+@dataclass
+class ServeConfig(PrecisionConfig, CkptConfig):
     """`bigmodel serve`: one checkpoint behind an OpenAI-compatible HTTP API."""
 
-    ckpt: str = ""  # checkpoint, run or Hugging Face folder (or `minilm`)
     host: str = "127.0.0.1"  # loopback only, unless told otherwise
     port: int = 8000
     api_key_env: str = ""  # name of an environment variable holding the key clients must send
     max_batch: int = 16  # sequences decoded together in one batch
     max_queue: int = 64  # sequences waiting for a batch row; more get 429
     max_new_tokens_limit: int = 512  # the largest max_tokens a request may ask
-    quantize: str = "none"  # none | int8 (dynamic int8 linear layers at load time)
-    dtype: str = "auto"  # auto | fp32 | bf16 | fp16; auto probes one decoding step at the model's width
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 linear layers at load time
     tracking_uri: str = ""  # registry of --ckpt models:/NAME/VERSION (default: MLFLOW_TRACKING_URI, runs/mlflow.db)
 
     def __post_init__(self) -> None:
-        if self.quantize not in ("none", "int8"):
-            raise BigModelError(f"--quantize must be none or int8, not {self.quantize!r}")
-        if self.dtype not in DTYPES:
-            raise BigModelError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        super().__post_init__()
         if self.max_batch < 1 or self.max_queue < 0 or self.max_new_tokens_limit < 1:
             raise BigModelError("--max-batch and --max-new-tokens-limit must be at least 1, --max-queue at least 0")
 
@@ -382,6 +433,7 @@ def yaml_text(sections: dict[str, Any]) -> str:
     return yaml.safe_dump(plain, sort_keys=False)
 
 
-__all__ = ["DataConfig", "FederatedConfig", "FinetuneConfig", "GenerateConfig", "ModelConfig", "PrivacyConfig",
-           "ServeConfig", "StorageConfig", "TrackingConfig", "TrainConfig",
-           "load_yaml", "preset", "resolve", "yaml_text"]
+__all__ = ["Checked", "CkptConfig", "DataConfig", "DecodingConfig", "DeviceConfig", "FederatedConfig",
+           "FinetuneConfig", "GenerateConfig", "LabelColumnsConfig", "LexiconConfig", "ModelConfig",
+           "PairColumnsConfig", "PrecisionConfig", "PrivacyConfig", "ServeConfig", "StorageConfig", "TextColumnConfig",
+           "TrackingConfig", "TrainConfig", "load_yaml", "preset", "resolve", "yaml_text"]

@@ -31,29 +31,36 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _base_type(annotation: Any) -> Any:
-    """`int`, `float`, `str`, `bool` or `list[str]` from a (string) annotation."""
-    tp = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation
+def _base_type(tp: Any) -> Any:
+    """`int`, `float`, `str`, `bool`, `list[str]` or a `Literal[...]` from a field's type (`X | None` → X)."""
     if isinstance(tp, types.UnionType):
         tp = next(a for a in typing.get_args(tp) if a is not type(None))
     return tp
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per dataclass field; unset flags stay None so they never mask YAML values."""
+    """One flag per dataclass field; unset flags stay None so they never mask YAML values.
+
+    `Literal[...]` fields offer their values as choices; list fields take several values, or the flag again."""
     group = parser.add_argument_group(cls.__name__)
-    for f in fields(cls):
+    hints = typing.get_type_hints(cls)
+    own = cls.__dict__.get("__annotations__", {})
+    for f in sorted(fields(cls), key=lambda f: f.name not in own):  # the command's own fields first
         if f.name in skip:
             continue
-        tp = _base_type(f.type)
+        tp = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         comment = field_comments(cls).get(f.name)
-        help_text = f"{comment} (default: {default})" if comment else f"(default: {default})"
+        shown = "" if default in ("", None, []) else f"(default: {default})"
+        help_text = " ".join(part for part in (comment, shown) if part) or None
         if tp is bool:
             group.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                default=None, help=help_text)
         elif typing.get_origin(tp) is list:
-            group.add_argument(_flag(f.name), dest=f.name, nargs="+", default=None, help=help_text)
+            group.add_argument(_flag(f.name), dest=f.name, nargs="+", action="extend", default=None, help=help_text)
+        elif typing.get_origin(tp) is typing.Literal:
+            group.add_argument(_flag(f.name), dest=f.name, choices=typing.get_args(tp), default=None,
+                               help=help_text)
         else:
             group.add_argument(_flag(f.name), dest=f.name, type=tp, default=None, help=help_text)
 

@@ -14,6 +14,7 @@ LAYERS = [  # lowest first; a package imports from itself and from the layers be
     {"model"},
     {"infer"},
     {"evaluate"},
+    {"tasks"},
     {"train"},
     {"federated", "serve"},
     {"recipes"},
@@ -46,3 +47,34 @@ def test_every_module_imports_only_from_its_layer_or_below():
             if RANK[there] > RANK[here] or (RANK[there] == RANK[here] and there != here):
                 upward.append(f"{path.relative_to(ROOT)} imports {module}")
     assert not upward, "\n".join(upward)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_two_modules_import_each_other_even_lazily():
+    """A cycle (even one kept apart by an import inside a function) means two modules are one idea split."""
+    graph = {module_name(p): set() for p in ROOT.rglob("*.py")}
+    for path in ROOT.rglob("*.py"):
+        for module in imports_of(path):
+            while module not in graph and "." in module:  # `from bigmodel.x import name` names a module x
+                module = module.rsplit(".", 1)[0]
+            if module != module_name(path) and module in graph:
+                graph[module_name(path)].add(module)
+    cycles, state = [], {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join([*trail[trail.index(nxt):], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, "\n".join(cycles)

@@ -91,8 +91,8 @@ def test_a_bad_param_is_one_clear_line(recipe, tmp_path, param, fragment):
                                                  ("qa", "f1", False), ("ctc", "cer", True),
                                                  ("seq2seq", "val_loss", True)])
 def test_a_sweep_optimises_what_its_runs_keep_their_best_checkpoint_by(task, metric, lower):
+    from bigmodel.tasks import LOWER_IS_BETTER
     from bigmodel.train.sweep import default_metric
-    from bigmodel.train.tasks import LOWER_IS_BETTER
 
     assert default_metric({"finetune": {"task": task}}) == metric
     assert (metric in LOWER_IS_BETTER) == lower

@@ -6,7 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+from bigmodel.model.heads import HeadConfig
 
 
 def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
@@ -18,6 +22,14 @@ def classification_metrics(y_true: list[int], y_pred: list[int], labels: list[st
                                         zero_division=0),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=ids).tolist(),
     }
+
+
+def head_scores(head: HeadConfig, scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """What a label head is judged by: accuracy and macro-F1 for classification, MSE for regression."""
+    if head.task == "regress":
+        return {"mse": F.mse_loss(scores.squeeze(-1), targets.float()).item()}
+    figures = classification_metrics(targets.tolist(), scores.argmax(-1).tolist(), head.labels)
+    return {"accuracy": figures["accuracy"], "macro_f1": figures["macro_f1"]}
 
 
 def report_text(y_true: list[int], y_pred: list[int], labels: list[str]) -> str:

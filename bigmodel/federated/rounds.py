@@ -26,6 +26,7 @@ from bigmodel.data.inputs import TextInputs
 from bigmodel.data.labelled import Example, label_ids, read_labelled
 from bigmodel.data.tokenizer import tokenizer_from_json
 from bigmodel.errors import BigModelError
+from bigmodel.evaluate.classify import head_scores
 from bigmodel.infer.classify import predict_scores
 from bigmodel.model.checkpoint import (
     RESUMED,
@@ -38,10 +39,10 @@ from bigmodel.model.checkpoint import (
 from bigmodel.model.heads import HeadConfig, SequenceModel, pooling_for
 from bigmodel.model.probe import training_precision
 from bigmodel.model.transformer import Transformer
+from bigmodel.tasks.label import targets_of, task_loss
 from bigmodel.train import distributed
 from bigmodel.train.finetune import FineTuner, load_backbone, plain_model
 from bigmodel.train.optim import KeepBest
-from bigmodel.train.tasks import score, targets_of, task_loss
 from bigmodel.train.track import Tracker, tracking_sinks
 
 RECIPE = "recipe.yaml"
@@ -145,7 +146,7 @@ class GlobalModel:
             return {}
         assign_weights(self.model, weights, "the aggregated weights", "the global model")
         scores = predict_scores(self.model, self.val_ids, self.inputs, self.model.head_config.n_outputs, self.dtype)
-        figures = score(self.model.head_config, scores, self.val_y)
+        figures = head_scores(self.model.head_config, scores, self.val_y)
         clients, self.round_clients = (self.round_clients if r else []), []
         if r and not clients:
             raise BigModelError(f"round {r}: no client returned a model; see the SuperNodes' logs")

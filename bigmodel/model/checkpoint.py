@@ -34,22 +34,26 @@ from tokenizers import Tokenizer
 from bigmodel.config import ModelConfig, StorageConfig, yaml_text
 from bigmodel.data.tokenizer import plain_tokenizer, tokenizer_from_json
 from bigmodel.errors import BigModelError
+from bigmodel.model.folders import (
+    MANIFEST,
+    MODEL_CONFIG,
+    RUN_CONFIG,
+    SHARDS,
+    TOKENIZER,
+    TRAINER_STATE,
+    WEIGHTS,
+    resolve_checkpoint,
+)
 from bigmodel.model.heads import HEAD_FILE, HeadConfig, SequenceModel
 from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
 from bigmodel.model.probe import inference_precision
 from bigmodel.model.quantize import METADATA as INT8_METADATA
 from bigmodel.model.quantize import int8_tensors, is_int8, load_int8_tensors, to_int8
+from bigmodel.model.registry import fetch
 from bigmodel.model.sealed import Key, Plaintext, digest, is_sealed, unseal
 from bigmodel.model.sealed import seal as seal_bytes
 from bigmodel.model.transformer import Transformer
 
-WEIGHTS = "model.safetensors"
-MODEL_CONFIG = "model.json"
-RUN_CONFIG = "config.yaml"
-TOKENIZER = "tokenizer.json"
-TRAINER_STATE = "trainer_state.pt"
-SHARDS = "shards"  # FSDP: weights and optimizer state as torch.distributed.checkpoint shards
-MANIFEST = "manifest.json"
 RESUMED = "the model this run builds (resume with the settings it was started with)"
 
 
@@ -205,30 +209,10 @@ def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: T
     shutil.rmtree(old, ignore_errors=True)
 
 
-def resolve_checkpoint(path: str | Path, prefer: str = "best") -> Path:
-    """A checkpoint folder itself, or a run folder's `best/` (then `last/`).
-
-    A folder left as `X.old` by a kill between the two renames counts as `X`.
-    """
-    p = Path(path)
-    if (p / WEIGHTS).is_file() and (p / MODEL_CONFIG).is_file():
-        return p
-    order = [prefer, "last" if prefer == "best" else "best"]
-    for name in order:
-        for candidate in (p / name, p / f"{name}.old"):
-            if (candidate / WEIGHTS).is_file():
-                return candidate
-    if not p.exists():
-        raise BigModelError(f"{path}: no such checkpoint folder")
-    raise BigModelError(f"{path}: not a checkpoint ({WEIGHTS} and {MODEL_CONFIG}) nor a run folder with best/ or last/")
-
-
 def locate(path: str | Path) -> tuple[Path, bool]:
     """The folder `--ckpt` names and whether it is a Hugging Face one (imported, not loaded).
     `models:/NAME/VERSION` and `models:/NAME@ALIAS` come from the MLflow registry (`registry.py`)."""
     if str(path).startswith("models:/"):
-        from bigmodel.model.registry import fetch
-
         return fetch(str(path)), False
     try:
         return resolve_checkpoint(path), False

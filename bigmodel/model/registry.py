@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bigmodel.errors import BigModelError
-from bigmodel.model.checkpoint import WEIGHTS, resolve_checkpoint
+from bigmodel.model.folders import WEIGHTS, resolve_checkpoint
 
 MODEL_CODE = Path(__file__).parents[1] / "infer" / "mlflow_model.py"  # imports infer/, so it lives there
 ARTEFACT = "checkpoint"  # the logged model's artefact key for the checkpoint folder

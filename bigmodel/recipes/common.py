@@ -3,11 +3,13 @@ it was tuned at, and where figures are written."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from bigmodel.config import (
+    CkptConfig,
+    LexiconConfig,
     StorageConfig,
     resolve,
 )
@@ -15,14 +17,14 @@ from bigmodel.data.readers import read_lines
 from bigmodel.errors import BigModelError
 
 
-def storage(args: argparse.Namespace):
+def storage(args: StorageConfig | Any):
     """How `--encrypt-key-env` and `--no-verify` say checkpoints are read and written."""
     from bigmodel.model.checkpoint import Storage
 
     return Storage.of(resolve(StorageConfig, None, args))
 
 
-def load(args: argparse.Namespace, with_head: bool = False, ckpt: str | None = None, decoding: bool = False):
+def load(args: CkptConfig, with_head: bool = False, ckpt: str | None = None, decoding: bool = False):
     """The model, tokenizer and folder `--ckpt` (or `ckpt`) names, on the device `--device` picks, in the
     number format `--dtype` picks (verbs that have it) for batches of whole windows, or for `decoding`
     one token at a time."""
@@ -36,7 +38,7 @@ def load(args: argparse.Namespace, with_head: bool = False, ckpt: str | None = N
     return model, tok, folder
 
 
-def input_length(args: argparse.Namespace, model, folder) -> int:
+def input_length(args: Any, model, folder) -> int:
     """`--max-length`, else the length the checkpoint was fine-tuned at (else 512), within the context."""
     from bigmodel.model.checkpoint import read_sections
 
@@ -47,10 +49,7 @@ def input_length(args: argparse.Namespace, model, folder) -> int:
     return min(length, model.config.block_size)
 
 
-SEQ2SEQ_DEFAULTS = {"temperature": 0.0, "max_new_tokens": 64}  # a target is short, and its most likely form wanted
-
-
-def write_results(args: argparse.Namespace, figures: dict, outputs: list[dict] | None = None) -> Path:
+def write_results(args: Any, figures: dict, outputs: list[dict] | None = None) -> Path:
     """metrics.json (and outputs.jsonl) in `--out`; the figures also to `--json` when asked."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +63,7 @@ def write_results(args: argparse.Namespace, figures: dict, outputs: list[dict] |
     return out
 
 
-def lexicon_settings(args: argparse.Namespace, model) -> dict:
+def lexicon_settings(args: LexiconConfig, model) -> dict:
     """`transcribe`'s keyword arguments for `--lexicon` (none: greedy decoding)."""
     if not args.lexicon:
         return {}

@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from bigmodel.config import CkptConfig
 from bigmodel.recipes.common import load, storage
 
 
-def compress_checkpoint(args: argparse.Namespace, change, what: str) -> None:
+@dataclass
+class CompressConfig(CkptConfig):
+    out: str = ""  # checkpoint folder to write
+    text: str = ""  # prepared folder or text file to measure perplexity on
+    required: ClassVar[tuple[str, ...]] = ("ckpt", "out", "text")
+
+
+@dataclass
+class QuantizeConfig(CompressConfig):
+    """`bigmodel quantize`: int8 linear layers or bf16 weights."""
+
+    method: Literal["int8", "bf16"] = "int8"  # int8: dynamic int8 linear layers (torch.ao); bf16: every weight
+
+
+@dataclass
+class PruneConfig(CompressConfig):
+    """`bigmodel prune`: the smallest weights of each block matrix set to zero."""
+
+    sparsity: float = 0.5  # fraction of each matrix set to zero
+
+
+def compress_checkpoint(args: CompressConfig, change, what: str) -> None:
     """Load, measure, `change` the model in place (or return a new one), save, measure again."""
     from bigmodel.evaluate.lm import evaluate_lm
     from bigmodel.model.checkpoint import WEIGHTS, save_checkpoint
@@ -25,7 +48,7 @@ def compress_checkpoint(args: argparse.Namespace, change, what: str) -> None:
           f"{before.perplexity:.4f} -> {after.perplexity:.4f} ({change_pct:+.2f}%)")
 
 
-def cmd_quantize(args: argparse.Namespace) -> None:
+def cmd_quantize(args: QuantizeConfig) -> None:
     from bigmodel.infer.compress import to_bf16
     from bigmodel.model.quantize import to_int8
 
@@ -34,7 +57,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     compress_checkpoint(args, change, what)
 
 
-def cmd_prune(args: argparse.Namespace) -> None:
+def cmd_prune(args: PruneConfig) -> None:
     from bigmodel.infer.compress import prune_magnitude
 
     compress_checkpoint(args, lambda m: prune_magnitude(m, args.sparsity), f"{args.sparsity:.0%} magnitude pruning")

@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 from bigmodel.config import (
+    CkptConfig,
+    DecodingConfig,
     GenerateConfig,
+    LabelColumnsConfig,
+    LexiconConfig,
+    PairColumnsConfig,
+    PrecisionConfig,
     resolve,
 )
 from bigmodel.errors import BigModelError
-from bigmodel.recipes.common import SEQ2SEQ_DEFAULTS, input_length, lexicon_settings, load, write_results
+from bigmodel.recipes.common import input_length, lexicon_settings, load, write_results
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
+@dataclass
+class EvaluateConfig(PrecisionConfig, CkptConfig, LabelColumnsConfig, PairColumnsConfig, LexiconConfig,
+                     DecodingConfig):
+    """`bigmodel evaluate`: LM perplexity; classifier, seq2seq, QA, zero-shot, retrieval or CTC figures."""
+
+    data: str = ""  # prepared folder or text (lm); labelled file or media folder; source/target rows; SQuAD JSON (qa)
+    task: Literal["lm", "classify", "seq2seq", "qa", "zeroshot", "retrieval", "ctc"] = "lm"
+    split: str = "val"  # split of a prepared folder
+    json: str = ""  # also write the figures to this JSON file
+    out: str = "runs/evaluate"  # where metrics.json (and outputs.jsonl, confusion.png) go
+    hypothesis_column: str = ""  # seq2seq: score this column instead of a model (a baseline)
+    labels: str = ""  # zeroshot: VALUE[=DESCRIPTION],... e.g. 0=negative,1=positive
+    template: str = "{}"  # zeroshot: how a label description is phrased
+    max_length: int | None = None  # tokens of input kept (default: the checkpoint's fine-tuning length, else 512)
+    max_new_tokens: int = 64  # seq2seq: tokens of each target at most
+    temperature: float = 0.0  # seq2seq: 0 is greedy, a target's most likely form
+    required: ClassVar[tuple[str, ...]] = ("data",)
+
+
+def cmd_evaluate(args: EvaluateConfig) -> None:
     tasks = {"classify": evaluate_classifier, "seq2seq": evaluate_seq2seq, "qa": evaluate_qa,
              "zeroshot": evaluate_zeroshot, "retrieval": evaluate_retrieval, "ctc": evaluate_transcripts}
     if not args.ckpt and not (args.task == "seq2seq" and args.hypothesis_column):
@@ -33,7 +59,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     write_results(args, report.to_dict())
 
 
-def labelled_inputs(args: argparse.Namespace, model, tok):
+def labelled_inputs(args: EvaluateConfig, model, tok):
     """The model's reader and the (text or file path, label) rows of --data, for its modality."""
     from bigmodel.data.inputs import inputs_for
     from bigmodel.data.labelled import read_labelled
@@ -45,7 +71,7 @@ def labelled_inputs(args: argparse.Namespace, model, tok):
     return inputs, media_examples(args.data, inputs.suffixes, args.text_column, args.label_column)
 
 
-def evaluate_classifier(args: argparse.Namespace) -> None:
+def evaluate_classifier(args: EvaluateConfig) -> None:
     from bigmodel.evaluate.classify import classification_metrics, plot_confusion, report_text
     from bigmodel.infer.classify import predict_scores
 
@@ -66,7 +92,7 @@ def evaluate_classifier(args: argparse.Namespace) -> None:
           f"{len(examples)} examples | {out / 'metrics.json'}, {out / 'confusion.png'}")
 
 
-def evaluate_transcripts(args: argparse.Namespace) -> None:
+def evaluate_transcripts(args: EvaluateConfig) -> None:
     """CTC speech recognition: CER and WER (jiwer) of greedy transcripts against --data's transcripts."""
     from bigmodel.data.inputs import AudioInputs
     from bigmodel.data.media import media_examples
@@ -87,7 +113,7 @@ def evaluate_transcripts(args: argparse.Namespace) -> None:
           f"{len(examples)} clips | {out / 'metrics.json'}, {out / 'outputs.jsonl'}")
 
 
-def evaluate_seq2seq(args: argparse.Namespace) -> None:
+def evaluate_seq2seq(args: EvaluateConfig) -> None:
     """BLEU, chrF, ROUGE-L, CER, WER of generated targets (or of an existing column: a baseline)."""
     from bigmodel.data.labelled import read_columns
     from bigmodel.evaluate.seq2seq import seq2seq_scores
@@ -100,7 +126,7 @@ def evaluate_seq2seq(args: argparse.Namespace) -> None:
         from bigmodel.infer.seq2seq import generate_targets
 
         model, tok, folder = load(args)
-        cfg = resolve(GenerateConfig, SEQ2SEQ_DEFAULTS, args)
+        cfg = resolve(GenerateConfig, args)
         hypotheses = generate_targets(model, tok, [r[0] for r in rows], cfg, input_length(args, model, folder),
                                       progress=True)
         source = str(folder)
@@ -112,7 +138,7 @@ def evaluate_seq2seq(args: argparse.Namespace) -> None:
           f"{len(rows)} examples | {source} | {out / 'outputs.jsonl'}")
 
 
-def evaluate_qa(args: argparse.Namespace) -> None:
+def evaluate_qa(args: EvaluateConfig) -> None:
     """SQuAD exact match and F1 on a SQuAD-format file."""
     from bigmodel.data.squad import read_squad
     from bigmodel.evaluate.qa import squad_scores
@@ -130,7 +156,7 @@ def evaluate_qa(args: argparse.Namespace) -> None:
           f"{folder} | {out / 'outputs.jsonl'}")
 
 
-def evaluate_zeroshot(args: argparse.Namespace) -> None:
+def evaluate_zeroshot(args: EvaluateConfig) -> None:
     """Accuracy and macro-F1 of zero-shot labels against a labelled file, beside the majority class."""
     from collections import Counter
 
@@ -155,7 +181,7 @@ def evaluate_zeroshot(args: argparse.Namespace) -> None:
           f"{figures['majority_class_accuracy']:.4f} | {len(examples)} examples | {folder}")
 
 
-def evaluate_retrieval(args: argparse.Namespace) -> None:
+def evaluate_retrieval(args: EvaluateConfig) -> None:
     """Recall@1/5/10 and MRR@10: each query's own document among all the file's documents."""
     from bigmodel.data.labelled import read_columns
     from bigmodel.evaluate.retrieval import recall_at

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from bigmodel.config import CkptConfig, LabelColumnsConfig
 from bigmodel.data.readers import read_lines
 from bigmodel.errors import BigModelError, require
 from bigmodel.recipes.common import load
 
 
-def cmd_explain(args: argparse.Namespace) -> None:
+@dataclass
+class ExplainConfig(CkptConfig, LabelColumnsConfig):
+    """`bigmodel explain`: token attributions, attention maps, faithfulness; a decoder's next token."""
+
+    text: str = ""  # the text to explain
+    input: str = ""  # one text per line (- for stdin); images: an image, a folder of them, or a file of paths
+    target: str = ""  # label to explain (default: the predicted one)
+    baseline: Literal["pad", "mask"] = "pad"  # integrated gradients' reference: real tokens replaced by this
+    steps: int = 50  # integrated gradients' steps
+    out: str = "runs/explain"  # where report.html, attention.png, explanation.json go
+    evaluate: bool = False  # measure faithfulness (ERASER) on --data instead
+    data: str = ""  # with --evaluate: labelled CSV/TSV/JSONL; images: a folder (deletion check)
+    max_examples: int = 0  # with --evaluate: the first N rows (0: all)
+
+
+def cmd_explain(args: ExplainConfig) -> None:
     require("captum", "explain", "explaining")
     from bigmodel.infer.explain import explain_classifier, explain_next_token, faithfulness
     from bigmodel.infer.report import terminal_view, write_report
@@ -49,12 +66,12 @@ def cmd_explain(args: argparse.Namespace) -> None:
                   f"{rnd[f'sufficiency@{k}']:.4f})")
         print(f"figures: {out / 'faithfulness.json'}")
         return
-    texts = [args.text] if args.text is not None else read_lines(args.input) if args.input else []
+    texts = [args.text] if args.text else read_lines(args.input) if args.input else []
     if not texts:
         raise BigModelError("explain needs --text TEXT, --input FILE (or - for stdin), or --evaluate --data FILE")
     for i, text in enumerate(texts, start=1):
         if classifier:
-            explanation = explain_classifier(model, tok, text, args.target, args.baseline, args.steps)
+            explanation = explain_classifier(model, tok, text, args.target or None, args.baseline, args.steps)
         else:
             explanation = explain_next_token(model, tok, text, args.baseline, args.steps)
         paths = write_report(explanation, out / str(i) if len(texts) > 1 else out)
@@ -63,7 +80,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
               f" (delta {explanation.convergence_delta:+.1e}); report {paths['html']}")
 
 
-def explain_images(args: argparse.Namespace, model, out: Path) -> None:
+def explain_images(args: ExplainConfig, model, out: Path) -> None:
     """A ViT classifier: rollout PNGs for --input images, or the deletion check over --data."""
     from bigmodel.data.inputs import ImageInputs, media_files
     from bigmodel.infer.explain_image import deletion_check, patch_rollout, probabilities, rollout_figure

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from bigmodel.config import (
+    CkptConfig,
     GenerateConfig,
+    PrecisionConfig,
+    TextColumnConfig,
     resolve,
 )
 from bigmodel.data.readers import read_lines
@@ -16,7 +20,62 @@ from bigmodel.errors import BigModelError
 from bigmodel.recipes.common import load
 
 
-def cmd_generate(args: argparse.Namespace) -> None:
+@dataclass
+class PromptsConfig(PrecisionConfig, CkptConfig, GenerateConfig):
+    """`bigmodel generate`: continue prompts, streaming the text."""
+
+    prompt: str | None = None  # text to continue
+    prompt_file: str = ""  # one prompt per line (write \n for a newline inside one)
+    greedy: bool = False  # always take the most likely token
+
+
+@dataclass
+class EmbedConfig(CkptConfig):
+    """`bigmodel embed`: one mean-pooled, L2-normalised vector per input line, as .npy."""
+
+    input: str = ""  # UTF-8 text file, one text per line
+    out: str = ""  # .npy file to write
+    batch_size: int = 32
+    max_length: int = 256  # tokens kept per line
+    required: ClassVar[tuple[str, ...]] = ("ckpt", "input", "out")
+
+
+@dataclass
+class ZeroshotConfig(CkptConfig):
+    """`bigmodel zeroshot`: label texts with no training, by the nearest label description."""
+
+    labels: str = ""  # VALUE[=DESCRIPTION],... e.g. positive,negative
+    template: str = "{}"  # how a label is phrased, e.g. "This review is {}."
+    input: str = ""  # UTF-8 text file, one text per line, or - for stdin
+    out: str = ""  # JSONL file to write (default: stdout)
+    multi_label: bool = False  # every label whose cosine reaches --threshold
+    threshold: float = 0.1  # with --multi-label: the cosine a label needs
+    max_length: int = 256
+    required: ClassVar[tuple[str, ...]] = ("ckpt", "labels", "input")
+
+
+@dataclass
+class IndexConfig(CkptConfig, TextColumnConfig):
+    """`bigmodel index`: embed documents into a search index folder."""
+
+    input: str = ""  # one document per line; or JSONL/CSV/TSV with --text-column
+    out: str = ""  # index folder to write
+    max_length: int = 256  # tokens of each document kept
+    required: ClassVar[tuple[str, ...]] = ("ckpt", "input", "out")
+
+
+@dataclass
+class SearchConfig(CkptConfig):
+    """`bigmodel search`: the documents of an index nearest to a query; --ckpt defaults to the index's encoder."""
+
+    index: str = ""  # folder written by `bigmodel index`
+    query: str = ""  # text to search for
+    query_file: str = ""  # one query per line
+    top_k: int = 5
+    required: ClassVar[tuple[str, ...]] = ("index",)
+
+
+def cmd_generate(args: PromptsConfig) -> None:
     import torch
 
     from bigmodel.infer.generate import generate_texts, stream_text
@@ -46,7 +105,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         sys.stdout.flush()
 
 
-def _prompts(args: argparse.Namespace) -> list[str]:
+def _prompts(args: PromptsConfig) -> list[str]:
     if args.prompt_file:
         prompts = [line.replace("\\n", "\n") for line in read_lines(args.prompt_file, "prompt")]
         if not prompts:
@@ -57,7 +116,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
     return [args.prompt]
 
 
-def cmd_embed(args: argparse.Namespace) -> None:
+def cmd_embed(args: EmbedConfig) -> None:
     import numpy as np
 
     from bigmodel.infer.embed import embed_texts
@@ -71,7 +130,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {vectors.shape[0]} vectors of {vectors.shape[1]} dimensions")
 
 
-def cmd_zeroshot(args: argparse.Namespace) -> None:
+def cmd_zeroshot(args: ZeroshotConfig) -> None:
     """JSONL per input line: the nearest label (or every label over --threshold) and each label's cosine."""
     from bigmodel.infer.zeroshot import label_similarities, parse_labels
 
@@ -91,7 +150,7 @@ def cmd_zeroshot(args: argparse.Namespace) -> None:
         out.close()
 
 
-def cmd_index(args: argparse.Namespace) -> None:
+def cmd_index(args: IndexConfig) -> None:
     from bigmodel.data.labelled import read_columns
     from bigmodel.infer.retrieval import build_index
 
@@ -103,7 +162,7 @@ def cmd_index(args: argparse.Namespace) -> None:
     print(f"wrote {out}: {len(docs)} documents embedded by {args.ckpt}")
 
 
-def cmd_search(args: argparse.Namespace) -> None:
+def cmd_search(args: SearchConfig) -> None:
     from bigmodel.infer.embed import embed_texts
     from bigmodel.infer.retrieval import open_index, top_k
 

@@ -3,29 +3,90 @@ and the quickstart."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 from bigmodel.config import (
+    Checked,
+    CkptConfig,
     DataConfig,
+    DeviceConfig,
+    LabelColumnsConfig,
     ServeConfig,
-    load_yaml,
-    resolve,
+    StorageConfig,
 )
 from bigmodel.errors import BigModelError, require
 from bigmodel.recipes.common import load, storage
 
 
-def cmd_prepare(args: argparse.Namespace) -> None:
+@dataclass
+class DatasetConfig(Checked):
+    """`bigmodel dataset NAME`: a dataset from what every machine has."""
+
+    name: Literal["code", "qa", "pinyin", "digits", "keywords", "speech"] = "code"
+    out: str = ""  # folder to write
+    source: str = ""  # pinyin: ChnSentiCorp's all.csv; speech: SST-2's train.tsv (default: ../shared/data/...)
+    examples: int = 0  # keywords, speech: training clips (default 4000, 5000; val a tenth, test a quarter)
+    required: ClassVar[tuple[str, ...]] = ("out",)
+
+
+@dataclass
+class ConvertConfig(StorageConfig):
+    """`bigmodel convert`: a Hugging Face folder as a bigmodel checkpoint."""
+
+    from_hf: str = ""  # folder with config.json, model.safetensors, tokenizer.json; or `minilm` (pip package)
+    out: str = ""  # checkpoint folder to write
+    required: ClassVar[tuple[str, ...]] = ("from_hf", "out")
+
+
+@dataclass
+class ExportConfig(CkptConfig):
+    """`bigmodel export`: a GPT-2, BERT or BART-shaped folder that transformers loads."""
+
+    to_hf: str = ""  # folder to write
+    required: ClassVar[tuple[str, ...]] = ("ckpt", "to_hf")
+
+
+@dataclass
+class RegistryConfig(Checked):
+    """`bigmodel registry ACTION`: checkpoints as named, numbered versions in MLflow's registry."""
+
+    action: Literal["register", "list", "alias"] = "list"
+    name: str = ""  # registered model name
+    ckpt: str = ""  # register: checkpoint or run folder (a tracked run's logged model is reused)
+    version: int = 0  # alias: the version the alias should point at
+    alias: str = ""  # register/alias: e.g. production; serve --ckpt models:/NAME@production
+    tracking_uri: str = ""  # MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)
+    required: ClassVar[tuple[str, ...]] = ("name",)
+
+
+@dataclass
+class AuditConfig(CkptConfig, LabelColumnsConfig):
+    """`bigmodel audit`: a membership-inference attack; does the model give away its training data?"""
+
+    train: str = ""  # labelled file the model was trained on (the members)
+    holdout: str = ""  # labelled file from the same source it never saw
+    max_examples: int = 0  # the first N of each file (0: all)
+    out: str = "runs/audit"  # where audit.json and roc.png go
+    required: ClassVar[tuple[str, ...]] = ("ckpt", "train", "holdout")
+
+
+@dataclass
+class QuickstartConfig(DeviceConfig):
+    """`bigmodel quickstart`: prepare, pretrain, evaluate and generate on Python's own source."""
+
+    out: str = "runs/quickstart"  # where everything goes
+    minutes: float = 3.0  # training time budget
+
+
+def cmd_prepare(cfg: DataConfig) -> None:
     from bigmodel.data.prepare import prepare
 
-    cfg = resolve(DataConfig, load_yaml(args.config).get("data"), args)
-    if not cfg.input:
-        raise BigModelError("prepare needs --input PATH [PATH ...]")
     meta = prepare(cfg)
     clean = meta["cleaning"]
     print(f"wrote {cfg.out}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
@@ -37,14 +98,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         print("personal data replaced: " + ", ".join(f"{k} {v}" for k, v in clean["pii_replaced"].items()))
 
 
-def cmd_dataset(args: argparse.Namespace) -> None:
+def cmd_dataset(args: DatasetConfig) -> None:
     from bigmodel.data.builtin_tasks import build
 
     counts = build(args.name, args.out, args.source, args.examples)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
 
 
-def cmd_convert(args: argparse.Namespace) -> None:
+def cmd_convert(args: ConvertConfig) -> None:
     from bigmodel.model.checkpoint import save_checkpoint
     from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
 
@@ -58,7 +119,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {model.num_params() / 1e6:.1f}M parameters from {source}")
 
 
-def cmd_export(args: argparse.Namespace) -> None:
+def cmd_export(args: ExportConfig) -> None:
     from bigmodel.model.hf import to_hf
 
     model, tok, folder = load(args)
@@ -66,7 +127,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {args.to_hf} from {folder}: load it with transformers' {family}.from_pretrained")
 
 
-def cmd_registry(args: argparse.Namespace) -> None:
+def cmd_registry(args: RegistryConfig) -> None:
     """register | list | alias: checkpoints as named, numbered versions in MLflow's registry."""
     import time
 
@@ -91,14 +152,11 @@ def cmd_registry(args: argparse.Namespace) -> None:
             print(f"{v.name}/{v.version}\t{aliases}\t{when}\trun {v.run_id or '-'}\t{v.source}")
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
+def cmd_serve(cfg: ServeConfig) -> None:
     for module in ("fastapi", "uvicorn"):
         require(module, "serve", "serving")
     from bigmodel.serve.app import create_app, serve
 
-    cfg = resolve(ServeConfig, load_yaml(args.config).get("serve"), args)
-    if not cfg.ckpt:
-        raise BigModelError("serve needs --ckpt DIR (or `ckpt:` under `serve:` in --config)")
     if cfg.ckpt.startswith("models:/"):
         from bigmodel.model.registry import fetch
 
@@ -111,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise BigModelError(f"{cfg.ckpt}: {app.state.service.failure}")
 
 
-def cmd_audit(args: argparse.Namespace) -> None:
+def cmd_audit(args: AuditConfig) -> None:
     from bigmodel.data.labelled import read_labelled
     from bigmodel.evaluate.membership import example_losses, loss_attack, plot_roc
 
@@ -130,7 +188,7 @@ def cmd_audit(args: argparse.Namespace) -> None:
           f"(train) vs {report.non_member_loss:.4f} (held out) | {out / 'audit.json'}, {out / 'roc.png'}")
 
 
-def cmd_quickstart(args: argparse.Namespace) -> None:
+def cmd_quickstart(args: QuickstartConfig) -> None:
     from bigmodel.recipes.quickstart import quickstart
 
     quickstart(Path(args.out), args.minutes, args.device)

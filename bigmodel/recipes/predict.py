@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from bigmodel.config import (
+    CkptConfig,
+    DecodingConfig,
     GenerateConfig,
+    LexiconConfig,
+    PrecisionConfig,
     resolve,
 )
 from bigmodel.data.readers import read_lines
 from bigmodel.errors import BigModelError
-from bigmodel.recipes.common import SEQ2SEQ_DEFAULTS, input_length, lexicon_settings, load
+from bigmodel.recipes.common import input_length, lexicon_settings, load
 
 
-def cmd_predict(args: argparse.Namespace) -> None:
+@dataclass
+class PredictConfig(PrecisionConfig, CkptConfig, LexiconConfig, DecodingConfig):
+    """`bigmodel predict`: a label and probabilities, an answer span, a transcript or a target text, as JSONL."""
+
+    input: str = ""  # UTF-8 text file, one text per line, or - for stdin; QA: SQuAD JSON or JSONL
+    out: str = ""  # JSONL file to write (default: stdout)
+    task: Literal["auto", "seq2seq"] = "auto"  # auto: by the checkpoint; seq2seq: a decoder fine-tuned so
+    max_length: int | None = None  # tokens of input kept (default: the checkpoint's fine-tuning length, else 512)
+    max_new_tokens: int = 64  # seq2seq: tokens of each target at most
+    temperature: float = 0.0  # seq2seq: 0 is greedy, a target's most likely form
+    required: ClassVar[tuple[str, ...]] = ("ckpt", "input")
+
+
+def cmd_predict(args: PredictConfig) -> None:
     """JSONL per input: a label (or value) with probabilities, an answer span (QA), or a target text (seq2seq)."""
     from bigmodel.model.checkpoint import HEAD_FILE, locate
 
@@ -45,7 +63,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             out.close()
 
 
-def predict_media(model, args: argparse.Namespace) -> list[dict]:
+def predict_media(model, args: PredictConfig) -> list[dict]:
     """Images or WAV files (one file, a folder, or a list of paths): a label, or a transcript (CTC)."""
     from bigmodel.data.inputs import inputs_for, media_files
     from bigmodel.infer.classify import label_records
@@ -59,11 +77,11 @@ def predict_media(model, args: argparse.Namespace) -> list[dict]:
     return [{"input": f, **r} for f, r in zip(files, label_records(model, None, files), strict=True)]
 
 
-def predict_seq2seq(model, tok, args: argparse.Namespace, max_length: int) -> list[dict]:
+def predict_seq2seq(model, tok, args: PredictConfig, max_length: int) -> list[dict]:
     from bigmodel.infer.seq2seq import generate_targets
 
     sources = read_lines(args.input)
-    cfg = resolve(GenerateConfig, SEQ2SEQ_DEFAULTS, args)
+    cfg = resolve(GenerateConfig, args)
     outputs = generate_targets(model, tok, sources, cfg, max_length)
     return [{"source": s, "output": o} for s, o in zip(sources, outputs, strict=True)]
 
@@ -78,7 +96,7 @@ def read_questions(path: str) -> list:
     return [Question(str(i), q, c) for i, (q, c) in enumerate(read_columns(path, ["question", "context"]))]
 
 
-def predict_answers(model, tok, args: argparse.Namespace, max_length: int) -> list[dict]:
+def predict_answers(model, tok, args: PredictConfig, max_length: int) -> list[dict]:
     from bigmodel.infer.qa import answer_questions
 
     questions = read_questions(args.input)

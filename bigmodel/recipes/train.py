@@ -1,21 +1,44 @@
-"""The verbs that train: pretrain, finetune, federated, and the sweep over their recipes."""
+"""The verbs that train: pretrain, finetune, federated, and the sweep over their recipes.
+
+Their recipes have several sections (`model:` beside `train:`, `finetune:` beside `federated:`), so
+each of these functions gets the parsed flags and layers defaults < preset < YAML < flags itself,
+through the same `*_configs` functions the sweep uses."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bigmodel.config import (
+    Checked,
     FederatedConfig,
     FinetuneConfig,
     ModelConfig,
+    TrackingConfig,
     TrainConfig,
     load_yaml,
     resolve,
 )
 from bigmodel.errors import BigModelError
 from bigmodel.recipes.common import storage
+
+
+@dataclass
+class PresetConfig(Checked):
+    preset: str = ""  # a named model shape: baby | small | gpt2 | gpt2-medium
+
+
+@dataclass
+class SweepConfig(TrackingConfig):
+    """`bigmodel sweep`: an Optuna search over the finetune: (or train:) recipe that --config names."""
+
+    trials: int = 12  # trials in all, counting those already run
+    param: list[str] = field(default_factory=list)  # FIELD=loguniform:LO:HI | uniform:LO:HI | int:LO:HI | choice:A,B,..
+    metric: str = ""  # figure to optimise (default: the one the runs keep their best by); losses, mse, cer lower
+    out: str = "runs/sweep"  # trial folders, study.db, best.yaml and plots
+    seed: int = 0  # the sampler's seed (each trial keeps the recipe's)
 
 
 def pretrain_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, dict]:
@@ -84,12 +107,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     if not args.config:
         raise BigModelError("sweep needs --config FILE: the recipe whose fields the trials vary")
-    params = [Param.parse(text) for text in args.param]
-    study = sweep(load_yaml(args.config), params, args.trials, Path(args.out), args.metric, args.track,
-                  args.tracking_uri, args.seed)
+    recipe = load_yaml(args.config)
+    cfg = resolve(SweepConfig, recipe.pop("sweep", None), args)
+    params = [Param.parse(text) for text in cfg.param]
+    study = sweep(recipe, params, cfg.trials, Path(cfg.out), cfg.metric, cfg.track, cfg.tracking_uri, cfg.seed)
     states = [t.state.name for t in study.trials]  # sweep() has checked that Optuna is installed
-    print(f"{args.trials} trials: {states.count('COMPLETE')} complete, {states.count('PRUNED')} "
+    print(f"{cfg.trials} trials: {states.count('COMPLETE')} complete, {states.count('PRUNED')} "
           f"pruned, {states.count('FAIL')} failed; best {study.user_attrs['metric']} {study.best_value:.4f} "
           f"(trial {study.best_trial.number}: {study.best_params})")
-    print(f"best recipe {args.out}/best.yaml; plots {args.out}/history.png, {args.out}/importance.png; "
-          f"study {args.out}/study.db")
+    print(f"best recipe {cfg.out}/best.yaml; plots {cfg.out}/history.png, {cfg.out}/importance.png; "
+          f"study {cfg.out}/study.db")

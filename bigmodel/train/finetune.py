@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import math
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,12 @@ from bigmodel.model.checkpoint import (
 from bigmodel.model.heads import SequenceModel
 from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
+from bigmodel.tasks import make_task
+from bigmodel.tasks.base import Task, backbone_of
+from bigmodel.tasks.label import LabelTask
 from bigmodel.train import distributed, privacy
-from bigmodel.train.optim import KeepBest, finite, linear_lr, make_optimizer, optimizer_step, run_precision
-from bigmodel.train.tasks import LabelTask, Task, backbone_of, make_task
+from bigmodel.train.loop import Loop
+from bigmodel.train.optim import KeepBest, linear_lr, make_optimizer, optimizer_step, run_precision
 from bigmodel.train.track import Sink, Tracker, tracking_sinks
 
 LORA_TARGETS = ["qkv", "proj", "up", "down", "gate", "q", "kv"]
@@ -106,8 +108,9 @@ def plain_model(runner: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module
     return merged
 
 
-class FineTuner:
-    """One fine-tuning run: data, model, optimizer and the state `--resume` restores."""
+class FineTuner(Loop):
+    """One fine-tuning run in the shared loop: data, model, optimizer and the state `--resume` restores;
+    steps over length-grouped batches of each epoch, the best by the task's figure, early stopping."""
 
     def __init__(self, cfg: FinetuneConfig, dist: distributed.Dist,
                  start: tuple[SequenceModel, Tokenizer] | None = None, scratch: ModelConfig | None = None,
@@ -167,10 +170,10 @@ class FineTuner:
             raise BigModelError(f"{cfg.train}: {examples} examples are too few for {dist.world_size} processes")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup = int(cfg.warmup * self.total_steps)
-        self.eval_every = cfg.eval_every or self.steps_per_epoch
-        self.best = KeepBest(minimize=self.task.minimize, patience=cfg.patience)
+        self.eval_every = self.save_every = cfg.eval_every or self.steps_per_epoch
+        self.best, self.metric = KeepBest(minimize=self.task.minimize, patience=cfg.patience), self.task.metric
         self.best_figures: dict[str, float] = {}
-        self.start_step = 0
+        self.epoch: tuple[int, list[Any], list[list[int]]] | None = None  # the epoch being run, its items, batches
         torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank; the initial weights did not
         if cfg.resume:
             self._restore()
@@ -179,11 +182,8 @@ class FineTuner:
 
     # --- state -------------------------------------------------------------------------
 
-    def _state(self, step: int) -> dict[str, Any]:
-        state = {"step": step, "best": self.best.state(), "best_figures": self.best_figures,
-                 "optimizer": self.optimizer.state_dict(), "torch_rng": self.dist.rng_states()}
-        if self.scaler.is_enabled():
-            state["scaler"] = self.scaler.state_dict()
+    def state(self, step: int) -> dict[str, Any]:
+        state = {**super().state(step), "best_figures": self.best_figures, "optimizer": self.optimizer.state_dict()}
         if self.cfg.method == "lora":  # merged weights cannot be un-merged: keep the adapters themselves
             state["adapters"] = {k: v.detach().cpu() for k, v in self.runner.named_parameters() if v.requires_grad}
         return state
@@ -196,15 +196,11 @@ class FineTuner:
         else:
             assign_weights(self.runner, self.storage.tensors(folder)[0], folder, RESUMED)
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler.is_enabled() and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        self.start_step = int(state["step"])
-        self.best.restore(state["best"])
+        self.restore_state(state)
         self.best_figures = dict(state["best_figures"])
-        torch.set_rng_state(state["torch_rng"][self.dist.rank])
 
-    def _save(self, name: str, step: int, figures: dict[str, float]) -> None:
-        state = self._state(step) if name == "last" else None  # every rank joins the RNG gather
+    def save(self, name: str, step: int, figures: dict[str, float]) -> None:
+        state = self.state(step) if name == "last" else None  # every rank joins the RNG gather
         sections = {"finetune": self.saved_cfg, "val": figures, **({"model": self.scratch} if self.scratch else {})}
         if self.private:
             sections["privacy"] = self.private.record()
@@ -224,6 +220,13 @@ class FineTuner:
         batches = length_grouped_batches(lengths, self.cfg.batch_size * self.dist.world_size, rng)
         # every process needs at least one example of each batch
         return items, [b for b in batches if len(b) >= self.dist.world_size]
+
+    def train_step(self, step: int) -> tuple[float, int, int]:
+        epoch, s = divmod(step, self.steps_per_epoch)
+        if self.epoch is None or self.epoch[0] != epoch:
+            self.epoch = (epoch, *self.epoch_batches(epoch))
+        _, items, batches = self.epoch
+        return self._step(step, items, batches[s * self.cfg.grad_accum:(s + 1) * self.cfg.grad_accum])
 
     def _step(self, step: int, items: list[Any], group: list[list[int]]) -> tuple[float, int, int]:
         """One optimizer step over a group of global micro-batches; this process's summed loss, the
@@ -291,55 +294,37 @@ class FineTuner:
             figures["epsilon"] = self.private.epsilon()
         return figures
 
-    def fit(self) -> dict[str, float]:
-        """Train to the last step (or until patience runs out); the best evaluation's figures."""
-        cfg, dist = self.cfg, self.dist
-        self.out.mkdir(parents=True, exist_ok=True)
+    def learning_rate(self, step: int) -> float:
+        return linear_lr(step, self.cfg.lr, self.warmup, self.total_steps)
+
+    def figures(self, step: int, train_loss: float, rate: float, elapsed: float) -> dict[str, float]:
+        return {"step": step, "epoch": step / self.steps_per_epoch, "train_loss": train_loss,
+                "lr": self.learning_rate(step - 1), "examples_per_s": rate, "elapsed_s": elapsed, **self.evaluate()}
+
+    def on_best(self) -> None:
+        self.best_figures = {**self.last, "trainable_params": self.trainable, "total_params": self.total}
+        if self.dist.is_main:
+            self.task.plot_best(self.out)
+
+    def result(self, last: dict[str, float]) -> dict[str, float]:
+        return self.best_figures
+
+    def tracker(self) -> Tracker:
         fields = ["step", "epoch", "train_loss", "val_loss", *self.task.figures, "lr", "examples_per_s", "elapsed_s",
                   *(["epsilon"] if self.private else [])]
-        if dist.is_main:
-            print(f"{cfg.method}: training {self.trainable:,} of {self.total:,} parameters "
-                  f"({100 * self.trainable / self.total:.2f}%)")
         sections = {"finetune": self.saved_cfg, **({"model": self.scratch} if self.scratch else {})}
-        sinks = tracking_sinks(cfg, self.out, sections, "step", dist.is_main) + self.sinks
-        tracker = Tracker(self.out, self.total_steps, self.start_step, dist.is_main, cfg.tensorboard, fields,
-                          desc="finetune", keep_before=self.start_step + 1,  # its evaluation came before the save
-                          sinks=sinks)
-        started = window_start = time.perf_counter()
-        window_loss, window_units, window_examples = 0.0, 0, 0
-        step = self.start_step
+        sinks = tracking_sinks(self.cfg, self.out, sections, "step", self.dist.is_main) + self.sinks
+        return Tracker(self.out, self.total_steps, self.start_step, self.dist.is_main, self.cfg.tensorboard, fields,
+                       desc="finetune", keep_before=self.start_step + 1,  # its evaluation came before the save
+                       sinks=sinks)
+
+    def fit(self) -> dict[str, float]:
+        """Train to the last step (or until patience runs out); the best evaluation's figures."""
+        if self.dist.is_main:
+            print(f"{self.cfg.method}: training {self.trainable:,} of {self.total:,} parameters "
+                  f"({100 * self.trainable / self.total:.2f}%)")
         self.runner.train()  # checkpoints load in eval mode: dropout (and Opacus' hooks) need training mode
-        with tracker:
-            for epoch in range(self.start_step // self.steps_per_epoch, cfg.epochs):
-                items, batches = self.epoch_batches(epoch)
-                for s in range(step - epoch * self.steps_per_epoch, self.steps_per_epoch):
-                    group = batches[s * cfg.grad_accum:(s + 1) * cfg.grad_accum]
-                    loss, units, examples = self._step(step, items, group)
-                    finite(loss, f"step {step + 1}", self.out / "last")
-                    step += 1
-                    window_loss, window_units = window_loss + loss, window_units + units
-                    window_examples += examples
-                    rate = window_examples / (time.perf_counter() - window_start)
-                    lr = linear_lr(step - 1, cfg.lr, self.warmup, self.total_steps)
-                    tracker.step(loss / max(units, 1), lr, rate)  # a Poisson batch (DP) may be empty
-                    if step % self.eval_every == 0 or step == self.total_steps:
-                        loss_sum, count = dist.sum(window_loss, window_units)
-                        figures = {"step": step, "epoch": step / self.steps_per_epoch,
-                                   "train_loss": loss_sum / max(count, 1), "lr": lr,
-                                   "examples_per_s": rate, "elapsed_s": time.perf_counter() - started,
-                                   **self.evaluate()}
-                        tracker.evaluation(figures)
-                        if self.best.improved(figures[self.task.metric]):
-                            self.best_figures = {**figures, "trainable_params": self.trainable,
-                                                 "total_params": self.total}
-                            self._save("best", step, figures)
-                            if dist.is_main:
-                                self.task.plot_best(self.out)
-                        self._save("last", step, figures)
-                        if self.best.exhausted:
-                            return self.best_figures
-                        window_start, window_loss, window_units, window_examples = time.perf_counter(), 0.0, 0, 0
-        return self.best_figures
+        return super().fit()
 
 
 def finetune_configs(recipe: dict[str, Any], flags: Any = None) -> tuple[FinetuneConfig, ModelConfig | None]:

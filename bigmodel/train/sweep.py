@@ -26,7 +26,7 @@ import yaml
 
 from bigmodel.config import FinetuneConfig, ModelConfig, TrainConfig, resolve
 from bigmodel.errors import BigModelError
-from bigmodel.train.tasks import GOALS, LOWER_IS_BETTER
+from bigmodel.tasks import GOALS, LOWER_IS_BETTER
 
 HEARTBEAT_S = 2  # a trial silent for GRACE_S seconds belonged to a killed sweep
 GRACE_S = 6

@@ -13,8 +13,6 @@ by group privacy).
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +35,19 @@ from bigmodel.model.checkpoint import (
 )
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy, sharded
+from bigmodel.train.loop import Loop
 from bigmodel.train.objectives import MaskedLM, SpanCorruption, masked_accuracy
-from bigmodel.train.optim import KeepBest, finite, lr_at, make_optimizer, optimizer_step, run_precision
+from bigmodel.train.optim import KeepBest, lr_at, make_optimizer, optimizer_step, run_precision
 from bigmodel.train.track import METRIC_FIELDS, Sink, Tracker, tracking_sinks
 
 
-class Trainer:
+class Trainer(Loop):
+    """Pretraining in the shared loop: steps over windows of the token stream, evaluated on fixed windows
+    of both splits (iteration 0 included), the best by validation loss."""
+
+    evaluate_first = True
+    step_name = "iteration"
+
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, sections: dict[str, Any],
                  sinks: list[Sink] | None = None) -> None:
         """`sinks` see every evaluation besides the ones `--track` asks for (a sweep's pruner).
@@ -53,7 +58,7 @@ class Trainer:
         cfg, self.scaler = run_precision(cfg, self.dist.device, model_cfg, cfg.batch_size, model_cfg.block_size,
                                          speak=self.dist.is_main)
         self.cfg = cfg
-        self.run_dir = Path(cfg.out)
+        self.out = Path(cfg.out)
         self.storage = Storage.of(cfg)
         meta = load_meta(cfg.data)
         if model_cfg.vocab_size < meta["vocab_size"]:
@@ -85,8 +90,10 @@ class Trainer:
             raise BigModelError("--objective span and an encoder-decoder (--encoder-layers N) go together")
         if cfg.objective == "span":
             self.masking = SpanCorruption(self.tokenizer, cfg.seed + 2)
-        self.start_iter = 0
         self.best = KeepBest(minimize=True)  # by val loss
+        self.total_steps, self.eval_every = cfg.max_iters, cfg.eval_interval
+        self.save_every = cfg.save_interval or cfg.eval_interval
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * world * block
         torch.manual_seed(cfg.seed + self.dist.rank)  # dropout differs per rank; init did not
         if cfg.resume:
             self._restore()
@@ -115,7 +122,7 @@ class Trainer:
     # --- state -------------------------------------------------------------------------
 
     def _restore(self) -> None:
-        folder = resolve_checkpoint(self.run_dir, prefer="last")
+        folder = resolve_checkpoint(self.out, prefer="last")
         state = load_trainer_state(folder, self.storage)
         if (folder / SHARDS).is_dir():  # FSDP's: resharded onto however many processes run now
             sharded.load(self.raw_model, self.optimizer, folder / SHARDS)
@@ -124,40 +131,34 @@ class Trainer:
         else:
             assign_weights(self.raw_model, self.storage.tensors(folder)[0], folder, RESUMED)
             self.optimizer.load_state_dict(state["optimizer"])
-        self.start_iter = int(state["iter"])
-        self.best.restore(state["best"])
+        self.restore_state(state)
         self.train_batches.restore(state["sampler"])
-        if self.scaler.is_enabled() and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
         if self.masking is not None:
             self.masking.generator.set_state(state["masking"])
-        torch.set_rng_state(state["torch_rng"][self.dist.rank])
 
-    def _state(self, it: int) -> dict[str, Any]:
-        state = {"iter": it, "best": self.best.state(), "torch_rng": self.dist.rng_states()}
+    def state(self, step: int) -> dict[str, Any]:
+        state = super().state(step)
         if not self.sharded:  # FSDP's optimizer state is in the shards
             state["optimizer"] = self.optimizer.state_dict()
         if not self.private:  # a private run cannot resume (yet): its Poisson draws have no saved state
             state["sampler"] = self.train_batches.state()
         if self.masking is not None:
             state["masking"] = self.masking.generator.get_state()
-        if self.scaler.is_enabled():
-            state["scaler"] = self.scaler.state_dict()
         return state
 
-    def _save(self, name: str, it: int) -> None:
+    def save(self, name: str, step: int, figures: dict[str, float]) -> None:
         """`best/` or `last/` (with what resumes); every rank joins the gathers, rank 0 writes the folder.
         Under FSDP the weights are gathered into a plain checkpoint, and `last/` also holds the shards
         of weights and optimizer state (`torch.distributed.checkpoint`), written by every rank."""
-        state = self._state(it)
+        state = self.state(step)
         sections = {**self.sections, "privacy": self.private.record()} if self.private else self.sections
         model, shards = self.raw_model, None
         if self.sharded:
             model = sharded.gathered(self.raw_model, self.dist.is_main)
             if name == "last":
-                shards = sharded.save(self.raw_model, self.optimizer, self.run_dir / f"{name}.{SHARDS}.tmp")
+                shards = sharded.save(self.raw_model, self.optimizer, self.out / f"{name}.{SHARDS}.tmp")
         if self.dist.is_main:
-            save_checkpoint(self.run_dir / name, model, self.tokenizer, sections, state, self.storage, shards)
+            save_checkpoint(self.out / name, model, self.tokenizer, sections, state, self.storage, shards)
 
     # --- loop --------------------------------------------------------------------------
 
@@ -196,10 +197,11 @@ class Trainer:
         device = self.dist.device
         return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, y.to(device, non_blocking=True)
 
-    def _step(self, it: int) -> float | None:
-        """One optimizer step over `grad_accum` micro-batches; returns the mean loss (None: an empty DP batch)."""
+    def train_step(self, step: int) -> tuple[float, int, int]:
+        """One optimizer step over `grad_accum` micro-batches: (mean loss, 1, tokens), or no units for an
+        empty DP batch."""
         if self.private:
-            return self._private_step(it)
+            return self._private_step(step)
         total = 0.0
         for micro in range(self.cfg.grad_accum):
             x, y = self._inputs(self.train_batches)
@@ -208,63 +210,43 @@ class Trainer:
                 _, loss = self.model(**x, targets=y)
                 self.scaler.scale(loss / self.cfg.grad_accum).backward()
             total += loss.item()
-        optimizer_step(self.optimizer, lr_at(it, self.cfg), self.cfg.grad_clip, self.scaler)
-        return finite(total / self.cfg.grad_accum, f"iteration {it}", self.run_dir / "last")
+        optimizer_step(self.optimizer, lr_at(step, self.cfg), self.cfg.grad_clip, self.scaler)
+        return total / self.cfg.grad_accum, 1, self.tokens_per_step
 
-    def _private_step(self, it: int) -> float | None:
+    def _private_step(self, step: int) -> tuple[float, int, int]:
         """One DP-SGD step over a Poisson batch of blocks, in chunks that bound the per-example gradients' memory."""
         inputs, y = self._inputs(self.train_batches)
         x = inputs["idx"]
         if not len(x):  # nothing drawn: nothing to learn from, nothing spent
-            return None
+            return 0.0, 0, self.tokens_per_step
 
         def mean_loss(rows: range) -> torch.Tensor:
             with autocast(self.cfg.dtype, self.dist.device):
                 return self.model(x[rows.start:rows.stop], y[rows.start:rows.stop])[1]
 
-        summed = privacy.private_step(self.optimizer, lr_at(it, self.cfg), privacy.chunks(range(len(x))), mean_loss)
-        return finite(summed / len(x), f"iteration {it}", self.run_dir / "last")
+        summed = privacy.private_step(self.optimizer, lr_at(step, self.cfg), privacy.chunks(range(len(x))), mean_loss)
+        return summed / len(x), 1, self.tokens_per_step
 
-    def fit(self) -> dict[str, float]:
-        """Train to `max_iters`; returns the last evaluation."""
-        cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        tokens_per_iter = cfg.batch_size * cfg.grad_accum * self.dist.world_size * self.raw_model.config.block_size
-        save_every = cfg.save_interval or cfg.eval_interval
-        fields = [*METRIC_FIELDS, *(["val_mask_acc"] if cfg.objective == "mlm" else []),
+    def learning_rate(self, step: int) -> float:
+        return lr_at(step, self.cfg)
+
+    def figures(self, step: int, train_loss: float, rate: float, elapsed: float) -> dict[str, float]:
+        """Both splits' loss on the fixed evaluation windows (the training loss is measured there too)."""
+        losses = self.evaluate()
+        row = {"iter": step, "train_loss": losses["train"], "val_loss": losses["val"], "lr": lr_at(step, self.cfg),
+               "tokens_per_s": rate, "elapsed_s": elapsed}
+        if self.cfg.objective == "mlm":
+            row["val_mask_acc"] = losses["val_mask_acc"]
+        if self.private:
+            row["epsilon"] = self.private.epsilon()
+        return row
+
+    def tracker(self) -> Tracker:
+        fields = [*METRIC_FIELDS, *(["val_mask_acc"] if self.cfg.objective == "mlm" else []),
                   *(["epsilon"] if self.private else [])]
-        sinks = tracking_sinks(cfg, self.run_dir, self.sections, "iter", self.dist.is_main) + self.sinks
-        tracker = Tracker(self.run_dir, cfg.max_iters, self.start_iter, self.dist.is_main, cfg.tensorboard, fields,
-                          sinks=sinks)
-        started = time.perf_counter()
-        window_start, window_iters, loss = started, 0, math.nan
-        last_eval: dict[str, float] = {}
-        with tracker:
-            for it in range(self.start_iter, cfg.max_iters + 1):
-                if it % cfg.eval_interval == 0 or it == cfg.max_iters:
-                    now = time.perf_counter()
-                    rate = tokens_per_iter * window_iters / max(now - window_start, 1e-9)
-                    losses = self.evaluate()
-                    last_eval = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"],
-                                 "lr": lr_at(it, cfg), "tokens_per_s": rate, "elapsed_s": now - started}
-                    if cfg.objective == "mlm":
-                        last_eval["val_mask_acc"] = losses["val_mask_acc"]
-                    if self.private:
-                        last_eval["epsilon"] = self.private.epsilon()
-                    tracker.evaluation(last_eval)
-                    if self.best.improved(losses["val"]):
-                        self._save("best", it)
-                    window_start, window_iters = time.perf_counter(), 0
-                if it % save_every == 0 or it == cfg.max_iters:
-                    self._save("last", it)
-                if it == cfg.max_iters:
-                    break
-                if (mean := self._step(it)) is not None:
-                    loss = mean
-                window_iters += 1
-                rate = tokens_per_iter * window_iters / max(time.perf_counter() - window_start, 1e-9)
-                tracker.step(loss, lr_at(it, cfg), rate)
-        return last_eval
+        sinks = tracking_sinks(self.cfg, self.out, self.sections, "iter", self.dist.is_main) + self.sinks
+        return Tracker(self.out, self.total_steps, self.start_step, self.dist.is_main, self.cfg.tensorboard, fields,
+                       sinks=sinks)
 
 
 def layered_configs(recipe: dict[str, Any], flags: Any = None, preset_name: str | None = None
