@@ -4,7 +4,8 @@ import torch
 from bigmodel.config import DataConfig, GenerateConfig, TrainConfig
 from bigmodel.data.prepare import prepare
 from bigmodel.errors import BigModelError
-from bigmodel.infer.generate import generate_ids, generate_texts, sample_next, stream_text
+from bigmodel.infer.decoder import sample_next
+from bigmodel.infer.generate import generate_ids, generate_texts, stream_text
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.train.trainer import pretrain
 

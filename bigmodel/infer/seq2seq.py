@@ -17,9 +17,7 @@ from bigmodel.config import GenerateConfig
 from bigmodel.data.collate import collate, encode, pad_id
 from bigmodel.data.tokenizer import EOT, special_id
 from bigmodel.errors import BigModelError
-from bigmodel.infer.generate import sample_next
-from bigmodel.model.cache import KVCache
-from bigmodel.model.decoding import decoding_threads
+from bigmodel.infer.decoder import Decoder, sample_next
 from bigmodel.model.transformer import Memory, Transformer
 
 
@@ -42,7 +40,7 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
     row samples (greedy at temperature 0)."""
     beam = cfg.beams > 1 if beam is None else beam
     B, K = len(prefixes), cfg.beams if beam else 1
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    device = next(model.parameters()).device
     rows = torch.arange(B, device=device).repeat_interleave(K)
     prefix = torch.tensor(prefixes, device=device)[rows]
     steps = min(cfg.max_new_tokens, model.config.block_size - prefix.size(1))
@@ -50,8 +48,8 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
         raise BigModelError(f"the source is {prefix.size(1)} tokens; the context holds {model.config.block_size}")
     if memory is not None:
         memory = memory.select(rows)
-    cache = KVCache.allocate(model.config, B * K, prefix.size(1) + steps, dtype, device)
-    logits = model(prefix, cache=cache, memory=memory, last_only=True)[0][:, -1].float()
+    decoder = Decoder(model, B * K, prefix.size(1) + steps, memory)
+    logits = decoder.prefill(prefix).float()
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     scores = torch.zeros(B, K, device=device)
     scores[:, 1:] = float("-inf")  # all beams start as one: only the first may extend at first
@@ -66,7 +64,7 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
             top = (scores.view(-1, 1) + logp).view(B, -1).topk(K, dim=-1)
             scores, token = top.values, (top.indices % logp.size(-1)).view(-1)
             parent = (torch.arange(B, device=device)[:, None] * K + top.indices // logp.size(-1)).view(-1)
-            cache.select(parent)
+            decoder.cache.select(parent)
             out, done, lengths = out[parent], done[parent], lengths[parent]
         else:
             token = torch.where(done, stop_id, sample_next(logits, cfg, generator))
@@ -75,8 +73,7 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
         done |= token == stop_id
         if bool(done.all()):
             break
-        with decoding_threads(model, B * K):
-            logits = model(token[:, None], cache=cache, memory=memory, last_only=True)[0][:, -1].float()
+        logits = decoder.step(token).float()
     if beam:
         best = (scores / lengths.view(B, K).clamp(min=1) ** cfg.length_penalty).argmax(-1)
         out = out[torch.arange(B, device=device) * K + best]

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bigmodel.config import GenerateConfig
-from bigmodel.infer.generate import sample_next
-from bigmodel.model.cache import KVCache
-from bigmodel.model.decoding import decoding_threads
+from bigmodel.infer.decoder import Decoder, sample_next
 from bigmodel.model.transformer import Transformer
 
 log = logging.getLogger("bigmodel.serve")
@@ -65,10 +63,7 @@ class Sequence:
 class Engine:
     def __init__(self, model: Transformer, max_batch: int, max_queue: int, stop_id: int | None) -> None:
         self.model, self.max_batch, self.max_queue, self.stop_id = model, max_batch, max_queue, stop_id
-        block = model.config.block_size
-        param = next(model.parameters())
-        self.device = param.device
-        self.cache = KVCache.allocate(model.config, max_batch, block, param.dtype, param.device)
+        self.decoder = Decoder(model, max_batch)
         self.active: list[Sequence] = []  # row i of the cache belongs to active[i]
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.wake = threading.Condition()
@@ -133,31 +128,18 @@ class Engine:
             return
         row = len(self.active)
         self.active.append(seq)
-        self._accept(row, self._fill(row, seq.prompt))
+        self._accept(row, self.decoder.prefill([seq.prompt], row)[0])
 
     def _step(self) -> None:
         """One token for every active row, in one forward pass."""
         self._leave_finished()
         if not self.active:
             return
-        block = self.model.config.block_size
-        for row, seq in enumerate(self.active):
-            if int(self.cache.lengths[row]) == block:  # context full: keep the latest half and go on
-                self._fill(row, seq.history[-(block // 2):-1])
-        n = len(self.active)
-        tokens = torch.tensor([[seq.history[-1]] for seq in self.active], device=self.device)
-        with decoding_threads(self.model, n):
-            logits, _ = self.model(tokens, cache=self.cache.rows(0, n), last_only=True)
-        for row in range(n):
-            self._accept(row, logits[row, -1])
+        tokens = torch.tensor([seq.history[-1] for seq in self.active], device=self.decoder.device)
+        logits = self.decoder.step(tokens, [seq.history for seq in self.active])
+        for row in range(len(self.active)):
+            self._accept(row, logits[row])
         self._leave_finished()
-
-    def _fill(self, row: int, ids: list[int]) -> torch.Tensor:
-        """Run `ids` into an emptied cache row; the logits after the last of them."""
-        self.cache.lengths[row] = 0
-        logits, _ = self.model(torch.tensor([ids], device=self.device), cache=self.cache.rows(row, row + 1),
-                               last_only=True)
-        return logits[0, -1]
 
     def _accept(self, row: int, logits: torch.Tensor) -> None:
         seq = self.active[row]
@@ -179,6 +161,6 @@ class Engine:
             seq.emit(None)
             last = len(self.active) - 1
             if row != last:
-                self.cache.move_row(last, row)
+                self.decoder.cache.move_row(last, row)
                 self.active[row] = self.active[last]
             self.active.pop()

@@ -1,0 +1,73 @@
+"""The one decoder: a model, its KV cache, and rows that go through it one token at a time.
+
+`generate` (several continuations of one prompt), sequence-to-sequence decoding (greedy,
+sampled or a beam search, over an encoder's memory) and the server's continuous batching
+(rows that join and leave at any step) all step through a `Decoder`; they differ only in how
+they pick rows and tokens. A prompt runs once to fill its rows (`prefill`); every new token
+then costs one small forward pass (`step`). When a row's context fills up, it keeps the most
+recent half of its history and goes on: the one context-full policy, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from bigmodel.config import DecodingConfig
+from bigmodel.model.cache import KVCache
+from bigmodel.model.decoding import decoding_threads
+from bigmodel.model.transformer import Memory, Transformer
+
+
+def sample_next(logits: torch.Tensor, cfg: DecodingConfig, generator: torch.Generator) -> torch.Tensor:
+    """One token id per row of `logits` (B, V)."""
+    if cfg.temperature < 1e-4:  # greedy; dividing by a tinier temperature would overflow to inf
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k:
+        kth = torch.topk(logits, min(cfg.top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > cfg.top_p  # mass before a token already exceeds p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class Decoder:
+    """`rows` sequences decoding through one preallocated cache of `max_len` positions (default: the
+    model's context); an encoder-decoder's rows read `memory` (one row of it per cache row)."""
+
+    def __init__(self, model: Transformer, rows: int, max_len: int | None = None,
+                 memory: Memory | None = None) -> None:
+        param = next(model.parameters())
+        self.model, self.memory, self.device = model, memory, param.device
+        self.capacity = min(max_len or model.config.block_size, model.config.block_size)
+        self.cache = KVCache.allocate(model.config, rows, self.capacity, param.dtype, param.device)
+
+    def prefill(self, ids: torch.Tensor | Sequence[Sequence[int]], row: int = 0) -> torch.Tensor:
+        """Run token ids (B, T) into emptied rows row..row+B-1; the logits (B, V) after each row's last token."""
+        ids = torch.as_tensor(ids, device=self.device)
+        rows = self.cache.rows(row, row + ids.size(0))
+        rows.lengths[:] = 0
+        logits, _ = self.model(ids, cache=rows, memory=self.memory, last_only=True)
+        return logits[:, -1]
+
+    def step(self, tokens: torch.Tensor, histories: Sequence[Sequence[int]] | torch.Tensor | None = None
+             ) -> torch.Tensor:
+        """Append `tokens[i]` to row i for rows 0..n-1; the logits (n, V) after it.
+
+        A row whose context is full first keeps the latest half of its history (`histories[i]`, which
+        ends with the token being appended) and carries on from there."""
+        n = tokens.size(0)
+        for row in np.flatnonzero(self.cache.lengths[:n] >= self.capacity):
+            recent = histories[row][-(self.capacity // 2):-1]
+            self.prefill([recent.tolist() if torch.is_tensor(recent) else list(recent)], int(row))
+        with decoding_threads(self.model, n):
+            logits, _ = self.model(tokens.view(n, 1), cache=self.cache.rows(0, n), memory=self.memory,
+                                   last_only=True)
+        return logits[:, -1]
