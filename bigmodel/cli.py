@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help=f"YAML recipe: its {sections} section sets these flags")
         if verb.positional:
             hint = typing.get_type_hints(verb.configs[0])[verb.positional]
-            p.add_argument(verb.positional, choices=typing.get_args(hint) or None)
+            p.add_argument(verb.positional, metavar="{" + ",".join(typing.get_args(hint)) + "}")
         seen = {verb.positional}
         for cls in verb.configs:  # a field two configs share is one flag
             add_flags(p, cls, skip=tuple(seen))

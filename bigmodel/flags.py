@@ -58,8 +58,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] 
                                default=None, help=help_text)
         elif typing.get_origin(tp) is list:
             group.add_argument(_flag(f.name), dest=f.name, nargs="+", action="extend", default=None, help=help_text)
-        elif typing.get_origin(tp) is typing.Literal:
-            group.add_argument(_flag(f.name), dest=f.name, choices=typing.get_args(tp), default=None,
+        elif typing.get_origin(tp) is typing.Literal:  # the config refuses other values, in one line
+            choices = typing.get_args(tp)
+            group.add_argument(_flag(f.name), dest=f.name, metavar="{" + ",".join(choices) + "}", default=None,
                                help=help_text)
         else:
             group.add_argument(_flag(f.name), dest=f.name, type=tp, default=None, help=help_text)

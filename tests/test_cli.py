@@ -115,3 +115,26 @@ def test_a_broken_import_is_not_reported_as_a_missing_extra(verb, module, traine
     monkeypatch.setitem(sys.modules, module, None)  # importing it now fails, as a broken module would
     with pytest.raises(ImportError, match=module):
         main([verb, "--ckpt", str(trained_run), *(["--text", "hi"] if verb == "explain" else [])])
+
+
+def test_every_verb_takes_a_recipe_whose_section_sets_its_flags(trained_run, shakespeare_char, tmp_path):
+    from bigmodel.cli import VERBS, build_parser
+
+    parser = build_parser()
+    for verb in VERBS:  # each verb's parser has --config (argparse would exit 2 on an unknown flag)
+        args = parser.parse_args([verb, "--config", "x.yaml"] + (["code"] if verb == "dataset" else [])
+                                 + (["list"] if verb == "registry" else []))
+        assert args.config == "x.yaml"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"evaluate:\n  ckpt: {trained_run}\n  data: {shakespeare_char}\n  split: train\n"
+                      f"  out: {tmp_path / 'yaml'}\n", encoding="utf-8")
+    ev = run_cli("evaluate", "--config", str(recipe), "--split", "val")  # the flag wins over the recipe
+    assert ev.returncode == 0, ev.stderr
+    figures = json.loads((tmp_path / "yaml" / "metrics.json").read_text())
+    assert figures["source"].endswith("(val)") and figures["tokens"] > 10_000
+    recipe.write_text("evaluate:\n  task: translate\n", encoding="utf-8")
+    _one_line_error(run_cli("evaluate", "--config", str(recipe), "--data", "x"), "--task must be one of",
+                    "'translate'")
+    recipe.write_text("evaluate:\n  split: val\n", encoding="utf-8")
+    _one_line_error(run_cli("evaluate", "--config", str(recipe)), "evaluate needs --data",
+                    "`data:` under `evaluate:`")

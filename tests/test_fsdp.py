@@ -44,7 +44,7 @@ def test_a_two_process_sharded_checkpoint_resumes_in_one_process(runs, shakespea
                         "lr_decay_iters": 60, "lr": 3e-3},
               "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32}}
     trainer = Trainer(*layered_configs(recipe))  # one process: the shards are resharded onto it
-    assert trainer.start_iter == 40
+    assert trainer.start_step == 40
     saved = load_file(runs / "fsdp" / "last" / "model.safetensors")
     for name, tensor in trainer.raw_model.state_dict().items():
         if name in saved:

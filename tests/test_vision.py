@@ -129,7 +129,7 @@ def test_classify_route_takes_base64_images(vit_run, digits):
     from bigmodel.infer.classify import predict_inputs
     from bigmodel.model.checkpoint import load_checkpoint
 
-    proc, base = start_server(vit_run)
+    proc, base = start_server(vit_run, "--dtype", "fp32")  # compared below with an fp32 model in this process
     try:
         files = [sorted((digits / "test" / d).glob("*.png"))[0] for d in ("0", "6")]
         encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]

@@ -31,7 +31,7 @@ class PatchEmbedding(nn.Module):
         expected = (self.config.channels, self.config.image_size, self.config.image_size)
         if pixels.dim() != 4 or tuple(pixels.shape[1:]) != expected:
             raise BigModelError(f"images must be (batch, {', '.join(map(str, expected))}); got {tuple(pixels.shape)}")
-        x = self.proj(pixels * 2 - 1).flatten(2).transpose(1, 2)
+        x = self.proj((pixels * 2 - 1).to(self.proj.weight.dtype)).flatten(2).transpose(1, 2)  # bf16 weights too
         return torch.cat((self.cls.expand(len(x), -1, -1).to(x.dtype), x), dim=1)
 
 
