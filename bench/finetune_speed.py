@@ -30,7 +30,7 @@ from transformers import (
 from bigmodel.config import FinetuneConfig
 from bigmodel.data.labelled import Example, read_labelled
 from bigmodel.model.checkpoint import load_checkpoint
-from bigmodel.model.hf import find_hf_folder
+from bigmodel.model.formats import find_pretrained
 from bigmodel.train.finetune import finetune
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
@@ -39,7 +39,7 @@ BATCH, LENGTH, LR = 32, 64, 5e-5
 
 def trainer_peer(train: list[Example], dev: list[Example], dtype: str) -> tuple[float, float]:
     """examples/s of `Trainer.train`, and dev accuracy."""
-    folder = find_hf_folder("minilm")
+    folder = find_pretrained("minilm")
     tok = AutoTokenizer.from_pretrained(folder)
     torch.manual_seed(0)
     model = BertForSequenceClassification.from_pretrained(folder, num_labels=2)

@@ -61,6 +61,9 @@ class ModelConfig:
     norm: str = "layernorm"  # layernorm | rmsnorm
     positions: str = "learned"  # learned | rope
     mlp: str = "gelu"  # gelu | gelu_tanh (GPT-2's approximation) | swiglu
+    mlp_hidden: int = 0  # the MLP's inner width; 0: 4 × n_embd (GELU) or 2/3 of that, rounded up to 64 (SwiGLU)
+    qkv_bias: bool = False  # biases on the query, key and value projections even without `bias` (Qwen2)
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys before RoPE (Qwen3)
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     rope_base: float = 10000.0

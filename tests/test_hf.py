@@ -72,7 +72,7 @@ def test_unsupported_models_are_refused_with_a_reason(tmp_path):
 
 @torch.no_grad()
 def test_encoder_decoder_exports_as_bart_with_the_same_logits(tmp_path):
-    from bigmodel.model.hf import to_hf
+    from bigmodel.model.formats import to_hf
 
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=300, block_size=40, n_layer=2, encoder_layers=3, n_head=4, n_embd=64,

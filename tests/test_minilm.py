@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from bigmodel.model.checkpoint import load_checkpoint
-from bigmodel.model.hf import find_hf_folder
+from bigmodel.model.formats import find_pretrained
 
 from .conftest import run_cli
 
@@ -22,7 +22,7 @@ def minilm(tmp_path_factory):
     result = run_cli("convert", "--from-hf", "minilm", "--out", str(out))
     assert result.returncode == 0, result.stderr
     ours, tok, _ = load_checkpoint(out)
-    theirs = transformers.BertModel.from_pretrained(find_hf_folder("minilm"), add_pooling_layer=False).eval()
+    theirs = transformers.BertModel.from_pretrained(find_pretrained("minilm"), add_pooling_layer=False).eval()
     return out, ours, tok, theirs
 
 
@@ -88,7 +88,7 @@ def test_a_folder_with_only_vocab_txt_tokenizes_like_tokenizer_json(tmp_path):
 
     from bigmodel.model.hf import read_hf_tokenizer
 
-    source = find_hf_folder("minilm")
+    source = find_pretrained("minilm")
     for name in ("vocab.txt", "tokenizer_config.json"):
         shutil.copy(source / name, tmp_path / name)
     wordpiece, reference = read_hf_tokenizer(tmp_path), read_hf_tokenizer(source)
@@ -120,7 +120,7 @@ def test_the_shipped_tokenizer_settings_never_reach_a_checkpoint(minilm, tmp_pat
 def test_every_ckpt_flag_takes_a_hugging_face_folder_or_short_name(tmp_path):
     lines = tmp_path / "lines.txt"
     lines.write_text("A man plays guitar.\n今天天气很好。\n", encoding="utf-8")
-    for ckpt in ("minilm", str(find_hf_folder("minilm"))):
+    for ckpt in ("minilm", str(find_pretrained("minilm"))):
         result = run_cli("embed", "--ckpt", ckpt, "--input", str(lines), "--out", str(tmp_path / "v.npy"))
         assert result.returncode == 0, result.stderr
         vectors = np.load(tmp_path / "v.npy")

@@ -28,11 +28,12 @@ def test_question_features_point_at_their_answers(tmp_path):
     from bigmodel.data.builtin_tasks import build
     from bigmodel.data.squad import read_squad
     from bigmodel.infer import qa
-    from bigmodel.model.hf import find_hf_folder, read_hf_tokenizer
+    from bigmodel.model.formats import find_pretrained
+    from bigmodel.model.hf import read_hf_tokenizer
 
     build("qa", tmp_path)
     questions = read_squad(tmp_path / "test.json", need_answers=True)[:300]
-    tok = read_hf_tokenizer(find_hf_folder("minilm"))
+    tok = read_hf_tokenizer(find_pretrained("minilm"))
     features = qa.features(tok, questions, 256)
     found = [qa.answer_text(q, f, f.start, f.end)[0] for q, f in zip(questions, features, strict=True) if f.start >= 0]
     expected = [q.answers[0] for q, f in zip(questions, features, strict=True) if f.start >= 0]

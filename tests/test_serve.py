@@ -180,12 +180,12 @@ def minilm_server(tmp_path_factory):
 def test_embeddings_from_minilm_match_sentence_transformers_pooling(minilm_server):
     import transformers
 
-    from bigmodel.model.hf import find_hf_folder
+    from bigmodel.model.formats import find_pretrained
 
     texts = ["A man is playing a guitar.", "今天天气很好。", "ok"]
     got = client(minilm_server).embeddings.create(model="minilm", input=texts)  # the client asks for base64
     assert [d.index for d in got.data] == [0, 1, 2] and got.usage.prompt_tokens > 6
-    folder = find_hf_folder("minilm")
+    folder = find_pretrained("minilm")
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     bert = transformers.BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
     for text, item in zip(texts, got.data, strict=True):

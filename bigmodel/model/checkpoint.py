@@ -44,8 +44,9 @@ from bigmodel.model.folders import (
     WEIGHTS,
     resolve_checkpoint,
 )
+from bigmodel.model.formats import find_pretrained, from_pretrained
+from bigmodel.model.formats import read_tokenizer as read_pretrained_tokenizer
 from bigmodel.model.heads import HEAD_FILE, HeadConfig, SequenceModel
-from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
 from bigmodel.model.probe import inference_precision
 from bigmodel.model.quantize import METADATA as INT8_METADATA
 from bigmodel.model.quantize import int8_tensors, is_int8, load_int8_tensors, to_int8
@@ -220,7 +221,7 @@ def locate(path: str | Path) -> tuple[Path, bool]:
         if not (Path(path) / "config.json").is_file() and Path(path).exists():
             raise
         try:
-            return find_hf_folder(path), True
+            return find_pretrained(path), True
         except BigModelError:
             raise not_ours from None
 
@@ -237,7 +238,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_h
     if is_hf:
         if with_head:
             raise BigModelError(f"{path}: a Hugging Face backbone has no fine-tuned head; run `bigmodel finetune`")
-        return from_hf(folder).to(device).eval(), read_hf_tokenizer(folder), folder
+        return from_pretrained(folder).to(device).eval(), read_pretrained_tokenizer(folder), folder
     config = ModelConfig.from_dict(json.loads(storage.text(folder, MODEL_CONFIG)))
     has_head = (folder / HEAD_FILE).is_file()
     if with_head and not has_head:

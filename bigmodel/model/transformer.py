@@ -56,9 +56,12 @@ class SelfAttention(nn.Module):
         self.config = config
         self.layer = layer
         kv_width = config.n_kv_head * config.head_dim
-        self.qkv = Linear(config.n_embd, config.n_embd + 2 * kv_width, bias=config.bias)
+        self.qkv = Linear(config.n_embd, config.n_embd + 2 * kv_width, bias=config.bias or config.qkv_bias)
         self.proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:
+            self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps)
+            self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps)
 
     def heads(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -70,6 +73,8 @@ class SelfAttention(nn.Module):
         q = q.view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
         k = k.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
         v = v.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         return q, k, v
@@ -163,9 +168,9 @@ class MLP(nn.Module):
         super().__init__()
         self.swiglu = config.mlp == "swiglu"
         self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"
-        hidden = 4 * config.n_embd
+        hidden = config.mlp_hidden or 4 * config.n_embd
         if self.swiglu:
-            hidden = 64 * math.ceil(hidden * 2 / 3 / 64)
+            hidden = config.mlp_hidden or 64 * math.ceil(hidden * 2 / 3 / 64)
             self.gate = Linear(config.n_embd, hidden, bias=config.bias)
         self.up = Linear(config.n_embd, hidden, bias=config.bias)
         self.down = Linear(hidden, config.n_embd, bias=config.bias)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +36,9 @@ class DatasetConfig(Checked):
 
 @dataclass
 class ConvertConfig(StorageConfig):
-    """`bigmodel convert`: a Hugging Face folder as a bigmodel checkpoint."""
+    """`bigmodel convert`: a Hugging Face folder or a GGUF file as a bigmodel checkpoint."""
 
-    from_hf: str = ""  # folder with config.json, model.safetensors, tokenizer.json; or `minilm` (pip package)
+    from_hf: str = ""  # a Hugging Face folder or a GGUF file; or a packaged short name: minilm, smollm2
     out: str = ""  # checkpoint folder to write
     required: ClassVar[tuple[str, ...]] = ("from_hf", "out")
 
@@ -107,20 +106,19 @@ def cmd_dataset(args: DatasetConfig) -> None:
 
 def cmd_convert(args: ConvertConfig) -> None:
     from bigmodel.model.checkpoint import save_checkpoint
-    from bigmodel.model.hf import find_hf_folder, from_hf, read_hf_tokenizer
+    from bigmodel.model.formats import find_pretrained, from_pretrained, read_tokenizer, tokenizer_files
 
-    source = find_hf_folder(args.from_hf)
-    model = from_hf(source)
-    save_checkpoint(Path(args.out), model, read_hf_tokenizer(source), {"converted_from": str(source.resolve())},
+    source = find_pretrained(args.from_hf)
+    model = from_pretrained(source)
+    save_checkpoint(Path(args.out), model, read_tokenizer(source), {"converted_from": str(source.resolve())},
                     storage=storage(args))
-    for name in ("tokenizer_config.json", "chat_template.jinja"):  # where `serve` finds a chat template
-        if (source / name).is_file():
-            shutil.copy(source / name, Path(args.out) / name)
+    for name, text in tokenizer_files(source).items():  # the chat template, where `serve` finds it
+        (Path(args.out) / name).write_text(text, encoding="utf-8")
     print(f"wrote {args.out}: {model.num_params() / 1e6:.1f}M parameters from {source}")
 
 
 def cmd_export(args: ExportConfig) -> None:
-    from bigmodel.model.hf import to_hf
+    from bigmodel.model.formats import to_hf
 
     model, tok, folder = load(args)
     family = to_hf(model, args.to_hf, tok)

@@ -1,0 +1,163 @@
+"""GGUF files (llama.cpp's and Ollama's format) in: a Llama-family model's weights, dequantized to fp32
+by the `gguf` package; its byte-level BPE tokenizer rebuilt for `tokenizers` from the vocabulary,
+merges, special tokens and pre-tokenizer the file names; and its chat template.
+
+llama.cpp's converter reorders the rows of a Llama model's query and key projections (its rotary
+code pairs neighbouring dimensions, ours and Hugging Face's pair the two halves); `unpermute` puts
+them back. Qwen2 and Qwen3 files are written without that reordering.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
+from tokenizers.models import BPE
+
+from bigmodel.errors import BigModelError
+from bigmodel.model.llama import llama_config, llama_model
+from bigmodel.model.transformer import Transformer
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3")  # GGUF's general.architecture, which is also transformers' model_type
+NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+BLOCK_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+               "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+               "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm",
+               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+# How each pre-tokenizer llama.cpp names splits text before byte-level BPE.
+_CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
+_REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_SPLITS = {
+    "llama-bpe": _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}" + _REST,
+    "qwen2": _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}" + _REST,
+}
+
+
+def is_gguf(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".gguf"
+
+
+class GGUFFile:
+    """One GGUF file's metadata and tensors; every error names the file."""
+
+    def __init__(self, path: str | Path) -> None:
+        from gguf import GGUFReader
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise BigModelError(f"{path}: no such GGUF file")
+        try:
+            self.reader = GGUFReader(self.path)
+        except (ValueError, IndexError, KeyError, OSError) as e:
+            raise BigModelError(f"{path}: not a readable GGUF file, or a truncated one ({e})") from None
+        self.architecture = self.get("general.architecture")
+        if self.architecture not in ARCHITECTURES:
+            raise BigModelError(f"{path}: GGUF architecture {self.architecture!r} is not supported "
+                                f"(supported: {', '.join(ARCHITECTURES)})")
+
+    def get(self, key: str, default: Any = ...) -> Any:
+        field = self.reader.fields.get(key)
+        if field is None:
+            if default is ...:
+                raise BigModelError(f"{self.path}: the GGUF metadata lack {key}")
+            return default
+        return field.contents()
+
+    def hf_config(self) -> dict[str, Any]:
+        """The metadata as a `transformers` config.json would say them."""
+        a = self.architecture + "."
+        names = {t.name for t in self.reader.tensors}
+        keys = {"hidden_size": "embedding_length", "intermediate_size": "feed_forward_length",
+                "num_hidden_layers": "block_count", "num_attention_heads": "attention.head_count"}
+        return {"model_type": self.architecture, "vocab_size": len(self.reader.fields["tokenizer.ggml.tokens"].data),
+                **{ours: self.get(a + theirs) for ours, theirs in keys.items()},
+                "num_key_value_heads": self.get(a + "attention.head_count_kv", None),
+                "max_position_embeddings": self.get(a + "context_length", 2048),
+                "rope_theta": self.get(a + "rope.freq_base", 10000.0),
+                "rms_norm_eps": self.get(a + "attention.layer_norm_rms_epsilon", 1e-6),
+                "tie_word_embeddings": "output.weight" not in names}
+
+    def hf_weights(self, n_head: int, n_kv_head: int) -> dict[str, torch.Tensor]:
+        """Every tensor dequantized to fp32, under `transformers`' names."""
+        from gguf import dequantize
+
+        weights = {}
+        for t in self.reader.tensors:
+            try:
+                array = dequantize(t.data, t.tensor_type)
+            except NotImplementedError:
+                raise BigModelError(f"{self.path}: tensor {t.name} is {t.tensor_type.name}, which the gguf package "
+                                    "cannot dequantize") from None
+            name = hf_name(t.name)
+            if self.architecture == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
+                array = unpermute(array, n_head)
+            elif self.architecture == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
+                array = unpermute(array, n_kv_head)
+            weights[name] = torch.from_numpy(np.array(array, dtype=np.float32))  # a copy: the file is mapped read-only
+        return weights
+
+    def model(self) -> Transformer:
+        config = llama_config(self.hf_config(), self.path)
+        return llama_model(config, self.hf_weights(config.n_head, config.n_kv_head), self.path)
+
+    def tokenizer(self) -> Tokenizer:
+        """The file's byte-level BPE vocabulary as a `tokenizers` tokenizer that splits text as llama.cpp does."""
+        from gguf import TokenType
+
+        kind = self.get("tokenizer.ggml.model")
+        if kind != "gpt2":
+            raise BigModelError(f"{self.path}: tokenizer {kind!r} is not supported yet (byte-level BPE only)")
+        tokens = self.get("tokenizer.ggml.tokens")
+        merges = [tuple(m.split(" ", 1)) for m in self.get("tokenizer.ggml.merges")]
+        tok = Tokenizer(BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+        pre = self.get("tokenizer.ggml.pre", "default")
+        tok.pre_tokenizer = pre_tokenizer(pre, self.path)
+        tok.decoder = decoders.ByteLevel()
+        types = self.get("tokenizer.ggml.token_type", [TokenType.NORMAL] * len(tokens))
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t, k in zip(tokens, types, strict=True) if k == TokenType.CONTROL])
+        tok.add_tokens([AddedToken(t, normalized=False) for t, k in zip(tokens, types, strict=True)
+                        if k == TokenType.USER_DEFINED])
+        return tok
+
+    def tokenizer_config(self) -> dict[str, Any]:
+        """What `tokenizer_config.json` would hold: the chat template and the named special tokens."""
+        tokens = self.get("tokenizer.ggml.tokens")
+        config = {"chat_template": self.get("tokenizer.chat_template", None)}
+        for name in ("bos", "eos", "unknown", "padding"):
+            index = self.get(f"tokenizer.ggml.{name}_token_id", None)
+            if index is not None:
+                config[{"unknown": "unk", "padding": "pad"}.get(name, name) + "_token"] = tokens[index]
+        return {k: v for k, v in config.items() if v is not None}
+
+
+def hf_name(name: str) -> str:
+    """`blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj.weight`."""
+    parts = name.split(".")
+    if parts[0] == "blk" and parts[2] in BLOCK_NAMES:
+        return f"model.layers.{parts[1]}.{BLOCK_NAMES[parts[2]]}.{parts[3]}"
+    if parts[0] in NAMES:
+        return f"{NAMES[parts[0]]}.{parts[1]}"
+    return name
+
+
+def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+    """Undo llama.cpp's row order for rotary projections: within each head, pairs back to halves."""
+    return w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def pre_tokenizer(kind: str, path: Path) -> pre_tokenizers.PreTokenizer:
+    if kind in ("default", "gpt2", "gpt-2"):
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if kind == "smollm":  # GPT-2's split, each digit on its own
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    split = _SPLITS.get({"llama3": "llama-bpe", "llama-v3": "llama-bpe", "deepseek-r1-qwen": "qwen2"}.get(kind, kind))
+    if split is None:
+        raise BigModelError(f"{path}: pre-tokenizer {kind!r} is not supported yet "
+                            f"(supported: default, gpt2, smollm, {', '.join(_SPLITS)})")
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])

@@ -1,0 +1,100 @@
+"""Llama-family models in and out: SmolLM2's GGUF file against transformers' own GGUF loader, tiny random
+Llama, Mistral, Qwen2 and Qwen3 folders made by transformers' config classes, and the way back out."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from bigmodel.config import GenerateConfig
+from bigmodel.errors import BigModelError
+from bigmodel.infer.generate import generate_ids
+from bigmodel.model.checkpoint import load_checkpoint
+from bigmodel.model.formats import find_pretrained, from_pretrained, read_tokenizer, to_hf
+
+from .conftest import run_cli
+
+TEXTS = ["What is the capital of France? Answer in one word.",
+         "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a\n",
+         "大型语言模型的训练需要大量数据。", "Emoji 🤗🚀 and   spaces\tand tabs",
+         "<|im_start|>user\nHello!<|im_end|>\n"]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """Ours and transformers' SmolLM2-135M-Instruct, both from the packaged Q4_1 GGUF file, dequantized to fp32."""
+    path = find_pretrained("smollm2")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                               dtype=torch.float32).eval()
+    their_tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    ours, tok, _ = load_checkpoint("smollm2")
+    return ours, tok, theirs, their_tok
+
+
+def test_smollm2_from_gguf_gives_transformers_logits_and_greedy_tokens(smollm2):
+    ours, tok, theirs, their_tok = smollm2
+    assert ours.config.n_layer == 30 and ours.config.n_kv_head == 3 and ours.config.tie_embeddings
+    for text in TEXTS:
+        ids = tok.encode(text).ids
+        assert ids == their_tok(text, add_special_tokens=False)["input_ids"], text
+        with torch.no_grad():
+            mine = ours(torch.tensor([ids]))[0]
+            reference = theirs(torch.tensor([ids])).logits
+        assert (mine - reference).abs().max().item() <= 1e-3, text
+    text = their_tok.apply_chat_template([{"role": "user", "content": TEXTS[0]}], add_generation_prompt=True,
+                                         tokenize=False)
+    prompt = tok.encode(text).ids
+    expected = theirs.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+    end = tok.token_to_id("<|im_end|>")  # the template's end of turn, transformers' eos for this file
+    got = [int(t[0]) for t in generate_ids(ours, prompt, GenerateConfig(temperature=0, max_new_tokens=12), 1, end)]
+    assert got == expected
+    assert "Paris" in tok.decode(got)
+
+
+def test_the_gguf_tokenizer_splits_digits_as_smollm2_does():
+    tok = read_tokenizer(find_pretrained("smollm2"))
+    pieces = tok.encode("In 2024, 12345 tokens").tokens
+    assert [p for p in pieces if p.isdigit()] == list("202412345")  # one token per digit, as SmolLM2 was trained
+    assert tok.decode(tok.encode("Tschüß, 世界 👋").ids) == "Tschüß, 世界 👋"
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_a_tiny_hugging_face_model_of_each_family_imports_and_exports_to_the_same_logits(family, tmp_path):
+    kinds = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
+             "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": None}),
+             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+             "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 16})}
+    config_class, model_class, extra = kinds[family]
+    config = config_class(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                          rope_theta=50000.0, rms_norm_eps=1e-6, tie_word_embeddings=family == "qwen2", **extra)
+    torch.manual_seed(0)
+    reference = model_class(config).eval()
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if "norm" in name or name.endswith("bias"):  # random, so a wrong mapping of either would show
+                p.add_(0.2 * torch.randn_like(p))
+    reference.save_pretrained(tmp_path / "hf")
+    ours = from_pretrained(tmp_path / "hf")
+    assert (ours.config.qkv_bias, ours.config.qk_norm) == (family == "qwen2", family == "qwen3")
+    ids = torch.randint(0, 320, (2, 24))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        assert (ours(ids)[0] - expected).abs().max().item() < 1e-4
+    to_hf(ours, tmp_path / "out")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    with torch.no_grad():
+        assert (back(ids).logits - expected).abs().max().item() < 1e-4
+
+
+def test_bad_pretrained_files_are_one_line(tmp_path):
+    source = find_pretrained("smollm2")
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(source.read_bytes()[:5_000_000])
+    with pytest.raises(BigModelError, match="cut.gguf"):
+        from_pretrained(truncated)
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    done = run_cli("convert", "--from-hf", str(tmp_path / "odd"), "--out", str(tmp_path / "x"))
+    assert done.returncode == 1 and "model_type 'mamba' is not supported" in done.stderr.strip().splitlines()[-1]
