@@ -264,13 +264,10 @@ class FineTuner(Loop):
             raise BigModelError("FedProx's proximal term and DP-SGD's per-example clipping do not mix here")
         self.proximal_mu, self.anchor = proximal_mu, [p.detach().clone() for p in self._trainable()]
         self.runner.train()
-        summed, counted, seen, group = 0.0, 0, 0, self.cfg.grad_accum
-        for epoch in range(self.cfg.epochs):
-            items, batches = self.epoch_batches(epoch)
-            for s in range(self.steps_per_epoch):
-                loss, units, examples = self._step(epoch * self.steps_per_epoch + s, items,
-                                                   batches[s * group:(s + 1) * group])
-                summed, counted, seen = summed + loss, counted + units, seen + examples
+        summed, counted, seen = 0.0, 0, 0
+        for step in range(self.total_steps):
+            loss, units, examples = self.train_step(step)
+            summed, counted, seen = summed + loss, counted + units, seen + examples
         return summed / max(counted, 1), seen
 
     def _private_step(self, step: int, items: list[Any], batch: list[int]) -> tuple[float, int, int]:
