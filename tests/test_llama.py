@@ -18,7 +18,7 @@ from .conftest import run_cli
 TEXTS = ["What is the capital of France? Answer in one word.",
          "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a\n",
          "大型语言模型的训练需要大量数据。", "Emoji 🤗🚀 and   spaces\tand tabs",
-         "<|im_start|>user\nHello!<|im_end|>\n"]
+         "<|im_start|>user\nHello!<|im_end|>\n", "In 2024, 12345 tokens cost $3.50"]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_smollm2_from_gguf_gives_transformers_logits_and_greedy_tokens(smollm2):
 def test_the_gguf_tokenizer_splits_digits_as_smollm2_does():
     tok = read_tokenizer(find_pretrained("smollm2"))
     pieces = tok.encode("In 2024, 12345 tokens").tokens
-    assert [p for p in pieces if p.isdigit()] == list("202412345")  # one token per digit, as SmolLM2 was trained
+    assert [p for p in pieces if p.isdigit()] == list("202412345")  # the file holds no digit-digit merge
     assert tok.decode(tok.encode("Tschüß, 世界 👋").ids) == "Tschüß, 世界 👋"
 
 
