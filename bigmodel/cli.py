@@ -47,10 +47,11 @@ VERBS: dict[str, Verb] = {
     "evaluate": Verb((evaluate.EvaluateConfig,), evaluate.cmd_evaluate,
                      "LM perplexity; classifier, seq2seq, QA, zero-shot, retrieval or CTC figures"),
     "generate": Verb((infer.PromptsConfig,), infer.cmd_generate, "continue a prompt, streaming the text"),
+    "chat": Verb((infer.ChatConfig,), infer.cmd_chat, "talk with a chat model in the terminal (its chat template)"),
     "convert": Verb((manage.ConvertConfig,), manage.cmd_convert,
-                    "turn a Hugging Face GPT-2 or BERT folder into a bigmodel checkpoint"),
+                    "turn a Hugging Face folder (GPT-2, BERT, Llama family) or GGUF file into a checkpoint"),
     "export": Verb((manage.ExportConfig,), manage.cmd_export,
-                   "write a GPT-2, BERT or BART-shaped folder that transformers loads"),
+                   "write a Llama, GPT-2, BERT or BART-shaped folder that transformers loads, or a GGUF file"),
     "finetune": Verb((FinetuneConfig,), train.cmd_finetune, "train a pretrained model (or a new one from a "
                      "recipe's model: section): classify, regress, seq2seq, qa, retrieval, ctc",
                      section="finetune: (and model:)", layered=True),

@@ -230,6 +230,7 @@ class TrainConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig):
 
     data: str = ""
     out: str = "runs/pretrain"
+    init: str = ""  # continue pretraining this checkpoint, HF folder or GGUF (its shape; --block-size may shrink)
     objective: Literal["clm", "mlm", "span"] = "clm"  # next token | masked tokens (--no-causal) | T5's spans
     max_iters: int = 2000
     batch_size: int = 12  # sequences per micro-batch per process
@@ -378,6 +379,7 @@ class ServeConfig(PrecisionConfig, CkptConfig):
     max_queue: int = 64  # sequences waiting for a batch row; more get 429
     max_new_tokens_limit: int = 512  # the largest max_tokens a request may ask
     quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 linear layers at load time
+    chat_template: str = ""  # Jinja file for chat, or `plain` (default: the model's own; none: no chat)
     tracking_uri: str = ""  # registry of --ckpt models:/NAME/VERSION (default: MLFLOW_TRACKING_URI, runs/mlflow.db)
 
     def __post_init__(self) -> None:

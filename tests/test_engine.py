@@ -29,7 +29,7 @@ def test_sequences_joining_at_different_times_decode_as_they_would_alone():
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=32, block_size=16)).eval()
     prompts = [[1, 2, 3], [7] * 9, [4, 5], [9, 8, 7, 6]]
-    engine = Engine(model, max_batch=3, max_queue=4, stop_id=None)  # the fourth waits for a row
+    engine = Engine(model, max_batch=3, max_queue=4, stop_ids=frozenset())  # the fourth waits for a row
     runs = [collect(p, 40 - 5 * i) for i, p in enumerate(prompts)]
     engine.submit([runs[0][0]])
     engine.submit([r[0] for r in runs[1:]])
@@ -44,7 +44,7 @@ def test_sequences_joining_at_different_times_decode_as_they_would_alone():
 
 def test_a_full_engine_refuses_and_a_cancelled_sequence_leaves():
     model = Transformer(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=8)).eval()
-    engine = Engine(model, max_batch=1, max_queue=0, stop_id=None)
+    engine = Engine(model, max_batch=1, max_queue=0, stop_ids=frozenset())
     long, tokens, finished = collect([1], 10**9)
     engine.submit([long])
     with pytest.raises(QueueFull):
@@ -63,7 +63,7 @@ def test_a_failing_step_ends_every_sequence_exactly_once():
     """One prompt the model cannot run (an id past its vocabulary) fails the step: the sequence that had
     already joined and the ones still joining each get one end, with the error."""
     model = Transformer(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=8)).eval()
-    engine = Engine(model, max_batch=3, max_queue=0, stop_id=None)
+    engine = Engine(model, max_batch=3, max_queue=0, stop_ids=frozenset())
     ends: list[list[None]] = [[], [], []]
     sequences = []
     for i, prompt in enumerate(([1, 2], [99], [3])):

@@ -62,6 +62,27 @@ def test_context_overflow_rebuilds_the_cache_and_prompt_limits_are_checked(train
         next(generate_ids(model, list(range(block)), GenerateConfig()))
 
 
+@torch.no_grad()
+def test_a_small_cache_grows_as_rows_lengthen_and_keeps_what_they_hold(trained_run):
+    """A decoder started with room for 4 positions per row doubles it as ragged rows outgrow it (the server
+    reserves no whole context per row); every step still matches a forward pass without a cache."""
+    from bigmodel.infer.decoder import Decoder
+
+    model, _, _ = load_checkpoint(trained_run)
+    decoder = Decoder(model, rows=2, max_len=4)
+    rows = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    decoder.prefill([rows[0]], 0)
+    decoder.prefill([rows[1]], 1)
+    for step in range(20):
+        tokens = torch.tensor([(step + r) % 30 for r in range(2)])
+        logits = decoder.step(tokens, rows)
+        for r in range(2):
+            rows[r].append(int(tokens[r]))
+            alone, _ = model(torch.tensor([rows[r]]))
+            assert torch.allclose(logits[r], alone[0, -1], atol=1e-4)
+    assert decoder.cache.max_len == 32 and list(decoder.cache.lengths) == [23, 25]
+
+
 def test_chinese_bpe_pipeline_generates_valid_chinese(tmp_path):
     corpus = tmp_path / "poems.txt"
     corpus.write_text(shared_file(TANGPOEMS).read_text(encoding="utf-8")[:300_000], encoding="utf-8")

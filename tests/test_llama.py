@@ -2,6 +2,8 @@
 Llama, Mistral, Qwen2 and Qwen3 folders made by transformers' config classes, and the way back out."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -47,7 +49,7 @@ def test_smollm2_from_gguf_gives_transformers_logits_and_greedy_tokens(smollm2):
     prompt = tok.encode(text).ids
     expected = theirs.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
     end = tok.token_to_id("<|im_end|>")  # the template's end of turn, transformers' eos for this file
-    got = [int(t[0]) for t in generate_ids(ours, prompt, GenerateConfig(temperature=0, max_new_tokens=12), 1, end)]
+    got = [int(t[0]) for t in generate_ids(ours, prompt, GenerateConfig(temperature=0, max_new_tokens=12), 1, {end})]
     assert got == expected
     assert "Paris" in tok.decode(got)
 
@@ -98,3 +100,64 @@ def test_bad_pretrained_files_are_one_line(tmp_path):
     (tmp_path / "odd" / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     done = run_cli("convert", "--from-hf", str(tmp_path / "odd"), "--out", str(tmp_path / "x"))
     assert done.returncode == 1 and "model_type 'mamba' is not supported" in done.stderr.strip().splitlines()[-1]
+
+
+def test_chat_streams_replies_keeps_the_conversation_and_ends_each_at_the_end_of_turn(smollm2):
+    _, _, theirs, their_tok = smollm2
+    turns = ["What is the capital of France? Answer in one word.", "And of Germany?"]
+    done = subprocess.run([sys.executable, "-m", "bigmodel.cli", "chat", "--ckpt", "smollm2", "--greedy",
+                           "--max-new-tokens", "40"], input="\n".join(turns) + "\n", capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    replies = done.stdout.splitlines()
+    assert len(replies) == 2 and "Paris" in replies[0], done.stdout
+    # the second reply is what transformers answers to the whole conversation, rendered by the same template
+    messages = [{"role": "user", "content": turns[0]}, {"role": "assistant", "content": replies[0]},
+                {"role": "user", "content": turns[1]}]
+    prompt = their_tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)["input_ids"]
+    out = theirs.generate(prompt, max_new_tokens=40, do_sample=False)[0, prompt.size(1):]
+    assert out[-1] == their_tok.convert_tokens_to_ids("<|im_end|>")  # it ended its turn within the budget
+    assert replies[1] == their_tok.decode(out, skip_special_tokens=True).strip()
+
+
+def test_export_to_gguf_reads_back_to_the_same_logits_in_ours_and_transformers(tmp_path):
+    from gguf import GGUFReader
+
+    from bigmodel.data.tokenizer import train_bpe
+    from bigmodel.model.gguf import GGUFFile
+
+    config = transformers.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                      rope_theta=50000.0, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    reference = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in reference.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    reference.save_pretrained(tmp_path / "hf")
+    tok = train_bpe(TEXTS * 20, 300)  # fewer tokens than the model's 320 rows: GGUF pads the list
+    tok.save(str(tmp_path / "hf" / "tokenizer.json"))
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    assert run_cli("convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt")).returncode == 0
+    ids = torch.randint(0, 320, (2, 24))
+    with torch.no_grad():
+        expected = reference(ids).logits
+    errors = {}
+    for kind in ("f32", "f16", "q8_0"):
+        path = tmp_path / f"tiny-{kind}.gguf"
+        done = run_cli("export", "--ckpt", str(tmp_path / "ckpt"), "--to-gguf", str(path), "--type", kind)
+        assert done.returncode == 0, done.stderr
+        back = GGUFFile(path)
+        assert back.tokenizer().encode(TEXTS[1]).ids == tok.encode(TEXTS[1]).ids
+        assert back.tokenizer_config()["chat_template"] == "{{ messages }}"
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name,
+                                                                   dtype=torch.float32).eval()
+        with torch.no_grad():
+            mine = back.model()(ids)[0]
+            assert (mine - theirs(ids).logits).abs().max().item() < 1e-4  # both readers agree on the file
+        errors[kind] = (mine - expected).abs().max().item()
+        types = {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
+        assert types["blk.0.ffn_down.weight"] == kind.upper() and types["blk.0.attn_norm.weight"] == "F32"
+    assert errors["f32"] < 1e-4 and errors["f16"] < errors["q8_0"] < 0.02 * expected.abs().max().item(), errors

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
+from pathlib import Path
 
 import numpy as np
 import openai
@@ -51,7 +52,8 @@ def start_server(ckpt, *flags):
 
 @pytest.fixture(scope="module")
 def server(trained_run):
-    proc, base = start_server(trained_run, "--api-key-env", "BIGMODEL_TEST_KEY", "--max-new-tokens-limit", "64")
+    proc, base = start_server(trained_run, "--api-key-env", "BIGMODEL_TEST_KEY", "--max-new-tokens-limit", "64",
+                               "--chat-template", "plain")
     yield base
     proc.terminate()
     proc.wait(timeout=30)
@@ -276,7 +278,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(one_slot):
         http(f"{base}/health")
 
 
-def test_chat_uses_the_checkpoints_own_template(trained_run, tmp_path):
+def test_chat_uses_the_checkpoints_own_template_and_refuses_without_one(trained_run, tmp_path):
     import shutil
 
     from fastapi.testclient import TestClient
@@ -287,16 +289,25 @@ def test_chat_uses_the_checkpoints_own_template(trained_run, tmp_path):
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(resolve_checkpoint(trained_run), ckpt)
+
+    def ask(folder: Path) -> dict:
+        with TestClient(create_app(ServeConfig(ckpt=str(folder)))) as c:  # entered: the model loads in the background
+            for _ in range(200):
+                if c.get("/health").status_code == 200:
+                    break
+                time.sleep(0.05)
+            body = {"messages": [{"role": "user", "content": "Speak"}], "max_tokens": 2}
+            r = c.post("/v1/chat/completions", json=body)
+            return {"status": r.status_code, **r.json()}
+
+    refused = ask(ckpt)  # no template of its own, none given: no chat, said in one line
+    assert refused["status"] == 400 and refused["error"]["message"].startswith("ckpt: has no chat template")
     (ckpt / "chat_template.jinja").write_text(
         "{% for m in messages %}THE {{ m.role | upper }} SAYS {{ m.content }}\n{% endfor %}"
         "{% if add_generation_prompt %}ANSWER:{% endif %}")
-    with TestClient(create_app(ServeConfig(ckpt=str(ckpt)))) as c:  # entered: the model loads in the background
-        for _ in range(200):
-            if c.get("/health").status_code == 200:
-                break
-            time.sleep(0.05)
-        body = {"messages": [{"role": "user", "content": "Speak"}], "max_tokens": 2}
-        usage = c.post("/v1/chat/completions", json=body).json()["usage"]
+    answer = ask(ckpt)
+    assert answer["status"] == 200
+    usage = answer["usage"]
     assert usage["prompt_tokens"] == len("THE USER SAYS Speak\nANSWER:")  # one token per character here
 
 

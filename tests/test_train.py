@@ -1,3 +1,4 @@
+import math
 import subprocess
 import sys
 
@@ -8,10 +9,20 @@ from safetensors.torch import load_file
 from bigmodel.config import TrainConfig
 from bigmodel.data.batches import load_meta
 from bigmodel.errors import BigModelError
+from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.train.optim import lr_at
 from bigmodel.train.trainer import pretrain
 
-from .conftest import assert_same_curves, kill_then_resume, metric_rows, tiny_model, torchrun_cli
+from .conftest import (
+    SHAKESPEARE,
+    assert_same_curves,
+    error_line,
+    kill_then_resume,
+    metric_rows,
+    run_cli,
+    tiny_model,
+    torchrun_cli,
+)
 
 
 def test_training_lowers_loss_and_leaves_a_readable_run(trained_run):
@@ -128,3 +139,27 @@ def test_resuming_with_another_shape_is_one_line(shakespeare_char, tmp_path):
     lines = wider.stderr.strip().splitlines()
     assert wider.returncode == 1 and "Traceback" not in wider.stderr, wider.stderr
     assert "does not fit the model this run builds" in lines[-1] and "size mismatch" in lines[-1]
+
+
+def test_pretrain_init_continues_a_checkpoint_and_refuses_another_tokenizers_corpus(trained_run, shakespeare_char,
+                                                                                    tmp_path):
+    """--init starts from the checkpoint's weights (its first evaluation is the trained model's, far below a new
+    model's), with a shorter context if asked; a corpus prepared with another tokenizer is refused in one line."""
+    start = metric_rows(trained_run)[-1]["val_loss"]
+    args = ["pretrain", "--init", str(trained_run), "--data", str(shakespeare_char), "--max-iters", "20",
+            "--eval-interval", "20", "--eval-iters", "5", "--batch-size", "8", "--lr", "1e-3", "--block-size", "16"]
+    done = run_cli(*args, "--out", str(tmp_path / "continued"))
+    assert done.returncode == 0, done.stderr
+    rows = metric_rows(tmp_path / "continued")
+    uniform = math.log(load_meta(shakespeare_char)["vocab_size"])
+    assert abs(rows[0]["val_loss"] - start) < 0.25 and rows[0]["val_loss"] < 0.8 * uniform, (rows[0], start)
+    model, _, _ = load_checkpoint(tmp_path / "continued")
+    assert model.config.block_size == 16 and model.config.n_embd == 32
+    refused = error_line(run_cli(*args, "--n-layer", "3", "--out", str(tmp_path / "x")))
+    assert "only --block-size and --dropout" in refused
+    other = tmp_path / "bpe"
+    (tmp_path / "text.txt").write_text(SHAKESPEARE.read_text(encoding="utf-8")[:50_000], encoding="utf-8")
+    assert run_cli("prepare", "--input", str(tmp_path / "text.txt"), "--out", str(other), "--tokenizer", "bpe",
+                   "--vocab-size", "300").returncode == 0
+    line = error_line(run_cli(*args[:3], "--data", str(other), *args[5:], "--out", str(tmp_path / "y")))
+    assert "was prepared with another tokenizer than --init" in line

@@ -83,6 +83,16 @@ def special_id(tok: Tokenizer, token: str) -> int | None:
     return tok.token_to_id(token)
 
 
+def stop_ids(tok: Tokenizer, tokenizer_config: dict | None = None) -> frozenset[int]:
+    """The ids that end a continuation: bigmodel's end-of-text and the model's own end-of-sequence
+    token (`eos_token` of its `tokenizer_config.json`: `<|im_end|>` for a ChatML model, which ends a turn)."""
+    eos = (tokenizer_config or {}).get("eos_token")
+    if isinstance(eos, dict):  # Hugging Face also writes special tokens as serialised AddedTokens
+        eos = eos.get("content")
+    ids = (tok.token_to_id(t) for t in (EOT, eos) if isinstance(t, str))
+    return frozenset(i for i in ids if i is not None)
+
+
 def unknown_id(tok: Tokenizer) -> int | None:
     """The id that stands for characters the vocabulary lacks (None for byte-level BPE)."""
     return tok.token_to_id(UNK)

@@ -1,7 +1,8 @@
 """Language-model evaluation: loss, perplexity and bits per byte over a whole text.
 
 Every token is scored exactly once, in consecutive non-overlapping windows of the model's
-context, so the figures cover the full split rather than a random sample of it.
+context (at most 2,048 tokens, or `window`: a long-context model is scored as it is mostly used), so the
+figures cover the full split rather than a random sample of it.
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ class LMReport:
 
 
 @torch.no_grad()
-def score_tokens(model: Transformer, tokens: np.ndarray, batch_size: int = 16) -> tuple[float, int]:
-    """Summed next-token negative log-likelihood (nats) and how many tokens were scored."""
-    block = model.config.block_size
+def score_tokens(model: Transformer, tokens: np.ndarray, window: int | None = None) -> tuple[float, int]:
+    """Summed next-token negative log-likelihood (nats) and how many tokens were scored, in windows of
+    `window` tokens (default 2,048; at most the context), about 4,096 tokens per forward pass."""
+    block = min(window or 2048, model.config.block_size)
+    batch_size = max(1, min(16, 4096 // block))
     device = next(model.parameters()).device
     n = len(tokens) - 1
     if n < 1:
@@ -71,18 +74,19 @@ def _report(source: str, nll: float, scored: int, n_bytes: int, **extra) -> LMRe
                     **extra)
 
 
-def evaluate_split(model: Transformer, tok: Tokenizer, data_dir: str, split: str = "val") -> LMReport:
+def evaluate_split(model: Transformer, tok: Tokenizer, data_dir: str, split: str = "val",
+                   window: int | None = None) -> LMReport:
     """Score a split prepared by `bigmodel prepare` (which must share the model's tokenizer)."""
     tokens = open_split(data_dir, split)
     if int(tokens.max()) >= model.config.vocab_size:
         raise BigModelError(f"{data_dir}: token ids exceed the model's vocabulary; prepared with another tokenizer?")
     n_bytes = sum(len(tok.decode(tokens[i:i + 65536].tolist()).encode("utf-8"))
                   for i in range(1, len(tokens), 65536))  # bytes of every predicted token
-    nll, scored = score_tokens(model, tokens)
+    nll, scored = score_tokens(model, tokens, window)
     return _report(f"{data_dir} ({split})", nll, scored, n_bytes)
 
 
-def evaluate_text(model: Transformer, tok: Tokenizer, path: str) -> LMReport:
+def evaluate_text(model: Transformer, tok: Tokenizer, path: str, window: int | None = None) -> LMReport:
     """Score a raw text file, tokenized the way the checkpoint's training data was."""
     reader = CorpusReader([path])
     eot = special_id(tok, EOT)
@@ -99,14 +103,15 @@ def evaluate_text(model: Transformer, tok: Tokenizer, path: str) -> LMReport:
             for token_id, (start, end) in zip(enc.ids, enc.offsets, strict=True):
                 if token_id == unk:
                     unknown[text[start:end]] = unknown.get(text[start:end], 0) + 1
-    nll, scored = score_tokens(model, np.asarray(ids, dtype=np.int64))
+    nll, scored = score_tokens(model, np.asarray(ids, dtype=np.int64), window)
     examples = " ".join(repr(c) for c, _ in sorted(unknown.items(), key=lambda kv: -kv[1])[:5])
     return _report(str(Path(path)), nll, scored, n_bytes, unknown_chars=sum(unknown.values()),
                    unknown_examples=examples)
 
 
-def evaluate_lm(model: Transformer, tok: Tokenizer, data: str, split: str = "val") -> LMReport:
+def evaluate_lm(model: Transformer, tok: Tokenizer, data: str, split: str = "val",
+                window: int | None = None) -> LMReport:
     """`data` is a prepared folder (its `split`) or a raw .txt/.jsonl/.csv file."""
     if Path(data).is_dir():
-        return evaluate_split(model, tok, data, split)
-    return evaluate_text(model, tok, data)
+        return evaluate_split(model, tok, data, split, window)
+    return evaluate_text(model, tok, data, window)

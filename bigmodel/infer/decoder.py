@@ -39,19 +39,29 @@ def sample_next(logits: torch.Tensor, cfg: DecodingConfig, generator: torch.Gene
 
 
 class Decoder:
-    """`rows` sequences decoding through one preallocated cache of `max_len` positions (default: the
-    model's context); an encoder-decoder's rows read `memory` (one row of it per cache row)."""
+    """`rows` sequences decoding through one KV cache; an encoder-decoder's rows read `memory` (one row
+    of it per cache row).
+
+    The cache starts at `max_len` positions (default 256) and doubles when a row needs more, up to
+    the model's context: a server that admits any request never sets aside its whole context per
+    row (8,192 positions × 30 layers for SmolLM2) for prompts of a few hundred tokens."""
 
     def __init__(self, model: Transformer, rows: int, max_len: int | None = None,
                  memory: Memory | None = None) -> None:
         param = next(model.parameters())
         self.model, self.memory, self.device = model, memory, param.device
-        self.capacity = min(max_len or model.config.block_size, model.config.block_size)
-        self.cache = KVCache.allocate(model.config, rows, self.capacity, param.dtype, param.device)
+        self.capacity = model.config.block_size  # where a row's context is full
+        self.cache = KVCache.allocate(model.config, rows, min(max_len or 256, self.capacity), param.dtype,
+                                      param.device)
+
+    def _reserve(self, length: int) -> None:
+        if length > self.cache.max_len:
+            self.cache.grow(min(max(length, 2 * self.cache.max_len), self.capacity))
 
     def prefill(self, ids: torch.Tensor | Sequence[Sequence[int]], row: int = 0) -> torch.Tensor:
         """Run token ids (B, T) into emptied rows row..row+B-1; the logits (B, V) after each row's last token."""
         ids = torch.as_tensor(ids, device=self.device)
+        self._reserve(ids.size(1))
         rows = self.cache.rows(row, row + ids.size(0))
         rows.lengths[:] = 0
         logits, _ = self.model(ids, cache=rows, memory=self.memory, last_only=True)
@@ -67,6 +77,7 @@ class Decoder:
         for row in np.flatnonzero(self.cache.lengths[:n] >= self.capacity):
             recent = histories[row][-(self.capacity // 2):-1]
             self.prefill([recent.tolist() if torch.is_tensor(recent) else list(recent)], int(row))
+        self._reserve(int(self.cache.lengths[:n].max()) + 1)
         with decoding_threads(self.model, n):
             logits, _ = self.model(tokens.view(n, 1), cache=self.cache.rows(0, n), memory=self.memory,
                                    last_only=True)

@@ -7,13 +7,13 @@ byte-level tokens (Chinese, emoji) is never printed half-made.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import torch
 from tokenizers import Tokenizer
 
 from bigmodel.config import GenerateConfig
-from bigmodel.data.tokenizer import EOT, StreamDecoder, special_id
+from bigmodel.data.tokenizer import StreamDecoder, stop_ids
 from bigmodel.errors import BigModelError
 from bigmodel.infer.decoder import Decoder, sample_next
 from bigmodel.model.transformer import Transformer
@@ -21,29 +21,29 @@ from bigmodel.model.transformer import Transformer
 
 @torch.no_grad()
 def generate_ids(model: Transformer, prompt: list[int], cfg: GenerateConfig, batch_size: int = 1,
-                 stop_id: int | None = None, generator: torch.Generator | None = None,
+                 stops: Collection[int] = (), generator: torch.Generator | None = None,
                  ) -> Iterator[torch.Tensor]:
     """Yield the next token of each of `batch_size` continuations, step by step.
 
-    Stops after `max_new_tokens`, or once every row has produced `stop_id`; a full context keeps
-    its latest half (`Decoder.step`).
+    Stops after `max_new_tokens`, or once every row has produced one of `stops`; a full context keeps
+    its latest half (`Decoder.step`). The cache holds what this call can reach, not the whole context.
     """
     block = model.config.block_size
     if not prompt:
         raise BigModelError("the prompt is empty (after tokenization)")
     if len(prompt) >= block:
         raise BigModelError(f"the prompt is {len(prompt)} tokens; the context holds {block} (leave room to generate)")
-    decoder = Decoder(model, batch_size)
+    decoder = Decoder(model, batch_size, len(prompt) + cfg.max_new_tokens)
     if generator is None:
         generator = torch.Generator(device=decoder.device).manual_seed(cfg.seed)
     history = torch.tensor(prompt, device=decoder.device).repeat(batch_size, 1)
     logits = decoder.prefill(history)
     done = torch.zeros(batch_size, dtype=torch.bool, device=decoder.device)
+    stop = torch.tensor(sorted(stops), dtype=torch.long, device=decoder.device)
     for step in range(cfg.max_new_tokens):
         token = sample_next(logits, cfg, generator)
         yield token
-        if stop_id is not None:
-            done |= token == stop_id
+        done |= torch.isin(token, stop)
         if step == cfg.max_new_tokens - 1 or bool(done.all()):
             return
         history = torch.cat([history, token[:, None]], dim=1)
@@ -51,14 +51,15 @@ def generate_ids(model: Transformer, prompt: list[int], cfg: GenerateConfig, bat
 
 
 def stream_text(model: Transformer, tok: Tokenizer, prompt: str, cfg: GenerateConfig,
-                generator: torch.Generator | None = None) -> Iterator[str]:
-    """Pieces of text of one continuation of `prompt`, as they are produced."""
-    stop_id = special_id(tok, EOT)
+                generator: torch.Generator | None = None, stops: Collection[int] | None = None) -> Iterator[str]:
+    """Pieces of text of one continuation of `prompt`, as they are produced, up to one of `stops`
+    (default: the end-of-text token). Special tokens in `prompt` (a chat template's) count as such."""
+    stops = stop_ids(tok) if stops is None else stops
     decoder = StreamDecoder(tok)
     for tokens in generate_ids(model, tok.encode(prompt, add_special_tokens=False).ids, cfg,
-                               1, stop_id, generator):
+                               1, stops, generator):
         token = int(tokens[0])
-        if token == stop_id:
+        if token in stops:
             break
         piece = decoder.push(token)
         if piece:
@@ -68,13 +69,14 @@ def stream_text(model: Transformer, tok: Tokenizer, prompt: str, cfg: GenerateCo
         yield tail
 
 
-def generate_texts(model: Transformer, tok: Tokenizer, prompt: str, cfg: GenerateConfig) -> list[str]:
-    """All `cfg.num_samples` continuations of `prompt`, each cut at its end-of-text token."""
-    stop_id = special_id(tok, EOT)
+def generate_texts(model: Transformer, tok: Tokenizer, prompt: str, cfg: GenerateConfig,
+                   stops: Collection[int] | None = None) -> list[str]:
+    """All `cfg.num_samples` continuations of `prompt`, each cut at its first of `stops` (as `stream_text`)."""
+    stops = stop_ids(tok) if stops is None else stops
     steps = list(generate_ids(model, tok.encode(prompt, add_special_tokens=False).ids, cfg,
-                              cfg.num_samples, stop_id))
+                              cfg.num_samples, stops))
     texts = []
     for row in torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(cfg.num_samples)]:
-        ids = row[:row.index(stop_id)] if stop_id in row else row
-        texts.append(tok.decode(ids))
+        end = next((i for i, t in enumerate(row) if t in stops), len(row))
+        texts.append(tok.decode(row[:end]))
     return texts

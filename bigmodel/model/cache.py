@@ -57,6 +57,17 @@ class KVCache:
                    [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layer)],
                    np.zeros(batch_size, dtype=np.int64))
 
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].size(2)
+
+    def grow(self, max_len: int) -> None:
+        """Room for `max_len` positions per row, keeping what the rows hold (a decoder asks as rows lengthen)."""
+        for store in (self.keys, self.values):
+            for i, old in enumerate(store):
+                store[i] = old.new_zeros((*old.shape[:2], max_len, old.size(3)))
+                store[i][:, :, :old.size(2)] = old
+
     def rows(self, start: int, stop: int) -> KVCache:
         """A cache over rows start..stop-1 that shares this one's storage."""
         return KVCache([k[start:stop] for k in self.keys], [v[start:stop] for v in self.values],

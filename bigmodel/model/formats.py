@@ -14,7 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from bigmodel.errors import BigModelError
-from bigmodel.model.gguf import GGUFFile, is_gguf
+from bigmodel.model.gguf import GGUFFile, GGUFType, is_gguf, write_gguf
 from bigmodel.model.hf import bart_to_hf, bert_from_hf, bert_to_hf, gpt2_from_hf, gpt2_to_hf, read_hf_config
 from bigmodel.model.hf import read_hf_tokenizer as read_folder_tokenizer
 from bigmodel.model.llama import LLAMA_TYPES, llama_from_hf, llama_to_hf
@@ -60,6 +60,19 @@ def read_tokenizer(path: str | Path) -> Tokenizer:
     return GGUFFile(path).tokenizer() if is_gguf(path) else read_folder_tokenizer(Path(path))
 
 
+def tokenizer_config(path: str | Path) -> dict:
+    """The chat template and named special tokens of a checkpoint, Hugging Face folder or GGUF file, as
+    `tokenizer_config.json` holds them ({} when it has none); `chat_template.jinja` wins, as in `transformers`."""
+    path = Path(path)
+    if is_gguf(path):
+        return GGUFFile(path).tokenizer_config()
+    files = tokenizer_files(path) if path.is_dir() else {}
+    config = json.loads(files.get("tokenizer_config.json", "{}"))
+    if "chat_template.jinja" in files:
+        config["chat_template"] = files["chat_template.jinja"]
+    return config
+
+
 def tokenizer_files(path: str | Path) -> dict[str, str]:
     """The chat template and special tokens a converted checkpoint keeps beside its tokenizer, by file name."""
     path = Path(path)
@@ -81,3 +94,13 @@ def to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = 
         return llama_to_hf(model, folder, tokenizer)
     (gpt2_to_hf if cfg.causal else bert_to_hf)(model, folder, tokenizer)
     return "GPT2LMHeadModel" if cfg.causal else "BertModel"
+
+
+def to_gguf(model: Transformer, tok: Tokenizer | None, source: str | Path, path: str | Path,
+            kind: GGUFType = "f16") -> None:
+    """Write a Llama-family model and its tokenizer (with `source`'s chat template) as one GGUF file."""
+    if is_int8(model):
+        raise BigModelError("an int8 model cannot be exported; export the checkpoint it was quantized from")
+    if tok is None:
+        raise BigModelError(f"{source}: GGUF export needs a text model with a tokenizer")
+    write_gguf(model, tok, tokenizer_config(source), path, kind)

@@ -1,6 +1,7 @@
 """GGUF files (llama.cpp's and Ollama's format) in: a Llama-family model's weights, dequantized to fp32
 by the `gguf` package; its byte-level BPE tokenizer rebuilt for `tokenizers` from the vocabulary,
-merges, special tokens and pre-tokenizer the file names; and its chat template.
+merges, special tokens and pre-tokenizer the file names; and its chat template. And out again:
+`write_gguf` writes the same pieces with the `gguf` package's writer, in f32, f16 or q8_0.
 
 llama.cpp's converter reorders the rows of a Llama model's query and key projections (its rotary
 code pairs neighbouring dimensions, ours and Hugging Face's pair the two halves); `unpermute` puts
@@ -9,8 +10,10 @@ them back. Qwen2 and Qwen3 files are written without that reordering.
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -18,7 +21,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
 from bigmodel.errors import BigModelError
-from bigmodel.model.llama import llama_config, llama_model
+from bigmodel.model.llama import llama_config, llama_model, llama_state
 from bigmodel.model.transformer import Transformer
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # GGUF's general.architecture, which is also transformers' model_type
@@ -27,6 +30,7 @@ BLOCK_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "at
                "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
                "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm",
                "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+GGUF_BLOCK_NAMES = {theirs: ours for ours, theirs in BLOCK_NAMES.items()}
 # How each pre-tokenizer llama.cpp names splits text before byte-level BPE.
 _CONTRACTIONS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)"
 _REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -134,6 +138,109 @@ class GGUFFile:
         return {k: v for k, v in config.items() if v is not None}
 
 
+GGUFType = Literal["f32", "f16", "q8_0"]
+
+
+def write_gguf(model: Transformer, tok: Tokenizer, tokenizer_config: dict, path: str | Path,
+               kind: GGUFType = "f16") -> None:
+    """Write a Llama-family model as a GGUF file llama.cpp, `transformers` and `GGUFFile` read: matrices in
+    `kind` (q8_0 falls back to f16 for rows that are not whole 32-value blocks), vectors in f32.
+
+    Written beside the target and renamed into place, so a failed write leaves no half file."""
+    from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, quantize
+
+    path = Path(path)
+    state, hf = llama_state(model)
+    cfg, arch = model.config, hf["model_type"]
+    tmp = path.with_name(path.name + ".tmp")
+    writer = GGUFWriter(str(tmp), arch)
+    writer.add_name(path.stem)
+    writer.add_context_length(cfg.block_size)
+    writer.add_embedding_length(cfg.n_embd)
+    writer.add_block_count(cfg.n_layer)
+    writer.add_feed_forward_length(hf["intermediate_size"])
+    writer.add_head_count(cfg.n_head)
+    writer.add_head_count_kv(cfg.n_kv_head)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_rope_freq_base(cfg.rope_base)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    writer.add_file_type({"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
+                          "q8_0": LlamaFileType.MOSTLY_Q8_0}[kind])
+    add_tokenizer(writer, tok, tokenizer_config, cfg.vocab_size, path)
+    for name, tensor in state.items():
+        array = tensor.detach().float().cpu().numpy()
+        if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            array = permute(array, cfg.n_head if "q_proj" in name else cfg.n_kv_head)
+        if array.ndim == 1 or kind == "f32":
+            writer.add_tensor(gguf_name(name), array)
+        elif kind == "q8_0" and array.shape[-1] % 32 == 0:
+            writer.add_tensor(gguf_name(name), quantize(array, GGMLQuantizationType.Q8_0),
+                              raw_dtype=GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(gguf_name(name), array.astype(np.float16))
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    os.replace(tmp, path)
+
+
+def add_tokenizer(writer: Any, tok: Tokenizer, tokenizer_config: dict, vocab_size: int, path: Path) -> None:
+    """The tokenizer as GGUF metadata: tokens (padded to the model's vocabulary), types, merges, pre-tokenizer,
+    the named special tokens and the chat template."""
+    from gguf import TokenType
+
+    spec = json.loads(tok.to_str())
+    if (spec.get("model") or {}).get("type") != "BPE" or not spec["model"].get("merges"):
+        raise BigModelError(f"{path}: GGUF export needs a byte-level BPE tokenizer; this model's is "
+                            f"{(spec.get('model') or {}).get('type')}")
+    vocab = tok.get_vocab(with_added_tokens=True)
+    if len(vocab) > vocab_size or sorted(vocab.values()) != list(range(len(vocab))):
+        raise BigModelError(f"{path}: the tokenizer's ids do not run 0..{vocab_size - 1}")
+    tokens = sorted(vocab, key=vocab.__getitem__) + [f"[PAD{i}]" for i in range(len(vocab), vocab_size)]
+    added = {t["content"]: t for t in spec.get("added_tokens", [])}
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre_name(tok, path))
+    writer.add_token_list(tokens)
+    writer.add_token_types([TokenType.UNUSED if i >= len(vocab) else
+                            (TokenType.CONTROL if added[t]["special"] else TokenType.USER_DEFINED) if t in added
+                            else TokenType.NORMAL for i, t in enumerate(tokens)])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+    named = {k: v.get("content") if isinstance(v, dict) else v for k, v in tokenizer_config.items()
+             if k.endswith("_token")}
+    named.setdefault("eos_token", "<|endoftext|>")
+    for key, add in (("bos_token", writer.add_bos_token_id), ("eos_token", writer.add_eos_token_id),
+                     ("unk_token", writer.add_unk_token_id), ("pad_token", writer.add_pad_token_id)):
+        if isinstance(named.get(key), str) and named[key] in vocab:
+            add(vocab[named[key]])
+    if isinstance(tokenizer_config.get("chat_template"), str):
+        writer.add_chat_template(tokenizer_config["chat_template"])
+
+
+def pre_name(tok: Tokenizer, path: Path) -> str:
+    """The name llama.cpp gives the way `tok` splits text before BPE (the inverse of `pre_tokenizer`)."""
+    mine = json.loads(tok.to_str())["pre_tokenizer"]
+    for kind in ("gpt2", "smollm", *_SPLITS):
+        probe = Tokenizer(BPE())
+        probe.pre_tokenizer = pre_tokenizer(kind, path)
+        if json.loads(probe.to_str())["pre_tokenizer"] == mine:
+            return kind
+    raise BigModelError(f"{path}: the tokenizer splits text in a way no GGUF pre-tokenizer name says "
+                        f"(known: gpt2, smollm, {', '.join(_SPLITS)})")
+
+
+def gguf_name(name: str) -> str:
+    """`model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight` (the inverse of `hf_name`)."""
+    for theirs, ours in NAMES.items():
+        if name.startswith(ours + "."):
+            return theirs + name[len(ours):]
+    _, _, i, rest = name.split(".", 3)
+    module, part = rest.rsplit(".", 1)
+    return f"blk.{i}.{GGUF_BLOCK_NAMES[module]}.{part}"
+
+
 def hf_name(name: str) -> str:
     """`blk.3.attn_q.weight` → `model.layers.3.self_attn.q_proj.weight`."""
     parts = name.split(".")
@@ -142,6 +249,11 @@ def hf_name(name: str) -> str:
     if parts[0] in NAMES:
         return f"{NAMES[parts[0]]}.{parts[1]}"
     return name
+
+
+def permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's row order for rotary projections: within each head, the two halves interleaved as pairs."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def unpermute(w: np.ndarray, heads: int) -> np.ndarray:

@@ -72,9 +72,9 @@ def llama_from_hf(folder: Path) -> Transformer:
     return llama_model(llama_config(read_hf_config(folder), folder), read_hf_weights(folder), folder)
 
 
-def llama_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> str:
-    """Write a folder `LlamaForCausalLM` (Qwen2's or Qwen3's class where the model needs their extras) loads to
-    the same logits; the class's name."""
+def llama_state(model: Transformer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The weights under `transformers`' names and the `config.json` of the Llama-family model `model` is:
+    Llama, or Qwen2/Qwen3 where it needs their extras (query/key/value biases, query/key norms)."""
     cfg = model.config
     check_exportable(cfg, "Llama", {"positions": "rope", "norm": "rmsnorm", "bias": False, "n_kv_head": cfg.n_kv_head,
                                     "causal": True, "norm_first": True, "embed_norm": False, "type_vocab_size": 0,
@@ -102,5 +102,12 @@ def llama_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | N
               "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_base,
               "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
               "torch_dtype": "float32"}
-    write_hf_folder(folder, out, config, tokenizer)
-    return architecture
+    return out, config
+
+
+def llama_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> str:
+    """Write a folder `LlamaForCausalLM` (Qwen2's or Qwen3's class where the model needs their extras) loads to
+    the same logits; the class's name."""
+    state, config = llama_state(model)
+    write_hf_folder(folder, state, config, tokenizer)
+    return config["architectures"][0]

@@ -33,7 +33,7 @@ class EvaluateConfig(PrecisionConfig, CkptConfig, LabelColumnsConfig, PairColumn
     hypothesis_column: str = ""  # seq2seq: score this column instead of a model (a baseline)
     labels: str = ""  # zeroshot: VALUE[=DESCRIPTION],... e.g. 0=negative,1=positive
     template: str = "{}"  # zeroshot: how a label description is phrased
-    max_length: int | None = None  # tokens of input kept (default: the checkpoint's fine-tuning length, else 512)
+    max_length: int | None = None  # tokens of input kept (default: tuning length, else 512); lm: scoring window
     max_new_tokens: int = 64  # seq2seq: tokens of each target at most
     temperature: float = 0.0  # seq2seq: 0 is greedy, a target's most likely form
     required: ClassVar[tuple[str, ...]] = ("data",)
@@ -49,7 +49,7 @@ def cmd_evaluate(args: EvaluateConfig) -> None:
     from bigmodel.evaluate.lm import evaluate_lm
 
     model, tok, folder = load(args)
-    report = evaluate_lm(model, tok, args.data, args.split)
+    report = evaluate_lm(model, tok, args.data, args.split, args.max_length)
     print(f"{report.source}: loss {report.loss:.4f} | perplexity {report.perplexity:.3f} | "
           f"bits/byte {report.bits_per_byte:.4f} | {report.tokens:,} tokens, {report.bytes:,} bytes "
           f"| checkpoint {folder}")

@@ -1,4 +1,4 @@
-"""The verbs that run a model over inputs: generate, embed, zeroshot, index and search."""
+"""The verbs that run a model over inputs: generate, chat, embed, zeroshot, index and search."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from bigmodel.config import (
     CkptConfig,
+    DecodingConfig,
     GenerateConfig,
     PrecisionConfig,
     TextColumnConfig,
@@ -27,6 +28,16 @@ class PromptsConfig(PrecisionConfig, CkptConfig, GenerateConfig):
     prompt: str | None = None  # text to continue
     prompt_file: str = ""  # one prompt per line (write \n for a newline inside one)
     greedy: bool = False  # always take the most likely token
+
+
+@dataclass
+class ChatConfig(PrecisionConfig, CkptConfig, DecodingConfig):
+    """`bigmodel chat`: talk with a chat model in the terminal; replies stream, the conversation is kept."""
+
+    system: str = ""  # a system message that opens the conversation
+    chat_template: str = ""  # Jinja file, or `plain` (default: the model's own)
+    greedy: bool = False  # always take the most likely token
+    max_new_tokens: int = 512  # per reply
 
 
 @dataclass
@@ -103,6 +114,55 @@ def cmd_generate(args: PromptsConfig) -> None:
             for j, text in enumerate(generate_texts(model, tok, prompt, cfg)):
                 print(f"--- sample {j + 1} ---\n{prompt}{text}")
         sys.stdout.flush()
+
+
+def cmd_chat(args: ChatConfig) -> None:
+    """Read a turn per line (`/reset` starts over, `/exit` or end of input ends), stream each reply until
+    the template's end-of-turn token; the oldest turns give way when the conversation outgrows the context."""
+    import torch
+
+    from bigmodel.data.tokenizer import stop_ids
+    from bigmodel.infer.chat import chat_template
+    from bigmodel.infer.generate import stream_text
+    from bigmodel.model.formats import tokenizer_config
+
+    cfg = resolve(GenerateConfig, args, {"temperature": 0.0} if args.greedy else None)
+    model, tok, folder = load(args, decoding=True)
+    if tok is None or not model.config.causal or model.config.encoder_layers:
+        raise BigModelError(f"{args.ckpt}: chat needs a decoder-only text model")
+    special = tokenizer_config(folder)
+    render, stops = chat_template(special, args.ckpt, args.chat_template), stop_ids(tok, special)
+    opening = [{"role": "system", "content": args.system}] if args.system else []
+    messages = list(opening)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.seed)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"chatting with {args.ckpt}: /reset starts over, /exit or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "").strip()
+        except EOFError:
+            break
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            messages = list(opening)
+            continue
+        if not line:
+            continue
+        messages.append({"role": "user", "content": line})
+        prompt = render(messages)
+        while len(tok.encode(prompt, add_special_tokens=False).ids) >= model.config.block_size and \
+                len(messages) > len(opening) + 1:
+            del messages[len(opening):len(opening) + 2]  # the oldest exchange
+            prompt = render(messages)
+        reply = []
+        for piece in stream_text(model, tok, prompt, cfg, generator, stops):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            reply.append(piece)
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply).strip()})
 
 
 def _prompts(args: PromptsConfig) -> list[str]:

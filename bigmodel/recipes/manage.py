@@ -45,10 +45,16 @@ class ConvertConfig(StorageConfig):
 
 @dataclass
 class ExportConfig(CkptConfig):
-    """`bigmodel export`: a GPT-2, BERT or BART-shaped folder that transformers loads."""
+    """`bigmodel export`: a Llama, GPT-2, BERT or BART-shaped folder that transformers loads, or a GGUF file."""
 
     to_hf: str = ""  # folder to write
-    required: ClassVar[tuple[str, ...]] = ("ckpt", "to_hf")
+    to_gguf: str = ""  # GGUF file to write (Llama-family models)
+    type: Literal["f32", "f16", "q8_0"] = "f16"  # --to-gguf: number format of the matrices
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ckpt and not (self.to_hf or self.to_gguf):
+            raise BigModelError("export needs --to-hf FOLDER or --to-gguf FILE")
 
 
 @dataclass
@@ -118,11 +124,19 @@ def cmd_convert(args: ConvertConfig) -> None:
 
 
 def cmd_export(args: ExportConfig) -> None:
-    from bigmodel.model.formats import to_hf
+    """The chat template and special tokens go along: `tokenizer_config.json` beside a folder, metadata in GGUF."""
+    from bigmodel.model.formats import to_gguf, to_hf, tokenizer_files
 
     model, tok, folder = load(args)
-    family = to_hf(model, args.to_hf, tok)
-    print(f"wrote {args.to_hf} from {folder}: load it with transformers' {family}.from_pretrained")
+    if args.to_hf:
+        family = to_hf(model, args.to_hf, tok)
+        for name, text in tokenizer_files(folder).items():
+            (Path(args.to_hf) / name).write_text(text, encoding="utf-8")
+        print(f"wrote {args.to_hf} from {folder}: load it with transformers' {family}.from_pretrained")
+    if args.to_gguf:
+        to_gguf(model, tok, folder, args.to_gguf, args.type)
+        size = Path(args.to_gguf).stat().st_size / 1e6
+        print(f"wrote {args.to_gguf} from {folder}: {args.type}, {size:.1f} MB")
 
 
 def cmd_registry(args: RegistryConfig) -> None:

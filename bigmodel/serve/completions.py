@@ -33,14 +33,14 @@ class Choice:
     tokens: asyncio.Queue  # filled from the engine thread through the event loop
     used: int = 0  # tokens turned into text (what `usage` counts)
 
-    async def pieces(self, tok: Tokenizer, stop_id: int | None, stops: list[str],
+    async def pieces(self, tok: Tokenizer, stop_ids: frozenset[int], stops: list[str],
                      ) -> AsyncIterator[tuple[str, str | None]]:
         """(text, finish_reason) pieces; the reason comes with the last. Leaving early frees the row."""
         decoder, text = StreamDecoder(tok), StopText(stops)
         try:
             while (token := await self.tokens.get()) is not None:
                 self.used += 1
-                if token == stop_id:
+                if token in stop_ids:
                     yield text.flush(), "stop"
                     return
                 piece, hit = text.push(decoder.push(token))
@@ -105,7 +105,7 @@ async def complete(svc: Service, prompts: list[str], req: Sampling, kind: str) -
     s = svc.served
 
     async def collect(choice: Choice) -> tuple[str, str | None]:
-        parts = [part async for part in choice.pieces(s.tok, s.engine.stop_id, req.stops())]
+        parts = [part async for part in choice.pieces(s.tok, s.engine.stop_ids, req.stops())]
         return "".join(p for p, _ in parts), parts[-1][1]
 
     try:
@@ -140,7 +140,7 @@ def stream(svc: Service, prompts: list[str], req: Sampling, kind: str) -> Stream
                 if kind == "chat.completion.chunk":
                     yield chunk({"index": index, "delta": {"role": "assistant", "content": ""},
                                  "finish_reason": None})
-                async for piece, reason in choice.pieces(s.tok, s.engine.stop_id, req.stops()):
+                async for piece, reason in choice.pieces(s.tok, s.engine.stop_ids, req.stops()):
                     yield chunk({"index": index, "text": piece, "finish_reason": reason, "logprobs": None}
                                 if kind == "text_completion" else
                                 {"index": index, "delta": {"content": piece} if piece else {},
@@ -172,7 +172,7 @@ async def completions(req: CompletionRequest, request: Request):
 
 @router.post("/v1/chat/completions", responses=STREAMED)
 async def chat(req: ChatRequest, request: Request):
-    prompt = service(request).served.chat(req.messages)
+    prompt = service(request).prompt_of(req.messages)
     if req.stream:
         return stream(service(request), [prompt], req, "chat.completion.chunk")
     return await complete(service(request), [prompt], req, "chat.completion")

@@ -61,8 +61,8 @@ class Sequence:
 
 
 class Engine:
-    def __init__(self, model: Transformer, max_batch: int, max_queue: int, stop_id: int | None) -> None:
-        self.model, self.max_batch, self.max_queue, self.stop_id = model, max_batch, max_queue, stop_id
+    def __init__(self, model: Transformer, max_batch: int, max_queue: int, stop_ids: frozenset[int]) -> None:
+        self.model, self.max_batch, self.max_queue, self.stop_ids = model, max_batch, max_queue, stop_ids
         self.decoder = Decoder(model, max_batch)
         self.active: list[Sequence] = []  # row i of the cache belongs to active[i]
         self.waiting: collections.deque[Sequence] = collections.deque()
@@ -148,7 +148,7 @@ class Engine:
         token = int(sample_next(logits[None].cpu(), seq.cfg, seq.generator)[0])  # each sequence's own generator
         seq.history.append(token)
         seq.emit(token)
-        if token == self.stop_id or seq.produced >= seq.cfg.max_new_tokens:
+        if token in self.stop_ids or seq.produced >= seq.cfg.max_new_tokens:
             seq.done = True  # its row is free at the next look
 
     def _leave_finished(self) -> None:

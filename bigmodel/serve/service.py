@@ -11,13 +11,15 @@ from fastapi import Request
 from tokenizers import Tokenizer
 
 from bigmodel.config import ServeConfig
-from bigmodel.data.tokenizer import EOT, special_id
+from bigmodel.data.tokenizer import stop_ids
 from bigmodel.device import pick_device
+from bigmodel.errors import BigModelError
+from bigmodel.infer.chat import chat_template
 from bigmodel.model.checkpoint import Storage, in_precision, load_checkpoint, locate
+from bigmodel.model.formats import tokenizer_config
 from bigmodel.model.heads import HEAD_FILE, SequenceModel
 from bigmodel.model.quantize import is_int8, to_int8
 from bigmodel.model.transformer import Transformer
-from bigmodel.serve.chat import chat_template
 from bigmodel.serve.engine import Engine
 from bigmodel.serve.metrics import Metrics
 from bigmodel.serve.schema import ApiError, Message, TextsRequest
@@ -31,7 +33,8 @@ class Served:
     tok: Tokenizer | None  # None for image and audio models
     model_id: str
     engine: Engine | None  # decoders only
-    chat: Callable[[list[Message]], str]  # messages to prompt
+    chat: Callable[[list[dict]], str] | None  # messages to prompt, for models with a chat template
+    chat_missing: str  # why there is no chat, when there is none
     classifier: SequenceModel | None = None  # a fine-tuned checkpoint's model with its head
 
     def capabilities(self) -> list[str]:
@@ -54,9 +57,17 @@ def load_served(cfg: ServeConfig) -> Served:
         model = to_int8(model)
     else:  # in place: a classifier's backbone is the generator's model
         in_precision(classifier or model, cfg.dtype, device, decoding=model.config.causal)
-    engine = Engine(model, cfg.max_batch, cfg.max_queue, special_id(tok, EOT)) if model.config.causal else None
+    special = tokenizer_config(folder)
+    engine = Engine(model, cfg.max_batch, cfg.max_queue, stop_ids(tok, special)) if model.config.causal else None
     model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
-    return Served(model, tok, model_id, engine, chat_template(folder), classifier)
+    chat, missing = None, ""
+    try:
+        chat = chat_template(special, model_id, cfg.chat_template)
+    except BigModelError as e:
+        if cfg.chat_template:  # a template the server was told to use must work
+            raise
+        missing = str(e)
+    return Served(model, tok, model_id, engine, chat, missing, classifier)
 
 
 
@@ -97,6 +108,16 @@ class Service:
             raise ApiError(400, f"model {s.model_id} is an encoder; it serves /v1/embeddings"
                            + (" and /v1/classify" if s.classifier else ""), "invalid_request_error", "model")
         return s.engine
+
+    def prompt_of(self, messages: list[Message]) -> str:
+        """The chat's prompt, through the model's template; 400 for a model without one."""
+        s = self.served
+        if s.chat is None:
+            raise ApiError(400, s.chat_missing, "invalid_request_error", "model")
+        try:
+            return s.chat([m.model_dump() for m in messages])
+        except BigModelError as e:
+            raise ApiError(400, f"messages: {e}", "invalid_request_error", "messages") from None
 
     def classifier(self) -> SequenceModel:
         """The fine-tuned model with its head, for the routes that need one."""

@@ -13,6 +13,7 @@ by group privacy).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,12 @@ from bigmodel.model.checkpoint import (
     SHARDS,
     Storage,
     assign_weights,
+    load_checkpoint,
     load_trainer_state,
     resolve_checkpoint,
     save_checkpoint,
 )
+from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy, sharded
 from bigmodel.train.loop import Loop
@@ -61,13 +64,16 @@ class Trainer(Loop):
         self.out = Path(cfg.out)
         self.storage = Storage.of(cfg)
         meta = load_meta(cfg.data)
+        self.tokenizer = load_tokenizer(cfg.data)
+        start = self._initial_weights(cfg.init, model_cfg) if cfg.init and not cfg.resume else None
         if model_cfg.vocab_size < meta["vocab_size"]:
             raise BigModelError(
                 f"--vocab-size {model_cfg.vocab_size} is smaller than the tokenizer's {meta['vocab_size']}"
             )
-        self.tokenizer = load_tokenizer(cfg.data)
         torch.manual_seed(cfg.seed)
         self.raw_model = Transformer(model_cfg).to(self.dist.device)
+        if start is not None:
+            self.raw_model.load_state_dict(start)
         self.sharded = cfg.strategy == "fsdp" and self.dist.world_size > 1
         if self.sharded:
             if self.storage.key is not None:
@@ -118,6 +124,19 @@ class Trainer(Loop):
             self.raw_model, self.optimizer, blocks, cfg.batch_size, cfg.max_iters, cfg)
         self.train_batches = BlockSampler(self.splits["train"], model_cfg.block_size, drawn)
         return model
+
+    def _initial_weights(self, init: str, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+        """The weights of `--init`, whose tokenizer must be the one the corpus was prepared with."""
+        model, tok, folder = load_checkpoint(init)
+        if is_int8(model):
+            raise BigModelError(f"--init {init}: an int8 checkpoint cannot be trained; start from its source")
+        if tok is None or tok.get_vocab(True) != self.tokenizer.get_vocab(True):
+            raise BigModelError(f"--data {self.cfg.data} was prepared with another tokenizer than --init {init}'s; "
+                                f"prepare it with `bigmodel prepare --tokenizer` and {folder}'s tokenizer.json")
+        state = model.state_dict()
+        if "pos_emb.weight" in state:  # learned positions: a shorter --block-size keeps the first rows
+            state["pos_emb.weight"] = state["pos_emb.weight"][:model_cfg.block_size]
+        return state
 
     # --- state -------------------------------------------------------------------------
 
@@ -257,10 +276,28 @@ def layered_configs(recipe: dict[str, Any], flags: Any = None, preset_name: str 
     if not train.data:
         raise BigModelError("pretrain needs --data DIR (a folder made by `bigmodel prepare`)")
     preset_name = preset_name or recipe.get("preset")
+    if train.init and not train.resume:  # a resumed run's saved model: section already holds the shape
+        model = init_config(train, recipe, flags, preset_name)
+        return model, train, {"preset": None, "model": model, "train": train}
     model_values = {"vocab_size": load_meta(train.data)["vocab_size"], "causal": train.objective != "mlm"}
     model_values.update(preset(preset_name) if preset_name else {})
     model = resolve(ModelConfig, model_values, recipe.get("model"), flags)
     return model, train, {"preset": preset_name, "model": model, "train": train}
+
+
+def init_config(train: TrainConfig, recipe: dict[str, Any], flags: Any, preset_name: str | None) -> ModelConfig:
+    """`--init`'s model config: its shape, with the block size and dropout the recipe or flags give."""
+    values = {**(recipe.get("model") or {}),
+              **{k: v for k, v in (flags if isinstance(flags, dict) else vars(flags or {})).items()
+                 if k in {f.name for f in dataclasses.fields(ModelConfig)} and v is not None}}
+    changed = sorted(set(values) - {"block_size", "dropout"})
+    if changed or preset_name:
+        raise BigModelError(f"--init {train.init} fixes the model's shape; only --block-size and --dropout may "
+                            f"change (given: {', '.join(changed) or '--preset'})")
+    base = load_checkpoint(train.init)[0].config
+    if values.get("block_size", 0) > base.block_size:
+        raise BigModelError(f"--block-size {values['block_size']} exceeds --init's context of {base.block_size}")
+    return dataclasses.replace(base, **values)
 
 
 def pretrain(model_cfg: ModelConfig, cfg: TrainConfig, sections: dict[str, Any],
