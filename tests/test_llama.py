@@ -30,7 +30,7 @@ def smollm2():
     theirs = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                                dtype=torch.float32).eval()
     their_tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    ours, tok, _ = load_checkpoint("smollm2")
+    ours, tok, _ = load_checkpoint(path)  # the file by its path (`--ckpt smollm2` finds the same)
     return ours, tok, theirs, their_tok
 
 

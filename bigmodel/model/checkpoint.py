@@ -45,6 +45,7 @@ from bigmodel.model.folders import (
     resolve_checkpoint,
 )
 from bigmodel.model.formats import find_pretrained, from_pretrained
+from bigmodel.model.gguf import is_gguf
 from bigmodel.model.formats import read_tokenizer as read_pretrained_tokenizer
 from bigmodel.model.heads import HEAD_FILE, HeadConfig, SequenceModel
 from bigmodel.model.probe import inference_precision
@@ -218,7 +219,7 @@ def locate(path: str | Path) -> tuple[Path, bool]:
     try:
         return resolve_checkpoint(path), False
     except BigModelError as not_ours:
-        if not (Path(path) / "config.json").is_file() and Path(path).exists():
+        if Path(path).exists() and not ((Path(path) / "config.json").is_file() or is_gguf(path)):
             raise
         try:
             return find_pretrained(path), True
