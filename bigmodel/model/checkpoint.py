@@ -45,8 +45,8 @@ from bigmodel.model.folders import (
     resolve_checkpoint,
 )
 from bigmodel.model.formats import find_pretrained, from_pretrained
-from bigmodel.model.gguf import is_gguf
 from bigmodel.model.formats import read_tokenizer as read_pretrained_tokenizer
+from bigmodel.model.gguf import is_gguf
 from bigmodel.model.heads import HEAD_FILE, HeadConfig, SequenceModel
 from bigmodel.model.probe import inference_precision
 from bigmodel.model.quantize import METADATA as INT8_METADATA
