@@ -6,7 +6,8 @@
   fp32 and int8 (`bigmodel quantize --method int8`) against transformers `generate` in fp32;
 - time to first token for a `--long-prompt`-token prompt (prefill and the first token);
 - perplexity on held-out English (the last `--ppl-chars` characters of tinyshakespeare) in 1,024-token
-  windows, scored by `evaluate_lm` (what `bigmodel evaluate` runs) and by transformers on the same tokens.
+  windows, scored by `evaluate_lm` (what `bigmodel evaluate` runs) and by transformers on the same tokens
+  (`text_tokens`: the file's paragraphs as `prepare` joins them).
 Last line `ratio: X.XX`: our int8 decoding over transformers fp32 (the issue's goal is 2).
 """
 
@@ -28,7 +29,7 @@ from _common import save
 from transformers import AutoModelForCausalLM
 
 from bigmodel.config import GenerateConfig
-from bigmodel.evaluate.lm import evaluate_lm
+from bigmodel.evaluate.lm import evaluate_lm, text_tokens
 from bigmodel.infer.generate import generate_ids
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.formats import find_pretrained
@@ -130,7 +131,7 @@ def main() -> None:
         held_out.write_text(text[-args.ppl_chars:], encoding="utf-8")
         perplexity = {name: evaluate_lm(model, tok, str(held_out), window=1024).perplexity
                       for name, model in variants.items()}
-    ids = tok.encode(text[-args.ppl_chars:]).ids
+        ids = text_tokens(tok, str(held_out)).ids.tolist()
     perplexity["transformers"] = hf_perplexity(theirs, ids, 1024)
 
     ratio = rates["bigmodel int8"] / rates["transformers"]

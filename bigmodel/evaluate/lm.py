@@ -86,15 +86,22 @@ def evaluate_split(model: Transformer, tok: Tokenizer, data_dir: str, split: str
     return _report(f"{data_dir} ({split})", nll, scored, n_bytes)
 
 
-def evaluate_text(model: Transformer, tok: Tokenizer, path: str, window: int | None = None) -> LMReport:
-    """Score a raw text file, tokenized the way the checkpoint's training data was."""
-    reader = CorpusReader([path])
-    eot = special_id(tok, EOT)
+@dataclass
+class TextTokens:
+    """A raw text file tokenized the way the checkpoint's training data was (documents joined as `prepare`
+    joins them), with what the tokenizer could not spell."""
+
+    ids: np.ndarray
+    n_bytes: int
+    unknown: dict[str, int]
+
+
+def text_tokens(tok: Tokenizer, path: str) -> TextTokens:
+    eot, unk = special_id(tok, EOT), unknown_id(tok)
     ids: list[int] = []
     n_bytes = 0
-    unk = unknown_id(tok)
     unknown: dict[str, int] = {}
-    for doc in reader:
+    for doc in CorpusReader([path]):
         text = doc.text if doc.ends_source else doc.text + "\n\n"
         enc = tok.encode(text, add_special_tokens=False)
         ids.extend(enc.ids + ([eot] if doc.ends_source and eot is not None else []))
@@ -103,9 +110,15 @@ def evaluate_text(model: Transformer, tok: Tokenizer, path: str, window: int | N
             for token_id, (start, end) in zip(enc.ids, enc.offsets, strict=True):
                 if token_id == unk:
                     unknown[text[start:end]] = unknown.get(text[start:end], 0) + 1
-    nll, scored = score_tokens(model, np.asarray(ids, dtype=np.int64), window)
-    examples = " ".join(repr(c) for c, _ in sorted(unknown.items(), key=lambda kv: -kv[1])[:5])
-    return _report(str(Path(path)), nll, scored, n_bytes, unknown_chars=sum(unknown.values()),
+    return TextTokens(np.asarray(ids, dtype=np.int64), n_bytes, unknown)
+
+
+def evaluate_text(model: Transformer, tok: Tokenizer, path: str, window: int | None = None) -> LMReport:
+    """Score a raw text file, tokenized the way the checkpoint's training data was."""
+    text = text_tokens(tok, path)
+    nll, scored = score_tokens(model, text.ids, window)
+    examples = " ".join(repr(c) for c, _ in sorted(text.unknown.items(), key=lambda kv: -kv[1])[:5])
+    return _report(str(Path(path)), nll, scored, text.n_bytes, unknown_chars=sum(text.unknown.values()),
                    unknown_examples=examples)
 
 

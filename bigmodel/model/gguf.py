@@ -100,7 +100,9 @@ class GGUFFile:
                 array = unpermute(array, n_head)
             elif self.architecture == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
                 array = unpermute(array, n_kv_head)
-            weights[name] = torch.from_numpy(np.array(array, dtype=np.float32))  # a copy: the file is mapped read-only
+            if array.dtype != np.float32 or not array.flags.writeable:  # F32 tensors are views of the mapped file
+                array = np.array(array, dtype=np.float32)
+            weights[name] = torch.from_numpy(array)
         return weights
 
     def model(self) -> Transformer:

@@ -82,9 +82,13 @@ def gpt2_config(hf: dict) -> ModelConfig:
 
 
 def load_state(model: Transformer, state: dict[str, torch.Tensor], folder: Path) -> Transformer:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    """`state` into `model`; a model on the meta device takes the tensors themselves (no second copy)."""
+    on_meta = next(model.parameters()).is_meta
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=on_meta)
     if missing or unexpected:
         raise BigModelError(f"{folder}: weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if on_meta and model.config.tie_embeddings:  # assigning gave each name its own parameter
+        model.lm_head.weight = model.tok_emb.weight
     return model.eval()
 
 

@@ -64,7 +64,7 @@ def llama_model(config: ModelConfig, weights: dict[str, torch.Tensor], where: st
         for ours, name in BLOCK_NAMES.items():
             if f"{theirs}{name}.weight" in weights:
                 state[f"blocks.{i}.{ours}.weight"] = weights[f"{theirs}{name}.weight"]
-    return load_state(Transformer.empty(config), state, Path(where))
+    return load_state(Transformer.empty(config, "meta"), state, Path(where))
 
 
 def llama_from_hf(folder: Path) -> Transformer:

@@ -250,12 +250,14 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * (config.n_layer + config.encoder_layers)))
 
     @classmethod
-    def empty(cls, config: ModelConfig) -> Transformer:
+    def empty(cls, config: ModelConfig, device: str = "cpu") -> Transformer:
         """A model with its parameters allocated but not initialised, to load weights into: drawing 124M
-        random numbers that a checkpoint overwrites costs seconds."""
+        random numbers that a checkpoint overwrites costs seconds. On `device="meta"` they have no storage
+        at all, for `load_state_dict(assign=True)` to hand them the loaded tensors themselves."""
         with torch.device("meta"):
             model = cls(config)
-        model = model.to_empty(device="cpu")
+        if device != "meta":
+            model = model.to_empty(device=device)
         if config.tie_embeddings:  # to_empty gives each name its own tensor
             model.lm_head.weight = model.tok_emb.weight
         if config.positions == "rope":  # buffers a checkpoint does not hold
