@@ -4,7 +4,9 @@ Llama, Mistral, Qwen2 and Qwen3 folders made by transformers' config classes, an
 import json
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -15,7 +17,7 @@ from bigmodel.infer.generate import generate_ids
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.formats import find_pretrained, from_pretrained, read_tokenizer, to_hf
 
-from .conftest import run_cli
+from .conftest import SHAKESPEARE, metric_rows, run_cli
 
 TEXTS = ["What is the capital of France? Answer in one word.",
          "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a\n",
@@ -161,3 +163,70 @@ def test_export_to_gguf_reads_back_to_the_same_logits_in_ours_and_transformers(t
         types = {t.name: t.tensor_type.name for t in GGUFReader(path).tensors}
         assert types["blk.0.ffn_down.weight"] == kind.upper() and types["blk.0.attn_norm.weight"] == "F32"
     assert errors["f32"] < 1e-4 and errors["f16"] < errors["q8_0"] < 0.02 * expected.abs().max().item(), errors
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """SmolLM2 converted once into a bigmodel checkpoint (fp32 safetensors, tokenizer, chat template)."""
+    out = tmp_path_factory.mktemp("smollm2") / "ckpt"
+    done = run_cli("convert", "--from-hf", "smollm2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "<|im_start|>" in json.loads((out / "tokenizer_config.json").read_text())["chat_template"]
+    return out
+
+
+def test_evaluate_quantize_explain_and_embed_run_on_smollm2(converted, tmp_path):
+    text = tmp_path / "held_out.txt"
+    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[-2000:], encoding="utf-8")
+    done = run_cli("evaluate", "--ckpt", str(converted), "--data", str(text), "--json", str(tmp_path / "ppl.json"),
+                   "--dtype", "fp32")
+    assert done.returncode == 0, done.stderr
+    fp32 = json.loads((tmp_path / "ppl.json").read_text())["perplexity"]
+    assert 5 < fp32 < 80  # a real English model on Shakespeare; a broken import gives thousands
+    done = run_cli("quantize", "--ckpt", str(converted), "--out", str(tmp_path / "int8"), "--method", "int8",
+                   "--text", str(text))
+    assert done.returncode == 0, done.stderr
+    change = float(done.stdout.split("(")[-1].split("%")[0])
+    assert change < 15, done.stdout  # SwiGLU MLPs kept in fp32: a few percent, not the 3x of all-int8
+    assert (tmp_path / "int8" / "tokenizer_config.json").is_file()  # the chat template goes along
+    done = run_cli("explain", "--ckpt", str(converted), "--text", "The capital of France is", "--steps", "4",
+                   "--out", str(tmp_path / "explain"))
+    assert done.returncode == 0, done.stderr
+    assert "Paris" in (tmp_path / "explain" / "explanation.json").read_text()
+    (tmp_path / "lines.txt").write_text("A man plays a guitar.\nSomeone is playing music.\n")
+    done = run_cli("embed", "--ckpt", str(converted), "--input", str(tmp_path / "lines.txt"), "--out",
+                   str(tmp_path / "v.npy"))
+    assert done.returncode == 0, done.stderr
+    assert np.load(tmp_path / "v.npy").shape == (2, 576)
+
+
+def test_lora_fine_tunes_smollm2_and_the_chat_template_stays(converted, tmp_path):
+    pairs = [{"source": w, "target": w.upper()} for w in ["cat", "dog", "sun", "tree", "book", "milk", "road", "fish"]]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs * 2))
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs[:4]))
+    done = run_cli("finetune", "--init", str(converted), "--task", "seq2seq", "--method", "lora", "--train",
+                   str(tmp_path / "train.jsonl"), "--val", str(tmp_path / "val.jsonl"), "--source-column", "source",
+                   "--target-column", "target", "--epochs", "3", "--eval-every", "2", "--lr", "3e-3",
+                   "--batch-size", "8", "--max-length", "16", "--dtype", "fp32", "--label-smoothing", "0", "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    rows = metric_rows(tmp_path / "run")
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5, rows
+    assert (tmp_path / "run" / "best" / "tokenizer_config.json").is_file()
+
+
+def test_serve_chats_with_smollm2_through_its_template_and_ends_the_turn(converted):
+    from fastapi.testclient import TestClient
+
+    from bigmodel.config import ServeConfig
+    from bigmodel.serve.app import create_app
+
+    with TestClient(create_app(ServeConfig(ckpt=str(converted)))) as c:
+        for _ in range(600):
+            if c.get("/health").status_code == 200:
+                break
+            time.sleep(0.05)
+        body = {"messages": [{"role": "user", "content": TEXTS[0]}], "max_tokens": 40, "temperature": 0}
+        answer = c.post("/v1/chat/completions", json=body).json()
+    choice = answer["choices"][0]
+    assert "Paris" in choice["message"]["content"] and choice["finish_reason"] == "stop", answer
+    assert answer["usage"]["completion_tokens"] < 40

@@ -32,6 +32,7 @@ from bigmodel.model.checkpoint import (
     RESUMED,
     Storage,
     assign_weights,
+    load_backbone,
     load_trainer_state,
     resolve_checkpoint,
     save_checkpoint,
@@ -41,7 +42,7 @@ from bigmodel.model.probe import training_precision
 from bigmodel.model.transformer import Transformer
 from bigmodel.tasks.label import targets_of, task_loss
 from bigmodel.train import distributed
-from bigmodel.train.finetune import FineTuner, load_backbone, plain_model
+from bigmodel.train.finetune import FineTuner, plain_model
 from bigmodel.train.optim import KeepBest
 from bigmodel.train.track import Tracker, tracking_sinks
 
@@ -100,7 +101,7 @@ class GlobalModel:
         self.storage = Storage.of(fed)
         val = read_labelled(fed.val, local.text_column, local.label_column)
         torch.manual_seed(local.seed)
-        backbone, self.tok = load_backbone(local.init, torch.device("cpu"), Storage.of(local))
+        backbone, self.tok, _ = load_backbone(local.init, torch.device("cpu"), Storage.of(local))
         labels = label_ids(known_examples(fed, local) + val, val) if local.task == "classify" else []
         head = HeadConfig(task=local.task, labels=labels, pooling=pooling_for(backbone.config))
         self.model = SequenceModel(backbone, head, local.head_dropout).eval()

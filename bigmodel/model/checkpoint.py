@@ -181,12 +181,14 @@ def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sou
 
 def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: Tokenizer | None,
                     sections: dict[str, Any], trainer_state: dict[str, Any] | None = None,
-                    storage: Storage = PLAIN, shards: Path | None = None) -> None:
+                    storage: Storage = PLAIN, shards: Path | None = None, plain: dict[str, str] | None = None,
+                    ) -> None:
     """Write the folder as `path.tmp`, then replace `path` with it (old one kept until then).
 
     A `SequenceModel` also leaves `head.json` (task, labels, pooling). Image and audio models have
     no tokenizer (a speech recognizer's characters are its head's labels). `shards`, a folder of
-    FSDP shards already written, moves in as `shards/` before the rename, so it lands with the rest."""
+    FSDP shards already written, moves in as `shards/` before the rename, so it lands with the rest.
+    `plain` files (the chat template and special tokens, by name) are written as they are, never sealed."""
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -202,6 +204,8 @@ def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: T
         files[TRAINER_STATE] = buffer.getvalue()
     sha256 = {name: storage.write(tmp, name, data) for name, data in files.items()}
     (tmp / MANIFEST).write_text(json.dumps({"sealed": storage.key is not None, "sha256": sha256}, indent=2))
+    for name, text in (plain or {}).items():
+        (tmp / name).write_text(text, encoding="utf-8")
     if shards is not None:
         os.replace(shards, tmp / SHARDS)
     if path.exists():
@@ -267,6 +271,14 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu", with_h
     if has_head and not with_head:
         model = model.backbone
     return model.to(device).eval(), read_tokenizer(folder, storage), folder
+
+
+def load_backbone(init: str, device: torch.device, storage: Storage) -> tuple[Transformer, Tokenizer, Path]:
+    """A bigmodel checkpoint, or a Hugging Face folder, GGUF file or packaged short name imported; and where."""
+    model, tok, folder = load_checkpoint(init, device, storage=storage)
+    if is_int8(model):
+        raise BigModelError(f"{init}: an int8 checkpoint cannot be trained; start from the one it came from")
+    return model.float(), tok, folder
 
 
 def in_precision(model: Any, requested: str, device: torch.device, decoding: bool = False) -> Any:

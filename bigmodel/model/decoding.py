@@ -54,10 +54,11 @@ class Linear(nn.Linear):
 
 
 def decoding_threads(model: nn.Module, rows: int) -> contextlib.AbstractContextManager[None]:
-    """The threads a decoding step of `rows` new tokens should run on: one row through our own Linear
-    layers (not int8 ones) goes through OpenBLAS, which wants the cores to itself."""
-    head = getattr(model, "lm_head", None)
-    if (rows == 1 and isinstance(head, Linear) and head.weight.device.type == "cpu"
-            and head.weight.dtype == torch.float32 and not torch.is_grad_enabled()):
+    """The threads a decoding step of `rows` new tokens should run on: when one row goes through any of our
+    own Linear layers (all of an fp32 model's; an int8 one keeps some), OpenBLAS wants the cores to itself,
+    and torch's int8 kernels run on one thread beside it rather than fight it."""
+    if rows == 1 and not torch.is_grad_enabled() and any(
+            isinstance(m, Linear) and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
+            for m in model.modules()):
         return one_torch_thread()
     return contextlib.nullcontext()

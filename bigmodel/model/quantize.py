@@ -34,11 +34,11 @@ def to_int8(model: Transformer) -> Transformer:
     if next(model.parameters()).device.type != "cpu":
         raise BigModelError("int8 (torch.ao dynamic quantization) runs on the CPU only: use --device cpu")
     model = model.float()
-    keep = ".mlp." if model.config.mlp == "swiglu" else None  # stays fp32 (see the module's docstring)
+    kept = ".mlp." if model.config.mlp == "swiglu" else None  # stays fp32 (see the module's docstring)
     for prefix, module in list(model.named_modules()):
         for name, child in module.named_children():
-            if keep and keep in f".{prefix}.{name}.":
-                continue
+            if kept and kept in f".{prefix}.{name}.":
+                continue  # our Linear still: one decoding row goes through OpenBLAS (see `decoding_threads`)
             if isinstance(child, nn.Linear) and type(child) is not nn.Linear:
                 plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
                 plain.weight = nn.Parameter(child.weight.detach().clone())  # clone: unties the output layer

@@ -35,14 +35,17 @@ def compress_checkpoint(args: CompressConfig, change, what: str) -> None:
     """Load, measure, `change` the model in place (or return a new one), save, measure again."""
     from bigmodel.evaluate.lm import evaluate_lm
     from bigmodel.model.checkpoint import WEIGHTS, save_checkpoint
+    from bigmodel.model.formats import tokenizer_files
 
     model, tok, folder = load(args)
     before = evaluate_lm(model, tok, args.text)
+    fp32_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     model = change(model) or model
     save_checkpoint(Path(args.out), model, tok, {"compressed_from": str(folder.resolve()), "compression": what},
-                    storage=storage(args))
+                    storage=storage(args), plain=tokenizer_files(folder))
     after = evaluate_lm(load(args, ckpt=args.out)[0], tok, args.text)
-    size_before, size_after = (folder / WEIGHTS).stat().st_size, (Path(args.out) / WEIGHTS).stat().st_size
+    size_before = (folder / WEIGHTS).stat().st_size if (folder / WEIGHTS).is_file() else fp32_bytes  # imported
+    size_after = (Path(args.out) / WEIGHTS).stat().st_size
     change_pct = 100 * (after.perplexity / before.perplexity - 1)
     print(f"{what}: weights {size_before / 1e6:.2f} MB -> {size_after / 1e6:.2f} MB; perplexity on {args.text} "
           f"{before.perplexity:.4f} -> {after.perplexity:.4f} ({change_pct:+.2f}%)")

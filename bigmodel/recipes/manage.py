@@ -117,9 +117,7 @@ def cmd_convert(args: ConvertConfig) -> None:
     source = find_pretrained(args.from_hf)
     model = from_pretrained(source)
     save_checkpoint(Path(args.out), model, read_tokenizer(source), {"converted_from": str(source.resolve())},
-                    storage=storage(args))
-    for name, text in tokenizer_files(source).items():  # the chat template, where `serve` finds it
-        (Path(args.out) / name).write_text(text, encoding="utf-8")
+                    storage=storage(args), plain=tokenizer_files(source))  # the chat template, where `serve` finds it
     print(f"wrote {args.out}: {model.num_params() / 1e6:.1f}M parameters from {source}")
 
 

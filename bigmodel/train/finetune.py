@@ -30,14 +30,14 @@ from bigmodel.model.checkpoint import (
     RESUMED,
     Storage,
     assign_weights,
-    load_checkpoint,
+    load_backbone,
     load_into,
     load_trainer_state,
     resolve_checkpoint,
     save_checkpoint,
 )
+from bigmodel.model.formats import tokenizer_files
 from bigmodel.model.heads import SequenceModel
-from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.tasks import make_task
 from bigmodel.tasks.base import Task, backbone_of
@@ -48,14 +48,6 @@ from bigmodel.train.optim import KeepBest, linear_lr, make_optimizer, optimizer_
 from bigmodel.train.track import Sink, Tracker, tracking_sinks
 
 LORA_TARGETS = ["qkv", "proj", "up", "down", "gate", "q", "kv"]
-
-
-def load_backbone(init: str, device: torch.device, storage: Storage) -> tuple[Transformer, Tokenizer]:
-    """A bigmodel checkpoint, or a Hugging Face folder (or packaged short name) imported."""
-    model, tok, _ = load_checkpoint(init, device, storage=storage)
-    if is_int8(model):
-        raise BigModelError(f"{init}: an int8 checkpoint cannot be trained; start from the one it came from")
-    return model.float(), tok
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -127,6 +119,7 @@ class FineTuner(Loop):
         self.dist, self.out = dist, Path(cfg.out)
         torch.manual_seed(cfg.seed)
         self.storage = Storage.of(cfg)
+        self.tokenizer_files: dict[str, str] = {}  # the chat template of the model it starts from
         if start:
             model, self.tok = start
             self.task: Task = LabelTask(cfg, None, self.tok, model)
@@ -134,7 +127,8 @@ class FineTuner(Loop):
             if scratch:
                 backbone, self.tok = Transformer(scratch).to(dist.device), None
             else:
-                backbone, self.tok = load_backbone(cfg.init, dist.device, self.storage)
+                backbone, self.tok, folder = load_backbone(cfg.init, dist.device, self.storage)
+                self.tokenizer_files = tokenizer_files(folder)
             self.task = make_task(cfg, backbone, self.tok)
         model = self.task.model
         shape = backbone_of(model).config
@@ -206,7 +200,7 @@ class FineTuner(Loop):
             sections["privacy"] = self.private.record()
         if self.dist.is_main:
             save_checkpoint(self.out / name, plain_model(self.runner, self.cfg), self.tok, sections, state,
-                            self.storage)
+                            self.storage, plain=self.tokenizer_files)
 
     # --- loop --------------------------------------------------------------------------
 

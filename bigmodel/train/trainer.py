@@ -30,12 +30,12 @@ from bigmodel.model.checkpoint import (
     SHARDS,
     Storage,
     assign_weights,
-    load_checkpoint,
+    load_backbone,
     load_trainer_state,
     resolve_checkpoint,
     save_checkpoint,
 )
-from bigmodel.model.quantize import is_int8
+from bigmodel.model.formats import tokenizer_files
 from bigmodel.model.transformer import Transformer
 from bigmodel.train import distributed, privacy, sharded
 from bigmodel.train.loop import Loop
@@ -63,6 +63,7 @@ class Trainer(Loop):
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.storage = Storage.of(cfg)
+        self.tokenizer_files: dict[str, str] = {}  # the chat template of an --init model
         meta = load_meta(cfg.data)
         self.tokenizer = load_tokenizer(cfg.data)
         start = self._initial_weights(cfg.init, model_cfg) if cfg.init and not cfg.resume else None
@@ -127,9 +128,8 @@ class Trainer(Loop):
 
     def _initial_weights(self, init: str, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
         """The weights of `--init`, whose tokenizer must be the one the corpus was prepared with."""
-        model, tok, folder = load_checkpoint(init)
-        if is_int8(model):
-            raise BigModelError(f"--init {init}: an int8 checkpoint cannot be trained; start from its source")
+        model, tok, folder = load_backbone(init, torch.device("cpu"), self.storage)
+        self.tokenizer_files = tokenizer_files(folder)  # its chat template goes along
         if tok is None or tok.get_vocab(True) != self.tokenizer.get_vocab(True):
             raise BigModelError(f"--data {self.cfg.data} was prepared with another tokenizer than --init {init}'s; "
                                 f"prepare it with `bigmodel prepare --tokenizer` and {folder}'s tokenizer.json")
@@ -142,6 +142,7 @@ class Trainer(Loop):
 
     def _restore(self) -> None:
         folder = resolve_checkpoint(self.out, prefer="last")
+        self.tokenizer_files = tokenizer_files(folder)
         state = load_trainer_state(folder, self.storage)
         if (folder / SHARDS).is_dir():  # FSDP's: resharded onto however many processes run now
             sharded.load(self.raw_model, self.optimizer, folder / SHARDS)
@@ -177,7 +178,8 @@ class Trainer(Loop):
             if name == "last":
                 shards = sharded.save(self.raw_model, self.optimizer, self.out / f"{name}.{SHARDS}.tmp")
         if self.dist.is_main:
-            save_checkpoint(self.out / name, model, self.tokenizer, sections, state, self.storage, shards)
+            save_checkpoint(self.out / name, model, self.tokenizer, sections, state, self.storage, shards,
+                            plain=self.tokenizer_files)
 
     # --- loop --------------------------------------------------------------------------
 
@@ -294,7 +296,7 @@ def init_config(train: TrainConfig, recipe: dict[str, Any], flags: Any, preset_n
     if changed or preset_name:
         raise BigModelError(f"--init {train.init} fixes the model's shape; only --block-size and --dropout may "
                             f"change (given: {', '.join(changed) or '--preset'})")
-    base = load_checkpoint(train.init)[0].config
+    base = load_backbone(train.init, torch.device("cpu"), Storage.of(train))[0].config
     if values.get("block_size", 0) > base.block_size:
         raise BigModelError(f"--block-size {values['block_size']} exceeds --init's context of {base.block_size}")
     return dataclasses.replace(base, **values)
