@@ -207,7 +207,8 @@ def test_lora_fine_tunes_smollm2_and_the_chat_template_stays(converted, tmp_path
     done = run_cli("finetune", "--init", str(converted), "--task", "seq2seq", "--method", "lora", "--train",
                    str(tmp_path / "train.jsonl"), "--val", str(tmp_path / "val.jsonl"), "--source-column", "source",
                    "--target-column", "target", "--epochs", "3", "--eval-every", "2", "--lr", "3e-3",
-                   "--batch-size", "8", "--max-length", "16", "--dtype", "fp32", "--label-smoothing", "0", "--out", str(tmp_path / "run"))
+                   "--batch-size", "8", "--max-length", "16", "--dtype", "fp32", "--label-smoothing", "0",
+                   "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
     rows = metric_rows(tmp_path / "run")
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5, rows
