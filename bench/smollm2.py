@@ -8,13 +8,17 @@
 - perplexity on held-out English (the last `--ppl-chars` characters of tinyshakespeare) in 1,024-token
   windows, scored by `evaluate_lm` (what `bigmodel evaluate` runs) and by transformers on the same tokens
   (`text_tokens`: the file's paragraphs as `prepare` joins them).
-Last line `ratio: X.XX`: our int8 decoding over transformers fp32 (the issue's goal is 2).
+With `llama-cpp-python` installed (built from its source distribution: `pip install llama-cpp-python`,
+which compiles llama.cpp), llama.cpp on the same file is a third column: it computes with the file's
+4-bit blocks as they are, where bigmodel and transformers dequantize them to fp32, so it does less work
+per token. Last line `ratio: X.XX`: our int8 decoding over transformers fp32 (the issue's goal is 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import math
 import statistics
@@ -41,6 +45,9 @@ LOADERS = {  # run in a fresh interpreter each: (seconds to load, peak RSS in MB
     "transformers": "import torch\nfrom transformers import AutoModelForCausalLM\n"
                     "AutoModelForCausalLM.from_pretrained({folder!r}, gguf_file={name!r}, dtype=torch.float32)",
 }
+HAVE_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
+if HAVE_LLAMA_CPP:
+    LOADERS["llama.cpp"] = "from llama_cpp import Llama\nLlama({path!r}, n_ctx=2048, n_threads=2, verbose=False)"
 TIMED = """import resource, time
 import torch, transformers, bigmodel.model.checkpoint  # imports are not loading
 start = time.perf_counter()
@@ -107,12 +114,37 @@ def main() -> None:
         x = torch.tensor([long_prompt])
         theirs.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=1, do_sample=False, pad_token_id=0)
 
+    if HAVE_LLAMA_CPP:
+        from llama_cpp import Llama
+
+        llm = Llama(str(path), n_ctx=2048, n_threads=2, verbose=False)
+
+        def decode_llama_cpp() -> list[int]:
+            llm.reset()
+            out = []
+            for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+                out.append(token)
+                if len(out) == args.new_tokens:
+                    return out
+            return out
+
+        def first_token_llama_cpp() -> None:
+            llm.reset()
+            next(llm.generate(long_prompt, temp=0.0, top_k=1, reset=True))
+
+        runs_extra = [("llama.cpp", decode_llama_cpp)]
+        firsts_extra = [("llama.cpp", first_token_llama_cpp)]
+    else:
+        print("llama.cpp column left out: llama-cpp-python is not installed here")
+        runs_extra, firsts_extra = [], []
+
     with torch.inference_mode():
         reference = decode_hf()  # also the warm-up
         same = {name: decode(model) == reference for name, model in variants.items()}
-        runs = [*((name, lambda m=model: decode(m)) for name, model in variants.items()), ("transformers", decode_hf)]
+        runs = [*((name, lambda m=model: decode(m)) for name, model in variants.items()), ("transformers", decode_hf),
+                *runs_extra]
         firsts = [*((name, lambda m=model: first_token(m)) for name, model in variants.items()),
-                  ("transformers", first_token_hf)]
+                  ("transformers", first_token_hf), *firsts_extra]
         times: dict[str, list[float]] = {name: [] for name, _ in runs}
         ttft: dict[str, list[float]] = {name: [] for name, _ in firsts}
         for _ in range(args.repeats):  # interleaved, so drift on a noisy machine hits every row
@@ -145,8 +177,9 @@ def main() -> None:
     print(json.dumps({"load": loads}, indent=1))
     print(f"same greedy tokens as transformers: {same}")
     for name, rate in rates.items():
+        ppl = f"perplexity {perplexity[name]:.3f}" if name in perplexity else "perplexity not measured"
         print(f"{name:>14}: {rate:6.1f} tokens/s, first token of {len(long_prompt)} in {first_ms[name]:6.0f} ms, "
-              f"perplexity {perplexity[name]:.3f}; {rate / rates['transformers']:.2f}x transformers fp32 decoding")
+              f"{ppl}; {rate / rates['transformers']:.2f}x transformers fp32 decoding")
     print(f"figures: {result}")
     print(f"ratio: {ratio:.2f}")
 

@@ -1,8 +1,8 @@
 """LoRA on SmolLM2-135M-Instruct: SST-2 sentiment as text to text ("positive" / "negative"), before and after.
 
 The commands a user would run, in order: `bigmodel evaluate --task seq2seq` on the packaged GGUF model,
-`bigmodel finetune --init smollm2 --task seq2seq --method lora` on the first `--train` SST-2 sentences for one
-epoch, and the same evaluation of the result on the first `--val` dev sentences. A decoder-only model reads
+`bigmodel finetune --init smollm2 --task seq2seq --method lora` on the first `--train` SST-2 sentences for
+`--epochs`, and the same evaluation of the result on the first `--val` dev sentences. A decoder-only model reads
 `sentence <|endoftext|> label`; the untuned model has never seen that format, so its "before" is the floor.
 Figures: exact match and chrF before and after, and the fine-tune's wall time (loading included).
 Last line `ratio: X.XX`: exact match after over before (+1 each, so a floor of 0 stays finite).
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from _common import save
@@ -51,7 +52,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--val", type=int, default=200)
     parser.add_argument("--lora-r", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -61,19 +63,25 @@ def main() -> None:
         seconds = bigmodel("finetune", "--init", "smollm2", "--task", "seq2seq", "--method", "lora",
                            "--lora-r", str(args.lora_r), "--train", str(work / "train.jsonl"),
                            "--val", str(work / "val.jsonl"), "--source-column", "sentence", "--target-column",
-                           "label", "--epochs", "1", "--lr", str(args.lr), "--batch-size", "16",
+                           "label", "--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", "16",
                            "--max-length", "64", "--label-smoothing", "0", "--out", str(work / "run"))
         after = scores(str(work / "run"), work / "val.jsonl", work / "after")
+        outputs = Counter(json.loads(line)["output"] for line in (work / "after" / "outputs.jsonl").open())
+        labels = Counter(json.loads(line)["label"] for line in (work / "val.jsonl").open())
     keep = ("exact_match", "chrf", "examples")
     figures = {"task": f"SST-2 as text to text, {args.train} training sentences, {args.val} dev sentences",
-               "lora_r": args.lora_r, "lr": args.lr, "epochs": 1,
+               "lora_r": args.lora_r, "lr": args.lr, "epochs": args.epochs,
                "before": {k: before[k] for k in keep}, "after": {k: after[k] for k in keep},
+               "outputs_after": dict(outputs.most_common(5)),
+               "majority_label_share": 100 * labels.most_common(1)[0][1] / args.val,
                "finetune_wall_seconds": seconds, "train_examples_per_s_with_startup": args.train / seconds,
                "ratio": (after["exact_match"] + 1) / (before["exact_match"] + 1)}
     path = save("smollm2_lora", figures)
     print(f"before: exact match {before['exact_match']:.1f}%, chrF {before['chrf']:.1f}")
-    print(f"after LoRA r={args.lora_r}, one epoch of {args.train} ({seconds:.0f} s with loading): "
+    print(f"after LoRA r={args.lora_r}, {args.epochs} epochs of {args.train} ({seconds:.0f} s with loading): "
           f"exact match {after['exact_match']:.1f}%, chrF {after['chrf']:.1f}")
+    print(f"outputs after: {dict(outputs.most_common(5))}; the majority label is "
+          f"{figures['majority_label_share']:.1f}% of the dev sentences")
     print(f"figures: {path}")
     print(f"ratio: {figures['ratio']:.2f}")
 

@@ -17,7 +17,7 @@ from bigmodel.infer.generate import generate_ids
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.formats import find_pretrained, from_pretrained, read_tokenizer, to_hf
 
-from .conftest import SHAKESPEARE, metric_rows, run_cli
+from .conftest import SHAKESPEARE, error_line, metric_rows, run_cli
 
 TEXTS = ["What is the capital of France? Answer in one word.",
          "def gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a\n",
@@ -102,6 +102,21 @@ def test_bad_pretrained_files_are_one_line(tmp_path):
     (tmp_path / "odd" / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     done = run_cli("convert", "--from-hf", str(tmp_path / "odd"), "--out", str(tmp_path / "x"))
     assert done.returncode == 1 and "model_type 'mamba' is not supported" in done.stderr.strip().splitlines()[-1]
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(tmp_path / "other.gguf"), "mamba")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    done = run_cli("generate", "--ckpt", str(tmp_path / "other.gguf"), "--prompt", "hi")
+    assert done.returncode == 1 and "GGUF architecture 'mamba' is not supported" in done.stderr.splitlines()[-1]
+
+
+def test_chat_needs_a_template_and_says_so_in_one_line(trained_run):
+    line = error_line(run_cli("chat", "--ckpt", str(trained_run)))
+    assert "has no chat template; give one with --chat-template FILE" in line
 
 
 def test_chat_streams_replies_keeps_the_conversation_and_ends_each_at_the_end_of_turn(smollm2):
