@@ -41,14 +41,14 @@ def federated(trained_run, tmp_path, *flags):
 
 
 def test_rounds_run_on_flower_processes_then_resume(trained_run, tmp_path):
-    result = federated(trained_run, tmp_path, "--clients", "2", "--rounds", "2", "--epochs", "2")
+    result = federated(trained_run, tmp_path, "--clients", "2", "--rounds", "1", "--epochs", "4")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = metric_rows(tmp_path / "fed")
-    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+    assert [int(r["round"]) for r in rows] == [0, 1]
     assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.2 and rows[-1]["clients"] == 2
-    assert rows[1]["examples"] == 2 * 240  # two local epochs over 120 examples each
+    assert rows[1]["examples"] == 2 * 480  # four local epochs over 120 examples each
     clients = (tmp_path / "fed" / "clients.csv").read_text().splitlines()
-    assert len(clients) == 1 + 2 * 2
+    assert len(clients) == 1 + 2
     assert (tmp_path / "fed" / "loss.png").stat().st_size > 10_000
     logs = (tmp_path / "fed" / "flower" / "logs")
     assert {p.name for p in logs.iterdir()} >= {"superlink.log", "supernode-0.log", "supernode-1.log"}
@@ -56,12 +56,12 @@ def test_rounds_run_on_flower_processes_then_resume(trained_run, tmp_path):
     assert model.head_config.labels == ["evil", "good"]
 
     port = free_port()
-    resumed = federated(trained_run, tmp_path, "--clients", "2", "--rounds", "3", "--epochs", "2", "--resume",
+    resumed = federated(trained_run, tmp_path, "--clients", "2", "--rounds", "2", "--epochs", "4", "--resume",
                         "--port-base", str(port))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"on 127.0.0.1:{port}." in (logs / "superlink.log").read_text()  # --port-base chose the SuperLink's port
-    assert [int(r["round"]) for r in metric_rows(tmp_path / "fed")] == [0, 1, 2, 3]
-    assert "3 rounds; best global accuracy" in resumed.stdout
+    assert [int(r["round"]) for r in metric_rows(tmp_path / "fed")] == [0, 1, 2]
+    assert "2 rounds; best global accuracy" in resumed.stdout
 
 
 def test_a_client_killed_mid_round_does_not_stop_training(trained_run, tmp_path):
@@ -69,7 +69,7 @@ def test_a_client_killed_mid_round_does_not_stop_training(trained_run, tmp_path)
     train = write_rows(tmp_path / "train.csv", synthetic(240, 0))
     command = [sys.executable, "-m", "bigmodel.cli", "federated", "--init", str(trained_run), "--train", str(train),
                "--val", str(val), "--out", str(tmp_path / "fed"), "--clients", "3", "--min-clients", "2",
-               "--rounds", "2", "--epochs", "30", "--lr", "3e-3", "--batch-size", "16", "--max-length", "32",
+               "--rounds", "1", "--epochs", "30", "--lr", "3e-3", "--batch-size", "16", "--max-length", "32",
                "--round-timeout", "600"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim_log = tmp_path / "fed" / "flower" / "logs" / "supernode-2.log"
@@ -84,8 +84,8 @@ def test_a_client_killed_mid_round_does_not_stop_training(trained_run, tmp_path)
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output[-4000:]
     rows = metric_rows(tmp_path / "fed")
-    assert [int(r["round"]) for r in rows] == [0, 1, 2]
-    assert rows[1]["clients"] == 2 and rows[2]["clients"] == 2
+    assert [int(r["round"]) for r in rows] == [0, 1]
+    assert rows[1]["clients"] == 2  # the round closed with the two clients left
 
 
 @pytest.mark.parametrize("flags,fragment", [

@@ -32,5 +32,6 @@ def embed_ids(model: Transformer, ids: list[list[int]], pad: int, batch_size: in
         rows = order[start:start + batch_size]
         x, mask = collate([ids[i] for i in rows], pad, device)
         pooled = mean_pool(model.hidden_states(x, padding_mask=mask), mask)
-        out[rows] = torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+        # normalised in fp32: a bf16 model's unit vectors would be a rounding step away from unit length
+        out[rows] = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
     return out
