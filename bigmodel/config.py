@@ -67,6 +67,8 @@ class ModelConfig:
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
+    rope_scaling: str = "none"  # none | linear | llama3 (Llama 3.1's long-context frequencies, original 8,192)
+    rope_factor: float = 1.0  # with rope_scaling: how many times longer the context is than trained
     causal: bool = True  # False: every token sees every other (an encoder, as BERT)
     norm_first: bool = True  # False: post-norm blocks, as BERT
     type_vocab_size: int = 0  # > 0: token-type (segment) embeddings, as BERT
@@ -90,6 +92,7 @@ class ModelConfig:
             "n_head must be divisible by n_kv_head": self.n_head % self.n_kv_head == 0,
             "norm must be layernorm or rmsnorm": self.norm in ("layernorm", "rmsnorm"),
             "positions must be learned or rope": self.positions in ("learned", "rope"),
+            "rope_scaling must be none, linear or llama3": self.rope_scaling in ("none", "linear", "llama3"),
             "mlp must be gelu, gelu_tanh or swiglu": self.mlp in ("gelu", "gelu_tanh", "swiglu"),
             "an encoder-decoder's decoder must be causal": self.causal or not self.encoder_layers,
             "frontend must be tokens, patches or mel": self.frontend in ("tokens", "patches", "mel"),
@@ -97,10 +100,8 @@ class ModelConfig:
                 self.patch_size > 0 and self.image_size % self.patch_size == 0),
             "images and audio go through an encoder (causal: false, encoder_layers: 0)": self.frontend == "tokens"
             or not (self.causal or self.encoder_layers),
-            "block_size, vocab_size and n_layer must be positive": min(
-                self.block_size, self.vocab_size, self.n_layer
-            )
-            > 0,
+            "block_size, vocab_size and n_layer must be positive": min(self.block_size, self.vocab_size,
+                                                                        self.n_layer) > 0,
         }
         for message, ok in checks.items():
             if not ok:

@@ -16,6 +16,7 @@ from bigmodel.errors import BigModelError
 from bigmodel.infer.generate import generate_ids
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.formats import find_pretrained, from_pretrained, read_tokenizer, to_hf
+from bigmodel.model.transformer import Transformer
 
 from .conftest import SHAKESPEARE, error_line, metric_rows, run_cli
 
@@ -89,6 +90,34 @@ def test_a_tiny_hugging_face_model_of_each_family_imports_and_exports_to_the_sam
     to_hf(ours, tmp_path / "out")
     back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
+        assert (back(ids).logits - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 4.0},
+                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}])
+def test_rope_scaling_imports_and_exports_to_the_same_logits(scaling, tmp_path):
+    """Over 600 positions, where the scaled frequencies have turned far enough to change the logits."""
+    import dataclasses
+
+    config = transformers.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384,
+                                      rope_theta=50000.0, rope_scaling=scaling)
+    torch.manual_seed(0)
+    reference = transformers.LlamaForCausalLM(config).eval()
+    reference.save_pretrained(tmp_path / "hf")
+    ours = from_pretrained(tmp_path / "hf")
+    assert (ours.config.rope_scaling, ours.config.rope_factor) == (scaling["rope_type"], scaling["factor"])
+    ids = torch.randint(0, 320, (1, 600))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        matched = (ours(ids)[0] - expected).abs().max().item()
+        unscaled = Transformer(dataclasses.replace(ours.config, rope_scaling="none"))
+        unscaled.load_state_dict(ours.state_dict())
+        missed = (unscaled.eval()(ids)[0] - expected).abs().max().item()
+        assert matched < 1e-5 and missed > 1e-4 and missed > 30 * matched  # the scaling is what matched
+        to_hf(ours, tmp_path / "out")
+        back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
         assert (back(ids).logits - expected).abs().max().item() < 1e-4
 
 

@@ -82,7 +82,10 @@ class GGUFFile:
                 "max_position_embeddings": self.get(a + "context_length", 2048),
                 "rope_theta": self.get(a + "rope.freq_base", 10000.0),
                 "rms_norm_eps": self.get(a + "attention.layer_norm_rms_epsilon", 1e-6),
-                "tie_word_embeddings": "output.weight" not in names}
+                "tie_word_embeddings": "output.weight" not in names,
+                "rope_scaling": {"rope_type": "rope_freqs tensor (llama3)"} if "rope_freqs.weight" in names else
+                {"rope_type": self.get(a + "rope.scaling.type", "default").replace("none", "default"),
+                 "factor": self.get(a + "rope.scaling.factor", 1.0)}}
 
     def hf_weights(self, n_head: int, n_kv_head: int) -> dict[str, torch.Tensor]:
         """Every tensor dequantized to fp32, under `transformers`' names."""
@@ -154,6 +157,8 @@ def write_gguf(model: Transformer, tok: Tokenizer, tokenizer_config: dict, path:
     path = Path(path)
     state, hf = llama_state(model)
     cfg, arch = model.config, hf["model_type"]
+    if cfg.rope_scaling == "llama3":  # llama.cpp keeps its frequencies as a tensor, rope_freqs
+        raise BigModelError(f"{path}: GGUF export of llama3 rope scaling is not supported yet (--to-hf is)")
     tmp = path.with_name(path.name + ".tmp")
     writer = GGUFWriter(str(tmp), arch)
     writer.add_name(path.stem)
@@ -165,6 +170,11 @@ def write_gguf(model: Transformer, tok: Tokenizer, tokenizer_config: dict, path:
     writer.add_head_count_kv(cfg.n_kv_head)
     writer.add_rope_dimension_count(cfg.head_dim)
     writer.add_rope_freq_base(cfg.rope_base)
+    if cfg.rope_scaling == "linear":
+        from gguf import RopeScalingType
+
+        writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(cfg.rope_factor)
     writer.add_layer_norm_rms_eps(cfg.norm_eps)
     writer.add_file_type({"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
                           "q8_0": LlamaFileType.MOSTLY_Q8_0}[kind])

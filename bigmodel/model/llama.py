@@ -35,9 +35,11 @@ def llama_config(hf: dict, where: str | Path) -> ModelConfig:
         "attention_bias on every projection": hf.get("attention_bias", False) and model_type != "qwen2",
         "mlp_bias": hf.get("mlp_bias", False),
     }
-    scaling = hf.get("rope_scaling") or {}
+    scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or {}  # transformers 5 says rope_parameters
     kind = scaling.get("rope_type", scaling.get("type", "default"))
-    unsupported[f"rope_scaling {kind!r}"] = kind != "default"
+    llama3 = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    unsupported[f"rope_scaling {kind!r}"] = kind not in ("default", "linear", "llama3") or (
+        kind == "llama3" and any(scaling.get(k) != v for k, v in llama3.items()))  # Llama 3.1's values only
     for what, bad in unsupported.items():
         if bad:
             raise BigModelError(f"{where}: {model_type} with {what} is not supported yet")
@@ -49,6 +51,8 @@ def llama_config(hf: dict, where: str | Path) -> ModelConfig:
                        n_kv_head=hf.get("num_key_value_heads") or heads, n_embd=hidden, bias=False,
                        qkv_bias=model_type == "qwen2", qk_norm=model_type == "qwen3", norm="rmsnorm",
                        norm_eps=hf.get("rms_norm_eps", 1e-6), positions="rope", rope_base=float(theta), mlp="swiglu",
+                       rope_scaling="none" if kind == "default" else kind,
+                       rope_factor=float(scaling.get("factor", 1.0)),
                        mlp_hidden=hf["intermediate_size"], tie_embeddings=hf.get("tie_word_embeddings", False))
 
 
@@ -102,6 +106,10 @@ def llama_state(model: Transformer) -> tuple[dict[str, torch.Tensor], dict]:
               "max_position_embeddings": cfg.block_size, "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_base,
               "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
               "torch_dtype": "float32"}
+    if cfg.rope_scaling != "none":
+        llama3 = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        config["rope_scaling"] = {"rope_type": cfg.rope_scaling, "factor": cfg.rope_factor,
+                                  **(llama3 if cfg.rope_scaling == "llama3" else {})}
     return out, config
 
 

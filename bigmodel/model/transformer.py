@@ -39,8 +39,21 @@ def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of every (position, frequency) pair, shape (block_size, head_dim // 2)."""
     half = config.head_dim // 2
     inv_freq = 1.0 / config.rope_base ** (torch.arange(half, dtype=torch.float32) / half)
+    if config.rope_scaling == "linear":  # positions stretched evenly
+        inv_freq = inv_freq / config.rope_factor
+    elif config.rope_scaling == "llama3":
+        inv_freq = llama3_frequencies(inv_freq, config.rope_factor)
     angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
+
+
+def llama3_frequencies(inv_freq: torch.Tensor, factor: float, original: int = 8192, low: float = 1.0,
+                       high: float = 4.0) -> torch.Tensor:
+    """Llama 3.1's scaling: frequencies slower than `original / low` positions per turn are divided by
+    `factor`, those faster than `original / high` kept, the band between blended smoothly."""
+    wavelength = 2 * math.pi / inv_freq
+    blend = ((original / wavelength - low) / (high - low)).clamp(0, 1)  # 0: long wavelengths, 1: short
+    return (1 - blend) * inv_freq / factor + blend * inv_freq
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
