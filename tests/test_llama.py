@@ -100,6 +100,9 @@ def test_rope_scaling_imports_and_exports_to_the_same_logits(scaling, tmp_path):
     """Over 600 positions, where the scaled frequencies have turned far enough to change the logits."""
     import dataclasses
 
+    from bigmodel.data.tokenizer import train_bpe
+    from bigmodel.model.gguf import GGUFFile, write_gguf
+
     config = transformers.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384,
                                       rope_theta=50000.0, rope_scaling=scaling)
@@ -119,6 +122,12 @@ def test_rope_scaling_imports_and_exports_to_the_same_logits(scaling, tmp_path):
         to_hf(ours, tmp_path / "out")
         back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
         assert (back(ids).logits - expected).abs().max().item() < 1e-4
+        # GGUF: linear as metadata, llama3 as llama.cpp's rope_freqs tensor; read back to the same logits
+        write_gguf(ours, train_bpe(TEXTS * 20, 300), {}, tmp_path / "scaled.gguf", "f32")
+        from_gguf = GGUFFile(tmp_path / "scaled.gguf").model()
+        assert (from_gguf.config.rope_scaling, from_gguf.config.rope_factor) == (ours.config.rope_scaling,
+                                                                                 ours.config.rope_factor)
+        assert (from_gguf(ids)[0] - expected).abs().max().item() < 1e-4
 
 
 def test_bad_pretrained_files_are_one_line(tmp_path):

@@ -22,7 +22,7 @@ from tokenizers.models import BPE
 
 from bigmodel.errors import BigModelError
 from bigmodel.model.llama import llama_config, llama_model, llama_state
-from bigmodel.model.transformer import Transformer
+from bigmodel.model.transformer import Transformer, llama3_frequencies, rope_frequencies
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # GGUF's general.architecture, which is also transformers' model_type
 NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
@@ -83,9 +83,23 @@ class GGUFFile:
                 "rope_theta": self.get(a + "rope.freq_base", 10000.0),
                 "rms_norm_eps": self.get(a + "attention.layer_norm_rms_epsilon", 1e-6),
                 "tie_word_embeddings": "output.weight" not in names,
-                "rope_scaling": {"rope_type": "rope_freqs tensor (llama3)"} if "rope_freqs.weight" in names else
+                "rope_scaling": self.rope_freqs_scaling() if "rope_freqs.weight" in names else
                 {"rope_type": self.get(a + "rope.scaling.type", "default").replace("none", "default"),
                  "factor": self.get(a + "rope.scaling.factor", 1.0)}}
+
+    def rope_freqs_scaling(self) -> dict[str, Any]:
+        """llama.cpp keeps Llama 3.1's scaling as a tensor of per-frequency divisors (`rope_freqs`); the
+        `rope_scaling` that gives the same divisors (its largest is the factor), or one that says it is not."""
+        a = self.architecture + "."
+        divisors = next(np.asarray(t.data, dtype=np.float64) for t in self.reader.tensors
+                        if t.name == "rope_freqs.weight")
+        inv_freq = rope_frequencies(self.get(a + "rope.freq_base", 10000.0), 2 * divisors.size)
+        factor = float(divisors.max())
+        expected = (inv_freq / llama3_frequencies(inv_freq, factor)).numpy()
+        if not np.allclose(divisors, expected, rtol=1e-3):
+            return {"rope_type": "rope_freqs other than llama3's"}
+        return {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
 
     def hf_weights(self, n_head: int, n_kv_head: int) -> dict[str, torch.Tensor]:
         """Every tensor dequantized to fp32, under `transformers`' names."""
@@ -93,6 +107,8 @@ class GGUFFile:
 
         weights = {}
         for t in self.reader.tensors:
+            if t.name == "rope_freqs.weight":  # frequencies, read by `hf_config`
+                continue
             try:
                 array = dequantize(t.data, t.tensor_type)
             except NotImplementedError:
@@ -157,8 +173,6 @@ def write_gguf(model: Transformer, tok: Tokenizer, tokenizer_config: dict, path:
     path = Path(path)
     state, hf = llama_state(model)
     cfg, arch = model.config, hf["model_type"]
-    if cfg.rope_scaling == "llama3":  # llama.cpp keeps its frequencies as a tensor, rope_freqs
-        raise BigModelError(f"{path}: GGUF export of llama3 rope scaling is not supported yet (--to-hf is)")
     tmp = path.with_name(path.name + ".tmp")
     writer = GGUFWriter(str(tmp), arch)
     writer.add_name(path.stem)
@@ -179,6 +193,9 @@ def write_gguf(model: Transformer, tok: Tokenizer, tokenizer_config: dict, path:
     writer.add_file_type({"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
                           "q8_0": LlamaFileType.MOSTLY_Q8_0}[kind])
     add_tokenizer(writer, tok, tokenizer_config, cfg.vocab_size, path)
+    if cfg.rope_scaling == "llama3":  # as llama.cpp keeps it: the divisor of each frequency
+        inv_freq = rope_frequencies(cfg.rope_base, cfg.head_dim)
+        writer.add_tensor("rope_freqs.weight", (inv_freq / llama3_frequencies(inv_freq, cfg.rope_factor)).numpy())
     for name, tensor in state.items():
         array = tensor.detach().float().cpu().numpy()
         if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):

@@ -37,14 +37,19 @@ def make_norm(config: ModelConfig) -> nn.Module:
 
 def rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of every (position, frequency) pair, shape (block_size, head_dim // 2)."""
-    half = config.head_dim // 2
-    inv_freq = 1.0 / config.rope_base ** (torch.arange(half, dtype=torch.float32) / half)
+    inv_freq = rope_frequencies(config.rope_base, config.head_dim)
     if config.rope_scaling == "linear":  # positions stretched evenly
         inv_freq = inv_freq / config.rope_factor
     elif config.rope_scaling == "llama3":
         inv_freq = llama3_frequencies(inv_freq, config.rope_factor)
     angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
+
+
+def rope_frequencies(base: float, head_dim: int) -> torch.Tensor:
+    """The rotation speed of each pair of dimensions, in radians per position."""
+    half = head_dim // 2
+    return 1.0 / base ** (torch.arange(half, dtype=torch.float32) / half)
 
 
 def llama3_frequencies(inv_freq: torch.Tensor, factor: float, original: int = 8192, low: float = 1.0,
