@@ -64,12 +64,14 @@ def test_the_gguf_tokenizer_splits_digits_as_smollm2_does():
     assert tok.decode(tok.encode("Tschüß, 世界 👋").ids) == "Tschüß, 世界 👋"
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "phi3"])
 def test_a_tiny_hugging_face_model_of_each_family_imports_and_exports_to_the_same_logits(family, tmp_path):
     kinds = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {}),
              "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, {"sliding_window": None}),
              "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
-             "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 16})}
+             "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, {"head_dim": 16}),
+             "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {"pad_token_id": 0, "eos_token_id": 1,
+                                                                              "bos_token_id": 1})}
     config_class, model_class, extra = kinds[family]
     config = config_class(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,

@@ -1,7 +1,8 @@
-"""The Llama family in and out: Llama, Mistral, Qwen2 (query/key/value biases), Qwen3 (query/key norms)
-and the models built like them (SmolLM2). All are pre-norm decoders with RoPE, RMSNorm, a SwiGLU MLP
-and grouped-query attention, which one `Transformer` expresses with config flags; importing maps
-names and shapes, nothing more. Their separate q/k/v projections join into our single `qkv`.
+"""The Llama family in and out: Llama, Mistral, Qwen2 (query/key/value biases), Qwen3 (query/key
+norms), Phi-3 (its projections already fused) and the models built like them (SmolLM2). All are
+pre-norm decoders with RoPE, RMSNorm, a SwiGLU MLP and grouped-query attention, which one
+`Transformer` expresses with config flags; importing maps names and shapes, nothing more. Their
+separate q/k/v projections join into our single `qkv`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from bigmodel.errors import BigModelError
 from bigmodel.model.hf import check_exportable, load_state, read_hf_config, read_hf_weights, write_hf_folder
 from bigmodel.model.transformer import Transformer
 
-LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 # ours → theirs, inside block i (`model.layers.{i}.`); the norms of queries and keys are Qwen3's alone
 BLOCK_NAMES = {"norm1": "input_layernorm", "attn.proj": "self_attn.o_proj", "norm2": "post_attention_layernorm",
                "mlp.gate": "mlp.gate_proj", "mlp.up": "mlp.up_proj", "mlp.down": "mlp.down_proj",
@@ -34,6 +35,7 @@ def llama_config(hf: dict, where: str | Path) -> ModelConfig:
         != hidden // heads,
         "attention_bias on every projection": hf.get("attention_bias", False) and model_type != "qwen2",
         "mlp_bias": hf.get("mlp_bias", False),
+        "partial_rotary_factor below 1": (hf.get("rope_parameters") or hf).get("partial_rotary_factor", 1.0) != 1.0,
     }
     scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or {}  # transformers 5 says rope_parameters
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -44,7 +46,7 @@ def llama_config(hf: dict, where: str | Path) -> ModelConfig:
         if bad:
             raise BigModelError(f"{where}: {model_type} with {what} is not supported yet")
     block = hf.get("max_position_embeddings", 2048)
-    if hf.get("sliding_window") and hf.get("use_sliding_window", model_type == "mistral"):
+    if hf.get("sliding_window") and hf.get("use_sliding_window", model_type in ("mistral", "phi3")):
         block = min(block, hf["sliding_window"])  # within one window, sliding attention is full attention
     theta = hf.get("rope_theta") or (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0)
     return ModelConfig(vocab_size=hf["vocab_size"], block_size=block, n_layer=hf["num_hidden_layers"], n_head=heads,
@@ -73,7 +75,27 @@ def llama_model(config: ModelConfig, weights: dict[str, torch.Tensor], where: st
 
 def llama_from_hf(folder: Path) -> Transformer:
     """Import a Llama-family `transformers` folder."""
-    return llama_model(llama_config(read_hf_config(folder), folder), read_hf_weights(folder), folder)
+    hf, weights = read_hf_config(folder), read_hf_weights(folder)
+    config = llama_config(hf, folder)
+    if hf.get("model_type") == "phi3":
+        weights = phi3_as_llama(weights, config)
+    return llama_model(config, weights, folder)
+
+
+def phi3_as_llama(weights: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """Phi-3's fused projections under Llama's names: `qkv_proj` holds the queries', keys' and values'
+    rows in turn, `gate_up_proj` the gate's then the up projection's."""
+    kv = config.n_kv_head * config.head_dim
+    out = {}
+    for name, w in weights.items():
+        if name.endswith("self_attn.qkv_proj.weight"):
+            for part, rows in zip(QKV, w.split((config.n_embd, kv, kv)), strict=True):
+                out[name.replace("qkv_proj", part)] = rows
+        elif name.endswith("mlp.gate_up_proj.weight"):
+            out[name.replace("gate_up_proj", "gate_proj")], out[name.replace("gate_up_proj", "up_proj")] = w.chunk(2)
+        else:
+            out[name] = w
+    return out
 
 
 def llama_state(model: Transformer) -> tuple[dict[str, torch.Tensor], dict]:
