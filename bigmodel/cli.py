@@ -35,7 +35,6 @@ class Verb:
     run: Callable[[Any], None]  # called with the resolved config (or, for `layered` verbs, the parsed flags)
     help: str
     section: str = ""  # the recipe section it reads (default: the verb's name); for `layered` verbs, which ones
-    positional: str = ""  # a field given without a flag: `dataset NAME`, `registry ACTION`
     layered: bool = False  # its recipe has several sections, which `run` layers itself (see recipes/train.py)
 
 
@@ -62,7 +61,7 @@ VERBS: dict[str, Verb] = {
     "index": Verb((infer.IndexConfig,), infer.cmd_index, "embed documents into a search index folder"),
     "search": Verb((infer.SearchConfig,), infer.cmd_search, "the documents of an index nearest to a query"),
     "dataset": Verb((manage.DatasetConfig,), manage.cmd_dataset, "build a dataset from what every machine has "
-                    "(code, qa, pinyin; images: digits; speech by espeak-ng: keywords, speech)", positional="name"),
+                    "(code, qa, pinyin; images: digits; speech by espeak-ng: keywords, speech)"),
     "embed": Verb((infer.EmbedConfig,), infer.cmd_embed, "one mean-pooled, L2-normalised vector per input line"),
     "quantize": Verb((compress.QuantizeConfig,), compress.cmd_quantize,
                      "int8 linear layers or bf16 weights; prints size and perplexity change"),
@@ -78,8 +77,7 @@ VERBS: dict[str, Verb] = {
                   "pretrain recipe; re-run the same command to continue a killed sweep",
                   section="sweep: (and the finetune: or train: it varies)", layered=True),
     "registry": Verb((manage.RegistryConfig,), manage.cmd_registry,
-                     "MLflow model registry: register a checkpoint, list versions, move an alias",
-                     positional="action"),
+                     "MLflow model registry: register a checkpoint, list versions, move an alias"),
     "audit": Verb((manage.AuditConfig,), manage.cmd_audit,
                   "membership-inference attack: does the model give away its training data?"),
     "quickstart": Verb((manage.QuickstartConfig,), manage.cmd_quickstart,
@@ -94,10 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = subparsers.add_parser(name, help=verb.help, description=verb.help)
         sections = verb.section if verb.layered else f"{verb.section or name}:"
         p.add_argument("--config", help=f"YAML recipe: its {sections} section sets these flags")
-        if verb.positional:
-            hint = typing.get_type_hints(verb.configs[0])[verb.positional]
-            p.add_argument(verb.positional, metavar="{" + ",".join(typing.get_args(hint)) + "}")
-        seen = {verb.positional}
+        positional = verb.configs[0].positional  # a field given without a flag
+        if positional:
+            hint = typing.get_type_hints(verb.configs[0])[positional]
+            p.add_argument(positional, metavar="{" + ",".join(typing.get_args(hint)) + "}")
+        seen = {positional}
         for cls in verb.configs:  # a field two configs share is one flag
             add_flags(p, cls, skip=tuple(seen))
             seen |= {f.name for f in fields(cls)}

@@ -38,11 +38,13 @@ class Checked:
     Subclasses with their own checks call `super().__post_init__()` first."""
 
     required: ClassVar[tuple[str, ...]] = ()  # fields a command needs set, by flag or by the recipe
+    positional: ClassVar[str] = ""  # a field given without a flag: `dataset NAME`, `registry ACTION`
 
     def __post_init__(self) -> None:
         for name, allowed in choices_of(type(self)).items():
             if getattr(self, name) not in allowed:
-                raise BigModelError(f"--{name.replace('_', '-')} must be one of {', '.join(map(str, allowed))}, "
+                said = name.upper() if name == self.positional else f"--{name.replace('_', '-')}"
+                raise BigModelError(f"{said} must be one of {', '.join(map(str, allowed))}, "
                                     f"not {getattr(self, name)!r}")
 
 

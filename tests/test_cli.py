@@ -138,3 +138,5 @@ def test_every_verb_takes_a_recipe_whose_section_sets_its_flags(trained_run, sha
     recipe.write_text("evaluate:\n  split: val\n", encoding="utf-8")
     _one_line_error(run_cli("evaluate", "--config", str(recipe)), "evaluate needs --data",
                     "`data:` under `evaluate:`")
+    _one_line_error(run_cli("dataset", "cooking", "--out", str(tmp_path / "d")), "NAME must be one of code",
+                    "'cooking'")  # a positional value is named as `--help` shows it, not as a flag

@@ -29,6 +29,7 @@ class DatasetConfig(Checked):
 
     name: Literal["code", "qa", "pinyin", "digits", "keywords", "speech"] = "code"
     out: str = ""  # folder to write
+    positional: ClassVar[str] = "name"
     source: str = ""  # pinyin: ChnSentiCorp's all.csv; speech: SST-2's train.tsv (default: ../shared/data/...)
     examples: int = 0  # keywords, speech: training clips (default 4000, 5000; val a tenth, test a quarter)
     required: ClassVar[tuple[str, ...]] = ("out",)
@@ -63,6 +64,7 @@ class RegistryConfig(Checked):
 
     action: Literal["register", "list", "alias"] = "list"
     name: str = ""  # registered model name
+    positional: ClassVar[str] = "action"
     ckpt: str = ""  # register: checkpoint or run folder (a tracked run's logged model is reused)
     version: int = 0  # alias: the version the alias should point at
     alias: str = ""  # register/alias: e.g. production; serve --ckpt models:/NAME@production
