@@ -20,7 +20,7 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
-from bigmodel.errors import BigModelError
+from bigmodel.errors import BigModelError, require
 from bigmodel.model.llama import llama_config, llama_model, llama_state
 from bigmodel.model.transformer import Transformer, llama3_frequencies, rope_frequencies
 
@@ -48,6 +48,7 @@ class GGUFFile:
     """One GGUF file's metadata and tensors; every error names the file."""
 
     def __init__(self, path: str | Path) -> None:
+        require("gguf", "gguf", "reading GGUF files")
         from gguf import GGUFReader
 
         self.path = Path(path)
@@ -168,6 +169,7 @@ def write_gguf(model: Transformer, tok: Tokenizer, tokenizer_config: dict, path:
     `kind` (q8_0 falls back to f16 for rows that are not whole 32-value blocks), vectors in f32.
 
     Written beside the target and renamed into place, so a failed write leaves no half file."""
+    require("gguf", "gguf", "writing GGUF files")
     from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, quantize
 
     path = Path(path)
