@@ -248,6 +248,12 @@ def test_evaluate_quantize_explain_and_embed_run_on_smollm2(converted, tmp_path)
                    "--out", str(tmp_path / "explain"))
     assert done.returncode == 0, done.stderr
     assert "Paris" in (tmp_path / "explain" / "explanation.json").read_text()
+    turn = "<|im_start|>user\nWhat is the capital of France? Answer in one word.<|im_end|>\n<|im_start|>assistant\n"
+    done = run_cli("generate", "--ckpt", str(converted), "--prompt", turn, "--greedy", "--max-new-tokens", "60",
+                   "--dtype", "fp32")
+    assert done.returncode == 0, done.stderr
+    answer = done.stdout[len(turn):].strip()  # ends at <|im_end|>, the model's eos: no next turn is made up
+    assert "Paris" in answer and "user" not in answer and len(answer) < 80, answer
     (tmp_path / "lines.txt").write_text("A man plays a guitar.\nSomeone is playing music.\n")
     done = run_cli("embed", "--ckpt", str(converted), "--input", str(tmp_path / "lines.txt"), "--out",
                    str(tmp_path / "v.npy"))

@@ -1,5 +1,5 @@
 """A conversation → one prompt, through the model's own chat template (Jinja, as `transformers`
-renders it), and the conversation a `bigmodel chat` session keeps."""
+renders it): what `bigmodel chat`, `/v1/chat/completions` and the playground send the model."""
 
 from __future__ import annotations
 

@@ -53,12 +53,17 @@ class Linear(nn.Linear):
         return y.view(*x.shape[:-1], -1)
 
 
-def decoding_threads(model: nn.Module, rows: int) -> contextlib.AbstractContextManager[None]:
-    """The threads a decoding step of `rows` new tokens should run on: when one row goes through any of our
-    own Linear layers (all of an fp32 model's; an int8 one keeps some), OpenBLAS wants the cores to itself,
-    and torch's int8 kernels run on one thread beside it rather than fight it."""
-    if rows == 1 and not torch.is_grad_enabled() and any(
-            isinstance(m, Linear) and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
-            for m in model.modules()):
+def uses_blas(model: nn.Module) -> bool:
+    """Whether one decoding row goes through any of our own Linear layers' OpenBLAS path: all of an fp32
+    model's on the CPU; an int8 model keeps some (its SwiGLU MLPs)."""
+    return any(isinstance(m, Linear) and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
+               for m in model.modules())
+
+
+def decoding_threads(blas: bool, rows: int) -> contextlib.AbstractContextManager[None]:
+    """The threads a decoding step of `rows` new tokens should run on: when one row goes through OpenBLAS
+    (`uses_blas`), it wants the cores to itself, and torch's int8 kernels run on one thread beside it rather
+    than fight it."""
+    if blas and rows == 1 and not torch.is_grad_enabled():
         return one_torch_thread()
     return contextlib.nullcontext()

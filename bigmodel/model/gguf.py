@@ -22,7 +22,7 @@ from tokenizers.models import BPE
 
 from bigmodel.errors import BigModelError, require
 from bigmodel.model.llama import llama_config, llama_model, llama_state
-from bigmodel.model.transformer import Transformer, llama3_frequencies, rope_frequencies
+from bigmodel.model.transformer import LLAMA3_ROPE, Transformer, llama3_frequencies, rope_frequencies
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # GGUF's general.architecture, which is also transformers' model_type
 NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
@@ -99,8 +99,7 @@ class GGUFFile:
         expected = (inv_freq / llama3_frequencies(inv_freq, factor)).numpy()
         if not np.allclose(divisors, expected, rtol=1e-3):
             return {"rope_type": "rope_freqs other than llama3's"}
-        return {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192}
+        return {"rope_type": "llama3", "factor": factor, **LLAMA3_ROPE}
 
     def hf_weights(self, n_head: int, n_kv_head: int) -> dict[str, torch.Tensor]:
         """Every tensor dequantized to fp32, under `transformers`' names."""

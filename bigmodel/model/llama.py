@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from bigmodel.config import ModelConfig
 from bigmodel.errors import BigModelError
 from bigmodel.model.hf import check_exportable, load_state, read_hf_config, read_hf_weights, write_hf_folder
-from bigmodel.model.transformer import Transformer
+from bigmodel.model.transformer import LLAMA3_ROPE, Transformer
 
 LLAMA_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 # ours → theirs, inside block i (`model.layers.{i}.`); the norms of queries and keys are Qwen3's alone
@@ -39,9 +39,8 @@ def llama_config(hf: dict, where: str | Path) -> ModelConfig:
     }
     scaling = hf.get("rope_scaling") or hf.get("rope_parameters") or {}  # transformers 5 says rope_parameters
     kind = scaling.get("rope_type", scaling.get("type", "default"))
-    llama3 = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     unsupported[f"rope_scaling {kind!r}"] = kind not in ("default", "linear", "llama3") or (
-        kind == "llama3" and any(scaling.get(k) != v for k, v in llama3.items()))  # Llama 3.1's values only
+        kind == "llama3" and any(scaling.get(k) != v for k, v in LLAMA3_ROPE.items()))  # Llama 3.1's values only
     for what, bad in unsupported.items():
         if bad:
             raise BigModelError(f"{where}: {model_type} with {what} is not supported yet")
@@ -129,9 +128,8 @@ def llama_state(model: Transformer) -> tuple[dict[str, torch.Tensor], dict]:
               "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings, "attention_bias": False,
               "torch_dtype": "float32"}
     if cfg.rope_scaling != "none":
-        llama3 = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
         config["rope_scaling"] = {"rope_type": cfg.rope_scaling, "factor": cfg.rope_factor,
-                                  **(llama3 if cfg.rope_scaling == "llama3" else {})}
+                                  **(LLAMA3_ROPE if cfg.rope_scaling == "llama3" else {})}
     return out, config
 
 

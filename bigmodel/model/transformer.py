@@ -52,10 +52,14 @@ def rope_frequencies(base: float, head_dim: int) -> torch.Tensor:
     return 1.0 / base ** (torch.arange(half, dtype=torch.float32) / half)
 
 
-def llama3_frequencies(inv_freq: torch.Tensor, factor: float, original: int = 8192, low: float = 1.0,
-                       high: float = 4.0) -> torch.Tensor:
-    """Llama 3.1's scaling: frequencies slower than `original / low` positions per turn are divided by
-    `factor`, those faster than `original / high` kept, the band between blended smoothly."""
+LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def llama3_frequencies(inv_freq: torch.Tensor, factor: float) -> torch.Tensor:
+    """Llama 3.1's scaling (`LLAMA3_ROPE`): frequencies slower than `original / low` positions per turn are
+    divided by `factor`, those faster than `original / high` kept, the band between blended smoothly."""
+    low, high = LLAMA3_ROPE["low_freq_factor"], LLAMA3_ROPE["high_freq_factor"]
+    original = LLAMA3_ROPE["original_max_position_embeddings"]
     wavelength = 2 * math.pi / inv_freq
     blend = ((original / wavelength - low) / (high - low)).clamp(0, 1)  # 0: long wavelengths, 1: short
     return (1 - blend) * inv_freq / factor + blend * inv_freq

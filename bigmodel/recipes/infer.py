@@ -89,11 +89,13 @@ class SearchConfig(CkptConfig):
 def cmd_generate(args: PromptsConfig) -> None:
     import torch
 
+    from bigmodel.data.tokenizer import stop_ids
     from bigmodel.infer.generate import generate_texts, stream_text
+    from bigmodel.model.formats import tokenizer_config
 
     cfg = resolve(GenerateConfig, args, {"temperature": 0.0} if args.greedy else None)
     prompts = _prompts(args)
-    model, tok, _ = load(args, decoding=True)
+    model, tok, folder = load(args, decoding=True)
     if model.config.encoder_layers:  # the prompt is a source; the output its target
         from bigmodel.infer.seq2seq import generate_targets
 
@@ -101,17 +103,18 @@ def cmd_generate(args: PromptsConfig) -> None:
             print(target if len(prompts) == 1 else f"{prompt}\t{target}")
         return
     generator = torch.Generator(next(model.parameters()).device).manual_seed(cfg.seed)
+    stops = stop_ids(tok, tokenizer_config(folder))  # the model's own end of turn too
     for i, prompt in enumerate(prompts):
         if len(prompts) > 1:
             print(f"=== prompt {i + 1} ===", flush=True)
         if cfg.num_samples == 1:
             sys.stdout.write(prompt)
-            for piece in stream_text(model, tok, prompt, cfg, generator):
+            for piece in stream_text(model, tok, prompt, cfg, generator, stops):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
         else:
-            for j, text in enumerate(generate_texts(model, tok, prompt, cfg)):
+            for j, text in enumerate(generate_texts(model, tok, prompt, cfg, stops)):
                 print(f"--- sample {j + 1} ---\n{prompt}{text}")
         sys.stdout.flush()
 
