@@ -292,3 +292,26 @@ def test_serve_chats_with_smollm2_through_its_template_and_ends_the_turn(convert
     choice = answer["choices"][0]
     assert "Paris" in choice["message"]["content"] and choice["finish_reason"] == "stop", answer
     assert answer["usage"]["completion_tokens"] < 40
+
+
+def test_smollm2_sealed_and_registered_answers_by_its_models_uri(converted, tmp_path, monkeypatch):
+    import base64
+
+    from bigmodel.model.checkpoint import Storage, save_checkpoint
+    from bigmodel.model.formats import tokenizer_files
+    from bigmodel.model.sealed import MAGIC, Key
+
+    monkeypatch.setenv("SMOLLM2_KEY", base64.b64encode(bytes(range(32))).decode())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model, tok, _ = load_checkpoint(converted)
+    sealed = tmp_path / "sealed"
+    save_checkpoint(sealed, model, tok, {"note": "SmolLM2, sealed"}, storage=Storage(Key.from_env("SMOLLM2_KEY")),
+                    plain=tokenizer_files(converted))
+    assert (sealed / "model.safetensors").read_bytes()[:len(MAGIC)] == MAGIC
+    done = run_cli("registry", "register", "--ckpt", str(sealed), "--name", "smollm2", "--alias", "production")
+    assert done.returncode == 0 and "models:/smollm2@production" in done.stdout, done.stderr[-2000:]
+    ask = ["generate", "--ckpt", "models:/smollm2@production", "--prompt", "The capital of France is", "--greedy",
+           "--max-new-tokens", "8"]
+    assert "sealed (AES-GCM)" in error_line(run_cli(*ask))
+    done = run_cli(*ask, "--encrypt-key-env", "SMOLLM2_KEY")
+    assert done.returncode == 0 and "Paris" in done.stdout, done.stderr
