@@ -347,14 +347,15 @@ class DecodingConfig(Checked):
     temperature: float = 0.8  # 0 means greedy
     top_k: int = 0  # 0 keeps every token
     top_p: float = 1.0
+    min_p: float = 0.0  # drop tokens less likely than this fraction of the likeliest one
     beams: int = 1  # sequence-to-sequence: > 1 is a beam search of this width (temperature is then unused)
     length_penalty: float = 1.0  # beam search ranks by log-probability / length ** this
     seed: int = 1337
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise BigModelError("need --temperature >= 0, 0 < --top-p <= 1 and --top-k >= 0")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or not 0 <= self.min_p <= 1:
+            raise BigModelError("need --temperature >= 0, 0 < --top-p <= 1, 0 <= --min-p <= 1 and --top-k >= 0")
         if self.max_new_tokens < 0 or self.beams < 1:
             raise BigModelError("need --max-new-tokens >= 0 and --beams >= 1")
 
@@ -381,14 +382,16 @@ class ServeConfig(PrecisionConfig, CkptConfig):
     max_batch: int = 16  # sequences decoded together in one batch
     max_queue: int = 64  # sequences waiting for a batch row; more get 429
     max_new_tokens_limit: int = 512  # the largest max_tokens a request may ask
+    max_logprobs: int = 20  # the most alternatives per token a request may ask (`logprobs`, `top_logprobs`)
     quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 linear layers at load time
     chat_template: str = ""  # Jinja file for chat, or `plain` (default: the model's own; none: no chat)
     tracking_uri: str = ""  # registry of --ckpt models:/NAME/VERSION (default: MLFLOW_TRACKING_URI, runs/mlflow.db)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.max_batch < 1 or self.max_queue < 0 or self.max_new_tokens_limit < 1:
-            raise BigModelError("--max-batch and --max-new-tokens-limit must be at least 1, --max-queue at least 0")
+        if self.max_batch < 1 or self.max_queue < 0 or self.max_new_tokens_limit < 1 or self.max_logprobs < 0:
+            raise BigModelError("--max-batch and --max-new-tokens-limit must be at least 1, --max-queue and "
+                                "--max-logprobs at least 0")
 
     def api_key(self) -> str | None:
         """The key clients must send, read from `api_key_env` (None when no variable is named)."""

@@ -9,17 +9,17 @@ import torch
 from bigmodel.config import GenerateConfig, ModelConfig
 from bigmodel.infer.generate import generate_ids
 from bigmodel.model.transformer import Transformer
-from bigmodel.serve.engine import Engine, QueueFull, Sequence
+from bigmodel.serve.engine import Engine, QueueFull, Sequence, Token
 
 
 def collect(prompt: list[int], max_new_tokens: int) -> tuple[Sequence, list[int], threading.Event]:
     tokens, finished = [], threading.Event()
 
-    def emit(token: int | None) -> None:
+    def emit(token: Token | None) -> None:
         if token is None:
             finished.set()
         else:
-            tokens.append(token)
+            tokens.append(token.id)
 
     return Sequence(prompt, GenerateConfig(temperature=0.0, max_new_tokens=max_new_tokens), emit), tokens, finished
 

@@ -11,6 +11,7 @@ recent half of its history and goes on: the one context-full policy, here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,8 +35,44 @@ def sample_next(logits: torch.Tensor, cfg: DecodingConfig, generator: torch.Gene
         probs = sorted_logits.softmax(dim=-1)
         drop = probs.cumsum(dim=-1) - probs > cfg.top_p  # mass before a token already exceeds p
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    if cfg.min_p > 0:  # a floor that scales with the model's confidence
+        probs = logits.softmax(dim=-1)
+        logits = logits.masked_fill(probs < cfg.min_p * probs.max(dim=-1, keepdim=True).values, float("-inf"))
     probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass(frozen=True)
+class Penalties:
+    """Steering one row away from tokens it has seen, or toward chosen ones, before sampling.
+
+    `presence` and `frequency` are OpenAI's (subtracted once per generated token seen, and once per
+    time it was generated), `repetition` is Hugging Face's (seen logits, prompt included, divided by
+    it when positive and multiplied when negative), `bias` is OpenAI's `logit_bias` (token id, added)."""
+
+    presence: float = 0.0
+    frequency: float = 0.0
+    repetition: float = 1.0
+    bias: tuple[tuple[int, float], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.presence or self.frequency or self.repetition != 1.0 or self.bias)
+
+    def apply(self, logits: torch.Tensor, history: Sequence[int], prompt_len: int) -> torch.Tensor:
+        """`logits` (V,) of the row whose tokens so far are `history` (its prompt first), adjusted."""
+        logits = logits.float().clone()
+        if self.repetition != 1.0:
+            seen = torch.tensor(sorted(set(history)), device=logits.device)
+            scores = logits[seen]
+            logits[seen] = torch.where(scores > 0, scores / self.repetition, scores * self.repetition)
+        generated = history[prompt_len:]
+        if generated and (self.presence or self.frequency):
+            ids, counts = torch.tensor(list(generated), device=logits.device).unique(return_counts=True)
+            logits[ids] -= self.presence + self.frequency * counts
+        if self.bias:
+            ids, values = zip(*self.bias, strict=True)
+            logits[list(ids)] += torch.tensor(values, device=logits.device)
+        return logits
 
 
 class Decoder:
@@ -59,14 +96,16 @@ class Decoder:
         if length > self.cache.max_len:
             self.cache.grow(min(max(length, 2 * self.cache.max_len), self.capacity))
 
-    def prefill(self, ids: torch.Tensor | Sequence[Sequence[int]], row: int = 0) -> torch.Tensor:
-        """Run token ids (B, T) into emptied rows row..row+B-1; the logits (B, V) after each row's last token."""
+    def prefill(self, ids: torch.Tensor | Sequence[Sequence[int]], row: int = 0, every: bool = False
+                ) -> torch.Tensor:
+        """Run token ids (B, T) into emptied rows row..row+B-1; the logits (B, V) after each row's last
+        token, or with `every` (B, T, V) after each of its tokens (what scoring a prompt needs)."""
         ids = torch.as_tensor(ids, device=self.device)
         self._reserve(ids.size(1))
         rows = self.cache.rows(row, row + ids.size(0))
         rows.lengths[:] = 0
-        logits, _ = self.model(ids, cache=rows, memory=self.memory, last_only=True)
-        return logits[:, -1]
+        logits, _ = self.model(ids, cache=rows, memory=self.memory, last_only=not every)
+        return logits if every else logits[:, -1]
 
     def step(self, tokens: torch.Tensor, histories: Sequence[Sequence[int]] | torch.Tensor | None = None
              ) -> torch.Tensor:

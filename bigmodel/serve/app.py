@@ -1,7 +1,8 @@
 """An OpenAI-compatible HTTP server for a bigmodel checkpoint (FastAPI + uvicorn): the app's frame.
 
 Routes: `POST /v1/completions`, `POST /v1/chat/completions` (both with `stream`; `completions.py`),
-`POST /v1/embeddings`, `POST /v1/classify`, `POST /v1/explain` (`encoders.py`), `GET /v1/models`,
+`POST /v1/embeddings`, `POST /v1/classify`, `POST /v1/explain` (`encoders.py`), `POST /tokenize`,
+`POST /detokenize`, `GET /tokenizer_info` (`tokens.py`), `GET /v1/models`,
 `GET /health`, `GET /metrics` and the playground (here). This file holds what every route shares:
 the key check and metrics middleware, OpenAI-shaped errors (`schema.py`), the OpenAPI schema and the
 server's lifecycle: the model loads in the background after the port opens (503 until then), and
@@ -32,7 +33,7 @@ from starlette.routing import Match
 from bigmodel.config import ServeConfig
 from bigmodel.device import pick_device
 from bigmodel.model.checkpoint import locate
-from bigmodel.serve import completions, encoders
+from bigmodel.serve import completions, encoders, tokens
 from bigmodel.serve.schema import ERRORS, ApiError, error_body
 from bigmodel.serve.service import Service, service
 
@@ -69,7 +70,8 @@ def models(request: Request) -> dict:
 
 
 
-ROUTERS = (router, completions.router, encoders.router)
+ROUTERS = (router, completions.router, encoders.router, tokens.router)
+GUARDED = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")  # what the key protects
 
 
 def route_label(request: Request) -> str:
@@ -85,7 +87,7 @@ async def authenticate_and_measure(request: Request, call_next):
     started = time.perf_counter()
     svc = service(request)
     response = None
-    if request.url.path.startswith("/v1/"):
+    if request.url.path.startswith(GUARDED):
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         if svc.api_key and not secrets.compare_digest(given, svc.api_key):
             response = JSONResponse(error_body("invalid or missing API key", "authentication_error"), 401)

@@ -5,6 +5,10 @@ shared `KVCache` (running each prompt once), then runs a single forward pass tha
 every active row its next token at that row's own position, and samples each row with
 its own settings. A finished or abandoned sequence leaves at once: the last active row
 moves into its place, so the active rows stay 0..n-1 and a step computes only those.
+
+A sequence that asks for log-probabilities gets each token's, and its `logprobs` likeliest
+alternatives', from the model's own distribution (before penalties, temperature and truncation, as
+evaluation harnesses need them); with `echo` its prompt is scored too, from the same prefill.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from bigmodel.config import GenerateConfig
-from bigmodel.infer.decoder import Decoder, sample_next
+from bigmodel.infer.decoder import Decoder, Penalties, sample_next
 from bigmodel.model.transformer import Transformer
 
 log = logging.getLogger("bigmodel.serve")
@@ -36,13 +41,38 @@ class ShuttingDown(Exception):
     """The engine takes no new work; it is finishing what it has."""
 
 
+class Token(NamedTuple):
+    """A token, and when asked its log-probability and the likeliest alternatives (id, log-probability)."""
+
+    id: int
+    logprob: float | None = None
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def scored(logits: torch.Tensor, ids: torch.Tensor, alternatives: int) -> list[Token]:
+    """`ids` (T,) scored by the logits (T, V) that predicted them, with `alternatives` likeliest others."""
+    logprobs = logits.float().log_softmax(dim=-1)
+    chosen = logprobs.gather(-1, ids[:, None])[:, 0].tolist()
+    best = logprobs.topk(alternatives, dim=-1) if alternatives else None
+    return [Token(int(i), lp, tuple(zip(best.indices[t].tolist(), best.values[t].tolist(), strict=True))
+                  if best is not None else ()) for t, (i, lp) in enumerate(zip(ids.tolist(), chosen, strict=True))]
+
+
 @dataclass(eq=False)
 class Sequence:
-    """One continuation being generated; `emit` gets each token id, then None when it ends."""
+    """One continuation being generated; `emit` gets each `Token`, then None when it ends.
+
+    `logprobs` (None: not asked) scores every token produced with that many alternatives; `echo`
+    scores the prompt too (`prompt_scores`, the first token's log-probability None), set before the
+    first token is emitted."""
 
     prompt: list[int]
     cfg: GenerateConfig
-    emit: Callable[[int | None], None]
+    emit: Callable[[Token | None], None]
+    penalties: Penalties = Penalties()
+    logprobs: int | None = None
+    echo: bool = False
+    prompt_scores: list[Token] = field(default_factory=list)
     error: str | None = None
     done: bool = False  # finished, or given up by its consumer
     history: list[int] = field(init=False)  # the prompt, then every token produced
@@ -128,7 +158,12 @@ class Engine:
             return
         row = len(self.active)
         self.active.append(seq)
-        self._accept(row, self.decoder.prefill([seq.prompt], row)[0])
+        if not (seq.echo and seq.logprobs is not None):
+            self._accept(row, self.decoder.prefill([seq.prompt], row)[0])
+            return
+        logits = self.decoder.prefill([seq.prompt], row, every=True)[0]
+        seq.prompt_scores = [Token(seq.prompt[0]), *scored(logits[:-1], torch.tensor(seq.prompt[1:]), seq.logprobs)]
+        self._accept(row, logits[-1])
 
     def _step(self) -> None:
         """One token for every active row, in one forward pass."""
@@ -145,9 +180,11 @@ class Engine:
         seq = self.active[row]
         if seq.done:
             return
-        token = int(sample_next(logits[None].cpu(), seq.cfg, seq.generator)[0])  # each sequence's own generator
+        logits = logits.cpu()
+        steered = seq.penalties.apply(logits, seq.history, len(seq.prompt)) if seq.penalties else logits
+        token = int(sample_next(steered[None], seq.cfg, seq.generator)[0])  # each sequence's own generator
         seq.history.append(token)
-        seq.emit(token)
+        seq.emit(Token(token) if seq.logprobs is None else scored(logits[None], torch.tensor([token]), seq.logprobs)[0])
         if token in self.stop_ids or seq.produced >= seq.cfg.max_new_tokens:
             seq.done = True  # its row is free at the next look
 

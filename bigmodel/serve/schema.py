@@ -27,13 +27,20 @@ class Sampling(BaseModel):
     max_tokens: int | None = Field(None, ge=1)  # the server's limit is checked per request, stated in the schema
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=-1)  # 0 or -1 (vLLM's way of saying it): every token
+    min_p: float = Field(0.0, ge=0, le=1)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, ge=0.01, le=10)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None  # token id (a string) to a bias
     n: int = Field(1, ge=1, le=8)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # what torch's generator takes
     stream: bool = False
     stream_options: StreamOptions | None = None
 
-    @field_validator("max_tokens", "temperature", "top_p", "n", "seed", mode="before")
+    @field_validator("max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
+                     "repetition_penalty", "n", "seed", mode="before")
     @classmethod
     def numbers_are_numbers(cls, value: object) -> object:
         if isinstance(value, str | bool):  # JSON "5" or true is not a number, whatever pydantic would make of it
@@ -51,12 +58,43 @@ class Sampling(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else (self.stop or [])
 
 
+TokenIds = Annotated[list[Annotated[int, Field(strict=True)]], Field(min_length=1)]
+
+
 class CompletionRequest(Sampling):
-    prompt: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=8)]
+    """A prompt is a string or token ids; a request holds one, or a list of up to 8."""
+
+    prompt: NonEmpty | TokenIds | Annotated[list[NonEmpty | TokenIds], Field(min_length=1, max_length=8)]
+    logprobs: int | None = Field(None, ge=0)  # alternatives per token; the server's limit is checked per request
+    echo: StrictBool = False  # the prompt in front of the text (and its tokens' log-probabilities, the first null)
+
+    _logprobs_number = field_validator("logprobs", mode="before")(Sampling.numbers_are_numbers.__func__)
+
+    def prompts(self) -> list[str | list[int]]:
+        one = isinstance(self.prompt, str) or isinstance(self.prompt[0], int)
+        return [self.prompt] if one else list(self.prompt)
 
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
+    logprobs: StrictBool = False
+    top_logprobs: int | None = Field(None, ge=0)
+
+    _top_logprobs_number = field_validator("top_logprobs", mode="before")(Sampling.numbers_are_numbers.__func__)
+
+
+class TokenizeRequest(BaseModel):
+    """A prompt, or chat messages rendered through the model's template, to token ids."""
+
+    model: str | None = None
+    prompt: str = ""
+    messages: list[Message] | None = None
+    add_special_tokens: StrictBool = True
+
+
+class DetokenizeRequest(BaseModel):
+    model: str | None = None
+    tokens: TokenIds
 
 
 class TextsRequest(BaseModel):

@@ -5,7 +5,7 @@ text against the model)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from tokenizers import Tokenizer
@@ -36,6 +36,7 @@ class Served:
     chat: Callable[[list[dict]], str] | None  # messages to prompt, for models with a chat template
     chat_missing: str  # why there is no chat, when there is none
     classifier: SequenceModel | None = None  # a fine-tuned checkpoint's model with its head
+    special: dict = field(default_factory=dict)  # its tokenizer_config.json: special tokens, chat template
 
     def capabilities(self) -> list[str]:
         """What this model answers, as `/v1/models` tells clients such as the playground."""
@@ -67,7 +68,7 @@ def load_served(cfg: ServeConfig) -> Served:
         if cfg.chat_template:  # a template the server was told to use must work
             raise
         missing = str(e)
-    return Served(model, tok, model_id, engine, chat, missing, classifier)
+    return Served(model, tok, model_id, engine, chat, missing, classifier, special)
 
 
 
@@ -127,13 +128,18 @@ class Service:
                            "invalid_request_error", "model")
         return s.classifier
 
-    def tokens_of(self, text: str, param: str, special: bool = False) -> list[int]:
-        """`text`'s ids, checked against the context (a prompt leaves room for one new token)."""
-        block = self.served.model.config.block_size
+    def tokens_of(self, text: str | list[int], param: str, special: bool = False) -> list[int]:
+        """`text`'s ids (or the ids given, checked against the vocabulary), checked against the context
+        (a prompt leaves room for one new token)."""
+        config = self.served.model.config
+        block = config.block_size
         if self.served.tok is None:
-            raise ApiError(400, f"model {self.served.model_id} reads {self.served.model.config.frontend}, not text; "
+            raise ApiError(400, f"model {self.served.model_id} reads {config.frontend}, not text; "
                            "it serves /v1/classify", "invalid_request_error", "model")
-        ids = self.served.tok.encode(text, add_special_tokens=special).ids
+        if not isinstance(text, str) and (wrong := [i for i in text if not 0 <= i < config.vocab_size]):
+            raise ApiError(400, f"{param}: token id {wrong[0]} is outside the vocabulary (0..{config.vocab_size - 1})",
+                           "invalid_request_error", param)
+        ids = text if not isinstance(text, str) else self.served.tok.encode(text, add_special_tokens=special).ids
         if not ids:
             raise ApiError(400, f"{param} has no tokens", "invalid_request_error", param)
         if len(ids) > block - (0 if special else 1):
