@@ -79,3 +79,45 @@ def test_a_failing_step_ends_every_sequence_exactly_once():
     engine.close()
     assert ends == [[None], [None], [None]]
     assert all(s.error and "generation failed" in s.error for s in sequences)
+
+
+def test_prompts_sharing_a_prefix_reuse_its_blocks_and_decode_exactly_as_without():
+    from bigmodel.serve.prefix import BLOCK
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=128,
+                                    positions="rope", norm="rmsnorm", mlp="swiglu")).eval()
+    system = [int(t) for t in torch.randint(0, 50, (3 * BLOCK + 5,))]
+    prompts = [system + [i, i + 1, i + 2] for i in range(5)] + [system[:BLOCK - 1]]
+    outputs = {}
+    for cached in (0, 1):
+        engine = Engine(model, max_batch=2, max_queue=8, stop_ids=frozenset(), prefix_cache_mb=cached)
+        runs = [collect(p, 12) for p in prompts]
+        for seq, _, finished in runs:  # one after another: each finds what the ones before left
+            engine.submit([seq])
+            assert finished.wait(60)
+        engine.close()
+        outputs[cached] = [tokens for _, tokens, _ in runs]
+        looked_up = engine.metrics.prefix.labels("looked_up")._value.get()
+        hits = engine.metrics.prefix.labels("hit")._value.get()
+    assert outputs[1] == outputs[0]
+    assert looked_up == sum(len(p) for p in prompts) and hits == 4 * 3 * BLOCK  # the first and the short one miss
+
+
+def test_the_prefix_cache_keeps_prefixes_within_its_budget():
+    from bigmodel.model.cache import KVCache
+    from bigmodel.serve.prefix import BLOCK, PrefixCache
+
+    config = ModelConfig(vocab_size=50, n_layer=2, n_head=2, n_embd=16, block_size=256)
+    cache = KVCache.allocate(config, 1, 256, torch.float32, "cpu")
+    for store in (*cache.keys, *cache.values):
+        store.normal_()
+    block_bytes = 2 * config.n_layer * config.n_kv_head * BLOCK * config.head_dim * 4
+    prefixes = PrefixCache(3 * block_bytes)
+    prompt = list(range(5 * BLOCK))
+    prefixes.store(prompt, cache, 0)
+    assert prefixes.used == 3 * block_bytes and len(prefixes.blocks) == 3
+    other = KVCache.allocate(config, 2, 256, torch.float32, "cpu")
+    assert prefixes.load(prompt, other, 1) == 3 * BLOCK  # the first three blocks stayed: a prefix, not a tail
+    assert torch.equal(other.keys[1][1, :, :3 * BLOCK], cache.keys[1][0, :, :3 * BLOCK])
+    assert prefixes.load([7, *prompt], other, 0) == 0  # same tokens at other positions are no prefix

@@ -92,19 +92,21 @@ class Decoder:
         self.cache = KVCache.allocate(model.config, rows, min(max_len or 256, self.capacity), param.dtype,
                                       param.device)
 
-    def _reserve(self, length: int) -> None:
+    def reserve(self, length: int) -> None:
+        """Room for `length` positions in every row."""
         if length > self.cache.max_len:
             self.cache.grow(min(max(length, 2 * self.cache.max_len), self.capacity))
 
-    def prefill(self, ids: torch.Tensor | Sequence[Sequence[int]], row: int = 0, every: bool = False
-                ) -> torch.Tensor:
-        """Run token ids (B, T) into emptied rows row..row+B-1; the logits (B, V) after each row's last
-        token, or with `every` (B, T, V) after each of its tokens (what scoring a prompt needs)."""
+    def prefill(self, ids: torch.Tensor | Sequence[Sequence[int]], row: int = 0, every: bool = False,
+                start: int = 0) -> torch.Tensor:
+        """Run token ids (B, T) into rows row..row+B-1, whose first `start` positions already hold the
+        keys and values of the first `start` tokens (a cached prefix; 0: the rows start empty). The
+        logits (B, V) after each row's last token, or with `every` (B, T - start, V) after each token run."""
         ids = torch.as_tensor(ids, device=self.device)
-        self._reserve(ids.size(1))
+        self.reserve(ids.size(1))
         rows = self.cache.rows(row, row + ids.size(0))
-        rows.lengths[:] = 0
-        logits, _ = self.model(ids, cache=rows, memory=self.memory, last_only=not every)
+        rows.lengths[:] = start
+        logits, _ = self.model(ids[:, start:], cache=rows, memory=self.memory, last_only=not every)
         return logits if every else logits[:, -1]
 
     def step(self, tokens: torch.Tensor, histories: Sequence[Sequence[int]] | torch.Tensor | None = None
@@ -117,7 +119,7 @@ class Decoder:
         for row in np.flatnonzero(self.cache.lengths[:n] >= self.capacity):
             recent = histories[row][-(self.capacity // 2):-1]
             self.prefill([recent.tolist() if torch.is_tensor(recent) else list(recent)], int(row))
-        self._reserve(int(self.cache.lengths[:n].max()) + 1)
+        self.reserve(int(self.cache.lengths[:n].max()) + 1)
         with decoding_threads(self.blas, n):
             logits, _ = self.model(tokens.view(n, 1), cache=self.cache.rows(0, n), memory=self.memory,
                                    last_only=True)

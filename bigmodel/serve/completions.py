@@ -20,6 +20,7 @@ from bigmodel.config import GenerateConfig
 from bigmodel.data.tokenizer import StopText, StreamDecoder
 from bigmodel.infer.decoder import Penalties
 from bigmodel.serve.engine import QueueFull, Sequence, ShuttingDown, Token, TooLarge
+from bigmodel.serve.metrics import Metrics
 from bigmodel.serve.schema import STREAMED, ApiError, ChatRequest, CompletionRequest, Sampling, error_body
 from bigmodel.serve.service import Service, service
 
@@ -33,8 +34,16 @@ class Choice:
 
     seq: Sequence
     tokens: asyncio.Queue  # filled from the engine thread through the event loop
+    metrics: Metrics
     used: list[Token] = field(default_factory=list)
     reported: int = 0  # of `used`, already sent in a stream's chunks
+    last: float = field(default_factory=time.perf_counter)  # when the request came, then the latest token
+
+    def arrived(self, token: Token) -> None:
+        now = time.perf_counter()
+        (self.metrics.token_gap if self.used else self.metrics.first_token).observe(now - self.last)
+        self.last = now
+        self.used.append(token)
 
     async def pieces(self, tok: Tokenizer, stop_ids: frozenset[int], stops: list[str],
                      ) -> AsyncIterator[tuple[str, str | None]]:
@@ -42,7 +51,7 @@ class Choice:
         decoder, text = StreamDecoder(tok), StopText(stops)
         try:
             while (token := await self.tokens.get()) is not None:
-                self.used.append(token)
+                self.arrived(token)
                 if token.id in stop_ids:
                     yield text.flush(), "stop"
                     return
@@ -146,7 +155,7 @@ def start(svc: Service, prompts: list[list[int]], req: Sampling, ask: Ask) -> li
 
             cfg = GenerateConfig(max_new_tokens=req.max_tokens or min(16, limit), temperature=req.temperature,
                                  top_p=req.top_p, top_k=max(req.top_k, 0), min_p=req.min_p, seed=seed + len(choices))
-            choices.append(Choice(Sequence(ids, cfg, emit, penalties, ask.alternatives, ask.echo), queue))
+            choices.append(Choice(Sequence(ids, cfg, emit, penalties, ask.alternatives, ask.echo), queue, svc.metrics))
     try:
         engine.submit([c.seq for c in choices])
     except TooLarge:  # retrying would never help: not a 429

@@ -9,6 +9,7 @@ moves into its place, so the active rows stay 0..n-1 and a step computes only th
 A sequence that asks for log-probabilities gets each token's, and its `logprobs` likeliest
 alternatives', from the model's own distribution (before penalties, temperature and truncation, as
 evaluation harnesses need them); with `echo` its prompt is scored too, from the same prefill.
+With a `PrefixCache`, a prompt that starts as an earlier one did runs only from where they differ.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 from bigmodel.config import GenerateConfig
 from bigmodel.infer.decoder import Decoder, Penalties, sample_next
 from bigmodel.model.transformer import Transformer
+from bigmodel.serve.metrics import Metrics
+from bigmodel.serve.prefix import PrefixCache
 
 log = logging.getLogger("bigmodel.serve")
 
@@ -91,9 +94,12 @@ class Sequence:
 
 
 class Engine:
-    def __init__(self, model: Transformer, max_batch: int, max_queue: int, stop_ids: frozenset[int]) -> None:
+    def __init__(self, model: Transformer, max_batch: int, max_queue: int, stop_ids: frozenset[int],
+                 prefix_cache_mb: float = 0, metrics: Metrics | None = None) -> None:
         self.model, self.max_batch, self.max_queue, self.stop_ids = model, max_batch, max_queue, stop_ids
         self.decoder = Decoder(model, max_batch)
+        self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
+        self.metrics = metrics or Metrics()
         self.active: list[Sequence] = []  # row i of the cache belongs to active[i]
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.wake = threading.Condition()
@@ -158,12 +164,20 @@ class Engine:
             return
         row = len(self.active)
         self.active.append(seq)
-        if not (seq.echo and seq.logprobs is not None):
-            self._accept(row, self.decoder.prefill([seq.prompt], row)[0])
-            return
-        logits = self.decoder.prefill([seq.prompt], row, every=True)[0]
-        seq.prompt_scores = [Token(seq.prompt[0]), *scored(logits[:-1], torch.tensor(seq.prompt[1:]), seq.logprobs)]
-        self._accept(row, logits[-1])
+        scoring = seq.echo and seq.logprobs is not None  # every prompt token's logits: none may come from cache
+        start = 0
+        if self.prefixes is not None and not scoring:
+            self.decoder.reserve(len(seq.prompt))
+            start = self.prefixes.load(seq.prompt, self.decoder.cache, row)
+            self.metrics.prefix.labels("looked_up").inc(len(seq.prompt))
+            self.metrics.prefix.labels("hit").inc(start)
+        logits = self.decoder.prefill([seq.prompt], row, every=scoring, start=start)[0]
+        if self.prefixes is not None:
+            self.prefixes.store(seq.prompt, self.decoder.cache, row)
+        if scoring:
+            seq.prompt_scores = [Token(seq.prompt[0]), *scored(logits[:-1], torch.tensor(seq.prompt[1:]),
+                                                               seq.logprobs)]
+        self._accept(row, logits[-1] if scoring else logits)
 
     def _step(self) -> None:
         """One token for every active row, in one forward pass."""

@@ -1,43 +1,40 @@
-"""Counters and a latency histogram in Prometheus' text format, labelled by route template."""
+"""The server's Prometheus metrics (prometheus_client, one registry per app): requests by route template
+and status, their latency, tokens, time to first token and between tokens, queue depth, the prefix
+cache's hits and the speculative decoder's acceptance."""
 
 from __future__ import annotations
 
-import threading
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+TOKEN_GAP = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5)
 
 
 class Metrics:
-    BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}
-        self.tokens = {"prompt": 0, "completion": 0}
-        self.latency = [0] * (len(self.BUCKETS) + 1)
-        self.latency_sum = 0.0
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter("bigmodel_requests", "answered requests", ["route", "status"], registry=registry)
+        self.latency = Histogram("bigmodel_request_seconds", "time to answer a request", buckets=LATENCY,
+                                 registry=registry)
+        self.tokens = Counter("bigmodel_tokens", "prompt and completion tokens", ["kind"], registry=registry)
+        self.first_token = Histogram("bigmodel_time_to_first_token_seconds", "from a request to its first token",
+                                     buckets=LATENCY, registry=registry)
+        self.token_gap = Histogram("bigmodel_inter_token_seconds", "between one token of a sequence and the next",
+                                   buckets=TOKEN_GAP, registry=registry)
+        self.queue_depth = Gauge("bigmodel_queue_depth", "sequences generating or waiting", registry=registry)
+        self.prefix = Counter("bigmodel_prefix_cache_tokens", "prompt tokens looked up in the prefix cache, "
+                              "and those whose keys and values it held", ["kind"], registry=registry)
+        self.drafted = Counter("bigmodel_speculative_tokens", "tokens drafted, and those the model accepted",
+                               ["kind"], registry=registry)
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         """One answered request; `route` is a template such as `/v1/completions`, never a raw path."""
-        with self.lock:
-            self.requests[route, status] = self.requests.get((route, status), 0) + 1
-            self.latency[next((i for i, b in enumerate(self.BUCKETS) if seconds <= b), len(self.BUCKETS))] += 1
-            self.latency_sum += seconds
+        self.requests.labels(route, str(status)).inc()
+        self.latency.observe(seconds)
 
     def count_tokens(self, kind: str, n: int) -> None:
-        with self.lock:
-            self.tokens[kind] += n
+        self.tokens.labels(kind).inc(n)
 
     def text(self, queue_depth: int) -> str:
-        with self.lock:
-            lines = ["# TYPE bigmodel_requests_total counter"]
-            lines += [f'bigmodel_requests_total{{route="{route}",status="{status}"}} {n}'
-                      for (route, status), n in sorted(self.requests.items())]
-            lines.append("# TYPE bigmodel_tokens_total counter")
-            lines += [f'bigmodel_tokens_total{{kind="{k}"}} {v}' for k, v in self.tokens.items()]
-            lines.append("# TYPE bigmodel_request_seconds histogram")
-            running = 0
-            for bound, count in zip([*map(str, self.BUCKETS), "+Inf"], self.latency, strict=True):
-                running += count
-                lines.append(f'bigmodel_request_seconds_bucket{{le="{bound}"}} {running}')
-            lines += [f"bigmodel_request_seconds_sum {self.latency_sum}", f"bigmodel_request_seconds_count {running}",
-                      "# TYPE bigmodel_queue_depth gauge", f"bigmodel_queue_depth {queue_depth}"]
-            return "\n".join(lines) + "\n"
+        self.queue_depth.set(queue_depth)
+        return generate_latest(self.registry).decode()

@@ -45,7 +45,7 @@ class Served:
         return [name for name, able in (("generate", self.engine is not None), ("classify", head is not None),
                                         ("explain", text and head == "classify"), ("embeddings", text)) if able]
 
-def load_served(cfg: ServeConfig) -> Served:
+def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
     folder, is_hf = locate(cfg.ckpt)
     device = pick_device(cfg.device)
     classifier, storage = None, Storage.of(cfg)
@@ -59,7 +59,8 @@ def load_served(cfg: ServeConfig) -> Served:
     else:  # in place: a classifier's backbone is the generator's model
         in_precision(classifier or model, cfg.dtype, device, decoding=model.config.causal)
     special = tokenizer_config(folder)
-    engine = Engine(model, cfg.max_batch, cfg.max_queue, stop_ids(tok, special)) if model.config.causal else None
+    engine = Engine(model, cfg.max_batch, cfg.max_queue, stop_ids(tok, special), cfg.prefix_cache_mb,
+                    metrics) if model.config.causal else None
     model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
     chat, missing = None, ""
     try:
@@ -86,7 +87,7 @@ class Service:
     def load(self) -> None:
         """Run in a background thread; a failure is reported by /health and every route, and ends the CLI."""
         try:
-            self.loaded = load_served(self.cfg)
+            self.loaded = load_served(self.cfg, self.metrics)
         except Exception as e:
             self.failure = str(e).splitlines()[0] if str(e) else type(e).__name__
 

@@ -1,0 +1,97 @@
+"""Prefix caching: time to first token for 16 questions that share one ~500-token system prompt.
+
+SmolLM2-135M-Instruct (converted from its GGUF file) behind `bigmodel serve --dtype fp32`, once with
+`--prefix-cache-mb 0` (every prompt runs whole) and once with the default cache; the questions go one
+after another through the chat route, streamed, and the time to the first streamed token is taken on
+the client. The first question of the cached run fills the cache (a miss) and is reported apart. The
+hit rate is read from `/metrics`. Last line `ratio: X.XX`: median time to first token without the
+cache over with it (the issue's bar: 5).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from _common import save
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+CKPT = ROOT / "runs" / "lm_eval" / "smollm2"
+QUESTIONS = ["Who speaks first?", "What does Menenius tell the citizens?", "Why are the citizens angry?",
+             "Name one character.", "Is anyone hungry?", "What is the mood of the crowd?", "Who is Caius Marcius?",
+             "Summarise the scene in one line.", "What do the citizens want?", "Which city is this?",
+             "Is there a fable in it?", "Who is called the belly?", "What happens next?",
+             "Quote one line.", "Who is the chief enemy to the people?", "What is corn?"]
+
+
+def system_prompt(tokens: int = 500) -> str:
+    words = TEXT.read_text(encoding="utf-8").split(" ")
+    return "You answer questions about this scene:\n" + " ".join(words[:int(tokens * 0.62)])
+
+
+def ask(port: int, system: str, question: str) -> float:
+    """Seconds from sending the request to the first streamed token."""
+    body = json.dumps({"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+                       "max_tokens": 2, "temperature": 0, "stream": True}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body,
+                                     {"Content-Type": "application/json"})
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for line in response:
+            if line.startswith(b"data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                first = time.perf_counter() - start
+                response.read()
+                return first
+    raise RuntimeError("no token came")
+
+
+def run(cache_mb: int, port: int, system: str) -> tuple[list[float], str]:
+    server = subprocess.Popen([sys.executable, "-m", "bigmodel.cli", "serve", "--ckpt", str(CKPT), "--dtype", "fp32",
+                               "--port", str(port), "--prefix-cache-mb", str(cache_mb)], cwd=ROOT)
+    try:
+        for _ in range(600):
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        ask(port, "warm-up", "Hello?")  # first-call costs (thread pools, allocations) out of the figures
+        times = [ask(port, system, q) for q in QUESTIONS]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return times, metrics
+
+
+def counter(metrics: str, kind: str) -> float:
+    line = next(x for x in metrics.splitlines() if x.startswith(f'bigmodel_prefix_cache_tokens_total{{kind="{kind}"'))
+    return float(line.split()[-1])
+
+
+def main() -> None:
+    if not CKPT.is_dir():
+        subprocess.run([sys.executable, "-m", "bigmodel.cli", "convert", "--from-hf", "smollm2", "--out", str(CKPT)],
+                       check=True, cwd=ROOT)
+    system = system_prompt()
+    off, _ = run(0, 8766, system)
+    on, metrics = run(256, 8767, system)
+    hits, looked_up = counter(metrics, "hit"), counter(metrics, "looked_up")
+    figures = {"ttft_off_median_s": statistics.median(off), "ttft_on_first_s": on[0],
+               "ttft_on_median_s": statistics.median(on[1:]), "hit_rate": hits / looked_up,
+               "off": off, "on": on}
+    print(f"time to first token, {len(QUESTIONS)} questions: no cache {figures['ttft_off_median_s']:.3f} s (median); "
+          f"cached {figures['ttft_on_median_s']:.3f} s (median of the 15 after the first, which took {on[0]:.3f} s)")
+    print(f"prefix cache hit rate (/metrics, prompt tokens): {figures['hit_rate']:.1%}")
+    save("prefix_cache", figures)
+    print(f"ratio: {figures['ttft_off_median_s'] / figures['ttft_on_median_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
