@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import jsonschema
 import numpy as np
 import pytest
 import torch
@@ -289,9 +290,20 @@ def test_serve_chats_with_smollm2_through_its_template_and_ends_the_turn(convert
             time.sleep(0.05)
         body = {"messages": [{"role": "user", "content": TEXTS[0]}], "max_tokens": 40, "temperature": 0}
         answer = c.post("/v1/chat/completions", json=body).json()
+        schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                                   "population": {"type": "integer", "minimum": 0, "maximum": 10**8}},
+                  "required": ["city", "population"], "additionalProperties": False}
+        body = {"messages": [{"role": "user", "content": "The largest city of France, as JSON."}], "max_tokens": 60,
+                "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "city",
+                                                                                            "schema": schema}}}
+        structured = c.post("/v1/chat/completions", json=body).json()
     choice = answer["choices"][0]
     assert "Paris" in choice["message"]["content"] and choice["finish_reason"] == "stop", answer
     assert answer["usage"]["completion_tokens"] < 40
+    assert structured["choices"][0]["finish_reason"] == "stop", structured
+    value = json.loads(structured["choices"][0]["message"]["content"])  # a model never trained for this schema
+    jsonschema.validate(value, schema)
+    assert structured["choices"][0]["finish_reason"] == "stop"
 
 
 def test_smollm2_sealed_and_registered_answers_by_its_models_uri(converted, tmp_path, monkeypatch):

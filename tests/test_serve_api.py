@@ -2,6 +2,7 @@
 token-id prompts, the tokenizer routes, and the sampling fields OpenAI and vLLM clients send."""
 
 import json
+import re
 
 import openai
 import pytest
@@ -118,3 +119,36 @@ def test_bad_scoring_and_sampling_fields_are_400s_naming_the_field(served, body,
     status, out = post(served[0], "/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}],
                                                            "logprobs": True, "top_logprobs": 6})
     assert status == 400 and out["error"]["param"] == "top_logprobs"
+
+
+def test_regex_and_choice_hold_whatever_the_model_would_say(served):
+    base = served[0]
+    body = {"prompt": "ROMEO:", "max_tokens": 30, "temperature": 1.0}
+    pattern = "[A-Z][a-z]{2,5} (is|was) [a-z]{1,8}\\."
+    for seed in range(3):
+        status, out = post(base, "/v1/completions", {**body, "seed": seed, "regex": pattern})
+        text = out["choices"][0]["text"]
+        assert status == 200 and re.fullmatch(pattern, text), text
+        assert out["choices"][0]["finish_reason"] == "stop"
+        status, out = post(base, "/v1/chat/completions", {"messages": [{"role": "user", "content": "Pick."}],
+                                                          "choice": ["Montague", "Capulet"], "seed": seed})
+        assert status == 200 and out["choices"][0]["message"]["content"] in ("Montague", "Capulet"), out
+
+
+@pytest.mark.parametrize("extra, param, fragment", [
+    ({"regex": "a(b"}, "regex", "parenthesis is not closed"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "bogus"}}}},
+     "response_format", 'Unsupported type "bogus"'),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "response_format", "needs"),
+    ({"regex": "a", "choice": ["b"]}, "choice", "one of response_format, regex and choice"),
+])
+def test_invalid_grammars_are_400s_naming_the_field(served, extra, param, fragment):
+    status, out = post(served[0], "/v1/completions", {"prompt": "a", **extra})
+    assert status == 400 and out["error"]["param"] == param and fragment in out["error"]["message"], out
+
+
+def test_a_grammar_the_vocabulary_cannot_write_is_a_400_not_a_server_error(served):
+    """The Shakespeare model's characters hold no digits and no braces."""
+    for extra, param in (({"choice": ["0"]}, "choice"), ({"regex": "ab0"}, "regex")):
+        status, out = post(served[0], "/v1/completions", {"prompt": "a", "max_tokens": 5, **extra})
+        assert status == 400 and out["error"]["param"] == param and "vocabulary" in out["error"]["message"], out

@@ -20,6 +20,7 @@ from bigmodel.config import GenerateConfig
 from bigmodel.data.tokenizer import StopText, StreamDecoder
 from bigmodel.infer.decoder import Penalties
 from bigmodel.serve.engine import QueueFull, Sequence, ShuttingDown, Token, TooLarge
+from bigmodel.serve.grammar import DeadEnd
 from bigmodel.serve.metrics import Metrics
 from bigmodel.serve.schema import STREAMED, ApiError, ChatRequest, CompletionRequest, Sampling, error_body
 from bigmodel.serve.service import Service, service
@@ -62,7 +63,7 @@ class Choice:
                 if piece:
                     yield piece, None
             if self.seq.error:
-                raise RuntimeError(self.seq.error)
+                raise (DeadEnd if self.seq.dead_end else RuntimeError)(self.seq.error)
             piece, hit = text.push(decoder.flush())
             yield piece + ("" if hit else text.flush()), "stop" if hit else "length"
         finally:
@@ -92,6 +93,7 @@ class Ask:
     alternatives: int | None = None
     param: str = "logprobs"
     echo: bool = False
+    grammar_param: str = "response_format"  # set by `start` to the field that asked for a grammar
 
 
 def piece_of(tok: Tokenizer, token: int) -> str:
@@ -141,7 +143,7 @@ def start(svc: Service, prompts: list[list[int]], req: Sampling, ask: Ask) -> li
     if ask.alternatives is not None and ask.alternatives > svc.cfg.max_logprobs:
         raise ApiError(400, f"{ask.param}: at most {svc.cfg.max_logprobs} on this server", "invalid_request_error",
                        ask.param)
-    penalties = penalties_of(svc, req)
+    penalties, (grammar, ask.grammar_param) = penalties_of(svc, req), svc.grammar_of(req)
     loop = asyncio.get_running_loop()
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
     choices = []
@@ -155,7 +157,8 @@ def start(svc: Service, prompts: list[list[int]], req: Sampling, ask: Ask) -> li
 
             cfg = GenerateConfig(max_new_tokens=req.max_tokens or min(16, limit), temperature=req.temperature,
                                  top_p=req.top_p, top_k=max(req.top_k, 0), min_p=req.min_p, seed=seed + len(choices))
-            choices.append(Choice(Sequence(ids, cfg, emit, penalties, ask.alternatives, ask.echo), queue, svc.metrics))
+            choices.append(Choice(Sequence(ids, cfg, emit, penalties, grammar, ask.alternatives, ask.echo), queue,
+                                  svc.metrics))
     try:
         engine.submit([c.seq for c in choices])
     except TooLarge:  # retrying would never help: not a 429
@@ -200,6 +203,8 @@ async def complete(svc: Service, prompts: list[list[int]], texts: list[str | Non
 
     try:
         results = await asyncio.gather(*(collect(c) for c in choices))
+    except DeadEnd as e:
+        raise ApiError(400, f"{ask.grammar_param}: {e}", "invalid_request_error", ask.grammar_param) from None
     except RuntimeError as e:
         raise ApiError(500, str(e), "server_error") from None
     finally:
@@ -251,6 +256,8 @@ def stream(svc: Service, prompts: list[list[int]], texts: list[str | None], req:
             if req.stream_options and req.stream_options.include_usage:
                 yield chunk(None, usage=usage_of(choices, req.n))
             yield "data: [DONE]\n\n"
+        except DeadEnd as e:
+            yield f"data: {json_text(error_body(str(e), 'invalid_request_error', ask.grammar_param))}\n\n"
         except RuntimeError as e:  # the engine failed mid-stream: say so in the stream
             yield f"data: {json_text(error_body(str(e), 'server_error'))}\n\n"
         finally:  # also when the client has gone: every row it held is freed

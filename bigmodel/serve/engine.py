@@ -26,6 +26,7 @@ import torch
 from bigmodel.config import GenerateConfig
 from bigmodel.infer.decoder import Decoder, Penalties, sample_next
 from bigmodel.model.transformer import Transformer
+from bigmodel.serve.grammar import DeadEnd, Matcher
 from bigmodel.serve.metrics import Metrics
 from bigmodel.serve.prefix import PrefixCache
 
@@ -73,16 +74,19 @@ class Sequence:
     cfg: GenerateConfig
     emit: Callable[[Token | None], None]
     penalties: Penalties = Penalties()
+    grammar: object | None = None  # an xgrammar CompiledGrammar the text must follow (`grammar.py`)
     logprobs: int | None = None
     echo: bool = False
     prompt_scores: list[Token] = field(default_factory=list)
     error: str | None = None
+    dead_end: bool = False  # the error is the request's grammar, which the vocabulary cannot follow
     done: bool = False  # finished, or given up by its consumer
     history: list[int] = field(init=False)  # the prompt, then every token produced
 
     def __post_init__(self) -> None:
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.history = list(self.prompt)
+        self.matcher: Matcher | None = None  # made when it joins, on the engine's thread
 
     @property
     def produced(self) -> int:
@@ -164,6 +168,8 @@ class Engine:
             return
         row = len(self.active)
         self.active.append(seq)
+        if seq.grammar is not None:
+            seq.matcher = Matcher(seq.grammar, self.model.config.vocab_size)
         scoring = seq.echo and seq.logprobs is not None  # every prompt token's logits: none may come from cache
         start = 0
         if self.prefixes is not None and not scoring:
@@ -196,10 +202,17 @@ class Engine:
             return
         logits = logits.cpu()
         steered = seq.penalties.apply(logits, seq.history, len(seq.prompt)) if seq.penalties else logits
+        if seq.matcher is not None:
+            try:
+                steered = seq.matcher.mask(steered)
+            except DeadEnd as e:
+                seq.error, seq.dead_end, seq.done = str(e), True, True
+                return
         token = int(sample_next(steered[None], seq.cfg, seq.generator)[0])  # each sequence's own generator
         seq.history.append(token)
         seq.emit(Token(token) if seq.logprobs is None else scored(logits[None], torch.tensor([token]), seq.logprobs)[0])
-        if token in self.stop_ids or seq.produced >= seq.cfg.max_new_tokens:
+        complete = seq.matcher is not None and seq.matcher.accept(token)
+        if complete or token in self.stop_ids or seq.produced >= seq.cfg.max_new_tokens:
             seq.done = True  # its row is free at the next look
 
     def _leave_finished(self) -> None:

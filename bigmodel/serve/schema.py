@@ -20,6 +20,17 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False  # a last chunk, before [DONE], with `usage` and no choices
 
 
+class JsonSchema(BaseModel):
+    name: str = "response"
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchema | None = None
+
+
 class Sampling(BaseModel):
     """What completions and chat share. `max_tokens` defaults to 16 (or the server's limit, if lower)."""
 
@@ -38,6 +49,9 @@ class Sampling(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # what torch's generator takes
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None  # OpenAI's: JSON, or JSON following a schema
+    regex: str | None = None  # this server's: text matching a regular expression ...
+    choice: Annotated[list[NonEmpty], Field(min_length=1)] | None = None  # ... or exactly one of these strings
 
     @field_validator("max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
                      "repetition_penalty", "n", "seed", mode="before")

@@ -4,6 +4,7 @@ text against the model)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,8 +22,9 @@ from bigmodel.model.heads import HEAD_FILE, SequenceModel
 from bigmodel.model.quantize import is_int8, to_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.serve.engine import Engine
+from bigmodel.serve.grammar import Grammars, Matcher
 from bigmodel.serve.metrics import Metrics
-from bigmodel.serve.schema import ApiError, Message, TextsRequest
+from bigmodel.serve.schema import ApiError, Message, Sampling, TextsRequest
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Served:
     chat_missing: str  # why there is no chat, when there is none
     classifier: SequenceModel | None = None  # a fine-tuned checkpoint's model with its head
     special: dict = field(default_factory=dict)  # its tokenizer_config.json: special tokens, chat template
+    grammars: Grammars | None = None  # made at the first request for structured output
 
     def capabilities(self) -> list[str]:
         """What this model answers, as `/v1/models` tells clients such as the playground."""
@@ -120,6 +123,39 @@ class Service:
             return s.chat([m.model_dump() for m in messages])
         except BigModelError as e:
             raise ApiError(400, f"messages: {e}", "invalid_request_error", "messages") from None
+
+    def grammar_of(self, req: Sampling) -> tuple[object | None, str]:
+        """The compiled grammar a request's `response_format`, `regex` or `choice` asks for (None: free text),
+        and that field's name; 400 for one that is invalid or that this vocabulary cannot begin to write."""
+        form = req.response_format if req.response_format and req.response_format.type != "text" else None
+        asked = [(param, value) for param, value in (("response_format", form), ("regex", req.regex),
+                                                     ("choice", req.choice)) if value is not None]
+        if not asked:
+            return None, ""
+        param, value = asked[-1]
+        if len(asked) > 1:
+            raise ApiError(400, f"{param}: ask for one of response_format, regex and choice", "invalid_request_error",
+                           param)
+        kind, spec = (value.type, value.json_schema and value.json_schema.schema_) if param == "response_format" \
+            else (param, value)
+        if kind == "json_schema" and spec is None:
+            raise ApiError(400, "response_format: json_schema needs json_schema.schema", "invalid_request_error", param)
+        s = self.served
+        if s.grammars is None:
+            if not s.engine.stop_ids:
+                raise ApiError(400, f"model {s.model_id} has no end-of-text token to end a structured answer with",
+                               "invalid_request_error", param)
+            s.grammars = Grammars(s.tok, s.model.config.vocab_size, s.engine.stop_ids)
+        try:
+            grammar = s.grammars.compile(kind, spec)
+        except (RuntimeError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reason = re.sub(r"^\[[^]]*\] \S+: ", "", first)  # xgrammar's time and source line, dropped
+            raise ApiError(400, f"{param}: {reason}", "invalid_request_error", param) from None
+        if not Matcher(grammar, s.model.config.vocab_size).allows_any():
+            raise ApiError(400, f"{param}: no token of this model's vocabulary can begin it", "invalid_request_error",
+                           param)
+        return grammar, param
 
     def classifier(self) -> SequenceModel:
         """The fine-tuned model with its head, for the routes that need one."""
