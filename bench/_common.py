@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -17,6 +22,41 @@ from bigmodel.device import machine, machine_line
 from bigmodel.model.probe import training_precision
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+SMOLLM2 = ROOT / "runs" / "smollm2"  # SmolLM2-135M-Instruct converted from its packaged GGUF file, once
+
+
+def smollm2_checkpoint() -> Path:
+    if not SMOLLM2.is_dir():
+        subprocess.run([sys.executable, "-m", "bigmodel.cli", "convert", "--from-hf", "smollm2", "--out", str(SMOLLM2)],
+                       check=True, cwd=ROOT)
+    return SMOLLM2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(ckpt: Path, *flags: str) -> Iterator[str]:
+    """`bigmodel serve --ckpt CKPT FLAGS` on a free port; its base URL once /health answers, until the block ends."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bigmodel.cli", "serve", "--ckpt", str(ckpt), "--port", str(port),
+                               *flags], cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:

@@ -12,25 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import save
+from _common import free_port, save
 
 from bigmodel.config import DataConfig
 from bigmodel.data.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(strategy: str, data: Path, out: Path, iters: int, block_size: int) -> list[dict]:

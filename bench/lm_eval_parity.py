@@ -19,9 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from _common import save
+from _common import ROOT, save, serving, smollm2_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 DATA = ROOT / "runs" / "lm_eval"
 TASKS = "shakespeare_ppl,shakespeare_next_line"
@@ -67,30 +66,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20)
     parser.add_argument("--questions", type=int, default=100)
-    parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     write_tasks_data(args.docs, args.questions)
-    ckpt, hf = DATA / "smollm2", DATA / "smollm2-hf"
-    if not ckpt.is_dir():
-        run(sys.executable, "-m", "bigmodel.cli", "convert", "--from-hf", "smollm2", "--out", str(ckpt))
+    ckpt, hf = smollm2_checkpoint(), DATA / "smollm2-hf"
     if not hf.is_dir():
         run(sys.executable, "-m", "bigmodel.cli", "export", "--ckpt", str(ckpt), "--to-hf", str(hf))
-    server = subprocess.Popen([sys.executable, "-m", "bigmodel.cli", "serve", "--ckpt", str(ckpt), "--dtype", "fp32",
-                               "--port", str(args.port)], cwd=ROOT)
-    try:
-        import urllib.request
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{args.port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        base = f"http://127.0.0.1:{args.port}/v1/completions"
-        ours, our_time = lm_eval("local-completions", f"model=smollm2,base_url={base},tokenizer_backend=remote,"
-                                 "tokenized_requests=True,num_concurrent=1,max_retries=1", DATA / "out-served")
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    with serving(ckpt, "--dtype", "fp32") as base:
+        ours, our_time = lm_eval("local-completions", f"model=smollm2,base_url={base}/v1/completions,"
+                                 "tokenizer_backend=remote,tokenized_requests=True,num_concurrent=1,max_retries=1",
+                                 DATA / "out-served")
     theirs, their_time = lm_eval("hf", f"pretrained={hf},dtype=float32", DATA / "out-hf")
     worst = 0.0
     for task, metrics in theirs.items():

@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from _common import save
+from _common import save, serving, smollm2_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-CKPT = ROOT / "runs" / "lm_eval" / "smollm2"
 QUESTIONS = ["Who speaks first?", "What does Menenius tell the citizens?", "Why are the citizens angry?",
              "Name one character.", "Is anyone hungry?", "What is the mood of the crowd?", "Who is Caius Marcius?",
              "Summarise the scene in one line.", "What do the citizens want?", "Which city is this?",
@@ -35,11 +32,11 @@ def system_prompt(tokens: int = 500) -> str:
     return "You answer questions about this scene:\n" + " ".join(words[:int(tokens * 0.62)])
 
 
-def ask(port: int, system: str, question: str) -> float:
+def ask(base: str, system: str, question: str) -> float:
     """Seconds from sending the request to the first streamed token."""
     body = json.dumps({"messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
                        "max_tokens": 2, "temperature": 0, "stream": True}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body,
+    request = urllib.request.Request(f"{base}/v1/chat/completions", body,
                                      {"Content-Type": "application/json"})
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=120) as response:
@@ -51,23 +48,11 @@ def ask(port: int, system: str, question: str) -> float:
     raise RuntimeError("no token came")
 
 
-def run(cache_mb: int, port: int, system: str) -> tuple[list[float], str]:
-    server = subprocess.Popen([sys.executable, "-m", "bigmodel.cli", "serve", "--ckpt", str(CKPT), "--dtype", "fp32",
-                               "--port", str(port), "--prefix-cache-mb", str(cache_mb)], cwd=ROOT)
-    try:
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        ask(port, "warm-up", "Hello?")  # first-call costs (thread pools, allocations) out of the figures
-        times = [ask(port, system, q) for q in QUESTIONS]
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-    return times, metrics
+def run(cache_mb: int, system: str) -> tuple[list[float], str]:
+    with serving(smollm2_checkpoint(), "--dtype", "fp32", "--prefix-cache-mb", str(cache_mb)) as base:
+        ask(base, "warm-up", "Hello?")  # first-call costs (thread pools, allocations) out of the figures
+        times = [ask(base, system, q) for q in QUESTIONS]
+        return times, urllib.request.urlopen(f"{base}/metrics").read().decode()
 
 
 def counter(metrics: str, kind: str) -> float:
@@ -76,12 +61,9 @@ def counter(metrics: str, kind: str) -> float:
 
 
 def main() -> None:
-    if not CKPT.is_dir():
-        subprocess.run([sys.executable, "-m", "bigmodel.cli", "convert", "--from-hf", "smollm2", "--out", str(CKPT)],
-                       check=True, cwd=ROOT)
     system = system_prompt()
-    off, _ = run(0, 8766, system)
-    on, metrics = run(256, 8767, system)
+    off, _ = run(0, system)
+    on, metrics = run(256, system)
     hits, looked_up = counter(metrics, "hit"), counter(metrics, "looked_up")
     figures = {"ttft_off_median_s": statistics.median(off), "ttft_on_first_s": on[0],
                "ttft_on_median_s": statistics.median(on[1:]), "hit_rate": hits / looked_up,

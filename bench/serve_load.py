@@ -17,7 +17,6 @@ import asyncio
 import json
 import math
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import save
+from _common import free_port, save
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -34,12 +33,6 @@ CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 def bigmodel(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "bigmodel.cli", *args], capture_output=True, text=True, check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(command: list[str]) -> tuple[subprocess.Popen, str]:

@@ -9,19 +9,13 @@ cost of the grammar's mask: decoding tokens/s with the schema against the same r
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import jsonschema
-from _common import save
+from _common import save, serving, smollm2_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
-CKPT = ROOT / "runs" / "lm_eval" / "smollm2"
-PORT = 8768
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
     "city": {"type": "string", "maxLength": 24},
@@ -31,13 +25,13 @@ PEOPLE = ["a retired sailor", "a young chemist", "a baker from Lyon", "a chess c
           "a beekeeper", "a pilot", "a museum guard", "a violin maker", "a marathon runner"]
 
 
-def ask(i: int, structured: bool) -> tuple[str, int, float]:
+def ask(base: str, i: int, structured: bool) -> tuple[str, int, float]:
     body = {"messages": [{"role": "user", "content": f"Invent {PEOPLE[i % len(PEOPLE)]}: name, age, city and "
                                                      "three things they like."}],
             "max_tokens": 120, "temperature": 0.8, "seed": i}
     if structured:
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}
-    request = urllib.request.Request(f"http://127.0.0.1:{PORT}/v1/chat/completions", json.dumps(body).encode(),
+    request = urllib.request.Request(f"{base}/v1/chat/completions", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=600) as response:
@@ -45,33 +39,19 @@ def ask(i: int, structured: bool) -> tuple[str, int, float]:
     return out["choices"][0]["message"]["content"], out["usage"]["completion_tokens"], time.perf_counter() - start
 
 
-def batch(n: int, structured: bool) -> tuple[list[str], float]:
+def batch(base: str, n: int, structured: bool) -> tuple[list[str], float]:
     """The answers, and decoding tokens/s over the whole batch (tokens over wall time)."""
     start = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda i: ask(i, structured), range(n)))
+        results = list(pool.map(lambda i: ask(base, i, structured), range(n)))
     return [r[0] for r in results], sum(r[1] for r in results) / (time.perf_counter() - start)
 
 
 def main() -> None:
-    if not CKPT.is_dir():
-        subprocess.run([sys.executable, "-m", "bigmodel.cli", "convert", "--from-hf", "smollm2", "--out", str(CKPT)],
-                       check=True, cwd=ROOT)
-    server = subprocess.Popen([sys.executable, "-m", "bigmodel.cli", "serve", "--ckpt", str(CKPT), "--dtype", "fp32",
-                               "--port", str(PORT)], cwd=ROOT)
-    try:
-        for _ in range(600):
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{PORT}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
-        ask(0, True)  # compiles the schema once; the vocabulary's tables are built here too
-        answers, masked = batch(100, True)
-        free_answers, free = batch(100, False)
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    with serving(smollm2_checkpoint(), "--dtype", "fp32") as base:
+        ask(base, 0, True)  # compiles the schema once; the vocabulary's tables are built here too
+        answers, masked = batch(base, 100, True)
+        free_answers, free = batch(base, 100, False)
     valid = 0
     for text in answers:
         try:

@@ -384,6 +384,7 @@ class ServeConfig(PrecisionConfig, CkptConfig):
     max_new_tokens_limit: int = 512  # the largest max_tokens a request may ask
     max_logprobs: int = 20  # the most alternatives per token a request may ask (`logprobs`, `top_logprobs`)
     prefix_cache_mb: float = 256  # keys/values of prompt prefixes kept for reuse (LRU); 0 turns it off
+    speculate: int = 0  # greedy requests: draft up to this many tokens a step by prompt lookup, check them at once
     quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 linear layers at load time
     chat_template: str = ""  # Jinja file for chat, or `plain` (default: the model's own; none: no chat)
     tracking_uri: str = ""  # registry of --ckpt models:/NAME/VERSION (default: MLFLOW_TRACKING_URI, runs/mlflow.db)
@@ -391,9 +392,9 @@ class ServeConfig(PrecisionConfig, CkptConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if min(self.max_batch, self.max_new_tokens_limit) < 1 or min(self.max_queue, self.max_logprobs,
-                                                                     self.prefix_cache_mb) < 0:
+                                                                     self.prefix_cache_mb, self.speculate) < 0:
             raise BigModelError("--max-batch and --max-new-tokens-limit must be at least 1, --max-queue, "
-                                "--max-logprobs and --prefix-cache-mb at least 0")
+                                "--max-logprobs, --prefix-cache-mb and --speculate at least 0")
 
     def api_key(self) -> str | None:
         """The key clients must send, read from `api_key_env` (None when no variable is named)."""

@@ -121,3 +121,26 @@ def test_the_prefix_cache_keeps_prefixes_within_its_budget():
     assert prefixes.load(prompt, other, 1) == 3 * BLOCK  # the first three blocks stayed: a prefix, not a tail
     assert torch.equal(other.keys[1][1, :, :3 * BLOCK], cache.keys[1][0, :, :3 * BLOCK])
     assert prefixes.load([7, *prompt], other, 0) == 0  # same tokens at other positions are no prefix
+
+
+def test_speculative_rows_decode_token_for_token_as_plain_greedy_ones():
+    """Prompt-lookup drafts checked in one pass: greedy texts equal plain decoding, drafts were accepted,
+    and a sampled row in the same batch still gets its tokens."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=40, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=64,
+                                    positions="rope", norm="rmsnorm", mlp="swiglu")).eval()
+    prompts = [[1, 2, 3, 4, 5] * 4, [7, 8, 9] * 5 + [1], [3, 1, 4, 1, 5, 9, 2, 6]]
+    outputs = {}
+    for speculate in (0, 4):
+        engine = Engine(model, max_batch=4, max_queue=4, stop_ids=frozenset(), speculate=speculate)
+        runs = [collect(p, 70 - 5 * i) for i, p in enumerate(prompts)]  # past the context: rows refill
+        sampled, sampled_tokens, sampled_done = collect([2, 4, 6], 20)
+        sampled.cfg.temperature = 0.9
+        engine.submit([r[0] for r in runs] + [sampled])
+        for _, _, finished in [*runs, (None, None, sampled_done)]:
+            assert finished.wait(60)
+        engine.close()
+        outputs[speculate] = [tokens for _, tokens, _ in runs]
+        assert len(sampled_tokens) == 20
+    assert outputs[4] == outputs[0]
+    assert engine.metrics.drafted.labels("accepted")._value.get() > 0

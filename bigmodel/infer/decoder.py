@@ -124,3 +124,12 @@ class Decoder:
             logits, _ = self.model(tokens.view(n, 1), cache=self.cache.rows(0, n), memory=self.memory,
                                    last_only=True)
         return logits[:, -1]
+
+    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append `tokens[i]` (n, T) to row i for rows 0..n-1; the logits (n, T, V) after each of them.
+        Speculative decoding's check of drafted tokens: the caller keeps rows within the context and
+        sets each row's length back to what it accepts (`cache.lengths`)."""
+        n, width = tokens.shape
+        self.reserve(int(self.cache.lengths[:n].max()) + width)
+        logits, _ = self.model(tokens, cache=self.cache.rows(0, n), memory=self.memory)
+        return logits

@@ -10,6 +10,11 @@ A sequence that asks for log-probabilities gets each token's, and its `logprobs`
 alternatives', from the model's own distribution (before penalties, temperature and truncation, as
 evaluation harnesses need them); with `echo` its prompt is scored too, from the same prefill.
 With a `PrefixCache`, a prompt that starts as an earlier one did runs only from where they differ.
+
+With `speculate` > 0, greedy rows draft up to that many tokens by prompt lookup (the tokens that
+followed the latest earlier occurrence of their last few tokens: summaries, edits and code quote
+their input) and one forward pass checks every draft at once; a row keeps the drafted tokens the
+model would have chosen itself, then the model's own next one, so its text is the same as without.
 """
 
 from __future__ import annotations
@@ -97,10 +102,22 @@ class Sequence:
         self.done = True
 
 
+def lookup_draft(history: list[int], tokens: int, longest: int = 3) -> list[int]:
+    """Up to `tokens` tokens that followed the latest earlier occurrence of the history's last n tokens
+    (n from `longest` down to 1); none when its tail was never seen before."""
+    for n in range(min(longest, len(history) - 1), 0, -1):
+        tail = history[-n:]
+        for start in range(len(history) - n - 1, -1, -1):
+            if history[start:start + n] == tail:
+                return history[start + n:start + n + tokens]
+    return []
+
+
 class Engine:
     def __init__(self, model: Transformer, max_batch: int, max_queue: int, stop_ids: frozenset[int],
-                 prefix_cache_mb: float = 0, metrics: Metrics | None = None) -> None:
+                 prefix_cache_mb: float = 0, metrics: Metrics | None = None, speculate: int = 0) -> None:
         self.model, self.max_batch, self.max_queue, self.stop_ids = model, max_batch, max_queue, stop_ids
+        self.speculate = speculate
         self.decoder = Decoder(model, max_batch)
         self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.metrics = metrics or Metrics()
@@ -186,15 +203,45 @@ class Engine:
         self._accept(row, logits[-1] if scoring else logits)
 
     def _step(self) -> None:
-        """One token for every active row, in one forward pass."""
+        """One token for every active row (more where drafts are accepted), in one forward pass."""
         self._leave_finished()
         if not self.active:
             return
-        tokens = torch.tensor([seq.history[-1] for seq in self.active], device=self.decoder.device)
-        logits = self.decoder.step(tokens, [seq.history for seq in self.active])
-        for row in range(len(self.active)):
-            self._accept(row, logits[row])
+        drafts = [self._draft(seq) for seq in self.active]
+        width = 1 + max(map(len, drafts))
+        n = len(self.active)
+        if width > 1 and int(self.decoder.cache.lengths[:n].max()) + width <= self.decoder.capacity:
+            self._check_drafts(drafts, width)
+        else:
+            tokens = torch.tensor([seq.history[-1] for seq in self.active], device=self.decoder.device)
+            logits = self.decoder.step(tokens, [seq.history for seq in self.active])
+            for row in range(n):
+                self._accept(row, logits[row])
         self._leave_finished()
+
+    def _draft(self, seq: Sequence) -> list[int]:
+        """Tokens to check for a row: greedy rows only (a sampled row's next token is not the argmax), and
+        only where nothing but the logits decides it (no penalties, grammar or scores)."""
+        if not self.speculate or seq.cfg.temperature >= 1e-4 or seq.penalties or seq.matcher or (
+                seq.logprobs is not None):
+            return []
+        return lookup_draft(seq.history, min(self.speculate, seq.cfg.max_new_tokens - seq.produced - 1))
+
+    def _check_drafts(self, drafts: list[list[int]], width: int) -> None:
+        """Run each row's last token and its draft (padded to `width`) at once; keep what greedy would pick."""
+        rows = [[seq.history[-1], *draft, *[seq.history[-1]] * (width - 1 - len(draft))]
+                for seq, draft in zip(self.active, drafts, strict=True)]
+        logits = self.decoder.extend(torch.tensor(rows, device=self.decoder.device))
+        for row, (seq, draft) in enumerate(zip(self.active, drafts, strict=True)):
+            start = int(self.decoder.cache.lengths[row]) - width  # where the row's last token went
+            kept = 0
+            while kept < len(draft) and not seq.done and int(logits[row, kept].argmax()) == draft[kept]:
+                self._accept(row, logits[row, kept])
+                kept += 1
+            self._accept(row, logits[row, kept])  # the model's own token after what it kept
+            self.decoder.cache.lengths[row] = start + 1 + kept
+            self.metrics.drafted.labels("drafted").inc(len(draft))
+            self.metrics.drafted.labels("accepted").inc(kept)
 
     def _accept(self, row: int, logits: torch.Tensor) -> None:
         seq = self.active[row]

@@ -63,7 +63,7 @@ def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
         in_precision(classifier or model, cfg.dtype, device, decoding=model.config.causal)
     special = tokenizer_config(folder)
     engine = Engine(model, cfg.max_batch, cfg.max_queue, stop_ids(tok, special), cfg.prefix_cache_mb,
-                    metrics) if model.config.causal else None
+                    metrics, cfg.speculate) if model.config.causal else None
     model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
     chat, missing = None, ""
     try:
