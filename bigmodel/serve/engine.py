@@ -102,10 +102,11 @@ class Sequence:
         self.done = True
 
 
-def lookup_draft(history: list[int], tokens: int, longest: int = 3) -> list[int]:
+def lookup_draft(history: list[int], tokens: int, longest: int = 3, shortest: int = 2) -> list[int]:
     """Up to `tokens` tokens that followed the latest earlier occurrence of the history's last n tokens
-    (n from `longest` down to 1); none when its tail was never seen before."""
-    for n in range(min(longest, len(history) - 1), 0, -1):
+    (n from `longest` down to `shortest`: one token in common says too little, and a wrong draft costs
+    a wider step); none when its tail was never seen before."""
+    for n in range(min(longest, len(history) - 1), shortest - 1, -1):
         tail = history[-n:]
         for start in range(len(history) - n - 1, -1, -1):
             if history[start:start + n] == tail:
