@@ -88,7 +88,8 @@ def json_text(body: dict) -> str:
 @dataclass
 class Ask:
     """What a request wants besides text: log-probabilities (`alternatives` per token; None: none, and
-    where in the request that was asked) and, for completions, its prompts echoed in front."""
+    where in the request that was asked), for completions its prompts echoed in front, and the field
+    that asked for a grammar (named when the grammar proves impossible mid-way)."""
 
     alternatives: int | None = None
     param: str = "logprobs"
