@@ -46,9 +46,9 @@ def write_tasks_data(docs: int, questions: int) -> None:
 
 
 def run(*args: str) -> None:
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"{' '.join(args[:4])}... failed:\n{done.stderr[-3000:]}")
+    """Run a command in the repository, its progress bars on this terminal; one line if it fails."""
+    if subprocess.run(args, cwd=ROOT, stdout=subprocess.DEVNULL).returncode:
+        sys.exit(f"{' '.join(args[:4])}... failed (its messages are above)")
 
 
 def lm_eval(model: str, model_args: str, out: Path) -> tuple[dict, float]:

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from _common import save, serving, smollm2_checkpoint
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -51,7 +52,7 @@ def ask(base: str, system: str, question: str) -> float:
 def run(cache_mb: int, system: str) -> tuple[list[float], str]:
     with serving(smollm2_checkpoint(), "--dtype", "fp32", "--prefix-cache-mb", str(cache_mb)) as base:
         ask(base, "warm-up", "Hello?")  # first-call costs (thread pools, allocations) out of the figures
-        times = [ask(base, system, q) for q in QUESTIONS]
+        times = [ask(base, system, q) for q in tqdm(QUESTIONS, desc=f"cache {cache_mb} MB")]
         return times, urllib.request.urlopen(f"{base}/metrics").read().decode()
 
 

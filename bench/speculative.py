@@ -15,6 +15,7 @@ import time
 import urllib.request
 
 from _common import save, serving, smollm2_checkpoint
+from tqdm import tqdm
 
 PARAGRAPHS = [
     "The quick brown fox jumpd over the lazy dog, and then it ran into the forrest to find its freinds.",
@@ -44,7 +45,7 @@ def run(speculate: int) -> tuple[dict, dict, str]:
         ask(base, "Hello!")
         texts, speeds = {}, {}
         for task, prompts in TASKS.items():
-            results = [ask(base, p) for p in prompts]
+            results = [ask(base, p) for p in tqdm(prompts, desc=f"{task}, --speculate {speculate}")]
             texts[task], speeds[task] = [r[0] for r in results], statistics.median(r[1] for r in results)
         return texts, speeds, urllib.request.urlopen(f"{base}/metrics").read().decode()
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import jsonschema
 from _common import save, serving, smollm2_checkpoint
+from tqdm import tqdm
 
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0, "maximum": 150},
@@ -43,7 +44,8 @@ def batch(base: str, n: int, structured: bool) -> tuple[list[str], float]:
     """The answers, and decoding tokens/s over the whole batch (tokens over wall time)."""
     start = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda i: ask(base, i, structured), range(n)))
+        results = list(tqdm(pool.map(lambda i: ask(base, i, structured), range(n)), total=n,
+                            desc="with the schema" if structured else "free text"))
     return [r[0] for r in results], sum(r[1] for r in results) / (time.perf_counter() - start)
 
 

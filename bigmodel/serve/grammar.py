@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 
 import torch
 from tokenizers import Tokenizer
@@ -46,20 +45,17 @@ class Grammars:
             raise BigModelError("structured output needs xgrammar: pip install 'bigmodel[serve]'") from None
         vocab = [tok.id_to_token(i) or "" for i in range(min(tok.get_vocab_size(), vocab_size))]
         info = xgr.TokenizerInfo(vocab, vocab_type(tok), vocab_size=vocab_size, stop_token_ids=sorted(stop_ids))
-        self.compiler = xgr.GrammarCompiler(info, max_threads=1)
-        self.vocab_size = vocab_size
-        self.lock = threading.Lock()  # compiles come from the event loop's worker threads
+        self.compiler = xgr.GrammarCompiler(info, max_threads=1)  # compiles run on the event loop, one at a time
 
     def compile(self, kind: str, spec: object) -> object:
         """A compiled grammar for `kind` (json_object, json_schema, regex, choice); ValueError if it is invalid."""
-        with self.lock:
-            if kind == "json_object":
-                return self.compiler.compile_builtin_json_grammar()
-            if kind == "json_schema":
-                return self.compiler.compile_json_schema(json.dumps(spec), any_whitespace=False)
-            if kind == "regex":
-                return self.compiler.compile_regex(spec)
-            return self.compiler.compile_regex("|".join(re.escape(c) for c in spec))  # choice
+        if kind == "json_object":
+            return self.compiler.compile_builtin_json_grammar()
+        if kind == "json_schema":
+            return self.compiler.compile_json_schema(json.dumps(spec), any_whitespace=False)
+        if kind == "regex":
+            return self.compiler.compile_regex(spec)
+        return self.compiler.compile_regex("|".join(re.escape(c) for c in spec))  # choice
 
 
 class DeadEnd(ValueError):
