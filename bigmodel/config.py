@@ -385,6 +385,8 @@ class ServeConfig(PrecisionConfig, CkptConfig):
     max_logprobs: int = 20  # the most alternatives per token a request may ask (`logprobs`, `top_logprobs`)
     prefix_cache_mb: float = 256  # keys/values of prompt prefixes kept for reuse (LRU); 0 turns it off
     speculate: int = 0  # greedy requests: draft up to this many tokens a step by prompt lookup, check them at once
+    lora_modules: list[str] = field(default_factory=list)  # NAME=DIR: LoRA fine-tunes of --ckpt served by name
+    runtime_lora: bool = False  # allow /v1/load_lora_adapter and /v1/unload_lora_adapter (paths on this machine)
     quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 linear layers at load time
     chat_template: str = ""  # Jinja file for chat, or `plain` (default: the model's own; none: no chat)
     tracking_uri: str = ""  # registry of --ckpt models:/NAME/VERSION (default: MLFLOW_TRACKING_URI, runs/mlflow.db)
@@ -395,6 +397,16 @@ class ServeConfig(PrecisionConfig, CkptConfig):
                                                                      self.prefix_cache_mb, self.speculate) < 0:
             raise BigModelError("--max-batch and --max-new-tokens-limit must be at least 1, --max-queue, "
                                 "--max-logprobs, --prefix-cache-mb and --speculate at least 0")
+        names = set()
+        for spec in self.lora_modules:
+            name, _, path = spec.partition("=")
+            if not (name and path) or ":" in name or name in names:
+                raise BigModelError(f"--lora-modules {spec}: expected NAME=DIR, each NAME once and without ':'")
+            names.add(name)
+
+    def adapters(self) -> dict[str, str]:
+        """`--lora-modules` as name → folder."""
+        return dict(spec.split("=", 1) for spec in self.lora_modules)
 
     def api_key(self) -> str | None:
         """The key clients must send, read from `api_key_env` (None when no variable is named)."""

@@ -10,6 +10,7 @@ recent half of its history and goes on: the one context-full policy, here.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ import torch
 from bigmodel.config import DecodingConfig
 from bigmodel.model.cache import KVCache
 from bigmodel.model.decoding import decoding_threads, uses_blas
+from bigmodel.model.lora import Adapter, AdapterRows
 from bigmodel.model.transformer import Memory, Transformer
 
 
@@ -77,16 +79,17 @@ class Penalties:
 
 class Decoder:
     """`rows` sequences decoding through one KV cache; an encoder-decoder's rows read `memory` (one row
-    of it per cache row).
+    of it per cache row). With `adapters` (the switch of a model with LoRA layers attached), each call
+    may say which adapter each of its rows runs with.
 
     The cache starts at `max_len` positions (default 256) and doubles when a row needs more, up to
     the model's context: a server that admits any request never sets aside its whole context per
     row (8,192 positions × 30 layers for SmolLM2) for prompts of a few hundred tokens."""
 
     def __init__(self, model: Transformer, rows: int, max_len: int | None = None,
-                 memory: Memory | None = None) -> None:
+                 memory: Memory | None = None, adapters: AdapterRows | None = None) -> None:
         param = next(model.parameters())
-        self.model, self.memory, self.device = model, memory, param.device
+        self.model, self.memory, self.device, self.adapters = model, memory, param.device, adapters
         self.capacity = model.config.block_size  # where a row's context is full
         self.blas = uses_blas(model)  # the thread policy of one-row steps, decided once
         self.cache = KVCache.allocate(model.config, rows, min(max_len or 256, self.capacity), param.dtype,
@@ -97,8 +100,11 @@ class Decoder:
         if length > self.cache.max_len:
             self.cache.grow(min(max(length, 2 * self.cache.max_len), self.capacity))
 
+    def _using(self, per_row: Sequence[Adapter | None]) -> contextlib.AbstractContextManager:
+        return self.adapters.use(per_row) if self.adapters is not None and any(per_row) else contextlib.nullcontext()
+
     def prefill(self, ids: torch.Tensor | Sequence[Sequence[int]], row: int = 0, every: bool = False,
-                start: int = 0) -> torch.Tensor:
+                start: int = 0, adapters: Sequence[Adapter | None] = ()) -> torch.Tensor:
         """Run token ids (B, T) into rows row..row+B-1, whose first `start` positions already hold the
         keys and values of the first `start` tokens (a cached prefix; 0: the rows start empty). The
         logits (B, V) after each row's last token, or with `every` (B, T - start, V) after each token run."""
@@ -106,11 +112,12 @@ class Decoder:
         self.reserve(ids.size(1))
         rows = self.cache.rows(row, row + ids.size(0))
         rows.lengths[:] = start
-        logits, _ = self.model(ids[:, start:], cache=rows, memory=self.memory, last_only=not every)
+        with self._using(adapters):
+            logits, _ = self.model(ids[:, start:], cache=rows, memory=self.memory, last_only=not every)
         return logits if every else logits[:, -1]
 
-    def step(self, tokens: torch.Tensor, histories: Sequence[Sequence[int]] | torch.Tensor | None = None
-             ) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, histories: Sequence[Sequence[int]] | torch.Tensor | None = None,
+             adapters: Sequence[Adapter | None] = ()) -> torch.Tensor:
         """Append `tokens[i]` to row i for rows 0..n-1; the logits (n, V) after it.
 
         A row whose context is full first keeps the latest half of its history (`histories[i]`, which
@@ -118,18 +125,20 @@ class Decoder:
         n = tokens.size(0)
         for row in np.flatnonzero(self.cache.lengths[:n] >= self.capacity):
             recent = histories[row][-(self.capacity // 2):-1]
-            self.prefill([recent.tolist() if torch.is_tensor(recent) else list(recent)], int(row))
+            self.prefill([recent.tolist() if torch.is_tensor(recent) else list(recent)], int(row),
+                         adapters=adapters[row:row + 1])
         self.reserve(int(self.cache.lengths[:n].max()) + 1)
-        with decoding_threads(self.blas, n):
+        with decoding_threads(self.blas, n), self._using(adapters):
             logits, _ = self.model(tokens.view(n, 1), cache=self.cache.rows(0, n), memory=self.memory,
                                    last_only=True)
         return logits[:, -1]
 
-    def extend(self, tokens: torch.Tensor) -> torch.Tensor:
+    def extend(self, tokens: torch.Tensor, adapters: Sequence[Adapter | None] = ()) -> torch.Tensor:
         """Append `tokens[i]` (n, T) to row i for rows 0..n-1; the logits (n, T, V) after each of them.
         Speculative decoding's check of drafted tokens: the caller keeps rows within the context and
         sets each row's length back to what it accepts (`cache.lengths`)."""
         n, width = tokens.shape
         self.reserve(int(self.cache.lengths[:n].max()) + width)
-        logits, _ = self.model(tokens, cache=self.cache.rows(0, n), memory=self.memory)
+        with self._using(adapters):
+            logits, _ = self.model(tokens, cache=self.cache.rows(0, n), memory=self.memory)
         return logits

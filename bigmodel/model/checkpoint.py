@@ -182,18 +182,19 @@ def assign_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], sou
 def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: Tokenizer | None,
                     sections: dict[str, Any], trainer_state: dict[str, Any] | None = None,
                     storage: Storage = PLAIN, shards: Path | None = None, plain: dict[str, str] | None = None,
-                    ) -> None:
+                    files: dict[str, bytes] | None = None) -> None:
     """Write the folder as `path.tmp`, then replace `path` with it (old one kept until then).
 
     A `SequenceModel` also leaves `head.json` (task, labels, pooling). Image and audio models have
     no tokenizer (a speech recognizer's characters are its head's labels). `shards`, a folder of
     FSDP shards already written, moves in as `shards/` before the rename, so it lands with the rest.
-    `plain` files (the chat template and special tokens, by name) are written as they are, never sealed."""
+    `plain` files (the chat template and special tokens, by name) are written as they are, never sealed;
+    other `files` (a LoRA run's adapter) like the weights."""
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     files = {WEIGHTS: weights_bytes(model), MODEL_CONFIG: json.dumps(model.config.to_dict(), indent=2).encode(),
-             RUN_CONFIG: yaml_text(sections).encode()}
+             RUN_CONFIG: yaml_text(sections).encode(), **(files or {})}
     if tokenizer is not None:
         files[TOKENIZER] = plain_tokenizer(tokenizer).to_str().encode()  # never pads or truncates when reloaded
     if isinstance(model, SequenceModel):

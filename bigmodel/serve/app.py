@@ -2,7 +2,8 @@
 
 Routes: `POST /v1/completions`, `POST /v1/chat/completions` (both with `stream`; `completions.py`),
 `POST /v1/embeddings`, `POST /v1/classify`, `POST /v1/explain` (`encoders.py`), `POST /tokenize`,
-`POST /detokenize`, `GET /tokenizer_info` (`tokens.py`), `GET /v1/models`,
+`POST /detokenize`, `GET /tokenizer_info` (`tokens.py`), `POST /v1/load_lora_adapter` and
+`/v1/unload_lora_adapter` (`adapters.py`), `GET /v1/models` (the base, then its adapters),
 `GET /health`, `GET /metrics` and the playground (here). This file holds what every route shares:
 the key check and metrics middleware, OpenAI-shaped errors (`schema.py`), the OpenAPI schema and the
 server's lifecycle: the model loads in the background after the port opens (503 until then), and
@@ -33,7 +34,7 @@ from starlette.routing import Match
 from bigmodel.config import ServeConfig
 from bigmodel.device import pick_device
 from bigmodel.model.checkpoint import locate
-from bigmodel.serve import completions, encoders, tokens
+from bigmodel.serve import adapters, completions, encoders, tokens
 from bigmodel.serve.schema import ERRORS, ApiError, error_body
 from bigmodel.serve.service import Service, service
 
@@ -65,12 +66,14 @@ def playground() -> str:
 @router.get("/v1/models", responses={401: ERRORS[401], 503: ERRORS[503]})
 def models(request: Request) -> dict:
     served = service(request).served
-    return {"object": "list", "data": [{"id": served.model_id, "object": "model", "created": 0,
-                                        "owned_by": "bigmodel", "capabilities": served.capabilities()}]}
+    base = {"id": served.model_id, "object": "model", "created": 0, "owned_by": "bigmodel",
+            "capabilities": served.capabilities()}
+    return {"object": "list", "data": [base, *({**base, "id": f"{served.model_id}:{name}", "parent": served.model_id,
+                                                 "root": adapter.base} for name, adapter in served.adapters.items())]}
 
 
 
-ROUTERS = (router, completions.router, encoders.router, tokens.router)
+ROUTERS = (router, completions.router, encoders.router, tokens.router, adapters.router)
 GUARDED = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")  # what the key protects
 
 

@@ -145,6 +145,7 @@ def start(svc: Service, prompts: list[list[int]], req: Sampling, ask: Ask) -> li
         raise ApiError(400, f"{ask.param}: at most {svc.cfg.max_logprobs} on this server", "invalid_request_error",
                        ask.param)
     penalties, (grammar, ask.grammar_param) = penalties_of(svc, req), svc.grammar_of(req)
+    adapter = svc.adapter_of(req)
     loop = asyncio.get_running_loop()
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
     choices = []
@@ -158,8 +159,8 @@ def start(svc: Service, prompts: list[list[int]], req: Sampling, ask: Ask) -> li
 
             cfg = GenerateConfig(max_new_tokens=req.max_tokens or min(16, limit), temperature=req.temperature,
                                  top_p=req.top_p, top_k=max(req.top_k, 0), min_p=req.min_p, seed=seed + len(choices))
-            choices.append(Choice(Sequence(ids, cfg, emit, penalties, grammar, ask.alternatives, ask.echo), queue,
-                                  svc.metrics))
+            choices.append(Choice(Sequence(ids, cfg, emit, penalties, grammar, ask.alternatives, ask.echo, adapter),
+                                  queue, svc.metrics))
     try:
         engine.submit([c.seq for c in choices])
     except TooLarge:  # retrying would never help: not a 429
@@ -220,8 +221,14 @@ async def complete(svc: Service, prompts: list[list[int]], texts: list[str | Non
         out.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
                     "finish_reason": reason} if chat else
                    {"index": i, "text": echo + text, "finish_reason": reason, "logprobs": logprobs})
-    return {"id": completion_id(kind), "object": kind, "created": int(time.time()), "model": s.model_id,
+    return {"id": completion_id(kind), "object": kind, "created": int(time.time()), "model": served_as(svc, choices),
             "choices": out, "usage": usage}
+
+
+def served_as(svc: Service, choices: list[Choice]) -> str:
+    """The `model` a response names: the base's id, or `BASE:ADAPTER`."""
+    adapter = choices[0].seq.adapter
+    return f"{svc.served.model_id}:{adapter.name}" if adapter else svc.served.model_id
 
 
 def stream(svc: Service, prompts: list[list[int]], texts: list[str | None], req: Sampling, ask: Ask,
@@ -229,11 +236,11 @@ def stream(svc: Service, prompts: list[list[int]], texts: list[str | None], req:
     """Server-sent events, one choice after another (index = prompt × n + sample); all generate at once."""
     choices = start(svc, prompts, req, ask)
     s, chat = svc.served, kind == "chat.completion.chunk"
-    ident, created = completion_id(kind), int(time.time())
+    ident, created, model = completion_id(kind), int(time.time()), served_as(svc, choices)
     echoed = prompt_texts(svc, prompts, texts, ask)
 
     def chunk(choice: dict | None, **extra: object) -> str:
-        body = {"id": ident, "object": kind, "created": created, "model": s.model_id,
+        body = {"id": ident, "object": kind, "created": created, "model": model,
                 "choices": [choice] if choice else [], **extra}
         return f"data: {json_text(body)}\n\n"
 

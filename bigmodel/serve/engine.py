@@ -11,6 +11,9 @@ alternatives', from the model's own distribution (before penalties, temperature 
 evaluation harnesses need them); with `echo` its prompt is scored too, from the same prefill.
 With a `PrefixCache`, a prompt that starts as an earlier one did runs only from where they differ.
 
+A sequence may run with a LoRA adapter (`model/lora.py`): rows with different adapters, or none,
+share a step; cached prefixes are kept per adapter.
+
 With `speculate` > 0, greedy rows draft up to that many tokens by prompt lookup (the tokens that
 followed the latest earlier occurrence of their last few tokens: summaries, edits and code quote
 their input) and one forward pass checks every draft at once; a row keeps the drafted tokens the
@@ -30,6 +33,7 @@ import torch
 
 from bigmodel.config import GenerateConfig
 from bigmodel.infer.decoder import Decoder, Penalties, sample_next
+from bigmodel.model.lora import Adapter, AdapterRows
 from bigmodel.model.transformer import Transformer
 from bigmodel.serve.grammar import DeadEnd, Matcher
 from bigmodel.serve.metrics import Metrics
@@ -82,6 +86,7 @@ class Sequence:
     grammar: object | None = None  # an xgrammar CompiledGrammar the text must follow (`grammar.py`)
     logprobs: int | None = None
     echo: bool = False
+    adapter: Adapter | None = None  # the LoRA adapter it runs with (None: the base model)
     prompt_scores: list[Token] = field(default_factory=list)
     error: str | None = None
     dead_end: bool = False  # the error is the request's grammar, which the vocabulary cannot follow
@@ -116,10 +121,11 @@ def lookup_draft(history: list[int], tokens: int, longest: int = 3, shortest: in
 
 class Engine:
     def __init__(self, model: Transformer, max_batch: int, max_queue: int, stop_ids: frozenset[int],
-                 prefix_cache_mb: float = 0, metrics: Metrics | None = None, speculate: int = 0) -> None:
+                 prefix_cache_mb: float = 0, metrics: Metrics | None = None, speculate: int = 0,
+                 adapters: AdapterRows | None = None) -> None:
         self.model, self.max_batch, self.max_queue, self.stop_ids = model, max_batch, max_queue, stop_ids
         self.speculate = speculate
-        self.decoder = Decoder(model, max_batch)
+        self.decoder = Decoder(model, max_batch, adapters=adapters)
         self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.metrics = metrics or Metrics()
         self.active: list[Sequence] = []  # row i of the cache belongs to active[i]
@@ -189,15 +195,15 @@ class Engine:
         if seq.grammar is not None:
             seq.matcher = Matcher(seq.grammar, self.model.config.vocab_size)
         scoring = seq.echo and seq.logprobs is not None  # every prompt token's logits: none may come from cache
-        start = 0
+        start, salt = 0, seq.adapter.key if seq.adapter else ""
         if self.prefixes is not None and not scoring:
             self.decoder.reserve(len(seq.prompt))
-            start = self.prefixes.load(seq.prompt, self.decoder.cache, row)
+            start = self.prefixes.load(seq.prompt, self.decoder.cache, row, salt)
             self.metrics.prefix.labels("looked_up").inc(len(seq.prompt))
             self.metrics.prefix.labels("hit").inc(start)
-        logits = self.decoder.prefill([seq.prompt], row, every=scoring, start=start)[0]
+        logits = self.decoder.prefill([seq.prompt], row, every=scoring, start=start, adapters=[seq.adapter])[0]
         if self.prefixes is not None:
-            self.prefixes.store(seq.prompt, self.decoder.cache, row)
+            self.prefixes.store(seq.prompt, self.decoder.cache, row, salt)
         if scoring:
             seq.prompt_scores = [Token(seq.prompt[0]), *scored(logits[:-1], torch.tensor(seq.prompt[1:]),
                                                                seq.logprobs)]
@@ -215,7 +221,8 @@ class Engine:
             self._check_drafts(drafts, width)
         else:
             tokens = torch.tensor([seq.history[-1] for seq in self.active], device=self.decoder.device)
-            logits = self.decoder.step(tokens, [seq.history for seq in self.active])
+            logits = self.decoder.step(tokens, [seq.history for seq in self.active],
+                                       [seq.adapter for seq in self.active])
             for row in range(n):
                 self._accept(row, logits[row])
         self._leave_finished()
@@ -232,7 +239,8 @@ class Engine:
         """Run each row's last token and its draft (padded to `width`) at once; keep what greedy would pick."""
         rows = [[seq.history[-1], *draft, *[seq.history[-1]] * (width - 1 - len(draft))]
                 for seq, draft in zip(self.active, drafts, strict=True)]
-        logits = self.decoder.extend(torch.tensor(rows, device=self.decoder.device))
+        logits = self.decoder.extend(torch.tensor(rows, device=self.decoder.device),
+                                     [seq.adapter for seq in self.active])
         for row, (seq, draft) in enumerate(zip(self.active, drafts, strict=True)):
             start = int(self.decoder.cache.lengths[row]) - width  # where the row's last token went
             kept = 0

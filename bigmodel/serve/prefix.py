@@ -22,7 +22,7 @@ BLOCK = 16  # tokens per cached block (vLLM's default size)
 
 @dataclass
 class Block:
-    parent: int | None  # the key of the block before it
+    parent: int | str  # the key of the block before it (the first block: the chain's salt)
     tokens: tuple[int, ...]
     keys: list[torch.Tensor]  # per layer: (n_kv_head, BLOCK, head_dim)
     values: list[torch.Tensor]
@@ -38,9 +38,10 @@ class PrefixCache:
         self.blocks: OrderedDict[int, Block] = OrderedDict()
 
     @staticmethod
-    def chain(prompt: list[int]) -> list[tuple[int | None, int, tuple[int, ...]]]:
-        """(parent key, key, tokens) of each whole block of `prompt`, in order."""
-        out, parent = [], None
+    def chain(prompt: list[int], salt: str = "") -> list[tuple[int | str, int, tuple[int, ...]]]:
+        """(parent key, key, tokens) of each whole block of `prompt`, in order; the first block's parent is
+        `salt`, which keeps apart prompts whose keys and values differ (another adapter's)."""
+        out, parent = [], salt
         for start in range(0, len(prompt) - BLOCK + 1, BLOCK):
             tokens = tuple(prompt[start:start + BLOCK])
             key = hash((parent, tokens))
@@ -48,10 +49,10 @@ class PrefixCache:
             parent = key
         return out
 
-    def load(self, prompt: list[int], cache: KVCache, row: int) -> int:
+    def load(self, prompt: list[int], cache: KVCache, row: int, salt: str = "") -> int:
         """Copy the longest known prefix of `prompt` (leaving its last token to run) into `row`; its length."""
         found = []
-        for parent, key, tokens in self.chain(prompt[:-1]):
+        for parent, key, tokens in self.chain(prompt[:-1], salt):
             block = self.blocks.get(key)
             if block is None or block.parent != parent or block.tokens != tokens:
                 break
@@ -65,9 +66,9 @@ class PrefixCache:
         cache.lengths[row] = len(found) * BLOCK
         return len(found) * BLOCK
 
-    def store(self, prompt: list[int], cache: KVCache, row: int) -> None:
+    def store(self, prompt: list[int], cache: KVCache, row: int, salt: str = "") -> None:
         """Keep the whole blocks of `prompt`, whose keys and values `row` now holds, then evict to the budget."""
-        chain = self.chain(prompt)
+        chain = self.chain(prompt, salt)
         for i, (parent, key, tokens) in enumerate(chain):
             if key in self.blocks:
                 continue

@@ -34,7 +34,8 @@ class ResponseFormat(BaseModel):
 class Sampling(BaseModel):
     """What completions and chat share. `max_tokens` defaults to 16 (or the server's limit, if lower)."""
 
-    model: str | None = None
+    model: str | None = None  # the base model's id, `BASE:ADAPTER` or an adapter's name; any, without adapters
+    adapter: str | None = None  # this server's: a LoRA adapter by name (instead of naming it in `model`)
     max_tokens: int | None = Field(None, ge=1)  # the server's limit is checked per request, stated in the schema
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)

@@ -19,6 +19,7 @@ from bigmodel.infer.chat import chat_template
 from bigmodel.model.checkpoint import Storage, in_precision, load_checkpoint, locate
 from bigmodel.model.formats import tokenizer_config
 from bigmodel.model.heads import HEAD_FILE, SequenceModel
+from bigmodel.model.lora import Adapter, AdapterRows, attach, load_adapter
 from bigmodel.model.quantize import is_int8, to_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.serve.engine import Engine
@@ -40,6 +41,8 @@ class Served:
     classifier: SequenceModel | None = None  # a fine-tuned checkpoint's model with its head
     special: dict = field(default_factory=dict)  # its tokenizer_config.json: special tokens, chat template
     grammars: Grammars | None = None  # made at the first request for structured output
+    adapter_rows: AdapterRows | None = None  # set when the server serves LoRA adapters: its layers carry them
+    adapters: dict[str, Adapter] = field(default_factory=dict)  # by name
 
     def capabilities(self) -> list[str]:
         """What this model answers, as `/v1/models` tells clients such as the playground."""
@@ -62,8 +65,12 @@ def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
     else:  # in place: a classifier's backbone is the generator's model
         in_precision(classifier or model, cfg.dtype, device, decoding=model.config.causal)
     special = tokenizer_config(folder)
+    rows = attach(model) if model.config.causal and (cfg.lora_modules or cfg.runtime_lora) else None
+    adapters = {name: load_adapter(name, path, model, storage) for name, path in cfg.adapters().items()}
+    if adapters and not rows:
+        raise BigModelError(f"--lora-modules: {cfg.ckpt} is an encoder; adapters serve causal language models")
     engine = Engine(model, cfg.max_batch, cfg.max_queue, stop_ids(tok, special), cfg.prefix_cache_mb,
-                    metrics, cfg.speculate) if model.config.causal else None
+                    metrics, cfg.speculate, rows) if model.config.causal else None
     model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
     chat, missing = None, ""
     try:
@@ -72,7 +79,8 @@ def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
         if cfg.chat_template:  # a template the server was told to use must work
             raise
         missing = str(e)
-    return Served(model, tok, model_id, engine, chat, missing, classifier, special)
+    return Served(model, tok, model_id, engine, chat, missing, classifier, special, adapter_rows=rows,
+                  adapters=adapters)
 
 
 
@@ -156,6 +164,25 @@ class Service:
             raise ApiError(400, f"{param}: no token of this model's vocabulary can begin it", "invalid_request_error",
                            param)
         return grammar, param
+
+    def adapter_of(self, req: Sampling) -> Adapter | None:
+        """The LoRA adapter a request asks for, by its `adapter` field or its `model` (`base:adapter`, or the
+        adapter's name); None for the base. A server with adapters knows every name it answers to (400 for
+        another); one without answers to any `model`, as single-model servers do."""
+        s = self.served
+        name, param = (req.adapter, "adapter") if req.adapter is not None else (req.model, "model")
+        if name is None or name == s.model_id:
+            return None
+        base, colon, tail = name.partition(":")
+        if colon and base == s.model_id:
+            name = tail
+        if name in s.adapters:
+            return s.adapters[name]
+        if param == "adapter" or colon or s.adapter_rows is not None:
+            served = ", ".join([s.model_id, *(f"{s.model_id}:{a}" for a in s.adapters)])
+            raise ApiError(400, f"{param}: no adapter {name!r} here (serving {served})", "invalid_request_error",
+                           param)
+        return None
 
     def classifier(self) -> SequenceModel:
         """The fine-tuned model with its head, for the routes that need one."""

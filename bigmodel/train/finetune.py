@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bigmodel.config import FinetuneConfig, ModelConfig, resolve
 from bigmodel.errors import BigModelError
+from bigmodel.model import lora
 from bigmodel.model.checkpoint import (
     RESUMED,
     Storage,
@@ -46,8 +47,6 @@ from bigmodel.train import distributed, privacy
 from bigmodel.train.loop import Loop
 from bigmodel.train.optim import KeepBest, linear_lr, make_optimizer, optimizer_step, run_precision
 from bigmodel.train.track import Sink, Tracker, tracking_sinks
-
-LORA_TARGETS = ["qkv", "proj", "up", "down", "gate", "q", "kv"]
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -82,11 +81,23 @@ def apply_method(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module
         except ImportError:
             raise BigModelError("--method lora needs the peft library: pip install 'bigmodel[lora]'") from None
 
-        targets = sorted({name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()} & set(LORA_TARGETS))
+        targets = sorted({name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()} & set(lora.TARGETS))
         config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.05, target_modules=targets,
                             modules_to_save=["classifier"] if isinstance(model, SequenceModel) else None)
         return get_peft_model(model, config)
     return model
+
+
+def adapter_of(runner: torch.nn.Module, cfg: FinetuneConfig) -> dict[str, bytes]:
+    """`adapter.safetensors` of a causal LM's LoRA run (names as in the plain model), so a server can keep
+    it apart from the base and serve many (`model/lora.py`); nothing for other runs."""
+    model = runner.get_base_model() if cfg.method == "lora" else runner
+    if cfg.method != "lora" or isinstance(model, SequenceModel):  # a classifier's adapter needs its head too
+        return {}
+    factors = {name: (m.lora_A["default"].weight, m.lora_B["default"].weight)
+               for name, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    scaling = {m.scaling["default"] for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    return {lora.ADAPTER: lora.adapter_file(factors, scaling.pop(), str(cfg.init))}
 
 
 def plain_model(runner: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
@@ -200,7 +211,7 @@ class FineTuner(Loop):
             sections["privacy"] = self.private.record()
         if self.dist.is_main:
             save_checkpoint(self.out / name, plain_model(self.runner, self.cfg), self.tok, sections, state,
-                            self.storage, plain=self.tokenizer_files)
+                            self.storage, plain=self.tokenizer_files, files=adapter_of(self.runner, self.cfg))
 
     # --- loop --------------------------------------------------------------------------
 
