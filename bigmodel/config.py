@@ -384,7 +384,8 @@ class ServeConfig(PrecisionConfig, CkptConfig):
     max_new_tokens_limit: int = 512  # the largest max_tokens a request may ask
     max_logprobs: int = 20  # the most alternatives per token a request may ask (`logprobs`, `top_logprobs`)
     prefix_cache_mb: float = 256  # keys/values of prompt prefixes kept for reuse (LRU); 0 turns it off
-    speculate: int = 0  # greedy requests: draft up to this many tokens a step by prompt lookup, check them at once
+    speculate: int = 0  # greedy requests: draft up to this many tokens a step (prompt lookup), check them at once
+    draft_model: str = ""  # a small checkpoint with the same tokenizer that drafts for --speculate instead
     lora_modules: list[str] = field(default_factory=list)  # NAME=DIR: LoRA fine-tunes of --ckpt served by name
     runtime_lora: bool = False  # allow /v1/load_lora_adapter and /v1/unload_lora_adapter (paths on this machine)
     quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 linear layers at load time
@@ -397,6 +398,8 @@ class ServeConfig(PrecisionConfig, CkptConfig):
                                                                      self.prefix_cache_mb, self.speculate) < 0:
             raise BigModelError("--max-batch and --max-new-tokens-limit must be at least 1, --max-queue, "
                                 "--max-logprobs, --prefix-cache-mb and --speculate at least 0")
+        if self.draft_model and not self.speculate:
+            raise BigModelError("--draft-model drafts --speculate N tokens a step: give --speculate too")
         names = set()
         for spec in self.lora_modules:
             name, _, path = spec.partition("=")

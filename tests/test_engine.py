@@ -123,16 +123,21 @@ def test_the_prefix_cache_keeps_prefixes_within_its_budget():
     assert prefixes.load([7, *prompt], other, 0) == 0  # same tokens at other positions are no prefix
 
 
-def test_speculative_rows_decode_token_for_token_as_plain_greedy_ones():
-    """Prompt-lookup drafts checked in one pass: greedy texts equal plain decoding, drafts were accepted,
-    and a sampled row in the same batch still gets its tokens."""
+@pytest.mark.parametrize("drafter", ["lookup", "itself", "another"])
+def test_speculative_rows_decode_token_for_token_as_plain_greedy_ones(drafter):
+    """Drafts checked in one pass (by prompt lookup, or from a draft model: the model itself, which must
+    then be right every time, or a different one): greedy texts equal plain decoding, and a sampled row in
+    the same batch still gets its tokens."""
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=40, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=64,
-                                    positions="rope", norm="rmsnorm", mlp="swiglu")).eval()
+    shape = dict(vocab_size=40, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, positions="rope", norm="rmsnorm",
+                 mlp="swiglu")
+    model = Transformer(ModelConfig(**shape, block_size=64)).eval()
+    draft = {"lookup": None, "itself": model,
+             "another": Transformer(ModelConfig(**{**shape, "n_layer": 1}, block_size=48)).eval()}[drafter]
     prompts = [[1, 2, 3, 4, 5] * 4, [7, 8, 9] * 5 + [1], [3, 1, 4, 1, 5, 9, 2, 6]]
     outputs = {}
     for speculate in (0, 4):
-        engine = Engine(model, max_batch=4, max_queue=4, stop_ids=frozenset(), speculate=speculate)
+        engine = Engine(model, max_batch=4, max_queue=4, stop_ids=frozenset(), speculate=speculate, draft=draft)
         runs = [collect(p, 70 - 5 * i) for i, p in enumerate(prompts)]  # past the context: rows refill
         sampled, sampled_tokens, sampled_done = collect([2, 4, 6], 20)
         sampled.cfg.temperature = 0.9
@@ -143,4 +148,7 @@ def test_speculative_rows_decode_token_for_token_as_plain_greedy_ones():
         outputs[speculate] = [tokens for _, tokens, _ in runs]
         assert len(sampled_tokens) == 20
     assert outputs[4] == outputs[0]
-    assert engine.metrics.drafted.labels("accepted")._value.get() > 0
+    drafted, accepted = (engine.metrics.drafted.labels(k)._value.get() for k in ("drafted", "accepted"))
+    assert accepted > 0
+    if drafter == "itself":
+        assert accepted == drafted > 100  # its drafts follow the rows exactly, past context refills too

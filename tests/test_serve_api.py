@@ -10,6 +10,8 @@ import torch
 
 from bigmodel.model.checkpoint import load_checkpoint
 
+from .conftest import run_cli
+from .test_adapters import greedy
 from .test_serve import http, start_server
 
 
@@ -152,3 +154,25 @@ def test_a_grammar_the_vocabulary_cannot_write_is_a_400_not_a_server_error(serve
     for extra, param in (({"choice": ["0"]}, "choice"), ({"regex": "ab0"}, "regex")):
         status, out = post(served[0], "/v1/completions", {"prompt": "a", "max_tokens": 5, **extra})
         assert status == 400 and out["error"]["param"] == param and "vocabulary" in out["error"]["message"], out
+
+
+def test_a_draft_model_drafts_for_greedy_requests_without_changing_their_text(trained_run, tmp_path):
+    """The model as its own draft: every drafted token is accepted, and the text is plain greedy decoding's."""
+    proc, base = start_server(trained_run, "--dtype", "fp32", "--speculate", "3", "--draft-model", str(trained_run))
+    try:
+        answers = {p: post(base, "/v1/completions", {"prompt": p, "max_tokens": 20, "temperature": 0})[1]
+                   for p in ("ROMEO:", "KING: Now")}
+        metrics = http(f"{base}/metrics")[1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    model, tok, _ = load_checkpoint(trained_run)
+    for prompt, out in answers.items():
+        assert out["choices"][0]["text"] == greedy(model, tok, prompt, 20)[0]
+    counts = {kind: float(v) for kind, v in re.findall(r'speculative_tokens_total\{kind="(\w+)"\} (\S+)', metrics)}
+    assert counts["accepted"] == counts["drafted"] > 20, metrics
+    refused = run_cli("serve", "--ckpt", str(trained_run), "--speculate", "2", "--draft-model", "minilm",
+                      "--port", "0")
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 1 and "--draft-model minilm: a draft must be a causal language model with the " \
+        "same tokenizer" in last, refused.stderr

@@ -14,10 +14,10 @@ With a `PrefixCache`, a prompt that starts as an earlier one did runs only from 
 A sequence may run with a LoRA adapter (`model/lora.py`): rows with different adapters, or none,
 share a step; cached prefixes are kept per adapter.
 
-With `speculate` > 0, greedy rows draft up to that many tokens by prompt lookup (the tokens that
-followed the latest earlier occurrence of their last few tokens: summaries, edits and code quote
-their input) and one forward pass checks every draft at once; a row keeps the drafted tokens the
-model would have chosen itself, then the model's own next one, so its text is the same as without.
+With `speculate` > 0, greedy rows draft up to that many tokens (by prompt lookup, or from a small
+draft model: `drafts.py`) and one forward pass checks every draft at once; a row keeps the drafted
+tokens the model would have chosen itself, then the model's own next one, so its text is the same
+as without.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from bigmodel.config import GenerateConfig
 from bigmodel.infer.decoder import Decoder, Penalties, sample_next
 from bigmodel.model.lora import Adapter, AdapterRows
 from bigmodel.model.transformer import Transformer
+from bigmodel.serve.drafts import DraftModel, PromptLookup
 from bigmodel.serve.grammar import DeadEnd, Matcher
 from bigmodel.serve.metrics import Metrics
 from bigmodel.serve.prefix import PrefixCache
@@ -107,25 +108,15 @@ class Sequence:
         self.done = True
 
 
-def lookup_draft(history: list[int], tokens: int, longest: int = 3, shortest: int = 2) -> list[int]:
-    """Up to `tokens` tokens that followed the latest earlier occurrence of the history's last n tokens
-    (n from `longest` down to `shortest`: one token in common says too little, and a wrong draft costs
-    a wider step); none when its tail was never seen before."""
-    for n in range(min(longest, len(history) - 1), shortest - 1, -1):
-        tail = history[-n:]
-        for start in range(len(history) - n - 1, -1, -1):
-            if history[start:start + n] == tail:
-                return history[start + n:start + n + tokens]
-    return []
-
-
 class Engine:
     def __init__(self, model: Transformer, max_batch: int, max_queue: int, stop_ids: frozenset[int],
                  prefix_cache_mb: float = 0, metrics: Metrics | None = None, speculate: int = 0,
-                 adapters: AdapterRows | None = None) -> None:
+                 adapters: AdapterRows | None = None, draft: Transformer | None = None) -> None:
+        """`draft`: a small model with the same vocabulary that drafts for `speculate` (else prompt lookup)."""
         self.model, self.max_batch, self.max_queue, self.stop_ids = model, max_batch, max_queue, stop_ids
         self.speculate = speculate
         self.decoder = Decoder(model, max_batch, adapters=adapters)
+        self.drafter = (DraftModel(draft, max_batch) if draft is not None else PromptLookup()) if speculate else None
         self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.metrics = metrics or Metrics()
         self.active: list[Sequence] = []  # row i of the cache belongs to active[i]
@@ -204,6 +195,8 @@ class Engine:
         logits = self.decoder.prefill([seq.prompt], row, every=scoring, start=start, adapters=[seq.adapter])[0]
         if self.prefixes is not None:
             self.prefixes.store(seq.prompt, self.decoder.cache, row, salt)
+        if self.drafter is not None:
+            self.drafter.join(row, seq.prompt)
         if scoring:
             seq.prompt_scores = [Token(seq.prompt[0]), *scored(logits[:-1], torch.tensor(seq.prompt[1:]),
                                                                seq.logprobs)]
@@ -214,10 +207,10 @@ class Engine:
         self._leave_finished()
         if not self.active:
             return
-        drafts = [self._draft(seq) for seq in self.active]
+        drafts = self._drafts()
         width = 1 + max(map(len, drafts))
         n = len(self.active)
-        if width > 1 and int(self.decoder.cache.lengths[:n].max()) + width <= self.decoder.capacity:
+        if width > 1:
             self._check_drafts(drafts, width)
         else:
             tokens = torch.tensor([seq.history[-1] for seq in self.active], device=self.decoder.device)
@@ -227,13 +220,16 @@ class Engine:
                 self._accept(row, logits[row])
         self._leave_finished()
 
-    def _draft(self, seq: Sequence) -> list[int]:
-        """Tokens to check for a row: greedy rows only (a sampled row's next token is not the argmax), and
-        only where nothing but the logits decides it (no penalties, grammar or scores)."""
-        if not self.speculate or seq.cfg.temperature >= 1e-4 or seq.penalties or seq.matcher or (
-                seq.logprobs is not None):
-            return []
-        return lookup_draft(seq.history, min(self.speculate, seq.cfg.max_new_tokens - seq.produced - 1))
+    def _drafts(self) -> list[list[int]]:
+        """Tokens to check for each row: greedy rows only (a sampled row's next token is not the argmax), only
+        where nothing but the logits decides it (no penalties, grammar or scores), within the context."""
+        if self.drafter is None:
+            return [[] for _ in self.active]
+        room = self.decoder.capacity - int(self.decoder.cache.lengths[:len(self.active)].max()) - 1
+        wants = [0 if seq.cfg.temperature >= 1e-4 or seq.penalties or seq.matcher or seq.logprobs is not None
+                 else max(0, min(self.speculate, seq.cfg.max_new_tokens - seq.produced - 1, room))
+                 for seq in self.active]
+        return self.drafter.propose([seq.history for seq in self.active], wants) if any(wants) else [[]] * len(wants)
 
     def _check_drafts(self, drafts: list[list[int]], width: int) -> None:
         """Run each row's last token and its draft (padded to `width`) at once; keep what greedy would pick."""
@@ -249,6 +245,7 @@ class Engine:
                 kept += 1
             self._accept(row, logits[row, kept])  # the model's own token after what it kept
             self.decoder.cache.lengths[row] = start + 1 + kept
+            self.drafter.accepted(row, kept)
             self.metrics.drafted.labels("drafted").inc(len(draft))
             self.metrics.drafted.labels("accepted").inc(kept)
 
@@ -282,5 +279,7 @@ class Engine:
             last = len(self.active) - 1
             if row != last:
                 self.decoder.cache.move_row(last, row)
+                if self.drafter is not None:
+                    self.drafter.move(last, row)
                 self.active[row] = self.active[last]
             self.active.pop()

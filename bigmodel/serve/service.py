@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from fastapi import Request
 from tokenizers import Tokenizer
 
@@ -51,6 +52,20 @@ class Served:
         return [name for name, able in (("generate", self.engine is not None), ("classify", head is not None),
                                         ("explain", text and head == "classify"), ("embeddings", text)) if able]
 
+def load_draft(cfg: ServeConfig, model: Transformer, tok: Tokenizer | None, device: torch.device,
+               storage: Storage) -> Transformer:
+    """The draft model, in the server's precision; it must read and write the served model's tokens."""
+    draft, draft_tok, _ = load_checkpoint(locate(cfg.draft_model)[0], device, storage=storage)
+    if not draft.config.causal or tok is None or draft_tok is None or draft_tok.get_vocab() != tok.get_vocab() or (
+            draft.config.vocab_size > model.config.vocab_size):
+        raise BigModelError(f"--draft-model {cfg.draft_model}: a draft must be a causal language model with "
+                            f"the same tokenizer as {cfg.ckpt}")
+    if cfg.quantize == "int8":
+        return to_int8(draft)
+    in_precision(draft, cfg.dtype, device, decoding=True)
+    return draft
+
+
 def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
     folder, is_hf = locate(cfg.ckpt)
     device = pick_device(cfg.device)
@@ -69,8 +84,9 @@ def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
     adapters = {name: load_adapter(name, path, model, storage) for name, path in cfg.adapters().items()}
     if adapters and not rows:
         raise BigModelError(f"--lora-modules: {cfg.ckpt} is an encoder; adapters serve causal language models")
+    draft = load_draft(cfg, model, tok, device, storage) if cfg.draft_model else None
     engine = Engine(model, cfg.max_batch, cfg.max_queue, stop_ids(tok, special), cfg.prefix_cache_mb,
-                    metrics, cfg.speculate, rows) if model.config.causal else None
+                    metrics, cfg.speculate, rows, draft) if model.config.causal else None
     model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
     chat, missing = None, ""
     try:
