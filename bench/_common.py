@@ -40,16 +40,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(ckpt: Path, *flags: str) -> Iterator[str]:
-    """`bigmodel serve --ckpt CKPT FLAGS` on a free port; its base URL once /health answers, until the block ends."""
+def server_process(command: list[str], ready: str, quiet: bool = False) -> Iterator[str]:
+    """`command` (ending in a `--port` flag, which this gives a free port) as a server until the block ends;
+    its base URL once GET `ready` answers 200."""
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bigmodel.cli", "serve", "--ckpt", str(ckpt), "--port", str(port),
-                               *flags], cwd=ROOT)
+    output = subprocess.DEVNULL if quiet else None
+    server = subprocess.Popen([*command, str(port)], cwd=ROOT, stdout=output, stderr=output)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
             try:
-                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                if urllib.request.urlopen(f"{base}{ready}", timeout=2).status == 200:
                     break
             except OSError:
                 time.sleep(0.2)
@@ -57,6 +58,31 @@ def serving(ckpt: Path, *flags: str) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+def serving(ckpt: Path, *flags: str) -> contextlib.AbstractContextManager[str]:
+    """`bigmodel serve --ckpt CKPT FLAGS` on a free port; its base URL once /health answers, until the block ends."""
+    return server_process([sys.executable, "-m", "bigmodel.cli", "serve", "--ckpt", str(ckpt), *flags, "--port"],
+                          "/health")
+
+
+@contextlib.contextmanager
+def llama_cpp_serving(*flags: str) -> Iterator[str | None]:
+    """llama.cpp's OpenAI server (llama-cpp-python's, `python -m llama_cpp.server`) on SmolLM2's own GGUF file,
+    2 threads, a 4,096-token context: its base URL once it answers, or None (said once) where llama-cpp-python
+    is not installed (`pip install "llama-cpp-python[server]"` compiles llama.cpp: 10 to 35 minutes here)."""
+    import importlib.util
+
+    from bigmodel.model.formats import find_pretrained
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("llama.cpp column left out: llama-cpp-python is not installed here", flush=True)
+        yield None
+        return
+    with server_process([sys.executable, "-m", "llama_cpp.server", "--model", str(find_pretrained("smollm2")),
+                         "--n_ctx", "4096", "--n_threads", "2", "--n_threads_batch", "2", *flags, "--port"],
+                        "/v1/models", quiet=True) as base:
+        yield base
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:

@@ -1,10 +1,18 @@
-"""Speculative decoding by prompt lookup: SmolLM2-135M-Instruct served with `--speculate 0` and
-`--speculate 4`, greedy, one request at a time, on an input-grounded task (correct the spelling of a
-given paragraph: the answer quotes its input) and on free generation (a story from a one-line prompt).
+"""Speculative decoding: SmolLM2-135M-Instruct served with `--speculate 0`, `--speculate 4` (prompt lookup)
+and `--speculate 4 --draft-model` (a draft model), greedy, one request at a time, on an input-grounded task
+(correct the spelling of a given paragraph: the answer quotes its input) and on free generation (a story
+from a one-line prompt).
 
-Decoding tokens/s is the completion tokens over the request's wall time (prefill included, the same
-in both runs); the texts are checked to be identical; the acceptance rate comes from `/metrics`.
-Last line `ratio: X.XX`: the grounded task's tokens/s with speculation over without.
+No smaller model shares SmolLM2-135M's tokenizer on this machine (it is the smallest of its family), so the
+draft is SmolLM2's own first 6 of 30 layers with its final norm and output layer, untrained as such (a
+self-speculative draft as in LayerSkip, without LayerSkip's training): what a user without a trained draft
+could try. Decoding tokens/s is the completion tokens over the request's wall time (prefill included, the
+same in every run); the texts are checked to be identical; acceptance rates come from `/metrics`.
+
+The peer, in the same run: llama.cpp's server (llama-cpp-python's) on SmolLM2's own Q4_1 GGUF file, without
+and with its prompt-lookup drafting (`--draft_model prompt-lookup-decoding`, 4 tokens). Last line
+`ratio: X.XX`: the grounded task's tokens/s of our prompt lookup over llama.cpp's (without llama-cpp-python:
+over our own plain decoding).
 """
 
 from __future__ import annotations
@@ -13,8 +21,9 @@ import json
 import statistics
 import time
 import urllib.request
+from pathlib import Path
 
-from _common import save, serving, smollm2_checkpoint
+from _common import ROOT, llama_cpp_serving, save, serving, smollm2_checkpoint
 from tqdm import tqdm
 
 PARAGRAPHS = [
@@ -39,14 +48,34 @@ def ask(base: str, content: str) -> tuple[str, float]:
     return out["choices"][0]["message"]["content"], out["usage"]["completion_tokens"] / (time.perf_counter() - start)
 
 
-def run(speculate: int) -> tuple[dict, dict, str]:
-    with serving(smollm2_checkpoint(), "--dtype", "fp32", "--speculate", str(speculate), "--prefix-cache-mb",
-                 "0") as base:
-        ask(base, "Hello!")
-        texts, speeds = {}, {}
-        for task, prompts in TASKS.items():
-            results = [ask(base, p) for p in tqdm(prompts, desc=f"{task}, --speculate {speculate}")]
-            texts[task], speeds[task] = [r[0] for r in results], statistics.median(r[1] for r in results)
+def layer_draft(layers: int = 6) -> Path:
+    """SmolLM2 cut to its first `layers` blocks (the final norm and output layer kept): a draft checkpoint."""
+    import dataclasses
+
+    from bigmodel.model.checkpoint import load_checkpoint, save_checkpoint
+    from bigmodel.model.formats import tokenizer_files
+
+    out = ROOT / "runs" / f"smollm2_first{layers}"
+    if not out.is_dir():
+        model, tok, folder = load_checkpoint(smollm2_checkpoint())
+        model.blocks = model.blocks[:layers]
+        model.config = dataclasses.replace(model.config, n_layer=layers)
+        save_checkpoint(out, model, tok, {"model": model.config}, plain=tokenizer_files(folder))
+    return out
+
+
+def tasks(base: str, label: str) -> tuple[dict, dict]:
+    ask(base, "Hello!")
+    texts, speeds = {}, {}
+    for task, prompts in TASKS.items():
+        results = [ask(base, p) for p in tqdm(prompts, desc=f"{task}, {label}")]
+        texts[task], speeds[task] = [r[0] for r in results], statistics.median(r[1] for r in results)
+    return texts, speeds
+
+
+def run(*flags: str) -> tuple[dict, dict, str]:
+    with serving(smollm2_checkpoint(), "--dtype", "fp32", "--prefix-cache-mb", "0", *flags) as base:
+        texts, speeds = tasks(base, " ".join(flags) or "plain")
         return texts, speeds, urllib.request.urlopen(f"{base}/metrics").read().decode()
 
 
@@ -56,18 +85,32 @@ def counter(metrics: str, kind: str) -> float:
 
 
 def main() -> None:
-    plain_texts, plain, _ = run(0)
-    spec_texts, spec, metrics = run(4)
-    same = plain_texts == spec_texts
-    accepted, drafted = counter(metrics, "accepted"), counter(metrics, "drafted")
-    for task in TASKS:
-        print(f"{task:9s} tokens/s (median of {len(TASKS[task])}): plain {plain[task]:.1f}, speculative "
-              f"{spec[task]:.1f} ({spec[task] / plain[task]:.2f}x)")
-    print(f"texts identical: {same}; drafts accepted {accepted:.0f} of {drafted:.0f} "
-          f"({accepted / max(drafted, 1):.1%})")
-    save("speculative", {"plain": plain, "speculative": spec, "identical": same, "accepted": accepted,
-                         "drafted": drafted})
-    print(f"ratio: {spec['grounded'] / plain['grounded']:.2f}")
+    plain_texts, plain, _ = run()
+    runs = {"lookup": run("--speculate", "4"),
+            "draft model": run("--speculate", "4", "--draft-model", str(layer_draft()))}
+    figures: dict = {"plain": plain}
+    for name, (texts, speeds, metrics) in runs.items():
+        accepted, drafted = counter(metrics, "accepted"), counter(metrics, "drafted")
+        same = texts == plain_texts
+        for task in TASKS:
+            print(f"{name:11s} {task:9s} tokens/s (median of {len(TASKS[task])}): plain {plain[task]:.1f}, "
+                  f"speculative {speeds[task]:.1f} ({speeds[task] / plain[task]:.2f}x)")
+        print(f"{name:11s} texts identical: {same}; drafts accepted {accepted:.0f} of {drafted:.0f} "
+              f"({accepted / max(drafted, 1):.1%})")
+        figures[name] = {**speeds, "identical": same, "accepted": accepted, "drafted": drafted}
+    with llama_cpp_serving() as peer_base:
+        peer = tasks(peer_base, "llama.cpp")[1] if peer_base else None
+    lookup = ("--draft_model", "prompt-lookup-decoding", "--draft_model_num_pred_tokens", "4")
+    with llama_cpp_serving(*lookup) as peer_base:
+        peer_lookup = tasks(peer_base, "llama.cpp, prompt lookup")[1] if peer_base else None
+    if peer:
+        figures |= {"llama_cpp": peer, "llama_cpp_lookup": peer_lookup}
+        for task in TASKS:
+            print(f"llama.cpp   {task:9s} tokens/s: plain {peer[task]:.1f}, prompt lookup {peer_lookup[task]:.1f} "
+                  f"({peer_lookup[task] / peer[task]:.2f}x)")
+    save("speculative", figures)
+    ours = figures["lookup"]["grounded"]
+    print(f"ratio: {ours / (peer_lookup['grounded'] if peer else plain['grounded']):.2f}")
 
 
 if __name__ == "__main__":
