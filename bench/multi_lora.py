@@ -4,8 +4,9 @@ against the same server answering the base alone, and each adapter's merged chec
 The adapters are LoRA fine-tunes (`finetune --task seq2seq --method lora`, rank 8, 2 epochs) on two
 small text tasks made here: a word in capitals, and a word's letters reversed; they are made once
 into runs/smollm2_lora_{upper,reverse}. Each measurement sends 12 greedy requests of 48 tokens at
-once (prompts: 12 words): base only, then 4 base + 4 per adapter mixed in one batch. Aggregate decode
-tokens/s is completion tokens over the wall time of the whole set. The adapters' texts through the
+once (prompts: 12 words): base only, then 4 base + 4 per adapter mixed in one batch. The end-of-text
+tokens are biased away (`logit_bias` -100), so every request writes all 48 tokens and both sets keep 12
+rows to the end. Aggregate decode tokens/s is completion tokens over the wall time of the whole set. The adapters' texts through the
 base server are compared with their merged checkpoints' (the issue's acceptance), token for token.
 Last line `ratio: X.XX`: mixed-adapter tokens/s over base-only tokens/s (the cost of the adapters).
 """
@@ -44,7 +45,8 @@ def adapter(name: str) -> Path:
 
 
 def ask(base: str, model: str, word: str) -> tuple[str, int]:
-    body = {"model": model, "prompt": f"{word}<|endoftext|>", "max_tokens": 48, "temperature": 0}
+    body = {"model": model, "prompt": f"{word}<|endoftext|>", "max_tokens": 48, "temperature": 0,
+            "logit_bias": {"0": -100, "2": -100}}  # <|endoftext|>, <|im_end|>: every answer runs to max_tokens
     request = urllib.request.Request(f"{base}/v1/completions", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=600) as response:

@@ -114,9 +114,13 @@ class AdaptedLinear(nn.Module):
         y = self.base(x)
         for adapter, rows in self.rows.groups:
             pair = adapter.factors.get(self.name)
-            if pair is not None:
-                a, b = pair
-                y[rows] += (x[rows] @ a.T @ b.T) * adapter.scaling
+            if pair is None:
+                continue
+            a, b = pair
+            if isinstance(rows, slice):  # every row: no gathering
+                y.add_(x @ a.T @ b.T, alpha=adapter.scaling)
+            else:
+                y.index_add_(0, rows, x.index_select(0, rows) @ a.T @ b.T, alpha=adapter.scaling)
         return y
 
 
