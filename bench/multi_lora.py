@@ -6,8 +6,9 @@ small text tasks made here: a word in capitals, and a word's letters reversed; t
 into runs/smollm2_lora_{upper,reverse}. Each measurement sends 12 greedy requests of 48 tokens at
 once (prompts: 12 words): base only, then 4 base + 4 per adapter mixed in one batch. The end-of-text
 tokens are biased away (`logit_bias` -100), so every request writes all 48 tokens and both sets keep 12
-rows to the end. Aggregate decode tokens/s is completion tokens over the wall time of the whole set. The adapters' texts through the
-base server are compared with their merged checkpoints' (the issue's acceptance), token for token.
+rows to the end. Aggregate decode tokens/s is completion tokens over the wall time of the whole set.
+The adapters' texts through the base server are compared with their merged checkpoints' (the issue's
+acceptance), token for token.
 Last line `ratio: X.XX`: mixed-adapter tokens/s over base-only tokens/s (the cost of the adapters).
 """
 
