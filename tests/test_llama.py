@@ -243,7 +243,8 @@ def test_evaluate_quantize_explain_and_embed_run_on_smollm2(converted, tmp_path)
                    "--text", str(text))
     assert done.returncode == 0, done.stderr
     change = float(done.stdout.split("(")[-1].split("%")[0])
-    assert change < 15, done.stdout  # SwiGLU MLPs kept in fp32: a few percent, not the 3x of all-int8
+    # every matrix int8, activations one scale per token: ~15%; one scale per batch gave ~170%
+    assert change < 25, done.stdout
     assert (tmp_path / "int8" / "tokenizer_config.json").is_file()  # the chat template goes along
     done = run_cli("explain", "--ckpt", str(converted), "--text", "The capital of France is", "--steps", "4",
                    "--out", str(tmp_path / "explain"))

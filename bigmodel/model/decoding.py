@@ -55,7 +55,7 @@ class Linear(nn.Linear):
 
 def uses_blas(model: nn.Module) -> bool:
     """Whether one decoding row goes through any of our own Linear layers' OpenBLAS path: all of an fp32
-    model's on the CPU; an int8 model keeps some (its SwiGLU MLPs)."""
+    model's on the CPU, none of an int8 model's."""
     return any(isinstance(m, Linear) and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
                for m in model.modules())
 

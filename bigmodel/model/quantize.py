@@ -1,18 +1,19 @@
-"""Dynamic int8 linear layers (torch.ao), and how they are stored in safetensors.
+"""Dynamic int8 linear layers, and how they are stored in safetensors.
 
-Every matrix becomes int8 with one scale per output channel; activations are quantized per
-batch at run time. Batch-1 decoding streams a quarter of the fp32 bytes, so it runs about
-twice as fast; embeddings and norms stay exact. The tied output layer gets its own int8 copy.
+Every matrix becomes int8 with one scale per output channel (symmetric, -127..127); activations are
+quantized at run time, one scale per row (token). Batch-1 decoding streams a quarter of the fp32 bytes
+through torch's int8 kernel (fbgemm on x86); embeddings and norms stay exact. The tied output layer gets
+its own int8 copy.
 
-SwiGLU MLPs (the Llama family's) stay in fp32: the activations entering them carry a few
-channels hundreds of times larger than the rest, which one int8 scale per token cannot hold
-(SmolLM2-135M, one measurement on 8,000 characters of Shakespeare: perplexity 26.1 in fp32, 93 with
-its MLPs in int8, 27.9 with them kept; `bench/smollm2.py` measures the rule as shipped).
+Why per row: the kernel quantizes its whole input with one scale, and in Llama-family models a few tokens
+carry activations hundreds of times larger than the rest (SmolLM2-135M: up to ~2,800 into the down
+projections of layers 11 and 28). One scale per batch zeroes every other token of the window
+(perplexity 93 instead of 34.5 on 8,000 held-out characters of Shakespeare); dividing each row by its own
+peak before the kernel and multiplying back after gives every token its own scale (35.6, one measurement;
+`bench/smollm2.py` measures the rule as shipped).
 
-`torch.ao` swaps only exact `nn.Linear` modules, so our `Linear` (a subclass that carries the
-one-row fp32 path) is turned into a plain one first. A quantized model's `state_dict` holds
-packed C++ objects, so checkpoints store each matrix as its int8 values, scales and zero
-points instead, and the safetensors metadata says `quantization: int8`.
+A checkpoint stores each matrix as its int8 values, scales and zero points, and the safetensors metadata
+says `quantization: int8`.
 """
 
 from __future__ import annotations
@@ -21,34 +22,61 @@ import warnings
 
 import torch
 import torch.nn as nn
-from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
-from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
 from bigmodel.errors import BigModelError
 from bigmodel.model.transformer import Transformer
 
 METADATA = {"quantization": "int8"}
+SMALLEST_SCALE = 1e-8  # of an all-zero weight row or activation row, so nothing divides by zero
+
+
+def packed(values: torch.Tensor, scales: torch.Tensor) -> torch.ScriptObject:
+    """The int8 kernel's own layout of a matrix (bias added outside: it must not be scaled per row)."""
+    zero_points = torch.zeros(len(scales), dtype=torch.long)
+    with warnings.catch_warnings():  # torch announces a move of quantized tensors to torchao
+        warnings.simplefilter("ignore")
+        weight = torch._make_per_channel_quantized_tensor(values, scales.double(), zero_points, 0)
+    return torch.ops.quantized.linear_prepack(weight, None)
+
+
+class Int8Linear(nn.Module):
+    """y = x Wᵀ + b with W in int8, one scale per output channel, and x quantized per row at run time."""
+
+    def __init__(self, values: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = values.shape
+        self.register_buffer("values", values)
+        self.register_buffer("scales", scales)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.packed = packed(values, scales)
+
+    @classmethod
+    def of(cls, linear: nn.Linear) -> Int8Linear:
+        weight = linear.weight.detach().float()
+        scales = (weight.abs().amax(dim=1) / 127).clamp_min(SMALLEST_SCALE)
+        values = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        bias = None if linear.bias is None else linear.bias.detach().float().clone()
+        return cls(values, scales, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == x.size(-1):  # one row: the kernel's one scale is already this row's own
+            y = torch.ops.quantized.linear_dynamic(x, self.packed, True)
+        else:
+            peak = x.abs().amax(dim=-1, keepdim=True).clamp_min(SMALLEST_SCALE)
+            y = torch.ops.quantized.linear_dynamic(x / peak, self.packed, True).mul_(peak)
+        return y if self.bias is None else y.add_(self.bias)
 
 
 def to_int8(model: Transformer) -> Transformer:
     """The model with every linear layer in dynamic int8 (changed in place, also returned)."""
     if next(model.parameters()).device.type != "cpu":
-        raise BigModelError("int8 (torch.ao dynamic quantization) runs on the CPU only: use --device cpu")
+        raise BigModelError("int8 runs on the CPU only (torch's int8 kernels): use --device cpu")
     model = model.float()
-    kept = ".mlp." if model.config.mlp == "swiglu" else None  # stays fp32 (see the module's docstring)
-    for prefix, module in list(model.named_modules()):
-        for name, child in module.named_children():
-            if kept and kept in f".{prefix}.{name}.":
-                continue  # our Linear still: one decoding row goes through OpenBLAS (see `decoding_threads`)
-            if isinstance(child, nn.Linear) and type(child) is not nn.Linear:
-                plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                plain.weight = nn.Parameter(child.weight.detach().clone())  # clone: unties the output layer
-                if child.bias is not None:
-                    plain.bias = nn.Parameter(child.bias.detach().clone())
-                setattr(module, name, plain)
-    with warnings.catch_warnings():  # torch.ao eager quantization announces its move to torchao
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, name, Int8Linear.of(child))
+    return model
 
 
 def is_int8(model: nn.Module) -> bool:
@@ -60,12 +88,9 @@ def int8_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     tensors = {name: p.detach().contiguous() for name, p in model.named_parameters()}
     for name, module in model.named_modules():
         if isinstance(module, Int8Linear):
-            weight, bias = module.weight(), module.bias()
-            tensors[f"{name}.weight.int8"] = weight.int_repr().contiguous()
-            tensors[f"{name}.weight.scale"] = weight.q_per_channel_scales().float().contiguous()
-            tensors[f"{name}.weight.zero_point"] = weight.q_per_channel_zero_points().int().contiguous()
-            if bias is not None:
-                tensors[f"{name}.bias"] = bias.detach().contiguous()
+            tensors[f"{name}.weight.int8"] = module.values.contiguous()
+            tensors[f"{name}.weight.scale"] = module.scales.contiguous()
+            tensors[f"{name}.weight.zero_point"] = torch.zeros(module.out_features, dtype=torch.int32)
     return tensors
 
 
@@ -75,10 +100,13 @@ def load_int8_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> Non
     for name, module in model.named_modules():
         if isinstance(module, Int8Linear):
             values = unused.pop(f"{name}.weight.int8")
-            scales = unused.pop(f"{name}.weight.scale").double()
-            zeros = unused.pop(f"{name}.weight.zero_point").long()
-            weight = torch._make_per_channel_quantized_tensor(values, scales, zeros, 0)
-            module.set_weight_bias(weight, unused.pop(f"{name}.bias", None))
+            if values.shape != module.values.shape:
+                raise KeyError(f"{name}.weight.int8 is {tuple(values.shape)}, not {tuple(module.values.shape)}")
+            module.values = values
+            module.scales = unused.pop(f"{name}.weight.scale").float()
+            if unused.pop(f"{name}.weight.zero_point").any():
+                raise KeyError(f"{name}.weight.zero_point: int8 matrices are symmetric, their zero points 0")
+            module.packed = packed(module.values, module.scales)
     params = dict(model.named_parameters())
     missing = [name for name in params if name not in unused]
     if missing:
