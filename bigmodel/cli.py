@@ -60,8 +60,8 @@ VERBS: dict[str, Verb] = {
                      "label texts with no training: nearest label description by embedding"),
     "index": Verb((infer.IndexConfig,), infer.cmd_index, "embed documents into a search index folder"),
     "search": Verb((infer.SearchConfig,), infer.cmd_search, "the documents of an index nearest to a query"),
-    "dataset": Verb((manage.DatasetConfig,), manage.cmd_dataset, "build a dataset from what every machine has "
-                    "(code, qa, pinyin; images: digits; speech by espeak-ng: keywords, speech)"),
+    "dataset": Verb((manage.DatasetConfig,), manage.cmd_dataset, "build a dataset from what every machine has (code, "
+                    "qa, pinyin, translation, chat, preference; digits; espeak-ng speech: keywords, speech)"),
     "embed": Verb((infer.EmbedConfig,), infer.cmd_embed, "one mean-pooled, L2-normalised vector per input line"),
     "quantize": Verb((compress.QuantizeConfig,), compress.cmd_quantize,
                      "int8 linear layers or bf16 weights; prints size and perplexity change"),

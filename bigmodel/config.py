@@ -20,6 +20,7 @@ from bigmodel.errors import BigModelError
 
 WINDOW_SECONDS = 0.025  # audio: 25 ms analysis windows ...
 HOP_SECONDS = 0.010  # ... every 10 ms, speech recognition's usual frames
+TaskName = Literal["classify", "regress", "seq2seq", "qa", "retrieval", "ctc", "chat", "dpo"]  # finetune --task
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]  # auto: what this device runs fastest (see device.choose_precision)
 DTYPES = typing.get_args(Dtype)
 
@@ -271,11 +272,14 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig,
     """`bigmodel finetune`: a pretrained model, a labelled dataset, a task head."""
 
     init: str = ""  # bigmodel checkpoint or Hugging Face folder (or `minilm`)
-    task: Literal["classify", "regress", "seq2seq", "qa", "retrieval", "ctc"] = "classify"  # qa: SQuAD JSON
+    task: TaskName = "classify"  # qa: SQuAD JSON; chat, dpo: JSONL conversations, preference pairs
     train: str = ""
     val: str = ""
     out: str = "runs/finetune"
     label_smoothing: float = 0.1  # seq2seq: mass spread over the vocabulary in the teacher-forced loss
+    chat_template: str = ""  # chat, dpo: a Jinja file instead of the model's own (ChatML when it has none)
+    packing: bool = False  # chat: several conversations per row, each attending only to itself
+    beta: float = 0.1  # dpo: strength of the pull towards the reference model (higher stays closer)
     method: Literal["full", "freeze", "lora"] = "full"
     freeze_layers: int = 2  # with freeze: how many top blocks still train
     lora_r: int = 8

@@ -197,9 +197,9 @@ def build_pinyin(out: Path, source: Path) -> dict[str, int]:
 DEFAULT_EXAMPLES = {"keywords": 4000, "speech": 5000}  # training clips synthesized
 
 
-def build(name: str, out: str | Path, source: str = "", examples: int = 0) -> dict[str, int]:
+def build(name: str, out: str | Path, source: str = "", examples: int = 0, target: str = "zh_CN") -> dict[str, int]:
     """Build dataset `name` into `out`; how many examples each split holds."""
-    from bigmodel.data import builtin_media
+    from bigmodel.data import builtin_chat, builtin_media
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,10 +211,15 @@ def build(name: str, out: str | Path, source: str = "", examples: int = 0) -> di
         return builtin_media.build_keywords(out, examples)
     if name == "speech":
         return builtin_media.build_speech(out, examples, Path(source) if source else shared / "sst2" / "train.tsv")
+    if name == "translation":
+        return builtin_chat.build_translation(out, source or "en", target)
+    if name in ("chat", "preference"):
+        return builtin_chat.build_chat(out, target, preference=name == "preference")
     if name == "code":
         return build_code(out)
     if name == "qa":
         return build_qa(out)
     if name == "pinyin":
         return build_pinyin(out, Path(source) if source else shared / "chnsenticorp" / "all.csv")
-    raise BigModelError(f"unknown dataset {name!r}; choose code, qa, pinyin, digits, keywords or speech")
+    raise BigModelError(f"unknown dataset {name!r}; choose code, qa, pinyin, translation, chat, "
+                        "preference, digits, keywords or speech")

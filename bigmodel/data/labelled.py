@@ -8,6 +8,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bigmodel.errors import BigModelError
 
@@ -23,8 +24,8 @@ def read_labelled(path: str | Path, text_column: str, label_column: str) -> list
     return [Example(text, label) for text, label in read_columns(path, [text_column, label_column])]
 
 
-def read_columns(path: str | Path, columns: list[str]) -> list[tuple[str, ...]]:
-    """The named columns of every row, stripped; errors name the file, line and column."""
+def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) of a JSONL, CSV or TSV file; errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise BigModelError(f"{path}: no such file")
@@ -47,6 +48,12 @@ def read_columns(path: str | Path, columns: list[str]) -> list[tuple[str, ...]]:
         rows = [(lineno, row) for lineno, row in enumerate(reader, start=2)]
     if not rows:
         raise BigModelError(f"{path}: holds no examples")
+    return rows
+
+
+def read_columns(path: str | Path, columns: list[str]) -> list[tuple[str, ...]]:
+    """The named columns of every row, stripped; errors name the file, line and column."""
+    rows = read_rows(path)
     for lineno, row in rows:
         for column in columns:
             if not isinstance(row, dict) or row.get(column) is None:

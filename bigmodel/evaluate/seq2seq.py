@@ -38,3 +38,19 @@ def seq2seq_scores(hypotheses: list[str], references: list[str]) -> dict[str, fl
         "rouge_l": 100 * sum(rouge) / len(rouge),
         **error_rates(references, hypotheses),
     }
+
+
+def reply_scores(hypotheses: list[str], references: list[str], tasks: list[str]) -> dict[str, dict[str, float]]:
+    """Exact match (after trimming) and corpus chrF of generated replies, over all and per task."""
+    import sacrebleu
+
+    groups = {"all": list(range(len(references)))}
+    for i, task in enumerate(tasks):
+        if task:
+            groups.setdefault(task, []).append(i)
+    scores = {}
+    for name, rows in groups.items():
+        hyps, refs = [hypotheses[i] for i in rows], [references[i] for i in rows]
+        scores[name] = {"exact_match": 100 * sum(h.strip() == r.strip() for h, r in zip(hyps, refs, strict=True))
+                        / len(rows), "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score, "examples": len(rows)}
+    return scores

@@ -31,8 +31,10 @@ def start_id(tok: Tokenizer) -> int:
 
 @torch.no_grad()
 def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, stop_id: int,
-           memory: Memory | None = None, beam: bool | None = None) -> list[list[int]]:
-    """The continuation of each prefix (all of one length), cut before `stop_id`.
+           memory: Memory | None = None, beam: bool | None = None, also_stop: frozenset[int] = frozenset(),
+           ) -> list[list[int]]:
+    """The continuation of each prefix (all of one length), cut before `stop_id` (or any of `also_stop`:
+    a chat model's end of turn).
 
     `beam` (default: `cfg.beams > 1`) keeps the `cfg.beams` most likely continuations of
     each prefix by summed log-probability; a finished one stays in the running with its score
@@ -54,6 +56,7 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
     scores = torch.zeros(B, K, device=device)
     scores[:, 1:] = float("-inf")  # all beams start as one: only the first may extend at first
     done = torch.zeros(B * K, dtype=torch.bool, device=device)
+    stops = torch.tensor(sorted({stop_id, *also_stop}), device=device)
     lengths = torch.zeros(B * K, device=device)
     out = torch.zeros(B * K, 0, dtype=torch.long, device=device)
     for _ in range(steps):
@@ -70,17 +73,27 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
             token = torch.where(done, stop_id, sample_next(logits, cfg, generator))
         lengths += ~done
         out = torch.cat([out, token[:, None]], dim=1)
-        done |= token == stop_id
+        done |= torch.isin(token, stops)
         if bool(done.all()):
             break
         logits = decoder.step(token).float()
     if beam:
         best = (scores / lengths.view(B, K).clamp(min=1) ** cfg.length_penalty).argmax(-1)
         out = out[torch.arange(B, device=device) * K + best]
-    results = []
-    for row in out.tolist():
-        results.append(row[:row.index(stop_id)] if stop_id in row else row)
-    return results
+    ends = set(stops.tolist())
+    return [row[:next((i for i, t in enumerate(row) if t in ends), len(row))] for row in out.tolist()]
+
+
+def length_batches(lengths: list[int], batch_size: int, same_length: bool) -> list[list[int]]:
+    """Indices in batches of similar length, shortest first; `same_length`: each batch of one length
+    (a decoder-only prompt is a prefix, and a prefix batch is not padded)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if not batches or len(batches[-1]) == batch_size or (same_length and lengths[i] != lengths[batches[-1][0]]):
+            batches.append([])
+        batches[-1].append(i)
+    return batches
 
 
 @torch.no_grad()
@@ -93,14 +106,7 @@ def generate_targets(model: Transformer, tok: Tokenizer, sources: list[str], cfg
     ids = encode(tok, sources, limit)
     if not seq2seq:  # the prompt is the source and the start token, so batches hold one length
         ids = [row + [stop] for row in ids]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    batches, batch = [], []
-    for i in order:
-        if batch and (len(batch) == batch_size or (not seq2seq and len(ids[i]) != len(ids[batch[0]]))):
-            batches.append(batch)
-            batch = []
-        batch.append(i)
-    batches += [batch] if batch else []
+    batches = length_batches([len(row) for row in ids], batch_size, same_length=not seq2seq)
     outputs: list[str] = [""] * len(ids)
     pad = pad_id(tok)
     model.eval()

@@ -133,8 +133,8 @@ class SelfAttention(nn.Module):
         if mask is None and cfg.causal and T > 1 and (past or padding_mask is not None):
             # new tokens see all of the past and the causal part of themselves
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-        if padding_mask is not None:  # padding keys are hidden from every query
-            keys = padding_mask[:, None, None, :]
+        if padding_mask is not None:  # padding keys are hidden from every query (4-D: packed rows' own mask)
+            keys = padding_mask if padding_mask.dim() == 4 else padding_mask[:, None, None, :]
             mask = keys if mask is None else mask & keys
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=cfg.causal and T > 1 and mask is None,
@@ -307,7 +307,7 @@ class Transformer(nn.Module):
                 cache: KVCache | None = None, last_only: bool = False,
                 padding_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
                 source: torch.Tensor | None = None, source_mask: torch.Tensor | None = None,
-                memory: Memory | None = None, label_smoothing: float = 0.0,
+                memory: Memory | None = None, label_smoothing: float = 0.0, segments: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for `idx` (B, T) and, with `targets`, the mean cross-entropy (-1 is ignored).
 
@@ -315,13 +315,14 @@ class Transformer(nn.Module):
         cached ones. `last_only` computes logits for the final position alone (generation).
         `padding_mask` (B, T) is True for real tokens; `token_types` are segment ids. An
         encoder-decoder reads the `source` ids (and their `source_mask`), or a `memory`
-        encoded before.
+        encoded before. `segments` (B, T) numbers the sequences packed into each row (see
+        `hidden_states`).
         """
         if self.config.frontend != "tokens":
             raise BigModelError(f"a {self.config.frontend} model has no language-model head; it needs a task head")
         if source is not None:
             memory = self.encode(source, source_mask)
-        x = self.hidden_states(idx, cache, padding_mask, token_types, memory)
+        x = self.hidden_states(idx, cache, padding_mask, token_types, memory, segments)
         if last_only:
             x = x[:, -1:, :]
         logits = self.lm_head(x)
@@ -373,12 +374,23 @@ class Transformer(nn.Module):
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
                       padding_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
-                      memory: Memory | None = None) -> torch.Tensor:
-        """The last layer's output (B, T, n_embd), before the language-model head."""
+                      memory: Memory | None = None, segments: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's output (B, T, n_embd), before the language-model head.
+
+        With `segments`, each row holds several sequences (numbered 1, 2, ...; 0 pads): positions
+        restart at each, and a token attends only to its own sequence, as if each ran alone."""
         if (memory is None) != (self.config.encoder_layers == 0):
             raise BigModelError("an encoder-decoder needs a source to attend to; other models take none")
         step = None if cache is None else cache.begin(idx.size(1))
-        if step is None:
+        if segments is not None:
+            T = idx.size(1)
+            steps = torch.arange(T, device=idx.device).expand_as(segments)
+            starts = torch.ones_like(segments, dtype=torch.bool)
+            starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+            positions = steps - torch.where(starts, steps, 0).cummax(dim=1).values
+            padding_mask = (segments[:, :, None] == segments[:, None, :])[:, None]
+            x, rope = self.embed(idx, positions, T, token_types)
+        elif step is None:
             x, rope = self.embed(idx, token_types=token_types)
         else:
             x, rope = self.embed(idx, step.positions, step.end, token_types)

@@ -26,7 +26,7 @@ class EvaluateConfig(PrecisionConfig, CkptConfig, LabelColumnsConfig, PairColumn
     """`bigmodel evaluate`: LM perplexity; classifier, seq2seq, QA, zero-shot, retrieval or CTC figures."""
 
     data: str = ""  # prepared folder or text (lm); labelled file or media folder; source/target rows; SQuAD JSON (qa)
-    task: Literal["lm", "classify", "seq2seq", "qa", "zeroshot", "retrieval", "ctc"] = "lm"
+    task: Literal["lm", "classify", "seq2seq", "qa", "zeroshot", "retrieval", "ctc", "chat"] = "lm"
     split: str = "val"  # split of a prepared folder
     json: str = ""  # also write the figures to this JSON file
     out: str = "runs/evaluate"  # where metrics.json (and outputs.jsonl, confusion.png) go
@@ -35,13 +35,15 @@ class EvaluateConfig(PrecisionConfig, CkptConfig, LabelColumnsConfig, PairColumn
     template: str = "{}"  # zeroshot: how a label description is phrased
     max_length: int | None = None  # tokens of input kept (default: tuning length, else 512); lm: scoring window
     max_new_tokens: int = 64  # seq2seq: tokens of each target at most
-    temperature: float = 0.0  # seq2seq: 0 is greedy, a target's most likely form
+    temperature: float = 0.0  # seq2seq, chat: 0 is greedy, a target's most likely form
+    chat_template: str = ""  # chat: a Jinja file instead of the model's own template
     required: ClassVar[tuple[str, ...]] = ("data",)
 
 
 def cmd_evaluate(args: EvaluateConfig) -> None:
     tasks = {"classify": evaluate_classifier, "seq2seq": evaluate_seq2seq, "qa": evaluate_qa,
-             "zeroshot": evaluate_zeroshot, "retrieval": evaluate_retrieval, "ctc": evaluate_transcripts}
+             "zeroshot": evaluate_zeroshot, "retrieval": evaluate_retrieval, "ctc": evaluate_transcripts,
+             "chat": evaluate_chat}
     if not args.ckpt and not (args.task == "seq2seq" and args.hypothesis_column):
         raise BigModelError("evaluate needs --ckpt (or, for --task seq2seq, --hypothesis-column to score a column)")
     if args.task in tasks:
@@ -136,6 +138,34 @@ def evaluate_seq2seq(args: EvaluateConfig) -> None:
     print(f"BLEU {figures['bleu']:.2f} | chrF {figures['chrf']:.2f} | ROUGE-L {figures['rouge_l']:.2f} | "
           f"CER {figures['cer']:.2f}% | WER {figures['wer']:.2f}% | exact {figures['exact_match']:.1f}% | "
           f"{len(rows)} examples | {source} | {out / 'outputs.jsonl'}")
+
+
+def evaluate_chat(args: EvaluateConfig) -> None:
+    """Each conversation's last assistant turn generated from the turns before it (through the model's
+    template) and scored against it: exact match and chrF, over all and per `task` field."""
+    from bigmodel.data.tokenizer import stop_ids
+    from bigmodel.evaluate.seq2seq import reply_scores
+    from bigmodel.infer.chat import chat_template, replies
+    from bigmodel.model.formats import tokenizer_config
+    from bigmodel.tasks.chat import read_conversations
+
+    model, tok, folder = load(args, decoding=True)
+    special = tokenizer_config(folder)
+    render = chat_template(special, str(folder), args.chat_template)
+    conversations = read_conversations(args.data, preference=False)
+    for c in conversations:
+        if c.messages[-1]["role"] != "assistant":
+            raise BigModelError(f"{args.data}: line {c.line}: the last turn must be the assistant's (the reference)")
+    prompts = [render(c.messages[:-1]) for c in conversations]
+    references = [c.messages[-1]["content"] for c in conversations]
+    hypotheses = replies(model, tok, prompts, resolve(GenerateConfig, args), stop_ids(tok, special), progress=True)
+    scores = reply_scores(hypotheses, references, [c.task for c in conversations])
+    figures = {**scores.pop("all"), "tasks": scores, "model": str(folder)}
+    out = write_results(args, figures, [{"line": c.line, "task": c.task, "reference": r, "output": h}
+                                        for c, r, h in zip(conversations, references, hypotheses, strict=True)])
+    per_task = "".join(f" | {name}: exact {s['exact_match']:.1f}%, chrF {s['chrf']:.2f}" for name, s in scores.items())
+    print(f"exact {figures['exact_match']:.1f}% | chrF {figures['chrf']:.2f}{per_task} | {len(conversations)} "
+          f"conversations | {folder} | {out / 'outputs.jsonl'}")
 
 
 def evaluate_qa(args: EvaluateConfig) -> None:

@@ -27,10 +27,11 @@ from bigmodel.recipes.common import load, storage
 class DatasetConfig(Checked):
     """`bigmodel dataset NAME`: a dataset from what every machine has."""
 
-    name: Literal["code", "qa", "pinyin", "digits", "keywords", "speech"] = "code"
+    name: Literal["code", "qa", "pinyin", "translation", "chat", "preference", "digits", "keywords", "speech"] = "code"
     out: str = ""  # folder to write
     positional: ClassVar[str] = "name"
-    source: str = ""  # pinyin: ChnSentiCorp's all.csv; speech: SST-2's train.tsv (default: ../shared/data/...)
+    source: str = ""  # translation: its language (en); pinyin: ChnSentiCorp's all.csv; speech: SST-2's train.tsv
+    target: str = "zh_CN"  # translation, chat, preference: the language translated into (a /usr/share/locale name)
     examples: int = 0  # keywords, speech: training clips (default 4000, 5000; val a tenth, test a quarter)
     required: ClassVar[tuple[str, ...]] = ("out",)
 
@@ -108,7 +109,7 @@ def cmd_prepare(cfg: DataConfig) -> None:
 def cmd_dataset(args: DatasetConfig) -> None:
     from bigmodel.data.builtin_tasks import build
 
-    counts = build(args.name, args.out, args.source, args.examples)
+    counts = build(args.name, args.out, args.source, args.examples, args.target)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
 
 

@@ -6,6 +6,7 @@ figures come from `bigmodel.evaluate`).
 - `seq2seq`: a target text from a source text (encoder-decoder, or decoder-only `source <|endoftext|> target`).
 - `qa`: answer spans in SQuAD JSON. `retrieval`: contrastive query/document embeddings.
 - `ctc`: speech to characters.
+- `chat` / `dpo` (`chat.py`): conversations through the model's chat template; preference pairs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from bigmodel.config import FinetuneConfig
 from bigmodel.errors import BigModelError
 from bigmodel.model.transformer import Transformer
 from bigmodel.tasks.base import Task
+from bigmodel.tasks.chat import ChatTask, DPOTask
 from bigmodel.tasks.ctc import CTCTask
 from bigmodel.tasks.label import LabelTask
 from bigmodel.tasks.qa import QATask
@@ -23,13 +25,18 @@ from bigmodel.tasks.retrieval import RetrievalTask
 from bigmodel.tasks.seq2seq import Seq2SeqTask
 
 TASKS: dict[str, type[Task]] = {"classify": LabelTask, "regress": LabelTask, "seq2seq": Seq2SeqTask,
-                                "qa": QATask, "retrieval": RetrievalTask, "ctc": CTCTask}
+                                "qa": QATask, "retrieval": RetrievalTask, "ctc": CTCTask, "chat": ChatTask,
+                                "dpo": DPOTask}
 GOALS = {**{name: (cls.metric, cls.minimize) for name, cls in TASKS.items()}, **LabelTask.GOALS}
 """Per task: the figure that picks the best checkpoint (and a sweep's default), and whether lower is better."""
 LOWER_IS_BETTER = {"val_loss", "train_loss", "wer", *(m for m, lower in GOALS.values() if lower)}
 
 
-def make_task(cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer | None) -> Task:
+def make_task(cfg: FinetuneConfig, backbone: Transformer, tok: Tokenizer | None, special: dict | None = None
+              ) -> Task:
+    """The task `cfg.task` names; `special` is the model's `tokenizer_config.json` (its chat template)."""
     if cfg.task not in ("classify", "regress", "seq2seq") and backbone.config.encoder_layers:
         raise BigModelError(f"--task {cfg.task} needs an encoder or a decoder, not an encoder-decoder")
+    if issubclass(TASKS[cfg.task], ChatTask):
+        return TASKS[cfg.task](cfg, backbone, tok, special or {})
     return TASKS[cfg.task](cfg, backbone, tok)

@@ -48,6 +48,7 @@ class Task:
     minimize = True  # ... and whether lower is better
     figures: list[str] = []  # metrics.csv columns besides the losses
     private_ok = False  # DP-SGD supported
+    tokenizer_config: dict | None = None  # what checkpoints carry as tokenizer_config.json, when the task chose it
 
     def __init__(self, cfg: FinetuneConfig, model: torch.nn.Module, tok: Tokenizer | None) -> None:
         self.cfg, self.model, self.tok = cfg, model, tok

@@ -15,6 +15,7 @@ counting steps.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 from pathlib import Path
@@ -37,7 +38,7 @@ from bigmodel.model.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from bigmodel.model.formats import tokenizer_files
+from bigmodel.model.formats import tokenizer_config, tokenizer_files
 from bigmodel.model.heads import SequenceModel
 from bigmodel.model.transformer import Transformer
 from bigmodel.tasks import make_task
@@ -140,7 +141,11 @@ class FineTuner(Loop):
             else:
                 backbone, self.tok, folder = load_backbone(cfg.init, dist.device, self.storage)
                 self.tokenizer_files = tokenizer_files(folder)
-            self.task = make_task(cfg, backbone, self.tok)
+            self.task = make_task(cfg, backbone, self.tok, tokenizer_config(folder) if self.tokenizer_files else {})
+            if self.task.tokenizer_config:  # chat: the template trained with is the one served with
+                self.tokenizer_files.pop("chat_template.jinja", None)
+                self.tokenizer_files["tokenizer_config.json"] = json.dumps(self.task.tokenizer_config, indent=2,
+                                                                           ensure_ascii=False)
         model = self.task.model
         shape = backbone_of(model).config
         cfg, self.scaler = run_precision(cfg, dist.device, shape, cfg.batch_size, min(cfg.max_length, shape.block_size),
