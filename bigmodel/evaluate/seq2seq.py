@@ -5,7 +5,7 @@ symbol counts."""
 
 from __future__ import annotations
 
-from bigmodel.errors import BigModelError
+from bigmodel.errors import BigModelError, require
 
 
 def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float]:
@@ -42,6 +42,7 @@ def seq2seq_scores(hypotheses: list[str], references: list[str]) -> dict[str, fl
 
 def reply_scores(hypotheses: list[str], references: list[str], tasks: list[str]) -> dict[str, dict[str, float]]:
     """Exact match (after trimming) and corpus chrF of generated replies, over all and per task."""
+    require("sacrebleu", "seq2seq", "chat scores")
     import sacrebleu
 
     groups = {"all": list(range(len(references)))}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from tokenizers import Tokenizer
 from bigmodel.config import FinetuneConfig
 from bigmodel.data.collate import pad_id
 from bigmodel.data.labelled import read_columns
+from bigmodel.device import autocast
 from bigmodel.model.heads import SequenceModel
 from bigmodel.model.transformer import Transformer
 
@@ -39,6 +40,23 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(training)
+
+
+def teacher_forced_figures(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], dtype: str
+                           ) -> dict[str, float]:
+    """Loss and next-token accuracy over the predicted tokens (targets other than -1) of `batches`, each
+    the model's keyword arguments: what seq2seq and chat report after every evaluation."""
+    with evaluating(model):
+        device = next(model.parameters()).device
+        total, correct, counted = 0.0, 0, 0
+        for batch in batches:
+            with autocast(dtype, device):
+                logits, loss = model(**batch)
+            targets = batch["targets"]
+            n = int((targets != -1).sum())
+            correct += int(((logits.argmax(-1) == targets) & (targets != -1)).sum())
+            total, counted = total + loss.item() * n, counted + n
+        return {"val_loss": total / max(counted, 1), "token_accuracy": correct / max(counted, 1)}
 
 
 class Task:

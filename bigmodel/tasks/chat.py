@@ -35,7 +35,7 @@ from bigmodel.device import autocast
 from bigmodel.errors import BigModelError
 from bigmodel.infer.chat import Messages, Render, training_template
 from bigmodel.model.transformer import Transformer
-from bigmodel.tasks.base import Task, evaluating
+from bigmodel.tasks.base import Task, evaluating, teacher_forced_figures
 
 Row = tuple[tuple[int, ...], tuple[int, ...]]  # token ids, and per token its id where it carries loss, else -1
 EVAL_BATCH = 16
@@ -164,12 +164,23 @@ class ChatTask(Task):
         self.val_items = self.encode(read_conversations(cfg.val, self.preference), cfg.val)
 
     def encode(self, conversations: list[Conversation], path: str) -> list[Any]:
-        items = []
+        """Encoded rows; a row whose answer starts beyond `--max-length` teaches nothing and is left out."""
+        items, cut = [], 0
         for c in conversations:
             try:
-                items.append(self.encode_one(c))
+                item = self.encode_one(c)
             except BigModelError as e:
                 raise BigModelError(f"{path}: line {c.line}: {e}") from None
+            rows = item if self.preference else (item,)
+            if all(any(t != -1 for t in labels[1:]) for _, labels in rows):
+                items.append(item)
+            else:
+                cut += 1
+        if not items:
+            raise BigModelError(f"{path}: no row has an answer within --max-length {self.max_length}")
+        if cut:
+            print(f"note: {path}: {cut} of {len(conversations)} rows left out, their answer beyond "
+                  f"--max-length {self.max_length}")
         return items
 
     def encode_one(self, c: Conversation) -> Row:
@@ -207,19 +218,10 @@ class ChatTask(Task):
         return groups
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        with evaluating(model):
-            device = next(model.parameters()).device
-            total, correct, counted = 0.0, 0, 0
-            order = sorted(self.val_items, key=self.length)
-            for start in range(0, len(order), EVAL_BATCH):
-                inputs = batch(order[start:start + EVAL_BATCH], self.pad, device)
-                with autocast(self.cfg.dtype, device):
-                    logits, loss = model(**inputs)
-                targets = inputs["targets"]
-                n = int((targets != -1).sum())
-                correct += int(((logits.argmax(-1) == targets) & (targets != -1)).sum())
-                total, counted = total + loss.item() * n, counted + n
-            return {"val_loss": total / max(counted, 1), "token_accuracy": correct / max(counted, 1)}
+        device = next(model.parameters()).device
+        order = sorted(self.val_items, key=self.length)
+        return teacher_forced_figures(model, (batch(order[start:start + EVAL_BATCH], self.pad, device)
+                                              for start in range(0, len(order), EVAL_BATCH)), self.cfg.dtype)
 
 
 def sequence_logps(model: torch.nn.Module, rows: list[Row], pad: int, device: torch.device, dtype: str

@@ -12,7 +12,7 @@ from bigmodel.config import FinetuneConfig
 from bigmodel.data.collate import collate, encode
 from bigmodel.device import autocast
 from bigmodel.model.transformer import Transformer
-from bigmodel.tasks.base import Task, evaluating
+from bigmodel.tasks.base import Task, teacher_forced_figures
 
 
 class Seq2SeqTask(Task):
@@ -71,15 +71,7 @@ class Seq2SeqTask(Task):
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Teacher-forced loss (no smoothing) and next-token accuracy over the target tokens."""
-        with evaluating(model):
-            device = next(model.parameters()).device
-            total, correct, counted = 0.0, 0, 0
-            order = sorted(self.val_items, key=self.length)
-            for start in range(0, len(order), 64):
-                batch = self._batch(order[start:start + 64], device)
-                with autocast(self.cfg.dtype, device):
-                    logits, loss = model(**batch)
-                n = int((batch["targets"] != -1).sum())
-                hits = (logits.argmax(-1) == batch["targets"]) & (batch["targets"] != -1)
-                total, correct, counted = total + loss.item() * n, correct + int(hits.sum()), counted + n
-            return {"val_loss": total / counted, "token_accuracy": correct / counted}
+        device = next(model.parameters()).device
+        order = sorted(self.val_items, key=self.length)
+        return teacher_forced_figures(model, (self._batch(order[start:start + 64], device)
+                                              for start in range(0, len(order), 64)), self.cfg.dtype)

@@ -141,7 +141,7 @@ class FineTuner(Loop):
             else:
                 backbone, self.tok, folder = load_backbone(cfg.init, dist.device, self.storage)
                 self.tokenizer_files = tokenizer_files(folder)
-            self.task = make_task(cfg, backbone, self.tok, tokenizer_config(folder) if self.tokenizer_files else {})
+            self.task = make_task(cfg, backbone, self.tok, tokenizer_config(folder))
             if self.task.tokenizer_config:  # chat: the template trained with is the one served with
                 self.tokenizer_files.pop("chat_template.jinja", None)
                 self.tokenizer_files["tokenizer_config.json"] = json.dumps(self.task.tokenizer_config, indent=2,
