@@ -92,7 +92,7 @@ def read_conversations(path: str, preference: bool) -> list[Conversation]:
         if "completion" in row:
             messages.append({"role": "assistant", "content": _answer(row["completion"], where)})
         if not any(m["role"] == "assistant" and m["content"] for m in messages):
-            raise BigModelError(f"{where}: no assistant turn to learn from")
+            raise BigModelError(f"{where}: no assistant turn (to learn from, or to score)")
         conversations.append(Conversation(messages, line, str(row.get("task", ""))))
     return conversations
 
