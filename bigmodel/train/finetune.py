@@ -136,12 +136,13 @@ class FineTuner(Loop):
             model, self.tok = start
             self.task: Task = LabelTask(cfg, None, self.tok, model)
         else:
+            known: dict = {}  # the starting model's chat template and special tokens
             if scratch:
                 backbone, self.tok = Transformer(scratch).to(dist.device), None
             else:
                 backbone, self.tok, folder = load_backbone(cfg.init, dist.device, self.storage)
-                self.tokenizer_files = tokenizer_files(folder)
-            self.task = make_task(cfg, backbone, self.tok, tokenizer_config(folder))
+                self.tokenizer_files, known = tokenizer_files(folder), tokenizer_config(folder)
+            self.task = make_task(cfg, backbone, self.tok, known)
             if self.task.tokenizer_config:  # chat: the template trained with is the one served with
                 self.tokenizer_files.pop("chat_template.jinja", None)
                 self.tokenizer_files["tokenizer_config.json"] = json.dumps(self.task.tokenizer_config, indent=2,
