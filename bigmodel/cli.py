@@ -78,8 +78,10 @@ VERBS: dict[str, Verb] = {
                   section="sweep: (and the finetune: or train: it varies)", layered=True),
     "registry": Verb((manage.RegistryConfig,), manage.cmd_registry,
                      "MLflow model registry: register a checkpoint, list versions, move an alias"),
-    "audit": Verb((manage.AuditConfig,), manage.cmd_audit,
-                  "membership-inference attack: does the model give away its training data?"),
+    "audit": Verb((manage.AuditConfig,), manage.cmd_audit, "membership-inference attack (does the model give "
+                  "away its training data?); --fairness: per-group figures and a counterfactual swap test"),
+    "card": Verb((manage.CardConfig,), manage.cmd_card, "a model card from the checkpoint, its run and its audits "
+                 "(Markdown or HTML)"),
     "quickstart": Verb((manage.QuickstartConfig,), manage.cmd_quickstart,
                        "prepare, pretrain, evaluate and generate on Python's own source"),
 }

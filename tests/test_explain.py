@@ -48,23 +48,42 @@ def test_attributions_point_at_the_deciding_word_and_add_up(word_classifier):
         e = explain_classifier(model, tok, text)
         assert e.target == word
         start = text.index(word)
-        top = sorted(range(len(e.tokens)), key=lambda i: -e.integrated_gradients[i])[:2]
-        assert all(start <= i < start + len(word) for i in top), (e.tokens, e.integrated_gradients)
+        ig = e.attributions["integrated_gradients"]
+        top = sorted(range(len(e.tokens)), key=lambda i: -ig[i])[:2]
+        assert all(start <= i < start + len(word) for i in top), (e.tokens, ig)
         # integrated gradients' completeness: the shares add up to the score's change, within Captum's delta
-        assert sum(e.integrated_gradients) == pytest.approx(e.logit_difference, abs=abs(e.convergence_delta) + 1e-5)
+        assert sum(ig) == pytest.approx(e.logit_difference, abs=abs(e.convergence_delta) + 1e-5)
         assert abs(e.convergence_delta) < 0.02 * abs(e.logit_difference) + 1e-3
         assert e.attention.shape == (2, 2, len(e.tokens), len(e.tokens))
         assert torch.allclose(torch.from_numpy(e.attention.sum(-1)), torch.ones(2, 2, len(e.tokens)), atol=1e-5)
         assert torch.allclose(torch.from_numpy(e.rollout.sum(-1)), torch.ones(len(e.tokens)), atol=1e-5)
 
 
-def test_integrated_gradients_beat_random_tokens_on_faithfulness(word_classifier):
+def test_lime_and_kernel_shap_point_at_the_deciding_word(word_classifier):
     model, tok, _ = load_checkpoint(word_classifier, with_head=True)
-    report = faithfulness(model, tok, [text for text, _ in synthetic(40, 5)], steps=16)
-    ig, rnd = report["integrated_gradients"], report["random"]
-    assert ig["comprehensiveness@20"] >= 2 * rnd["comprehensiveness@20"] and ig["comprehensiveness@20"] > 0.1
-    assert ig["comprehensiveness@50"] > rnd["comprehensiveness@50"] + 0.1
-    assert ig["sufficiency@50"] < rnd["sufficiency@50"]
+    # texts whose word matters: without "good" this model says "evil" anyway, so deleting "evil" moves little
+    for text, word in (("xz good yy", "good"), ("zzz y good", "good")):
+        e = explain_classifier(model, tok, text, methods=("lime", "kernel_shap", "occlusion"), samples=256)
+        assert e.convergence_delta is None and set(e.attributions) == {"lime", "kernel_shap", "occlusion"}
+        start = text.index(word)
+        for method, values in e.attributions.items():
+            best = max(range(len(values)), key=values.__getitem__)
+            assert start <= best < start + len(word), (method, e.tokens, values)
+        # kernel SHAP's weights are Shapley estimates: with every token present vs none they add up to the change
+        assert sum(e.attributions["kernel_shap"]) == pytest.approx(e.logit_difference, rel=0.05, abs=0.05)
+
+
+def test_every_method_beats_random_tokens_on_faithfulness(word_classifier):
+    model, tok, _ = load_checkpoint(word_classifier, with_head=True)
+    methods = ("integrated_gradients", "occlusion", "lime", "kernel_shap")
+    report = faithfulness(model, tok, [text for text, _ in synthetic(40, 5)], steps=16, methods=methods, samples=128)
+    rnd = report["random"]
+    for method in methods:
+        found = report[method]
+        assert found["comprehensiveness@20"] >= 2 * rnd["comprehensiveness@20"], method
+        assert found["comprehensiveness@20"] > 0.1 and found["seconds"] > 0, method
+        assert found["comprehensiveness@50"] > rnd["comprehensiveness@50"] + 0.1, method
+        assert found["sufficiency@50"] < rnd["sufficiency@50"], method
 
 
 def test_a_decoders_next_token_is_explained(trained_run):
@@ -72,7 +91,8 @@ def test_a_decoders_next_token_is_explained(trained_run):
     e = explain_next_token(model, tok, "ROMEO:\nWhat")
     assert e.tokens == list("ROMEO:\nWhat") and len(e.probabilities) == 5
     assert e.target == max(e.probabilities, key=e.probabilities.get)
-    assert sum(e.integrated_gradients) == pytest.approx(e.logit_difference, abs=abs(e.convergence_delta) + 1e-5)
+    ig = e.attributions["integrated_gradients"]
+    assert sum(ig) == pytest.approx(e.logit_difference, abs=abs(e.convergence_delta) + 1e-5)
     causal = torch.from_numpy(e.attention).triu(1)
     assert float(causal.abs().max()) == 0.0  # no position attends to a later one
 
@@ -134,7 +154,7 @@ def test_reports_for_english_and_chinese_are_written_and_open(sst2_minilm, chine
     report = Report()
     report.feed((tmp_path / "report.html").read_text(encoding="utf-8"))
     assert report.title == f"bigmodel explain: {numbers['target']}"
-    assert len(report.tokens) == 2 * len(numbers["tokens"])  # integrated gradients, then occlusion
+    assert len(report.tokens) == 2 * len(numbers["tokens"])  # integrated gradients, then occlusion (the default)
     assert len(report.images) == 2 and all(src.startswith("data:image/png;base64,") for src in report.images)
     width, height = png_size(tmp_path / "attention.png")
     assert width > 600 and height > 300 and (tmp_path / "attention.png").stat().st_size > 20_000
@@ -148,6 +168,7 @@ def test_bad_explain_input_is_one_line(sst2_minilm, trained_run, tmp_path):
         (["--ckpt", str(sst2_minilm), "--text", "word " * 600], "the model's context holds 512"),
         (["--ckpt", str(trained_run), "--evaluate", "--data", "x.csv"], "measures a fine-tuned classifier"),
         (["--ckpt", str(sst2_minilm)], "needs --text"),
+        (["--ckpt", str(sst2_minilm), "--text", "hi", "--method", "ig,saliency"], "--method takes ig, occlusion"),
     ):
         result = run_cli("explain", *args, "--out", str(tmp_path))
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
@@ -157,10 +178,13 @@ def test_bad_explain_input_is_one_line(sst2_minilm, trained_run, tmp_path):
 def test_faithfulness_from_the_command_line(word_classifier, tmp_path):
     data = write_rows(tmp_path / "val.csv", synthetic(20, 9))
     result = run_cli("explain", "--ckpt", str(word_classifier), "--evaluate", "--data", str(data), "--out",
-                     str(tmp_path), "--steps", "10")
+                     str(tmp_path), "--steps", "10", "--method", "all", "--samples", "64")
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "faithfulness.json").read_text())
-    assert report["texts"]["count"] == 20 and "top 20%: comprehensiveness" in result.stdout
+    assert report["texts"]["count"] == 20
+    table = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[2:-1]}
+    assert set(table) == {"integrated_gradients", "occlusion", "lime", "kernel_shap", "random"}
+    assert float(table["lime"][1]) == pytest.approx(report["lime"]["comprehensiveness@20"], abs=1e-4)
 
 
 def test_the_explain_route_answers_like_the_command(word_classifier, trained_run):

@@ -215,3 +215,38 @@ def test_pinyin_dataset_reads_each_character_and_keeps_a_lookup_baseline(tmp_pat
     bank = next(r for r in rows if r["source"] == "银 行 就 在 旁 边")
     assert bank["target"] == "yin2 hang2 jiu4 zai4 pang2 bian1"  # 行 read as in 银行, not as in 行李
     assert all(len(r["target"].split()) == len(r["source"].split()) == len(r["lookup"].split()) for r in rows)
+
+
+def test_translation_pairs_from_the_machines_catalogs_and_a_translation_memory_baseline(tmp_path):
+    built = run_cli("dataset", "translation", "--source", "en", "--target", "zh_CN", "--out", str(tmp_path / "t"))
+    assert built.returncode == 0, built.stderr
+    rows = {split: [json.loads(line) for line in (tmp_path / "t" / f"{split}.jsonl").read_text(encoding="utf-8")
+                    .splitlines()] for split in ("train", "val", "test")}
+    assert len(rows["train"]) > 10_000 and len(rows["test"]) > 500
+    assert not {r["catalog"] for r in rows["train"]} & {r["catalog"] for r in rows["test"]}  # split by package
+    corpus = (tmp_path / "t" / "corpus.txt").read_text(encoding="utf-8").splitlines()
+    assert corpus[:2] == [rows["train"][0]["source"], rows["train"][0]["target"]]
+    test = tmp_path / "test.jsonl"
+    picked = rows["test"][:40]
+    test.write_text("".join(json.dumps({**r, "lost": r["target"].replace("%s", "")}, ensure_ascii=False) + "\n"
+                            for r in picked), encoding="utf-8")
+    # a memory holding the test pairs themselves finds each one: every score is perfect
+    recalled = run_cli("evaluate", "--task", "seq2seq", "--memory", str(test), "--data", str(test), "--out",
+                       str(tmp_path / "recall"))
+    assert recalled.returncode == 0, recalled.stderr
+    figures = json.loads((tmp_path / "recall" / "metrics.json").read_text())
+    assert figures["bleu_tokenize"] == "zh" and figures["bleu"] == pytest.approx(100) and figures["exact_match"] == 100
+    with_placeholders = [r for r in picked if "%s" in r["source"]]
+    if with_placeholders:
+        lost = run_cli("evaluate", "--task", "seq2seq", "--hypothesis-column", "lost", "--data", str(test), "--out",
+                       str(tmp_path / "lost"))
+        kept = json.loads((tmp_path / "lost" / "metrics.json").read_text())["placeholders_kept"]
+        assert lost.returncode == 0 and kept < 100
+    # the real baseline: the training memory, on packages it never saw, is far from perfect but not empty
+    memory = run_cli("evaluate", "--task", "seq2seq", "--memory", str(tmp_path / "t" / "train.jsonl"), "--data",
+                     str(test), "--out", str(tmp_path / "memory"))
+    assert memory.returncode == 0, memory.stderr
+    chrf = json.loads((tmp_path / "memory" / "metrics.json").read_text())["chrf"]
+    assert 3 < chrf < 90
+    missing = run_cli("dataset", "translation", "--target", "xx_YY", "--out", str(tmp_path / "none"))
+    assert missing.returncode == 1 and "no translated message catalogs" in missing.stderr.strip().splitlines()[-1]

@@ -28,12 +28,19 @@ SEED = 1337
 
 
 def build_translation(out: Path, source: str, target: str) -> dict[str, int]:
+    """train/val/test.jsonl of (catalog, source, target) rows, shuffled with a fixed seed (so the first N of
+    test are a mix of its packages), and corpus.txt, every training string of both languages, for
+    `bigmodel prepare` to train one tokenizer on."""
     pairs, dropped = catalog_pairs(target, source)
     splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
     for pair in pairs:
         splits[split_of(pair.catalog)].append(asdict(pair))
+    rng = random.Random(SEED)
     for name, rows in splits.items():
+        rng.shuffle(rows)
         write_jsonl(out / f"{name}.jsonl", rows)
+    (out / "corpus.txt").write_text("".join(f"{r['source']}\n{r['target']}\n" for r in splits["train"]),
+                                    encoding="utf-8")
     catalogs = {name: len({r["catalog"] for r in rows}) for name, rows in splits.items()}
     print(f"{len(pairs):,} pairs from {sum(catalogs.values())} catalogs "
           f"(train {catalogs['train']}, val {catalogs['val']}, test {catalogs['test']}); dropped: "

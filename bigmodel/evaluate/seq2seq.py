@@ -21,7 +21,11 @@ def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float
             "exact_match": 100 * sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references)}
 
 
-def seq2seq_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+def seq2seq_scores(hypotheses: list[str], references: list[str], sources: list[str] | None = None,
+                   tokenize: str = "") -> dict[str, float]:
+    """Corpus BLEU (with `tokenize`, else sacrebleu's `zh` for Chinese references and `13a` otherwise), chrF,
+    mean ROUGE-L, error rates; with `sources`, the share of those holding format placeholders (`%s`,
+    `{name}`) whose output keeps exactly the same ones."""
     try:
         import sacrebleu
         from rouge_score import rouge_scorer
@@ -30,14 +34,53 @@ def seq2seq_scores(hypotheses: list[str], references: list[str]) -> dict[str, fl
                             "pip install 'bigmodel[seq2seq]'") from None
     if not references:
         raise BigModelError("nothing to score: no examples")
+    tokenize = tokenize or ("zh" if mostly_chinese(references) else "13a")
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     rouge = [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references, strict=True)]
-    return {
-        "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
-        "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
-        "rouge_l": 100 * sum(rouge) / len(rouge),
-        **error_rates(references, hypotheses),
-    }
+    try:
+        bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize).score
+    except (KeyError, ValueError, AssertionError):
+        raise BigModelError(f"--bleu-tokenize {tokenize!r}: not one of sacrebleu's tokenizers "
+                            "(13a, zh, intl, char, none, ja-mecab, ko-mecab, flores200)") from None
+    figures = {"bleu": bleu, "bleu_tokenize": tokenize, "chrf": sacrebleu.corpus_chrf(hypotheses, [references]).score,
+               "rouge_l": 100 * sum(rouge) / len(rouge), **error_rates(references, hypotheses)}
+    if sources is not None:
+        from bigmodel.data.catalogs import placeholders
+
+        formatted = [(placeholders(s), h) for s, h in zip(sources, hypotheses, strict=True) if placeholders(s)]
+        if formatted:
+            figures["placeholders_kept"] = 100 * sum(p == placeholders(h) for p, h in formatted) / len(formatted)
+            figures["with_placeholders"] = len(formatted)
+    return figures
+
+
+def mostly_chinese(texts: list[str]) -> bool:
+    """Whether most non-space characters are CJK ideographs (BLEU then needs the zh tokenizer)."""
+    chars = [c for t in texts for c in t if not c.isspace()]
+    return bool(chars) and sum("\u4e00" <= c <= "\u9fff" or "\u3400" <= c <= "\u4dbf" for c in chars) > len(chars) / 3
+
+
+def memory_translations(pairs: list[tuple[str, str]], sources: list[str], shortlist: int = 20) -> list[str]:
+    """A translation memory, the baseline a translator's tool offers: each source gets the target of the
+    memory's source nearest by chrF. The `shortlist` nearest by character n-gram TF-IDF cosine are
+    re-ranked by sentence chrF (scoring every pair by chrF would take hours)."""
+    import numpy as np
+    import sacrebleu
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    if not pairs:
+        raise BigModelError("--memory: no source/target pairs to look up")
+    known = [s for s, _ in pairs]
+    vectors = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True).fit(known)
+    memory, queries = vectors.transform(known), vectors.transform(sources)
+    found = []
+    for start in range(0, len(sources), 256):
+        similar = (queries[start:start + 256] @ memory.T).toarray()
+        for row, source in zip(similar, sources[start:start + 256], strict=True):
+            near = np.argpartition(-row, min(shortlist, len(row) - 1))[:shortlist]
+            best = max(near, key=lambda j: (sacrebleu.sentence_chrf(known[j], [source]).score, row[j]))
+            found.append(pairs[best][1])
+    return found
 
 
 def reply_scores(hypotheses: list[str], references: list[str], tasks: list[str]) -> dict[str, dict[str, float]]:

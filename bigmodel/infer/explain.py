@@ -5,6 +5,9 @@
   replaced by [PAD] (or [MASK]); special tokens stay. Captum reports the convergence delta: how far
   the shares' sum is from that difference. Decoders: the next token's log-probability instead.
 - Occlusion (Captum's `FeatureAblation`, one token at a time): the cheap method to compare.
+- LIME and kernel SHAP (Captum's `Lime`, `KernelShap`): each fits a linear model to the target score on
+  random subsets of the tokens (the rest set to the baseline); LIME weighs subsets by closeness to the
+  whole text, kernel SHAP by the Shapley kernel, so its weights estimate Shapley values.
 - Attention: each layer's and head's probabilities, and attention rollout (Abnar & Zuidema,
   2020): the heads' mean plus the residual identity, multiplied through the layers.
 - Faithfulness (ERASER, DeYoung et al. 2020): comprehensiveness is the drop in the predicted
@@ -15,11 +18,12 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from captum.attr import FeatureAblation, LayerIntegratedGradients
+from captum.attr import FeatureAblation, KernelShap, LayerIntegratedGradients, Lime
 from tokenizers import Tokenizer
 
 from bigmodel.data.collate import pad_id
@@ -28,25 +32,36 @@ from bigmodel.model.heads import SequenceModel
 from bigmodel.model.transformer import Transformer
 
 BASELINES = ("pad", "mask")
+DEFAULT_METHODS = ("integrated_gradients", "occlusion")
+METHODS = {"ig": "integrated_gradients", "occlusion": "occlusion", "lime": "lime", "shap": "kernel_shap"}
+
+
+def method_names(spec: str) -> list[str]:
+    """`--method ig,lime` (or `all`) as the attribution names the JSON and reports use."""
+    short = list(METHODS) if spec.strip() == "all" else [m.strip() for m in spec.split(",") if m.strip()]
+    unknown = [m for m in short if m not in METHODS]
+    if unknown or not short:
+        raise BigModelError(f"--method takes {', '.join(METHODS)} (comma-separated) or all, not {spec!r}")
+    return [METHODS[m] for m in dict.fromkeys(short)]
 
 
 @dataclass
 class Explanation:
-    """What `bigmodel explain` reports for one text; `to_dict` is its JSON."""
+    """What `bigmodel explain` reports for one text; `to_dict` is its JSON (one key per attribution method)."""
 
     text: str
     tokens: list[str]  # as the tokenizer split the text, special tokens included
     target: str  # the label (or next token) explained
     probabilities: dict[str, float]  # the model's, on the whole text (decoders: the five likeliest tokens)
-    integrated_gradients: list[float]  # per token; they add up to `logit_difference` within `convergence_delta`
+    attributions: dict[str, list[float]]  # per method (METHODS' values), one value per token
     logit_difference: float  # target score on the text minus on the baseline
-    convergence_delta: float  # Captum's: sum of attributions minus `logit_difference`
-    occlusion: list[float]  # per token: the target score's drop when that token alone is replaced
+    convergence_delta: float | None  # integrated gradients' (Captum): their sum minus `logit_difference`
     attention: np.ndarray = field(repr=False)  # (layers, heads, T, T) probabilities
     rollout: np.ndarray = field(repr=False)  # (T, T): how much each position draws on each input token
 
     def to_dict(self) -> dict:
-        values = asdict(self)
+        values = {k: v for k, v in asdict(self).items() if k != "attributions"}
+        values.update(self.attributions)
         values["attention"] = self.attention.round(4).tolist()
         values["rollout"] = self.rollout.round(4).tolist()
         return values
@@ -99,25 +114,57 @@ def special_ids(tok: Tokenizer) -> set[int]:
     return {i for i, token in tok.get_added_tokens_decoder().items() if token.special}
 
 
-def _scores(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return model(ids, mask)
+def attribute(forward: Callable[..., torch.Tensor], embeddings: torch.nn.Module, ids: torch.Tensor,
+              base: torch.Tensor, index: int, method: str, args: tuple = (), steps: int = 50, samples: int = 200,
+              seed: int = 0) -> tuple[list[float], float | None]:
+    """One method's attribution of `forward(ids, *args)[:, index]` to each token of `ids` (1, T), with
+    `base` as the absent tokens; integrated gradients also return Captum's convergence delta."""
+    if method == "integrated_gradients":
+        lig = LayerIntegratedGradients(forward, embeddings)
+        values, delta = lig.attribute(ids, baselines=base, additional_forward_args=args, target=index, n_steps=steps,
+                                      internal_batch_size=steps, return_convergence_delta=True)
+        return values.sum(-1)[0].float().tolist(), float(delta[0])
+    if method == "occlusion":
+        values = FeatureAblation(forward).attribute(ids, baselines=base, additional_forward_args=args, target=index)
+        return values[0].float().tolist(), None
+    torch.manual_seed(seed)  # the subsets they sample
+    if method == "lime":
+        from captum._utils.models.linear_model import SkLearnRidge
+
+        sampler: Lime | KernelShap = Lime(forward, interpretable_model=SkLearnRidge(alpha=1.0),
+                                          similarity_func=closeness)
+    elif method == "kernel_shap":
+        sampler = KernelShap(forward)
+    else:
+        raise BigModelError(f"no attribution method {method!r}; there are {', '.join(METHODS.values())}")
+    values = sampler.attribute(ids, baselines=base, additional_forward_args=args, target=index,
+                               feature_mask=torch.arange(ids.size(1), device=ids.device)[None], n_samples=samples,
+                               perturbations_per_eval=min(samples, 64))
+    return values[0].float().tolist(), None
+
+
+def closeness(_: torch.Tensor, __: torch.Tensor, kept: torch.Tensor, **___: object) -> torch.Tensor:
+    """LIME's weight of a token subset, as its text version has it: an exponential kernel (width 0.25)
+    of the cosine distance between the kept-token indicator and the whole text's."""
+    distance = 1 - kept.float().sum() / (kept.numel() ** 0.5 * kept.float().norm().clamp_min(1e-12))
+    return torch.exp(-distance ** 2 / 0.25 ** 2)
 
 
 def classifier_attributions(model: SequenceModel, tok: Tokenizer, ids: list[int], index: int, baseline: str,
-                            steps: int) -> tuple[list[float], float]:
-    """Integrated gradients of output `index` per token, and Captum's convergence delta."""
+                            method: str = "integrated_gradients", steps: int = 50, samples: int = 200
+                            ) -> tuple[list[float], float | None]:
+    """`method`'s attribution of output `index` to each token (and IG's convergence delta)."""
     device = next(model.parameters()).device
     x = torch.tensor([ids], device=device)
     base = torch.tensor([baseline_ids(tok, ids, baseline)], device=device)
     mask = torch.ones_like(x, dtype=torch.bool)
-    lig = LayerIntegratedGradients(lambda x, m: _scores(model, x, m).float(), model.backbone.tok_emb)
-    attributions, delta = lig.attribute(x, baselines=base, additional_forward_args=(mask,), target=index,
-                                        n_steps=steps, internal_batch_size=steps, return_convergence_delta=True)
-    return attributions.sum(-1)[0].float().tolist(), float(delta[0])
+    return attribute(lambda x, m: model(x, m).float(), model.backbone.tok_emb, x, base, index, method, (mask,),
+                     steps, samples)
 
 
 def explain_classifier(model: SequenceModel, tok: Tokenizer, text: str, target: str | None = None,
-                       baseline: str = "pad", steps: int = 50) -> Explanation:
+                       baseline: str = "pad", steps: int = 50, methods: tuple[str, ...] = DEFAULT_METHODS,
+                       samples: int = 200) -> Explanation:
     """Attributions of a fine-tuned classifier's (or regressor's) score for `target` (default: the prediction)."""
     head = model.head_config
     ids_list = checked_ids(tok, text, model.config.block_size, special=True)
@@ -137,17 +184,19 @@ def explain_classifier(model: SequenceModel, tok: Tokenizer, text: str, target: 
         probabilities, name = dict(zip(head.labels, probs.tolist(), strict=True)), head.labels[index]
     else:
         index, probabilities, name = 0, {"value": float(scores[0])}, "value"
-    attributions, delta = classifier_attributions(model, tok, ids_list, index, baseline, steps)
-    occlusion = FeatureAblation(lambda x, m: _scores(model, x, m).float()).attribute(
-        ids, baselines=base, additional_forward_args=(mask,), target=index)
+    attributions, delta = {}, None
+    for method in methods:
+        attributions[method], found = classifier_attributions(model, tok, ids_list, index, baseline, method, steps,
+                                                              samples)
+        delta = found if found is not None else delta
     maps = attention_maps(model.backbone, ids, mask)
     return Explanation(text, token_strings(tok, ids_list), name, probabilities, attributions,
-                       float(scores[index] - base_scores[index]), delta, occlusion[0].float().tolist(),
-                       maps.cpu().numpy(), attention_rollout(maps).cpu().numpy())
+                       float(scores[index] - base_scores[index]), delta, maps.cpu().numpy(),
+                       attention_rollout(maps).cpu().numpy())
 
 
-def explain_next_token(model: Transformer, tok: Tokenizer, prompt: str, baseline: str = "pad", steps: int = 50
-                       ) -> Explanation:
+def explain_next_token(model: Transformer, tok: Tokenizer, prompt: str, baseline: str = "pad", steps: int = 50,
+                       methods: tuple[str, ...] = DEFAULT_METHODS, samples: int = 200) -> Explanation:
     """Attributions of a decoder's log-probability of its most likely next token to the prompt's tokens."""
     ids_list = checked_ids(tok, prompt, model.config.block_size, special=False)
     device = next(model.parameters()).device
@@ -163,14 +212,14 @@ def explain_next_token(model: Transformer, tok: Tokenizer, prompt: str, baseline
     index = int(log_probs.argmax())
     top = log_probs.exp().topk(min(5, log_probs.numel()))
     probabilities = {tok.decode([int(i)]): float(p) for p, i in zip(top.values, top.indices, strict=True)}
-    lig = LayerIntegratedGradients(next_log_probs, model.tok_emb)
-    attributions, delta = lig.attribute(ids, baselines=base, target=index, n_steps=steps, internal_batch_size=steps,
-                                        return_convergence_delta=True)
-    occlusion = FeatureAblation(next_log_probs).attribute(ids, baselines=base, target=index)
+    attributions, delta = {}, None
+    for method in methods:
+        attributions[method], found = attribute(next_log_probs, model.tok_emb, ids, base, index, method, (), steps,
+                                                samples)
+        delta = found if found is not None else delta
     maps = attention_maps(model, ids)
-    return Explanation(prompt, token_strings(tok, ids_list), tok.decode([index]), probabilities,
-                       attributions.sum(-1)[0].tolist(), float(log_probs[index] - base_log_probs[index]),
-                       float(delta[0]), occlusion[0].float().tolist(), maps.cpu().numpy(),
+    return Explanation(prompt, token_strings(tok, ids_list), tok.decode([index]), probabilities, attributions,
+                       float(log_probs[index] - base_log_probs[index]), delta, maps.cpu().numpy(),
                        attention_rollout(maps).cpu().numpy())
 
 
@@ -189,11 +238,15 @@ def token_strings(tok: Tokenizer, ids: list[int]) -> list[str]:
 
 
 def faithfulness(model: SequenceModel, tok: Tokenizer, texts: list[str], ks: tuple[int, ...] = (10, 20, 50),
-                 baseline: str = "pad", steps: int = 20, seed: int = 0) -> dict[str, dict[str, float]]:
-    """ERASER's comprehensiveness and sufficiency, averaged over `texts`, for integrated gradients' top-k%
-    tokens and for k% random tokens (the reference): the predicted class's probability on the whole text
-    minus on the text without those tokens (comprehensiveness: higher means they mattered) or with only
-    them (sufficiency: lower means they suffice). Special tokens always stay."""
+                 baseline: str = "pad", steps: int = 20, seed: int = 0,
+                 methods: tuple[str, ...] = ("integrated_gradients",), samples: int = 200
+                 ) -> dict[str, dict[str, float]]:
+    """ERASER's comprehensiveness and sufficiency, averaged over `texts`, for each method's top-k% tokens
+    and for k% random tokens (the reference): the predicted class's probability on the whole text minus on
+    the text without those tokens (comprehensiveness: higher means they mattered) or with only them
+    (sufficiency: lower means they suffice). Special tokens always stay. Each method's seconds per text too."""
+    import time
+
     from tqdm import tqdm
 
     from bigmodel.data.inputs import TextInputs
@@ -205,7 +258,7 @@ def faithfulness(model: SequenceModel, tok: Tokenizer, texts: list[str], ks: tup
     rng = random.Random(seed)
     pad, special = pad_id(tok), special_ids(tok)
     inputs = TextInputs(tok, model.config.block_size)
-    totals: dict[tuple[str, str, int], float] = {}
+    totals: dict[tuple[str, str], float] = {}
     counted = 0
     for text in tqdm(texts, desc="faithfulness", unit=" texts", mininterval=1.0):
         ids = checked_ids(tok, text, model.config.block_size, special=True)
@@ -214,12 +267,17 @@ def faithfulness(model: SequenceModel, tok: Tokenizer, texts: list[str], ks: tup
             continue
         whole = predict_scores(model, [ids], inputs, head.n_outputs)[0].softmax(-1)
         index = int(whole.argmax())
-        attributions, _ = classifier_attributions(model, tok, ids, index, baseline, steps)
-        ranked = sorted(real, key=lambda i: -attributions[i])
+        rankings = {}
+        for method in methods:
+            start = time.perf_counter()
+            values, _ = classifier_attributions(model, tok, ids, index, baseline, method, steps, samples)
+            totals[method, "seconds"] = totals.get((method, "seconds"), 0.0) + time.perf_counter() - start
+            rankings[method] = sorted(real, key=lambda i, v=values: -v[i])
         variants = []
         for k in ks:
             n = max(1, round(len(real) * k / 100))
-            for method, chosen in (("integrated_gradients", set(ranked[:n])), ("random", set(rng.sample(real, n)))):
+            chosen_by = {method: set(ranked[:n]) for method, ranked in rankings.items()}
+            for method, chosen in (*chosen_by.items(), ("random", set(rng.sample(real, n)))):
                 without = [t for i, t in enumerate(ids) if i not in chosen] or [pad]
                 only = [t for i, t in enumerate(ids) if i in chosen or i not in real]
                 variants.append((method, k, without, only))
@@ -227,12 +285,13 @@ def faithfulness(model: SequenceModel, tok: Tokenizer, texts: list[str], ks: tup
                                head.n_outputs).softmax(-1)[:, index]
         for j, (method, k, _, _) in enumerate(variants):
             for measure, p in (("comprehensiveness", probs[j]), ("sufficiency", probs[len(variants) + j])):
-                totals[method, measure, k] = totals.get((method, measure, k), 0.0) + float(whole[index] - p)
+                key = (method, f"{measure}@{k}")
+                totals[key] = totals.get(key, 0.0) + float(whole[index] - p)
         counted += 1
     if not counted:
         raise BigModelError("no text with tokens to measure faithfulness on")
     report: dict[str, dict[str, float]] = {}
-    for (method, measure, k), total in totals.items():
-        report.setdefault(method, {})[f"{measure}@{k}"] = total / counted
+    for (method, measure), total in totals.items():
+        report.setdefault(method, {})[measure] = total / counted
     report["texts"] = {"count": counted}
     return report

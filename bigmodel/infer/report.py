@@ -110,6 +110,17 @@ def html_report(explanation: Explanation, figures: dict[str, bytes]) -> str:
         return "".join(f'<span class="tok" style="background:{shade(v, scale)}" title="{v:+.4f}">'
                        f"{html.escape(t)}</span>" for t, v in zip(e.tokens, values, strict=True))
 
+    about = {
+        "integrated_gradients": (
+            "Integrated gradients", f"Sum {sum(e.attributions.get('integrated_gradients', [])):+.4f}"
+            f"; the target's score moves by {e.logit_difference:+.4f} from the baseline text; "
+            f"Captum's convergence delta {e.convergence_delta or 0:+.2e}."),
+        "occlusion": ("Occlusion", "The score's drop when that token alone is replaced by the baseline's."),
+        "lime": ("LIME", "A linear model of the score on random token subsets, weighed by closeness to the text."),
+        "kernel_shap": ("Kernel SHAP", "The same on the Shapley kernel's weights: estimates of Shapley values."),
+    }
+    sections = "".join(f"<h2>{about[m][0]}</h2><p>{tokens_row(v)}</p><p>{html.escape(about[m][1])} Green supports "
+                       f"“{html.escape(e.target)}”, red opposes it.</p>" for m, v in e.attributions.items())
     probabilities = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.4f}</td></tr>" for k, v in e.probabilities.items())
     images = "".join(f'<h2>{html.escape(name)}</h2><img alt="{html.escape(name)}" '
                      f'src="data:image/png;base64,{base64.b64encode(png).decode()}">' for name, png in figures.items())
@@ -121,22 +132,19 @@ td{{padding:2px 12px}} img{{max-width:100%}}</style></head><body>
 <h1>Why “{html.escape(e.target)}”</h1>
 <p>{html.escape(e.text)}</p>
 <table><tr><th>label</th><th>probability</th></tr>{probabilities}</table>
-<h2>Integrated gradients</h2><p>{tokens_row(e.integrated_gradients)}</p>
-<p>Sum {sum(e.integrated_gradients):+.4f}; the target's score moves by {e.logit_difference:+.4f} from the
-baseline text; Captum's convergence delta {e.convergence_delta:+.2e}. Green supports “{html.escape(e.target)}”,
-red opposes it.</p>
-<h2>Occlusion (one token replaced at a time)</h2><p>{tokens_row(e.occlusion)}</p>
+{sections}
 {images}
 </body></html>
 """
 
 
 def terminal_view(explanation: Explanation) -> str:
-    """The tokens on one line, backgrounds shaded by integrated gradients (ANSI 24-bit colour)."""
+    """The tokens on one line, backgrounds shaded by the first method's attributions (ANSI 24-bit colour)."""
     e = explanation
-    scale = max((abs(v) for v in e.integrated_gradients), default=0.0) or 1.0
+    values = next(iter(e.attributions.values()))
+    scale = max((abs(v) for v in values), default=0.0) or 1.0
     cells = []
-    for token, value in zip(e.tokens, e.integrated_gradients, strict=True):
+    for token, value in zip(e.tokens, values, strict=True):
         strength = min(1.0, abs(value) / scale)
         r, g, b = (int(255 - 200 * strength), 255, int(255 - 200 * strength)) if value >= 0 else \
             (255, int(255 - 200 * strength), int(255 - 200 * strength))

@@ -79,3 +79,13 @@ def lexicon_settings(args: LexiconConfig, model) -> dict:
     if not words.counts:
         raise BigModelError(f"--lexicon {args.lexicon}: no word spelled in the model's characters")
     return {"words": words, "beam": args.beam_width, "lm_weight": args.lm_weight, "word_bonus": args.word_bonus}
+
+
+def keep_figures(folder: Path, kind: str, figures: dict) -> None:
+    """Record a measurement beside a bigmodel checkpoint, where `bigmodel card` and the registry's gates
+    read it; imported Hugging Face folders and GGUF files are left untouched."""
+    from bigmodel.evaluate.card import record
+    from bigmodel.model.folders import RUN_CONFIG
+
+    if (folder / RUN_CONFIG).is_file():
+        record(folder, kind, figures)

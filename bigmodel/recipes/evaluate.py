@@ -17,7 +17,7 @@ from bigmodel.config import (
     resolve,
 )
 from bigmodel.errors import BigModelError
-from bigmodel.recipes.common import input_length, lexicon_settings, load, write_results
+from bigmodel.recipes.common import input_length, keep_figures, lexicon_settings, load, write_results
 
 
 @dataclass
@@ -31,6 +31,9 @@ class EvaluateConfig(PrecisionConfig, CkptConfig, LabelColumnsConfig, PairColumn
     json: str = ""  # also write the figures to this JSON file
     out: str = "runs/evaluate"  # where metrics.json (and outputs.jsonl, confusion.png) go
     hypothesis_column: str = ""  # seq2seq: score this column instead of a model (a baseline)
+    memory: str = ""  # seq2seq: score a translation memory of this file's source/target pairs instead (a baseline)
+    bleu_tokenize: str = ""  # seq2seq: sacrebleu's tokenizer (default: zh when the references are Chinese, else 13a)
+    max_examples: int = 0  # seq2seq, chat: the first N rows of --data (0: all)
     labels: str = ""  # zeroshot: VALUE[=DESCRIPTION],... e.g. 0=negative,1=positive
     template: str = "{}"  # zeroshot: how a label description is phrased
     max_length: int | None = None  # tokens of input kept (default: tuning length, else 512); lm: scoring window
@@ -44,8 +47,9 @@ def cmd_evaluate(args: EvaluateConfig) -> None:
     tasks = {"classify": evaluate_classifier, "seq2seq": evaluate_seq2seq, "qa": evaluate_qa,
              "zeroshot": evaluate_zeroshot, "retrieval": evaluate_retrieval, "ctc": evaluate_transcripts,
              "chat": evaluate_chat}
-    if not args.ckpt and not (args.task == "seq2seq" and args.hypothesis_column):
-        raise BigModelError("evaluate needs --ckpt (or, for --task seq2seq, --hypothesis-column to score a column)")
+    if not args.ckpt and not (args.task == "seq2seq" and (args.hypothesis_column or args.memory)):
+        raise BigModelError("evaluate needs --ckpt (or, for --task seq2seq, --hypothesis-column to score a column "
+                            "or --memory FILE to score a translation memory)")
     if args.task in tasks:
         return tasks[args.task](args)
     from bigmodel.evaluate.lm import evaluate_lm
@@ -88,6 +92,8 @@ def evaluate_classifier(args: EvaluateConfig) -> None:
     y_pred = scores.argmax(-1).tolist()
     figures = classification_metrics(y_true, y_pred, labels)
     out = write_results(args, figures)
+    keep_figures(folder, "evaluation", {"data": args.data, "examples": len(examples),
+                                        "accuracy": figures["accuracy"], "macro_f1": figures["macro_f1"]})
     plot_confusion(figures["confusion_matrix"], labels, out / "confusion.png", f"{folder} on {Path(args.data).name}")
     print(report_text(y_true, y_pred, labels))
     print(f"accuracy {figures['accuracy']:.4f} | macro-F1 {figures['macro_f1']:.4f} | "
@@ -116,28 +122,34 @@ def evaluate_transcripts(args: EvaluateConfig) -> None:
 
 
 def evaluate_seq2seq(args: EvaluateConfig) -> None:
-    """BLEU, chrF, ROUGE-L, CER, WER of generated targets (or of an existing column: a baseline)."""
+    """BLEU, chrF, ROUGE-L, CER, WER (and placeholders kept) of generated targets, of an existing column, or of
+    a translation memory's lookups: the baselines."""
     from bigmodel.data.labelled import read_columns
-    from bigmodel.evaluate.seq2seq import seq2seq_scores
+    from bigmodel.evaluate.seq2seq import memory_translations, seq2seq_scores
 
     columns = [args.source_column, args.target_column, *([args.hypothesis_column] if args.hypothesis_column else [])]
-    rows = read_columns(args.data, columns)
+    rows = read_columns(args.data, columns)[:args.max_examples or None]
+    sources = [r[0] for r in rows]
     if args.hypothesis_column:
         hypotheses, source = [r[2] for r in rows], f"column {args.hypothesis_column!r}"
+    elif args.memory:
+        pairs = read_columns(args.memory, [args.source_column, args.target_column])
+        hypotheses, source = memory_translations(pairs, sources), f"translation memory of {args.memory}"
     else:
         from bigmodel.infer.seq2seq import generate_targets
 
         model, tok, folder = load(args)
         cfg = resolve(GenerateConfig, args)
-        hypotheses = generate_targets(model, tok, [r[0] for r in rows], cfg, input_length(args, model, folder),
-                                      progress=True)
+        hypotheses = generate_targets(model, tok, sources, cfg, input_length(args, model, folder), progress=True)
         source = str(folder)
-    figures = {**seq2seq_scores(hypotheses, [r[1] for r in rows]), "examples": len(rows), "model": source}
+    figures = {**seq2seq_scores(hypotheses, [r[1] for r in rows], sources, args.bleu_tokenize),
+               "examples": len(rows), "model": source}
     out = write_results(args, figures, [{"source": r[0], "reference": r[1], "output": h}
                                         for r, h in zip(rows, hypotheses, strict=True)])
-    print(f"BLEU {figures['bleu']:.2f} | chrF {figures['chrf']:.2f} | ROUGE-L {figures['rouge_l']:.2f} | "
-          f"CER {figures['cer']:.2f}% | WER {figures['wer']:.2f}% | exact {figures['exact_match']:.1f}% | "
-          f"{len(rows)} examples | {source} | {out / 'outputs.jsonl'}")
+    kept = f" | placeholders kept {figures['placeholders_kept']:.1f}%" if "placeholders_kept" in figures else ""
+    print(f"BLEU {figures['bleu']:.2f} ({figures['bleu_tokenize']}) | chrF {figures['chrf']:.2f} | ROUGE-L "
+          f"{figures['rouge_l']:.2f} | CER {figures['cer']:.2f}% | WER {figures['wer']:.2f}% | exact "
+          f"{figures['exact_match']:.1f}%{kept} | {len(rows)} examples | {source} | {out / 'outputs.jsonl'}")
 
 
 def evaluate_chat(args: EvaluateConfig) -> None:
@@ -152,7 +164,7 @@ def evaluate_chat(args: EvaluateConfig) -> None:
     model, tok, folder = load(args, decoding=True)
     special = tokenizer_config(folder)
     render = chat_template(special, str(folder), args.chat_template)
-    conversations = read_conversations(args.data, preference=False)
+    conversations = read_conversations(args.data, preference=False)[:args.max_examples or None]
     for c in conversations:
         if c.messages[-1]["role"] != "assistant":
             raise BigModelError(f"{args.data}: line {c.line}: the last turn must be the assistant's (the reference)")

@@ -10,7 +10,7 @@ from typing import Literal
 from bigmodel.config import CkptConfig, LabelColumnsConfig
 from bigmodel.data.readers import read_lines
 from bigmodel.errors import BigModelError, require
-from bigmodel.recipes.common import load
+from bigmodel.recipes.common import keep_figures, load
 
 
 @dataclass
@@ -21,7 +21,9 @@ class ExplainConfig(CkptConfig, LabelColumnsConfig):
     input: str = ""  # one text per line (- for stdin); images: an image, a folder of them, or a file of paths
     target: str = ""  # label to explain (default: the predicted one)
     baseline: Literal["pad", "mask"] = "pad"  # integrated gradients' reference: real tokens replaced by this
+    method: str = "ig,occlusion"  # attribution methods, comma-separated: ig, occlusion, lime, shap, or all
     steps: int = 50  # integrated gradients' steps
+    samples: int = 200  # lime, shap: token subsets each one scores
     out: str = "runs/explain"  # where report.html, attention.png, explanation.json go
     evaluate: bool = False  # measure faithfulness (ERASER) on --data instead
     data: str = ""  # with --evaluate: labelled CSV/TSV/JSONL; images: a folder (deletion check)
@@ -30,16 +32,19 @@ class ExplainConfig(CkptConfig, LabelColumnsConfig):
 
 def cmd_explain(args: ExplainConfig) -> None:
     require("captum", "explain", "explaining")
-    from bigmodel.infer.explain import explain_classifier, explain_next_token, faithfulness
+    from bigmodel.infer.explain import explain_classifier, explain_next_token, faithfulness, method_names
     from bigmodel.infer.report import terminal_view, write_report
     from bigmodel.model.checkpoint import locate
     from bigmodel.model.heads import HEAD_FILE
 
     if args.steps < 2:
         raise BigModelError("--steps must be at least 2")
+    if args.samples < 8:
+        raise BigModelError("--samples must be at least 8")
+    methods = tuple(method_names(args.method))
     folder, is_hf = locate(args.ckpt)
     classifier = not is_hf and (folder / HEAD_FILE).is_file()
-    model, tok, _ = load(args, with_head=classifier)
+    model, tok, folder = load(args, with_head=classifier)
     if not classifier and not model.config.causal:
         raise BigModelError(f"{args.ckpt}: an encoder without a fine-tuned head has nothing to explain; "
                             "fine-tune it (`bigmodel finetune`) or give a decoder checkpoint")
@@ -54,16 +59,21 @@ def cmd_explain(args: ExplainConfig) -> None:
         from bigmodel.data.labelled import read_labelled
 
         texts = [e.text for e in read_labelled(args.data, args.text_column, args.label_column)]
-        report = faithfulness(model, tok, texts[:args.max_examples or None], baseline=args.baseline, steps=args.steps)
+        report = faithfulness(model, tok, texts[:args.max_examples or None], baseline=args.baseline, steps=args.steps,
+                              methods=methods, samples=args.samples)
         out.mkdir(parents=True, exist_ok=True)
         (out / "faithfulness.json").write_text(json.dumps(report, indent=2))
-        print(f"faithfulness on {report['texts']['count']} texts of {args.data} (probability drop of the predicted "
-              "class; comprehensiveness: higher is better, sufficiency: lower is better)")
-        for k in (10, 20, 50):
-            ig, rnd = report["integrated_gradients"], report["random"]
-            print(f"top {k:>2}%: comprehensiveness {ig[f'comprehensiveness@{k}']:.4f} (random "
-                  f"{rnd[f'comprehensiveness@{k}']:.4f}) | sufficiency {ig[f'sufficiency@{k}']:.4f} (random "
-                  f"{rnd[f'sufficiency@{k}']:.4f})")
+        keep_figures(folder, "faithfulness", {**report, "data": args.data})
+        print(f"faithfulness on {report['texts']['count']} texts of {args.data}: the predicted class's probability "
+              "drop with the top k% tokens deleted (comprehensiveness, higher is better) or kept alone "
+              "(sufficiency, lower is better)")
+        print(f"{'method':<22}" + "".join(f"{f'comp@{k}':>10}" for k in (10, 20, 50))
+              + "".join(f"{f'suff@{k}':>10}" for k in (10, 20, 50)) + f"{'s/text':>9}")
+        for method in (*methods, "random"):
+            row = report[method]
+            print(f"{method:<22}" + "".join(f"{row[f'comprehensiveness@{k}']:>10.4f}" for k in (10, 20, 50))
+                  + "".join(f"{row[f'sufficiency@{k}']:>10.4f}" for k in (10, 20, 50))
+                  + (f"{row['seconds']:>9.3f}" if "seconds" in row else f"{'':>9}"))
         print(f"figures: {out / 'faithfulness.json'}")
         return
     texts = [args.text] if args.text else read_lines(args.input) if args.input else []
@@ -71,13 +81,16 @@ def cmd_explain(args: ExplainConfig) -> None:
         raise BigModelError("explain needs --text TEXT, --input FILE (or - for stdin), or --evaluate --data FILE")
     for i, text in enumerate(texts, start=1):
         if classifier:
-            explanation = explain_classifier(model, tok, text, args.target or None, args.baseline, args.steps)
+            explanation = explain_classifier(model, tok, text, args.target or None, args.baseline, args.steps,
+                                             methods, args.samples)
         else:
-            explanation = explain_next_token(model, tok, text, args.baseline, args.steps)
+            explanation = explain_next_token(model, tok, text, args.baseline, args.steps, methods, args.samples)
         paths = write_report(explanation, out / str(i) if len(texts) > 1 else out)
         print(terminal_view(explanation))
-        print(f"IG sum {sum(explanation.integrated_gradients):+.4f} vs score change {explanation.logit_difference:+.4f}"
-              f" (delta {explanation.convergence_delta:+.1e}); report {paths['html']}")
+        sums = ", ".join(f"{m} sum {sum(v):+.4f}" for m, v in explanation.attributions.items())
+        delta = explanation.convergence_delta
+        print(f"{sums} vs score change {explanation.logit_difference:+.4f}"
+              + (f" (IG delta {delta:+.1e})" if delta is not None else "") + f"; report {paths['html']}")
 
 
 def explain_images(args: ExplainConfig, model, out: Path) -> None:

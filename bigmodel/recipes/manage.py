@@ -20,7 +20,7 @@ from bigmodel.config import (
     StorageConfig,
 )
 from bigmodel.errors import BigModelError, require
-from bigmodel.recipes.common import load, storage
+from bigmodel.recipes.common import keep_figures, load, storage
 
 
 @dataclass
@@ -69,19 +69,34 @@ class RegistryConfig(Checked):
     ckpt: str = ""  # register: checkpoint or run folder (a tracked run's logged model is reused)
     version: int = 0  # alias: the version the alias should point at
     alias: str = ""  # register/alias: e.g. production; serve --ckpt models:/NAME@production
+    require: str = ""  # alias: figures the version's model card must meet, e.g. "accuracy>=0.85,mia_auc<=0.6"
     tracking_uri: str = ""  # MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db)
     required: ClassVar[tuple[str, ...]] = ("name",)
 
 
 @dataclass
 class AuditConfig(CkptConfig, LabelColumnsConfig):
-    """`bigmodel audit`: a membership-inference attack; does the model give away its training data?"""
+    """`bigmodel audit`: does the model give away its training data (membership inference), or treat
+    groups of people differently (`--fairness`)?"""
 
     train: str = ""  # labelled file the model was trained on (the members)
     holdout: str = ""  # labelled file from the same source it never saw
     max_examples: int = 0  # the first N of each file (0: all)
-    out: str = "runs/audit"  # where audit.json and roc.png go
-    required: ClassVar[tuple[str, ...]] = ("ckpt", "train", "holdout")
+    out: str = "runs/audit"  # where audit.json and roc.png (fairness.json, fairness.png) go
+    fairness: bool = False  # instead: figures per group and, with --swap, a counterfactual test on --data
+    data: str = ""  # --fairness: labelled CSV/TSV/JSONL
+    group_column: str = ""  # --fairness: the column naming each text's group (default: which --swap side it names)
+    swap: str = ""  # --fairness: en, zh or a file of word pairs (two words a line) to swap in each text
+    positive_label: str = ""  # --fairness: the label whose predicted rate is compared (default: the last label)
+    required: ClassVar[tuple[str, ...]] = ("ckpt",)
+
+
+@dataclass
+class CardConfig(CkptConfig):
+    """`bigmodel card`: one page on a checkpoint: data, shape, compute, metrics, privacy, explanations, fairness."""
+
+    out: str = ""  # card.md or card.html (default: Markdown on stdout)
+    required: ClassVar[tuple[str, ...]] = ("ckpt",)
 
 
 @dataclass
@@ -156,8 +171,17 @@ def cmd_registry(args: RegistryConfig) -> None:
     elif args.action == "alias":
         if not (args.version and args.alias):
             raise BigModelError("registry alias needs --version N and --alias NAME")
+        if args.require:
+            from bigmodel.evaluate.card import requirements, unmet
+
+            requirements(args.require)  # a malformed gate is refused before anything is fetched
+            uri = f"models:/{args.name}/{args.version}"
+            failed = unmet(card_of(registry.fetch(uri, args.tracking_uri), storage(args)).figures, args.require)
+            if failed:
+                raise BigModelError(f"{uri} stays off @{args.alias}: its model card fails " + "; ".join(failed))
         registry.set_alias(args.name, args.version, args.alias, args.tracking_uri)
-        print(f"models:/{args.name}@{args.alias} -> version {args.version}")
+        met = f" (card meets {args.require})" if args.require else ""
+        print(f"models:/{args.name}@{args.alias} -> version {args.version}{met}")
     else:
         for v in registry.versions(args.name, args.tracking_uri):
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created_ms / 1000))
@@ -183,9 +207,14 @@ def cmd_serve(cfg: ServeConfig) -> None:
 
 
 def cmd_audit(args: AuditConfig) -> None:
+    if args.fairness:
+        return audit_fairness(args)
     from bigmodel.data.labelled import read_labelled
     from bigmodel.evaluate.membership import example_losses, loss_attack, plot_roc
 
+    for name in ("train", "holdout"):
+        if not getattr(args, name):
+            raise BigModelError(f"audit needs --{name} FILE (or --fairness --data FILE for the fairness checks)")
     model, tok, folder = load(args, with_head=True)
     members = read_labelled(args.train, args.text_column, args.label_column)
     non_members = read_labelled(args.holdout, args.text_column, args.label_column)
@@ -195,10 +224,100 @@ def cmd_audit(args: AuditConfig) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "audit.json").write_text(json.dumps(report.to_dict(), indent=2))
+    keep_figures(folder, "membership", {**report.to_dict(), "train": args.train, "holdout": args.holdout})
     plot_roc(fpr, tpr, report, out / "roc.png", f"membership inference on {folder}")
     print(f"loss attack on {report.members} training and {report.non_members} held-out examples: AUC {report.auc:.4f} "
           f"(0.5 = nothing leaks), TPR at 1% FPR {report.tpr_at_1pct_fpr:.4f}; mean loss {report.member_loss:.4f} "
           f"(train) vs {report.non_member_loss:.4f} (held out) | {out / 'audit.json'}, {out / 'roc.png'}")
+
+
+def audit_fairness(args: AuditConfig) -> None:
+    """Per-group accuracy, F1 and positive rate with the largest gaps; with --swap, the counterfactual test."""
+    from bigmodel.data.inputs import TextInputs
+    from bigmodel.data.labelled import read_columns
+    from bigmodel.evaluate.fairness import counterfactual, group_figures, plot_groups, swap_list
+    from bigmodel.infer.classify import predict_scores
+
+    if not args.data:
+        raise BigModelError("audit --fairness needs --data FILE (labelled CSV/TSV/JSONL)")
+    if not (args.group_column or args.swap):
+        raise BigModelError("audit --fairness needs --group-column COL or --swap en|zh|FILE to know the groups")
+    swaps = swap_list(args.swap) if args.swap else None
+    model, tok, folder = load(args, with_head=True)
+    head = model.head_config
+    if head.task != "classify":
+        raise BigModelError(f"{folder}: fairness is measured on classifiers; this checkpoint's head is {head.task!r}")
+    columns = [args.text_column, args.label_column] + ([args.group_column] if args.group_column else [])
+    rows = read_columns(args.data, columns)[:args.max_examples or None]
+    unknown = sorted({r[1] for r in rows} - set(head.labels))
+    if unknown:
+        raise BigModelError(f"{args.data}: labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}")
+    positive = args.positive_label or head.labels[-1]
+    if positive not in head.labels:
+        raise BigModelError(f"--positive-label {positive!r} is not a label of this model ({', '.join(head.labels)})")
+    inputs = TextInputs(tok, model.config.block_size)
+
+    def probabilities(texts: list[str]):
+        return predict_scores(model, inputs.read(texts), inputs, head.n_outputs).softmax(-1).numpy()
+
+    texts = [r[0] for r in rows]
+    predicted = probabilities(texts).argmax(-1).tolist()
+    groups = [r[2] for r in rows] if args.group_column else [swaps.group(t) for t in texts]
+    report = group_figures([head.labels.index(r[1]) for r in rows], predicted, groups, head.labels,
+                           head.labels.index(positive))
+    by = f"column {args.group_column}" if args.group_column else f"the {swaps.source} swap list"
+    report.update({"data": args.data, "texts": len(rows), "positive_label": positive, "grouped_by": by})
+    if swaps:
+        report["counterfactual"] = {"list": swaps.source, **counterfactual(texts, swaps, probabilities, head.labels)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fairness.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    plot_groups(report, out / "fairness.png", f"{folder.name} on {Path(args.data).name}, by {report['grouped_by']}")
+    keep_figures(folder, "fairness", report)
+    print(f"{len(rows)} texts of {args.data}, grouped by {report['grouped_by']} (positive label {positive!r}):")
+    for name, g in report["groups"].items():
+        print(f"  {name:<28} {g['count']:>6} texts  accuracy {g['accuracy']:.4f}  macro-F1 {g['macro_f1']:.4f}  "
+              f"positive rate {g['positive_rate']:.4f}")
+    for name, gap in report["gaps"].items():
+        print(f"largest {name} gap {gap['gap']:.4f}: {gap['highest']} over {gap['lowest']}")
+    swap = report.get("counterfactual")
+    if swap and swap["rewritten"]:
+        print(f"counterfactual ({swap['list']}): {swap['rewritten']} texts rewritten, flip rate "
+              f"{swap['flip_rate']:.4f} ({swap['flips']}), mean shift of the predicted class's probability "
+              f"{swap['mean_shift']:+.4f} (absolute {swap['mean_abs_shift']:.4f})")
+        for w in swap["worst"][:3]:
+            print(f"  {w['label']} {w['probability']:.3f} -> {w['swapped_probability']:.3f}: {w['text'][:70]!r} -> "
+                  f"{w['swapped'][:70]!r}")
+    elif swap:
+        print(f"counterfactual ({swap['list']}): no text mentions a word of the list")
+    print(f"figures: {out / 'fairness.json'}, {out / 'fairness.png'}")
+
+
+def card_of(ckpt: str | Path, store):
+    """The model card of a checkpoint (or run folder)."""
+    from bigmodel.evaluate.card import build
+    from bigmodel.model.checkpoint import load_checkpoint, locate, read_sections
+    from bigmodel.model.heads import HEAD_FILE
+
+    folder, is_hf = locate(ckpt)
+    if is_hf:
+        raise BigModelError(f"{ckpt}: an imported model has no run to describe; convert it or fine-tune it first")
+    model, _, folder = load_checkpoint(folder, with_head=(folder / HEAD_FILE).is_file(), storage=store)
+    params = sum(p.numel() for p in model.parameters())
+    return build(folder, read_sections(folder, store), params, getattr(model, "head_config", None))
+
+
+def cmd_card(args: CardConfig) -> None:
+    card = card_of(args.ckpt, storage(args))
+    if not args.out:
+        print(card.markdown())
+        return
+    out = Path(args.out)
+    if out.suffix.lower() not in (".md", ".html"):
+        raise BigModelError(f"--out {args.out}: a card is written as .md or .html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(card.html() if out.suffix.lower() == ".html" else card.markdown(), encoding="utf-8")
+    print(f"wrote {out}: {len(card.sections)} sections, {len(card.figures)} figures for gates")
 
 
 def cmd_quickstart(args: QuickstartConfig) -> None:

@@ -116,12 +116,16 @@ class FineTuner(Loop):
     """One fine-tuning run in the shared loop: data, model, optimizer and the state `--resume` restores;
     steps over length-grouped batches of each epoch, the best by the task's figure, early stopping."""
 
+    counts = "examples"
+
     def __init__(self, cfg: FinetuneConfig, dist: distributed.Dist,
                  start: tuple[SequenceModel, Tokenizer] | None = None, scratch: ModelConfig | None = None,
                  sinks: list[Sink] | None = None) -> None:
         """`start`: a model with its head (a federated round's global model) instead of `cfg.init`;
         `scratch`: a new model of this shape (images and audio, which have no pretrained checkpoint here);
         `sinks`: listeners to every evaluation besides the ones `--track` asks for (a sweep's pruner)."""
+        super().__init__()
+        self.spent["tokens"] = 0  # input tokens trained on, for the model card's compute estimate
         for name in ("train", "val") if start or scratch else ("init", "train", "val"):
             if not getattr(cfg, name):
                 raise BigModelError(f"finetune needs --{name}" + (" (or a model: section in --config)"
@@ -212,7 +216,8 @@ class FineTuner(Loop):
 
     def save(self, name: str, step: int, figures: dict[str, float]) -> None:
         state = self.state(step) if name == "last" else None  # every rank joins the RNG gather
-        sections = {"finetune": self.saved_cfg, "val": figures, **({"model": self.scratch} if self.scratch else {})}
+        sections = {"finetune": self.saved_cfg, "val": figures, "compute": self.compute(step),
+                    **({"model": self.scratch} if self.scratch else {})}
         if self.private:
             sections["privacy"] = self.private.record()
         if self.dist.is_main:
@@ -250,6 +255,7 @@ class FineTuner(Loop):
         if self.private:
             return self._private_step(step, items, group[0])
         units = self.task.units([items[j] for b in group for j in b])
+        self.spent["tokens"] += sum(self.task.length(items[j]) for b in group for j in b)
         summed, counted, examples = 0.0, 0, 0
         for i, batch in enumerate(group):
             mine = [items[j] for j in batch[dist.rank::dist.world_size]]
@@ -293,6 +299,7 @@ class FineTuner(Loop):
 
         lr = linear_lr(step, self.cfg.lr, self.warmup, self.total_steps)
         ordered = sorted(batch, key=lambda i: self.task.length(items[i]))
+        self.spent["tokens"] += sum(self.task.length(items[i]) for i in batch)
         return privacy.private_step(self.optimizer, lr, privacy.chunks(ordered), mean_loss), len(batch), len(batch)
 
     def evaluate(self) -> dict[str, float]:

@@ -9,6 +9,7 @@ to the tracker (metrics.csv, loss.png, TensorBoard, MLflow, a sweep's pruner).
 from __future__ import annotations
 
 import math
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,11 @@ class Loop:
     metric: str = "val_loss"
     evaluate_first: bool = False  # also measure (and save) the starting point, before any step
     step_name: str = "step"  # how an error message names a step
+    counts: str = "tokens"  # what `train_step`'s third figure (the rate's numerator) counts
+    spent: dict[str, float]  # training seconds and `counts` so far, across resumes (what the model card reports)
+
+    def __init__(self) -> None:
+        self.spent = {"seconds": 0.0, "counted": 0}
 
     def tracker(self) -> Tracker:
         raise NotImplementedError
@@ -62,15 +68,28 @@ class Loop:
         """What `fit` returns, from the last evaluation (default: that evaluation)."""
         return last
 
+    def compute(self, step: int) -> dict[str, Any]:
+        """What training has cost up to `step`: wall seconds, steps, what was counted, and the machine."""
+        from bigmodel.device import machine
+
+        seconds = self.spent["seconds"] + time.perf_counter() - self._started
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+        extra = {k: int(v) for k, v in self.spent.items() if k not in ("seconds", "counted")}  # a run's own tallies
+        return {"seconds": round(seconds, 1), "steps": step, self.counts: int(self.spent["counted"]), **extra,
+                "processes": self.dist.world_size, "device": self.dist.device.type, "peak_rss_gb": round(peak_gb, 2),
+                **{k: v if isinstance(v, int) else str(v) for k, v in machine().items()}}  # plain for YAML
+
     def state(self, step: int) -> dict[str, Any]:
         """What every resumable run keeps in `last/`; runs add their own (optimizer, sampler, adapters)."""
-        state = {"step": step, "best": self.best.state(), "torch_rng": self.dist.rng_states()}
+        spent = {**self.spent, "seconds": self.spent["seconds"] + time.perf_counter() - self._started}
+        state = {"step": step, "best": self.best.state(), "torch_rng": self.dist.rng_states(), "spent": spent}
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         return state
 
     def restore_state(self, state: dict[str, Any]) -> None:
         self.start_step = int(state["step"])
+        self.spent = dict(state.get("spent", self.spent))
         self.best.restore(state["best"])
         if self.scaler.is_enabled() and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
@@ -80,7 +99,7 @@ class Loop:
         """Train to `total_steps` (or until patience runs out)."""
         self.out.mkdir(parents=True, exist_ok=True)
         self.last: dict[str, float] = {}  # the latest evaluation
-        started = window_start = time.perf_counter()
+        started = window_start = self._started = time.perf_counter()
         window = [0.0, 0, 0]  # loss summed, its units, what the rate counts: since the last evaluation
         shown = math.nan
         with self.tracker() as self._tracker:
@@ -92,6 +111,7 @@ class Loop:
                 if units:  # a Poisson batch (DP-SGD) may be empty: nothing learnt, nothing to show
                     shown = finite(loss / units, f"{self.step_name} {step + 1}", self.out / "last")
                 step += 1
+                self.spent["counted"] += counted
                 window = [window[0] + loss, window[1] + units, window[2] + counted]
                 rate = window[2] / max(time.perf_counter() - window_start, 1e-9)
                 self._tracker.step(shown, self.learning_rate(step - 1), rate)

@@ -55,6 +55,7 @@ class Trainer(Loop):
                  sinks: list[Sink] | None = None) -> None:
         """`sinks` see every evaluation besides the ones `--track` asks for (a sweep's pruner).
         `sections` are saved as given (`dtype: auto` stays auto); the run itself uses the concrete dtype."""
+        super().__init__()
         self.sections = sections
         self.sinks = sinks or []
         self.dist = distributed.setup(cfg.device)
@@ -171,7 +172,9 @@ class Trainer(Loop):
         Under FSDP the weights are gathered into a plain checkpoint, and `last/` also holds the shards
         of weights and optimizer state (`torch.distributed.checkpoint`), written by every rank."""
         state = self.state(step)
-        sections = {**self.sections, "privacy": self.private.record()} if self.private else self.sections
+        sections = {**self.sections, "compute": self.compute(step)}
+        if self.private:
+            sections["privacy"] = self.private.record()
         model, shards = self.raw_model, None
         if self.sharded:
             model = sharded.gathered(self.raw_model, self.dist.is_main)
