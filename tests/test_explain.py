@@ -18,17 +18,13 @@ from bigmodel.train.finetune import finetune
 from bigmodel.train.trainer import pretrain
 
 from .conftest import SHARED, run_cli, shared_file, tiny_model
-from .test_finetune import synthetic, write_rows
+from .test_finetune import classifier_from, synthetic, write_rows
 
 
 @pytest.fixture(scope="module")
 def word_classifier(trained_run, tmp_path_factory):
     """The char-level decoder fine-tuned to tell texts holding "good" from texts holding "evil"."""
-    out = tmp_path_factory.mktemp("word_classifier")
-    train = write_rows(out / "train.csv", synthetic(240, 0))
-    finetune(FinetuneConfig(init=str(trained_run), train=str(train), val=str(train), out=str(out / "ft"), epochs=8,
-                            lr=3e-3, batch_size=16, patience=8))
-    return out / "ft"
+    return classifier_from(trained_run, synthetic(240, 0), tmp_path_factory.mktemp("word_classifier"), epochs=8)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,14 @@ def write_rows(path, rows, header=("text", "label")):
     return path
 
 
+def classifier_from(trained_run, rows, out, epochs):
+    """The char-level decoder of `trained_run` fine-tuned on `rows` (validated on them too), in `out`/ft."""
+    train = write_rows(out / "train.csv", rows)
+    finetune(FinetuneConfig(init=str(trained_run), train=str(train), val=str(train), out=str(out / "ft"),
+                            epochs=epochs, lr=3e-3, batch_size=16, patience=epochs))
+    return out / "ft"
+
+
 def synthetic(n, seed):
     """Label = which of two words the text holds, somewhere among random letters."""
     rng = random.Random(seed)

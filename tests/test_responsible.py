@@ -8,14 +8,12 @@ from html.parser import HTMLParser
 
 import pytest
 
-from bigmodel.config import FinetuneConfig
 from bigmodel.errors import BigModelError
 from bigmodel.evaluate.card import requirements, unmet
 from bigmodel.evaluate.fairness import counterfactual, group_figures, swap_list
-from bigmodel.train.finetune import finetune
 
 from .conftest import error_line, run_cli
-from .test_finetune import write_rows
+from .test_finetune import classifier_from, write_rows
 from .test_playground import CHROMIUM, FLAGS
 
 
@@ -32,11 +30,7 @@ def gendered(n: int, seed: int) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def unfair(trained_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("unfair")
-    train = write_rows(out / "train.csv", gendered(200, 0))
-    finetune(FinetuneConfig(init=str(trained_run), train=str(train), val=str(train), out=str(out / "ft"), epochs=6,
-                            lr=3e-3, batch_size=16, patience=6))
-    return out
+    return classifier_from(trained_run, gendered(200, 0), tmp_path_factory.mktemp("unfair"), epochs=6)
 
 
 def test_swap_lists_rewrite_both_ways_and_keep_case():
@@ -64,6 +58,7 @@ def test_group_figures_and_counterfactual_match_a_hand_count():
     assert report["groups"]["a"]["accuracy"] == pytest.approx(2 / 3) and report["groups"]["b"]["positive_rate"] == \
         pytest.approx(2 / 3)
     assert report["gaps"]["positive_rate"] == {"gap": pytest.approx(1 / 3), "highest": "b", "lowest": "a"}
+    assert report["groups"]["a"]["base_rate"] == pytest.approx(2 / 3)
     import numpy as np
 
     table = {"he is kind": [0.2, 0.8], "she is kind": [0.7, 0.3], "a dog": [0.5, 0.5], "his cat": [0.1, 0.9],
@@ -78,7 +73,7 @@ def test_group_figures_and_counterfactual_match_a_hand_count():
 
 def test_fairness_audit_finds_the_bias_and_the_card_and_gate_report_it(unfair, tmp_path):
     data = write_rows(tmp_path / "test.csv", gendered(60, 7))
-    done = run_cli("audit", "--fairness", "--ckpt", str(unfair / "ft"), "--data", str(data), "--swap", "en",
+    done = run_cli("audit", "--fairness", "--ckpt", str(unfair), "--data", str(data), "--swap", "en",
                    "--out", str(tmp_path / "audit"))
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "audit" / "fairness.json").read_text())
@@ -89,9 +84,9 @@ def test_fairness_audit_finds_the_bias_and_the_card_and_gate_report_it(unfair, t
     assert "flip rate" in done.stdout
 
     card = tmp_path / "card.html"
-    made = run_cli("card", "--ckpt", str(unfair / "ft"), "--out", str(card))
+    made = run_cli("card", "--ckpt", str(unfair), "--out", str(card))
     assert made.returncode == 0, made.stderr[-2000:]
-    markdown = run_cli("card", "--ckpt", str(unfair / "ft")).stdout
+    markdown = run_cli("card", "--ckpt", str(unfair)).stdout
     assert "## Fairness" in markdown and "Membership inference not measured: `bigmodel audit" in markdown
     assert "| flip_rate |" in markdown and "training FLOPs" in markdown
 
@@ -110,7 +105,7 @@ def test_fairness_audit_finds_the_bias_and_the_card_and_gate_report_it(unfair, t
                               "fairness"]
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    registered = run_cli("registry", "register", "--ckpt", str(unfair / "ft"), "--name", "unfair", "--tracking-uri",
+    registered = run_cli("registry", "register", "--ckpt", str(unfair), "--name", "unfair", "--tracking-uri",
                          uri)
     assert registered.returncode == 0, registered.stderr[-2000:]
     refused = run_cli("registry", "alias", "--name", "unfair", "--version", "1", "--alias", "production",
@@ -129,7 +124,7 @@ def test_the_card_opens_in_a_browser(unfair, tmp_path):
     from playwright import sync_api
 
     card = tmp_path / "card.html"
-    assert run_cli("card", "--ckpt", str(unfair / "ft"), "--out", str(card)).returncode == 0
+    assert run_cli("card", "--ckpt", str(unfair), "--out", str(card)).returncode == 0
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
@@ -152,10 +147,10 @@ def test_bad_gates_cards_and_audits_are_one_line(unfair, tmp_path):
     data = write_rows(tmp_path / "d.csv", gendered(4, 1))
     for args, fragment in (
         (["card", "--ckpt", str(folder)], "not a checkpoint"),
-        (["card", "--ckpt", str(unfair / "ft"), "--out", str(tmp_path / "card.pdf")], "written as .md or .html"),
-        (["audit", "--fairness", "--ckpt", str(unfair / "ft"), "--data", str(data), "--swap", str(odd)],
+        (["card", "--ckpt", str(unfair), "--out", str(tmp_path / "card.pdf")], "written as .md or .html"),
+        (["audit", "--fairness", "--ckpt", str(unfair), "--data", str(data), "--swap", str(odd)],
          "odd.txt:2: a swap line holds two different words"),
-        (["audit", "--fairness", "--ckpt", str(unfair / "ft"), "--data", str(data)], "--group-column COL or --swap"),
-        (["audit", "--ckpt", str(unfair / "ft")], "audit needs --train FILE"),
+        (["audit", "--fairness", "--ckpt", str(unfair), "--data", str(data)], "--group-column COL or --swap"),
+        (["audit", "--ckpt", str(unfair)], "audit needs --train FILE"),
     ):
         assert fragment in error_line(run_cli(*args)), args

@@ -111,7 +111,7 @@ def build(folder: Path, sections: dict[str, Any], params: int, head: Any | None)
 def model_section(shape: dict, params: int, head: Any | None, sections: dict) -> Section:
     kind = ("encoder-decoder" if shape["encoder_layers"] else "decoder" if shape["causal"] else "encoder")
     frontend = {"tokens": "text", "patches": "images (patches)", "mel": "audio (log-mel frames)"}[shape["frontend"]]
-    lines = [f"A {kind} Transformer over {frontend}: {shape['n_layer']} layers"
+    lines = [f"{'An' if kind[0] in 'ae' else 'A'} {kind} Transformer over {frontend}: {shape['n_layer']} layers"
              + (f" (+{shape['encoder_layers']} encoder layers)" if shape["encoder_layers"] else "")
              + f", width {shape['n_embd']}, {shape['n_head']} heads ({shape['n_kv_head']} key/value), context "
              f"{shape['block_size']}, vocabulary {shape['vocab_size']:,}; {shape['positions']} positions, "
@@ -208,10 +208,10 @@ def compute_section(compute: dict | None, params: int, figures: dict[str, float]
 
 def metrics_section(val: dict, evaluation: dict | None, figures: dict[str, float]) -> Section:
     s = Section("Evaluation")
-    shown = {k: v for k, v in val.items() if k not in ("step", "epoch", "lr", "examples_per_s", "elapsed_s")
-             and isinstance(v, int | float)}
+    shown = {k: v for k, v in val.items() if isinstance(v, int | float)
+             and k not in ("step", "epoch", "lr", "examples_per_s", "elapsed_s", "train_loss")}
     figures.update({f"val_{k}" if not k.startswith("val_") else k: float(v) for k, v in shown.items()})
-    figures.update({k: float(v) for k, v in shown.items() if not k.startswith(("val_", "train_"))})
+    figures.update({k: float(v) for k, v in shown.items() if not k.startswith("val_")})
     if val:
         s.paragraphs.append(f"On the validation file at the kept checkpoint (step {val.get('step')}): "
                             + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) + ".")
@@ -243,18 +243,20 @@ def privacy_section(dp: dict | None, membership: dict | None, folder: Path, figu
                             f"{membership['non_members']} held-out examples: AUC **{membership['auc']:.3f}** (0.5: "
                             f"nothing leaks), true-positive rate at 1% false positives "
                             f"{membership['tpr_at_1pct_fpr']:.3f}.")
-    else:
-        s.paragraphs.append(f"Membership inference not measured: `bigmodel audit --ckpt {folder} --train TRAIN "
-                            "--holdout HELD_OUT`.")
-    return s
+        return s
+    return unmeasured(s, "Membership inference", f"bigmodel audit --ckpt {folder} --train TRAIN --holdout HELD_OUT")
+
+
+def unmeasured(section: Section, what: str, command: str) -> Section:
+    """The section, saying what was not measured and the command that measures it."""
+    section.paragraphs.append(f"{what} not measured: `{command}`.")
+    return section
 
 
 def explanation_section(faithful: dict | None, folder: Path, figures: dict[str, float]) -> Section:
     s = Section("Explanations")
     if not faithful:
-        s.paragraphs.append(f"Faithfulness not measured: `bigmodel explain --ckpt {folder} --evaluate --data FILE "
-                            "--method all`.")
-        return s
+        return unmeasured(s, "Faithfulness", f"bigmodel explain --ckpt {folder} --evaluate --data FILE --method all")
     methods = [m for m in faithful if m not in ("texts", "data", "measured")]
     s.paragraphs.append(f"ERASER faithfulness on {faithful['texts']['count']} texts of `{faithful.get('data')}`: the "
                         "predicted class's probability drop with the top 20% attributed tokens deleted "
@@ -272,13 +274,12 @@ def explanation_section(faithful: dict | None, folder: Path, figures: dict[str, 
 def fairness_section(fair: dict | None, folder: Path, figures: dict[str, float]) -> Section:
     s = Section("Fairness")
     if not fair:
-        s.paragraphs.append(f"Not measured: `bigmodel audit --fairness --ckpt {folder} --data FILE --swap en` "
-                            "(or `--swap zh`, a pair file, or `--group-column COL`).")
-        return s
+        return unmeasured(s, "Fairness", f"bigmodel audit --fairness --ckpt {folder} --data FILE --swap en` (or "
+                          "`--swap zh`, a pair file, or `--group-column COL`")
     s.paragraphs.append(f"On `{fair.get('data')}`, groups by {fair.get('grouped_by')}.")
-    s.header = ["group", "texts", "accuracy", "macro-F1", "positive rate"]
-    s.rows = [[g, str(v["count"]), f"{v['accuracy']:.3f}", f"{v['macro_f1']:.3f}", f"{v['positive_rate']:.3f}"]
-              for g, v in fair["groups"].items()]
+    s.header = ["group", "texts", "accuracy", "macro-F1", "positive rate (predicted)", "positive rate (labels)"]
+    s.rows = [[g, str(v["count"]), f"{v['accuracy']:.3f}", f"{v['macro_f1']:.3f}", f"{v['positive_rate']:.3f}",
+               f"{v['base_rate']:.3f}"] for g, v in fair["groups"].items()]
     for name, gap in fair.get("gaps", {}).items():
         figures[f"{name}_gap"] = gap["gap"]
         s.paragraphs.append(f"Largest {name.replace('_', ' ')} gap: {gap['gap']:.3f} ({gap['highest']} over "
@@ -292,8 +293,8 @@ def fairness_section(fair: dict | None, folder: Path, figures: dict[str, float])
                             "in absolute value).")
         if swap["worst"]:
             w = swap["worst"][0]
-            s.paragraphs.append(f"Moved most: “{w['text'][:120]}” → “{w['swapped'][:120]}”: {w['label']} "
-                                f"{w['probability']:.3f} → {w['swapped_probability']:.3f}.")
+            s.paragraphs.append(f"Moved most: “{w['text'][:120]}” → “{w['swapped'][:120]}”: the probability of "
+                                f"label {w['label']} {w['probability']:.3f} → {w['swapped_probability']:.3f}.")
     elif swap is not None:
         s.paragraphs.append("Counterfactual test: no text mentions a word of the swap list.")
     return s

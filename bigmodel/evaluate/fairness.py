@@ -152,8 +152,9 @@ def swap_list(spec: str) -> SwapList:
 
 def group_figures(y_true: list[int], y_pred: list[int], groups: list[str], labels: list[str], positive: int,
                   min_size: int = 10) -> dict:
-    """Accuracy, macro-F1 and positive rate per group, and per figure the largest gap between groups of at
-    least `min_size` texts (smaller groups are listed but too noisy to compare)."""
+    """Accuracy, macro-F1 and positive rate per group (beside the base rate, the share labelled positive: a
+    positive-rate gap the labels share is the data's, not the model's), and per figure the largest gap
+    between groups of at least `min_size` texts (smaller groups are listed but too noisy to compare)."""
     true, pred = np.array(y_true), np.array(y_pred)
     ids = list(range(len(labels)))
     per_group = {}
@@ -162,7 +163,8 @@ def group_figures(y_true: list[int], y_pred: list[int], groups: list[str], label
         per_group[name] = {"count": int(rows.sum()), "accuracy": float(accuracy_score(true[rows], pred[rows])),
                            "macro_f1": float(f1_score(true[rows], pred[rows], labels=ids, average="macro",
                                                       zero_division=0)),
-                           "positive_rate": float((pred[rows] == positive).mean())}
+                           "positive_rate": float((pred[rows] == positive).mean()),
+                           "base_rate": float((true[rows] == positive).mean())}
     compared = {k: v for k, v in per_group.items() if v["count"] >= min_size}
     gaps = {}
     for figure in ("accuracy", "macro_f1", "positive_rate"):
@@ -195,7 +197,7 @@ def counterfactual(texts: list[str], swaps: SwapList, probabilities: Callable[[l
 
 
 def plot_groups(report: dict, out: Path, title: str) -> None:
-    """Accuracy, macro-F1 and positive rate side by side for each group (with its size)."""
+    """Accuracy, macro-F1 and the predicted and labelled positive rates side by side for each group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,12 +208,14 @@ def plot_groups(report: dict, out: Path, title: str) -> None:
     groups = report["groups"]
     names = list(groups)
     matplotlib.rcParams["font.family"] = font_family(names)
-    figures = ("accuracy", "macro_f1", "positive_rate")
+    figures = ("accuracy", "macro_f1", "positive_rate", "base_rate")
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names) + 2), 4))
     width = 0.8 / len(figures)
     for i, figure in enumerate(figures):
-        ax.bar(np.arange(len(names)) + i * width, [groups[n][figure] for n in names], width, label=figure)
-    ax.set_xticks(np.arange(len(names)) + width, [f"{n}\n(n={groups[n]['count']})" for n in names], fontsize=8)
+        ax.bar(np.arange(len(names)) + i * width, [groups[n][figure] for n in names], width,
+               label={"base_rate": "positive rate (labels)", "positive_rate": "positive rate (predicted)"}.get(
+                   figure, figure))
+    ax.set_xticks(np.arange(len(names)) + 1.5 * width, [f"{n}\n(n={groups[n]['count']})" for n in names], fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)

@@ -277,7 +277,7 @@ def audit_fairness(args: AuditConfig) -> None:
     print(f"{len(rows)} texts of {args.data}, grouped by {report['grouped_by']} (positive label {positive!r}):")
     for name, g in report["groups"].items():
         print(f"  {name:<28} {g['count']:>6} texts  accuracy {g['accuracy']:.4f}  macro-F1 {g['macro_f1']:.4f}  "
-              f"positive rate {g['positive_rate']:.4f}")
+              f"positive rate {g['positive_rate']:.4f} (labelled {g['base_rate']:.4f})")
     for name, gap in report["gaps"].items():
         print(f"largest {name} gap {gap['gap']:.4f}: {gap['highest']} over {gap['lowest']}")
     swap = report.get("counterfactual")
