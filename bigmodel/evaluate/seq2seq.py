@@ -1,7 +1,8 @@
-"""Generated text against references: BLEU and chrF (`sacrebleu`, corpus-level, its default
-13a tokenisation), ROUGE-L F1 (`rouge-score`, mean over examples), and character and word
-error rates (`jiwer`) for transduction tasks such as pinyin and speech recognition, where every
-symbol counts."""
+"""Generated text against references: BLEU and chrF (`sacrebleu`, corpus-level; BLEU tokenised by
+its `zh` rule for Chinese references, else its default 13a), the format placeholders kept,
+ROUGE-L F1 (`rouge-score`, mean over examples), character and word error rates (`jiwer`) for
+transduction tasks such as pinyin and speech recognition, where every symbol counts, and a
+translation-memory baseline."""
 
 from __future__ import annotations
 
