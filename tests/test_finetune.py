@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from bigmodel.config import FinetuneConfig
@@ -176,6 +177,12 @@ def _finetune_cmd(init, train, val, out, **overrides):
             *(str(a) for k, v in flags.items() for a in (f"--{k}", v))]
 
 
+def _tallies(run_dir):
+    """Steps, examples and tokens the run's last checkpoint says it trained on (its `compute` section)."""
+    compute = yaml.safe_load((run_dir / "last" / "config.yaml").read_text())["compute"]
+    return {k: compute[k] for k in ("steps", "examples", "tokens")}
+
+
 def _figures(run_dir):
     return [{k: v for k, v in r.items() if k not in ("examples_per_s", "elapsed_s")} for r in metric_rows(run_dir)]
 
@@ -207,6 +214,9 @@ def test_a_sigkilled_fine_tuning_resumes_to_the_same_figures_and_weights(trained
     assert done.returncode == 0, done.stderr
     kill_then_resume(_finetune_cmd(trained_run, train, val, killed, **extra), killed)
     assert _figures(killed) == _figures(whole)
+    # what the model card reports of the compute is summed across the kill: the same tallies as one whole run
+    assert _tallies(killed) == _tallies(whole) and _tallies(whole)["examples"] == 3200  # 2 epochs of 1,600
+    assert _tallies(whole)["steps"] == 200 and _tallies(whole)["tokens"] > 3200 * 3
     a, b = load_file(whole / "last" / "model.safetensors"), load_file(killed / "last" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -223,4 +233,5 @@ def test_two_process_torchrun_fine_tunes_as_one_process_at_the_same_global_batch
     single, double = metric_rows(tmp_path / "one"), metric_rows(tmp_path / "two")
     assert [r["step"] for r in single] == [5, 10, 15, 19]
     assert_same_curves(single, double, "step", rel=1e-4)
+    assert _tallies(tmp_path / "two") == _tallies(tmp_path / "one")  # both processes' examples are counted
     assert double[-1]["val_loss"] < double[0]["val_loss"]

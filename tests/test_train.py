@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from bigmodel.config import TrainConfig
@@ -76,6 +77,8 @@ def test_sigkilled_run_resumes_to_the_same_final_loss(shakespeare_char, tmp_path
 
     kill_then_resume(_pretrain_cmd(shakespeare_char, killed), killed, settle=0.3)  # between two checkpoints
     assert _losses(killed) == _losses(whole)
+    computed = [yaml.safe_load((run / "last" / "config.yaml").read_text())["compute"] for run in (whole, killed)]
+    assert computed[0]["tokens"] == computed[1]["tokens"] > 0  # the card's tally survives the kill
     a, b = load_file(whole / "last" / "model.safetensors"), load_file(killed / "last" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

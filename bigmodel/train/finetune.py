@@ -116,8 +116,6 @@ class FineTuner(Loop):
     """One fine-tuning run in the shared loop: data, model, optimizer and the state `--resume` restores;
     steps over length-grouped batches of each epoch, the best by the task's figure, early stopping."""
 
-    counts = "examples"
-
     def __init__(self, cfg: FinetuneConfig, dist: distributed.Dist,
                  start: tuple[SequenceModel, Tokenizer] | None = None, scratch: ModelConfig | None = None,
                  sinks: list[Sink] | None = None) -> None:
@@ -125,7 +123,7 @@ class FineTuner(Loop):
         `scratch`: a new model of this shape (images and audio, which have no pretrained checkpoint here);
         `sinks`: listeners to every evaluation besides the ones `--track` asks for (a sweep's pruner)."""
         super().__init__()
-        self.spent["tokens"] = 0  # input tokens trained on, for the model card's compute estimate
+        self.spent.update(examples=0, tokens=0)  # trained on, by every process: the model card's compute figures
         for name in ("train", "val") if start or scratch else ("init", "train", "val"):
             if not getattr(cfg, name):
                 raise BigModelError(f"finetune needs --{name}" + (" (or a model: section in --config)"
@@ -252,10 +250,12 @@ class FineTuner(Loop):
         gradient average equals one process's mean over the whole group (per example, or per
         target token for seq2seq)."""
         cfg, dist = self.cfg, self.dist
+        taken = [items[j] for b in group for j in b]
+        self.spent["examples"] += len(taken)
+        self.spent["tokens"] += sum(self.task.length(item) for item in taken)
         if self.private:
             return self._private_step(step, items, group[0])
-        units = self.task.units([items[j] for b in group for j in b])
-        self.spent["tokens"] += sum(self.task.length(items[j]) for b in group for j in b)
+        units = self.task.units(taken)
         summed, counted, examples = 0.0, 0, 0
         for i, batch in enumerate(group):
             mine = [items[j] for j in batch[dist.rank::dist.world_size]]
@@ -299,7 +299,6 @@ class FineTuner(Loop):
 
         lr = linear_lr(step, self.cfg.lr, self.warmup, self.total_steps)
         ordered = sorted(batch, key=lambda i: self.task.length(items[i]))
-        self.spent["tokens"] += sum(self.task.length(items[i]) for i in batch)
         return privacy.private_step(self.optimizer, lr, privacy.chunks(ordered), mean_loss), len(batch), len(batch)
 
     def evaluate(self) -> dict[str, float]:

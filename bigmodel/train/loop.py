@@ -37,11 +37,10 @@ class Loop:
     metric: str = "val_loss"
     evaluate_first: bool = False  # also measure (and save) the starting point, before any step
     step_name: str = "step"  # how an error message names a step
-    counts: str = "tokens"  # what `train_step`'s third figure (the rate's numerator) counts
-    spent: dict[str, float]  # training seconds and `counts` so far, across resumes (what the model card reports)
+    spent: dict[str, float]  # training seconds, and what each run tallies (tokens, examples), across resumes
 
     def __init__(self) -> None:
-        self.spent = {"seconds": 0.0, "counted": 0}
+        self.spent = {"seconds": 0.0}
 
     def tracker(self) -> Tracker:
         raise NotImplementedError
@@ -72,16 +71,20 @@ class Loop:
         """What training has cost up to `step`: wall seconds, steps, what was counted, and the machine."""
         from bigmodel.device import machine
 
-        seconds = self.spent["seconds"] + time.perf_counter() - self._started
+        seconds = self._seconds()
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-        extra = {k: int(v) for k, v in self.spent.items() if k not in ("seconds", "counted")}  # a run's own tallies
-        return {"seconds": round(seconds, 1), "steps": step, self.counts: int(self.spent["counted"]), **extra,
+        tallies = {k: int(v) for k, v in self.spent.items() if k != "seconds"}
+        return {"seconds": round(seconds, 1), "steps": step, **tallies,
                 "processes": self.dist.world_size, "device": self.dist.device.type, "peak_rss_gb": round(peak_gb, 2),
                 **{k: v if isinstance(v, int) else str(v) for k, v in machine().items()}}  # plain for YAML
 
+    def _seconds(self) -> float:
+        """Training wall time so far: this run's and the runs it resumed."""
+        return self.spent["seconds"] + time.perf_counter() - self._started
+
     def state(self, step: int) -> dict[str, Any]:
         """What every resumable run keeps in `last/`; runs add their own (optimizer, sampler, adapters)."""
-        spent = {**self.spent, "seconds": self.spent["seconds"] + time.perf_counter() - self._started}
+        spent = {**self.spent, "seconds": self._seconds()}
         state = {"step": step, "best": self.best.state(), "torch_rng": self.dist.rng_states(), "spent": spent}
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
@@ -89,7 +92,7 @@ class Loop:
 
     def restore_state(self, state: dict[str, Any]) -> None:
         self.start_step = int(state["step"])
-        self.spent = dict(state.get("spent", self.spent))
+        self.spent.update(state.get("spent", {}))
         self.best.restore(state["best"])
         if self.scaler.is_enabled() and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
@@ -111,7 +114,6 @@ class Loop:
                 if units:  # a Poisson batch (DP-SGD) may be empty: nothing learnt, nothing to show
                     shown = finite(loss / units, f"{self.step_name} {step + 1}", self.out / "last")
                 step += 1
-                self.spent["counted"] += counted
                 window = [window[0] + loss, window[1] + units, window[2] + counted]
                 rate = window[2] / max(time.perf_counter() - window_start, 1e-9)
                 self._tracker.step(shown, self.learning_rate(step - 1), rate)

@@ -56,6 +56,7 @@ class Trainer(Loop):
         """`sinks` see every evaluation besides the ones `--track` asks for (a sweep's pruner).
         `sections` are saved as given (`dtype: auto` stays auto); the run itself uses the concrete dtype."""
         super().__init__()
+        self.spent["tokens"] = 0
         self.sections = sections
         self.sinks = sinks or []
         self.dist = distributed.setup(cfg.device)
@@ -224,6 +225,7 @@ class Trainer(Loop):
     def train_step(self, step: int) -> tuple[float, int, int]:
         """One optimizer step over `grad_accum` micro-batches: (mean loss, 1, tokens), or no units for an
         empty DP batch."""
+        self.spent["tokens"] += self.tokens_per_step  # every process's: the model card's compute figures
         if self.private:
             return self._private_step(step)
         total = 0.0
