@@ -62,6 +62,14 @@ def read_columns(path: str | Path, columns: list[str]) -> list[tuple[str, ...]]:
     return [tuple(str(row[column]).strip() for column in columns) for _, row in rows]
 
 
+def label_indices(found: list[str], labels: list[str], source: str | Path) -> list[int]:
+    """Each label's index among a model's `labels`; labels it was not trained on are named, with `source`."""
+    unknown = sorted(set(found) - set(labels))
+    if unknown:
+        raise BigModelError(f"{source}: labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}")
+    return [labels.index(label) for label in found]
+
+
 def label_ids(train: list[Example], val: list[Example]) -> list[str]:
     """The sorted label set of `train`; val labels must all be known, and there must be two."""
     labels = sorted({e.label for e in train})

@@ -156,24 +156,23 @@ def data_section(sections: dict, run: dict) -> Section:
 
 
 def corpus_meta(sections: dict) -> tuple[str, dict] | None:
-    """The `prepare` record of the corpus this model (or the checkpoint it started from) was pretrained on."""
-    from bigmodel.model.folders import resolve_checkpoint
+    """The `prepare` record of the corpus this model was pretrained on, followed back through `--init` (a
+    fine-tune of a continued pretraining of ...) a few checkpoints deep."""
+    import yaml
 
-    seen = 0
-    while seen < 5:  # a fine-tune of a continued pretraining of ...: follow --init a few steps back
-        seen += 1
+    from bigmodel.model.folders import RUN_CONFIG, resolve_checkpoint
+
+    for _ in range(5):
         data = (sections.get("train") or {}).get("data")
         if data and (Path(data) / "meta.json").is_file():
             return data, json.loads((Path(data) / "meta.json").read_text())
         init = (sections.get("finetune") or {}).get("init") or (sections.get("train") or {}).get("init")
         try:
-            config = resolve_checkpoint(init) / "config.yaml" if init else None
-        except BigModelError:
+            config = resolve_checkpoint(init) / RUN_CONFIG if init else None
+        except BigModelError:  # a packaged short name or a Hugging Face folder: no record of its corpus here
             return None
         if config is None or not config.is_file():
             return None
-        import yaml
-
         sections = yaml.safe_load(config.read_text()) or {}
     return None
 

@@ -17,8 +17,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from tokenizers import Tokenizer
 
 from bigmodel.data.inputs import TextInputs
-from bigmodel.data.labelled import Example
-from bigmodel.errors import BigModelError
+from bigmodel.data.labelled import Example, label_indices
 from bigmodel.infer.classify import predict_scores
 from bigmodel.model.heads import SequenceModel
 
@@ -45,10 +44,7 @@ def example_losses(model: SequenceModel, tok: Tokenizer, examples: list[Example]
     if head.task == "regress":
         targets = torch.tensor([float(e.label) for e in examples])
         return ((scores[:, 0] - targets) ** 2).numpy()
-    unknown = sorted({e.label for e in examples} - set(head.labels))
-    if unknown:
-        raise BigModelError(f"labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}")
-    targets = torch.tensor([head.labels.index(e.label) for e in examples])
+    targets = torch.tensor(label_indices([e.label for e in examples], head.labels, "the audited files"))
     return torch.nn.functional.cross_entropy(scores, targets, reduction="none").numpy()
 
 

@@ -78,16 +78,14 @@ def labelled_inputs(args: EvaluateConfig, model, tok):
 
 
 def evaluate_classifier(args: EvaluateConfig) -> None:
+    from bigmodel.data.labelled import label_indices
     from bigmodel.evaluate.classify import classification_metrics, plot_confusion, report_text
     from bigmodel.infer.classify import predict_scores
 
     model, tok, folder = load(args, with_head=True)
     labels = model.head_config.labels
     inputs, examples = labelled_inputs(args, model, tok)
-    unknown = sorted({e.label for e in examples} - set(labels))
-    if unknown:
-        raise BigModelError(f"{args.data}: labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}")
-    y_true = [labels.index(e.label) for e in examples]
+    y_true = label_indices([e.label for e in examples], labels, args.data)
     scores = predict_scores(model, inputs.read([e.text for e in examples]), inputs, len(labels))
     y_pred = scores.argmax(-1).tolist()
     figures = classification_metrics(y_true, y_pred, labels)

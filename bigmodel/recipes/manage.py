@@ -234,7 +234,7 @@ def cmd_audit(args: AuditConfig) -> None:
 def audit_fairness(args: AuditConfig) -> None:
     """Per-group accuracy, F1 and positive rate with the largest gaps; with --swap, the counterfactual test."""
     from bigmodel.data.inputs import TextInputs
-    from bigmodel.data.labelled import read_columns
+    from bigmodel.data.labelled import label_indices, read_columns
     from bigmodel.evaluate.fairness import counterfactual, group_figures, plot_groups, swap_list
     from bigmodel.infer.classify import predict_scores
 
@@ -249,9 +249,7 @@ def audit_fairness(args: AuditConfig) -> None:
         raise BigModelError(f"{folder}: fairness is measured on classifiers; this checkpoint's head is {head.task!r}")
     columns = [args.text_column, args.label_column] + ([args.group_column] if args.group_column else [])
     rows = read_columns(args.data, columns)[:args.max_examples or None]
-    unknown = sorted({r[1] for r in rows} - set(head.labels))
-    if unknown:
-        raise BigModelError(f"{args.data}: labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}")
+    y_true = label_indices([r[1] for r in rows], head.labels, args.data)
     positive = args.positive_label or head.labels[-1]
     if positive not in head.labels:
         raise BigModelError(f"--positive-label {positive!r} is not a label of this model ({', '.join(head.labels)})")
@@ -263,7 +261,7 @@ def audit_fairness(args: AuditConfig) -> None:
     texts = [r[0] for r in rows]
     predicted = probabilities(texts).argmax(-1).tolist()
     groups = [r[2] for r in rows] if args.group_column else [swaps.group(t) for t in texts]
-    report = group_figures([head.labels.index(r[1]) for r in rows], predicted, groups, head.labels,
+    report = group_figures(y_true, predicted, groups, head.labels,
                            head.labels.index(positive))
     by = f"column {args.group_column}" if args.group_column else f"the {swaps.source} swap list"
     report.update({"data": args.data, "texts": len(rows), "positive_label": positive, "grouped_by": by})
