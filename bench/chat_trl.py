@@ -6,11 +6,13 @@ by `bigmodel export --to-hf`, since transformers will not train a model loaded f
 LoRA r 8 (alpha 16, dropout 0.05) on every projection, batch 8, one epoch, lr 1e-3 with a linear schedule
 and 10% warm-up, `--max-length` 256, the number format `--dtype auto` picks here, loss on the assistant's
 tokens only (TRL: prompt/completion rows, `completion_only_loss`), DPO β 0.1 against the base with its
-adapters off (both sides). bigmodel also runs SFT with `--packing`. Each run is a fresh process, so its
-peak RSS is its own. Figures: training tokens/s (every token of every row, prompt included, over the whole
-epoch's training time: bigmodel's windows between evaluations summed, TRL's `train_runtime`, which has
-none), the loss at each quarter, peak RSS.
-Last line `ratio: X.XX`: our SFT tokens/s (unpacked) over TRL's.
+adapters off (both sides). bigmodel also runs SFT with `--packing`. Each side runs with and without
+activation checkpointing (each block's activations recomputed in the backward pass to save memory), which
+TRL's configs turn on by default and bigmodel's leave off. Each run is a fresh process, so its peak RSS is its
+own. Figures: training tokens/s (every token of every row, prompt included, over the whole epoch's
+training time: bigmodel's windows between evaluations summed, TRL's `train_runtime`, which has none), the
+loss at each quarter, peak RSS.
+Last line `ratio: X.XX`: our SFT tokens/s (unpacked) over TRL's faster setting.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import trl
 
-kind, data, out, steps_per_log, dtype, folder = sys.argv[1:7]
+kind, data, out, steps_per_log, dtype, folder, checkpointing = sys.argv[1:8]
 steps_per_log = int(steps_per_log)
 rows = [json.loads(line) for line in open(data)]
 tok = AutoTokenizer.from_pretrained(folder)  # transformers refuses to train a model it loaded from GGUF
@@ -44,7 +46,7 @@ common = dict(output_dir=out, per_device_train_batch_size=8, num_train_epochs=1,
               lr_scheduler_type="linear", warmup_steps=int(0.1 * -(-len(rows) // 8)), weight_decay=0.01,
               max_grad_norm=1.0, max_length=256,
               logging_steps=steps_per_log, save_strategy="no", report_to=[], use_cpu=True, seed=1337,
-              bf16=dtype == "bf16", dataloader_num_workers=0)
+              bf16=dtype == "bf16", dataloader_num_workers=0, activation_checkpointing=checkpointing == "on")
 if kind == "sft":
     pairs = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
     trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(completion_only_loss=True, **common),
@@ -106,9 +108,10 @@ def ours(kind: str, data: Path, out: Path, steps_per_log: int, dtype: str, *flag
             "peak_rss_mb": peak}
 
 
-def theirs(kind: str, data: Path, out: Path, steps_per_log: int, dtype: str, examples: int, folder: Path) -> dict:
+def theirs(kind: str, data: Path, out: Path, steps_per_log: int, dtype: str, examples: int, folder: Path,
+           checkpointing: bool) -> dict:
     done, peak = peak_rss_mb([sys.executable, "-c", WORKER, kind, str(data), str(out), str(steps_per_log), dtype,
-                              str(folder)])
+                              str(folder), "on" if checkpointing else "off"])
     result = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")))
     return {"examples_per_s": examples / result["seconds"], "losses": result["losses"], "peak_rss_mb": peak}
 
@@ -154,7 +157,11 @@ def main() -> None:
             runs = {"bigmodel": ours(kind, data, work / f"ours_{kind}", steps_per_log, dtype)}
             if kind == "sft":
                 runs["bigmodel --packing"] = ours(kind, data, work / "ours_packed", steps_per_log, dtype, "--packing")
-            runs["trl"] = theirs(kind, data, work / f"trl_{kind}", steps_per_log, dtype, args.examples, work / "hf")
+            runs["bigmodel --activation-checkpointing"] = ours(kind, data, work / f"ours_{kind}_ckpt", steps_per_log,
+                                                               dtype, "--activation-checkpointing")
+            for checkpointing, name in ((True, "trl"), (False, "trl, no activation checkpointing")):
+                runs[name] = theirs(kind, data, work / f"{name[:3]}_{kind}_{checkpointing}", steps_per_log, dtype,
+                                    args.examples, work / "hf", checkpointing)
             for name, run in runs.items():
                 run["tokens_per_s"] = run["examples_per_s"] * per_row
                 losses = [round(x, 3) for x in run["losses"]]
@@ -162,8 +169,9 @@ def main() -> None:
                 print(f"{kind} {name}: {run['tokens_per_s']:.0f} tokens/s, losses {losses}, "
                       f"peak RSS {run['peak_rss_mb']:.0f} MB{held_out}")
             figures[kind] = {"tokens_per_row": per_row, "wall_seconds": time.perf_counter() - started, **runs}
-    figures["ratio"] = figures["sft"]["bigmodel"]["tokens_per_s"] / figures["sft"]["trl"]["tokens_per_s"]
-    figures["dpo_ratio"] = figures["dpo"]["bigmodel"]["tokens_per_s"] / figures["dpo"]["trl"]["tokens_per_s"]
+    for kind, key in (("sft", "ratio"), ("dpo", "dpo_ratio")):  # against the peer at its faster setting
+        peer = max(run["tokens_per_s"] for name, run in figures[kind].items() if name.startswith("trl"))
+        figures[key] = figures[kind]["bigmodel"]["tokens_per_s"] / peer
     print(f"figures: {save('chat_trl', figures)}")
     print(f"DPO: bigmodel over TRL {figures['dpo_ratio']:.2f}")
     print(f"ratio: {figures['ratio']:.2f}")

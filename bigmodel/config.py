@@ -280,6 +280,7 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig,
     chat_template: str = ""  # chat, dpo: a Jinja file instead of the model's own (ChatML when it has none)
     packing: bool = False  # chat: several conversations per row, each attending only to itself
     beta: float = 0.1  # dpo: strength of the pull towards the reference model (higher stays closer)
+    rpo_alpha: float = 0.0  # dpo: weight of the chosen answers' own loss per token, added to DPO's (RPO)
     method: Literal["full", "freeze", "lora"] = "full"
     freeze_layers: int = 2  # with freeze: how many top blocks still train
     lora_r: int = 8
@@ -295,6 +296,7 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig,
     grad_clip: float = 1.0  # 0 disables clipping
     head_dropout: float = 0.1  # before the classification/regression layer
     dtype: Dtype = "auto"  # autocast; fp16 with loss scaling
+    activation_checkpointing: bool = False  # recompute each block's activations backward: less memory, ~30% slower
     eval_every: int = 0  # steps between evaluations (and saves of last/); 0 means once per epoch
     patience: int = 3  # evaluations without improvement before stopping
     max_train: int = 0  # use only the first N training rows; 0 means all

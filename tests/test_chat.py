@@ -1,6 +1,7 @@
 """Chat fine-tuning and DPO: the loss falls on the assistant's tokens of the real template, packing changes
 nothing but the padding, DPO's loss and rewards are the paper's, and training moves what it should."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from bigmodel.config import FinetuneConfig
-from bigmodel.infer.chat import CHATML, training_template
-from bigmodel.model.checkpoint import Storage, load_backbone
+from bigmodel.config import FinetuneConfig, GenerateConfig
+from bigmodel.data.builtin_chat import preference_rows
+from bigmodel.infer.chat import CHATML, replies, training_template
+from bigmodel.model.checkpoint import Storage, load_backbone, load_checkpoint
 from bigmodel.model.formats import find_pretrained, read_tokenizer, tokenizer_config
 from bigmodel.tasks.chat import ChatTask, DPOTask, batch, encode_conversation
 
@@ -90,6 +92,27 @@ def test_packed_rows_score_each_conversation_as_if_alone(tmp_path, smol_tokenize
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
+def test_activation_checkpointing_keeps_the_loss_and_gradients(tmp_path, smol_tokenizer):
+    folder = tiny_llama(tmp_path / "tiny", smol_tokenizer)
+    data = write_jsonl(tmp_path / "train.jsonl", recall_rows())
+    cfg = FinetuneConfig(init=str(folder), task="chat", train=str(data), val=str(data), dtype="fp32")
+    backbone, tok, _ = load_backbone(str(folder), torch.device("cpu"), Storage.of(cfg))
+    task = ChatTask(cfg, backbone.train(), tok, tokenizer_config(folder))
+    found, runs, block = [], [], backbone.blocks[0]
+    block.forward = lambda *args, run=block.forward: runs.append(1) or run(*args)  # (hooks skip recomputation)
+    for on in (False, True):
+        backbone.activation_checkpointing = on
+        backbone.zero_grad()
+        runs.clear()
+        loss = task.loss(backbone, task.train, torch.device("cpu"))
+        loss.backward()
+        found.append((loss.item(), [p.grad.clone() for p in backbone.parameters()]))
+        assert len(runs) == (2 if on else 1)  # checkpointed: the block runs again in the backward pass
+    assert found[0][0] == pytest.approx(found[1][0], rel=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(found[0][1], found[1][1], strict=True))
+    assert any(g.abs().sum() > 0 for g in found[1][1])
+
+
 def test_dpo_loss_and_rewards_are_the_papers_on_one_batch(tmp_path, smol_tokenizer):
     folder = tiny_llama(tmp_path / "tiny", smol_tokenizer)
     pairs = [{"prompt": f"Word number {i}?", "chosen": w, "rejected": WORDS[i - 1]} for i, w in enumerate(WORDS)]
@@ -116,7 +139,12 @@ def test_dpo_loss_and_rewards_are_the_papers_on_one_batch(tmp_path, smol_tokeniz
             margins.append(margin)
             expected -= F.logsigmoid(torch.tensor(margin)).item()
         assert task.loss(backbone, task.train, torch.device("cpu")).item() == pytest.approx(expected, rel=1e-4)
-        rewards = task.rewards(backbone, task.train, torch.device("cpu"))
+        rewards = task.rewards(backbone, task.train, torch.device("cpu"))[0]
+        # RPO: plus alpha times each chosen answer's mean negative log-likelihood per token
+        task.cfg = dataclasses.replace(cfg, rpo_alpha=0.3)
+        nll = sum(-logp(backbone, chosen) / sum(t != -1 for t in chosen[1][1:]) for chosen, _ in task.train)
+        assert task.loss(backbone, task.train, torch.device("cpu")).item() == pytest.approx(expected + 0.3 * nll,
+                                                                                           rel=1e-4)
     assert (rewards[:, 0] - rewards[:, 1]).tolist() == pytest.approx(margins, abs=1e-4)
     assert any(abs(m) > 1e-3 for m in margins)  # the perturbation made a difference to check
     assert batch(task.train[0], task.pad, torch.device("cpu"))["targets"].ne(-1).sum() > 0
@@ -146,6 +174,19 @@ def test_sft_teaches_the_answers_and_dpo_raises_chosen_over_rejected(tmp_path, s
     scores = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("before", "after")]
     assert scores[0]["exact_match"] == 0 and scores[1]["exact_match"] >= 75, scores
     assert scores[1]["tasks"]["recall"]["examples"] == len(WORDS)
+
+    # prompts of different lengths decode together as each would alone; its own wrong replies become pairs
+    model, tok, sft = load_checkpoint(str(tmp_path / "sft" / "best"))[:3]
+    asked = [r["messages"][:1] for r in rows] + [[{"role": "user", "content": "Word number 12, if you please?"}]]
+    greedy = GenerateConfig(temperature=0.0, max_new_tokens=6)
+    together = replies(model, tok, sft, asked, greedy)
+    assert together == [replies(model, tok, sft, [a], greedy)[0] for a in asked]
+    answers = [{"prompt": a[0]["content"], "answer": w, "task": "recall", "origin": "test"}
+               for a, w in zip(asked, [*WORDS, "twelve"], strict=True)]
+    own, left_out = preference_rows(answers, together)
+    right = sum(t.strip() == w for t, w in zip(together, [*WORDS, "twelve"], strict=True))
+    assert left_out["right"] == right >= 3 and len(own) + right + left_out["empty"] == len(asked)
+    assert all(pair["rejected"] in together and pair["rejected"] != pair["chosen"] for pair in own)
 
     pairs = [{"messages": r["messages"][:1], "chosen": r["messages"][1]["content"],
               "rejected": WORDS[i - 1]} for i, r in enumerate(rows)]

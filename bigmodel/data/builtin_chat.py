@@ -9,13 +9,16 @@ reference: `bigmodel dataset translation|chat|preference --out DIR`.
   `--max-train N` takes a mix; val and test hold at most `HELD_OUT` rows each.
 - `preference`: the same prompts with `chosen` (the reference) and `rejected`, a near miss: the answer to
   the neighbouring prompt of the same catalog or module (sorted by source text, so it often shares words:
-  "Failed to open %s" → the translation of "Failed to open file %s").
+  "Failed to open %s" → the translation of "Failed to open file %s"). Or, given a model's `reply`, its own
+  wrong answer: the mistakes it makes are the ones worth pushing down (on-policy pairs), and the prompts
+  it answers right teach nothing, so they are left out.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -83,23 +86,42 @@ def near_misses(rows: list[dict], pool: list[dict]) -> list[str]:
     return misses
 
 
-def build_chat(out: Path, target: str, preference: bool) -> dict[str, int]:
+def preference_rows(rows: list[dict], rejected: list[str]) -> tuple[list[dict], Counter]:
+    """Each (prompt, answer) row with its rejected answer as a preference row; rows whose rejected answer
+    is the reference itself ("right") or nothing ("empty") teach nothing and are counted instead."""
+    written, left_out = [], Counter()
+    for row, miss in zip(rows, rejected, strict=True):
+        if miss.strip() == row["answer"].strip() or not miss.strip():
+            left_out["right" if miss.strip() else "empty"] += 1
+            continue
+        written.append({"messages": [{"role": "user", "content": row["prompt"]}], "chosen": row["answer"],
+                        "rejected": miss, "task": row["task"], "origin": row["origin"]})
+    return written, left_out
+
+
+def build_chat(out: Path, target: str, preference: bool, reply: Callable[[list[list[dict]]], list[str]] | None = None,
+               examples: int = 0, skip: int = 0) -> dict[str, int]:
+    """train/val/test.jsonl of conversations, or of preference pairs; with `reply` (a model's next turn in
+    each conversation), pairs of the reference and the model's own wrong reply for `examples` training
+    prompts after the first `skip` (those the model was tuned on) and for the held-out rows."""
     splits = tasks(target)
-    counts = {}
+    counts, left_out = {}, Counter()
     for name, rows in splits.items():
-        written = []
-        misses = near_misses(rows, rows) if preference else [""] * len(rows)
-        keep = len(rows) if name == "train" else HELD_OUT
-        for row, miss in zip(rows[:keep], misses[:keep], strict=True):
-            user = [{"role": "user", "content": row["prompt"]}]
-            meta = {"task": row["task"], "origin": row["origin"]}
-            if not preference:
-                written.append({"messages": [*user, {"role": "assistant", "content": row["answer"]}], **meta})
-            elif miss:
-                written.append({"messages": user, "chosen": row["answer"], "rejected": miss, **meta})
+        keep = slice(skip, skip + examples) if name == "train" and reply else slice(None if name == "train" else HELD_OUT)
+        if not preference:
+            written = [{"messages": [{"role": "user", "content": row["prompt"]},
+                                     {"role": "assistant", "content": row["answer"]}],
+                        "task": row["task"], "origin": row["origin"]} for row in rows[keep]]
+        else:
+            asked = [[{"role": "user", "content": row["prompt"]}] for row in rows[keep]]
+            written, dropped = preference_rows(rows[keep], reply(asked) if reply else near_misses(rows, rows)[keep])
+            left_out += dropped
         write_jsonl(out / f"{name}.jsonl", written)
         counts[name] = len(written)
     kinds = Counter(r["task"] for rows in splits.values() for r in rows)
     print(f"tasks: translate into {language_name(target)} {kinds['translate']:,}, "
           f"summarize a function {kinds['summarize']:,}")
+    if reply:
+        print(f"rejected: the model's own reply; left out: {left_out['right']:,} it answered right, "
+              f"{left_out['empty']:,} empty")
     return counts

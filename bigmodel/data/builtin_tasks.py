@@ -29,7 +29,7 @@ import sys
 import sysconfig
 import textwrap
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -194,11 +194,13 @@ def build_pinyin(out: Path, source: Path) -> dict[str, int]:
     return {name: len(rows) for name, rows in splits.items()}
 
 
-DEFAULT_EXAMPLES = {"keywords": 4000, "speech": 5000}  # training clips synthesized
+DEFAULT_EXAMPLES = {"keywords": 4000, "speech": 5000, "preference": 800}  # clips synthesized; prompts answered
 
 
-def build(name: str, out: str | Path, source: str = "", examples: int = 0, target: str = "zh_CN") -> dict[str, int]:
-    """Build dataset `name` into `out`; how many examples each split holds."""
+def build(name: str, out: str | Path, source: str = "", examples: int = 0, target: str = "zh_CN",
+          reply: Callable[[list[list[dict]]], list[str]] | None = None, skip: int = 0) -> dict[str, int]:
+    """Build dataset `name` into `out`; how many examples each split holds. `reply`: preference pairs whose
+    rejected answer is this model's own (see `builtin_chat`)."""
     from bigmodel.data import builtin_chat, builtin_media
 
     out = Path(out)
@@ -214,7 +216,7 @@ def build(name: str, out: str | Path, source: str = "", examples: int = 0, targe
     if name == "translation":
         return builtin_chat.build_translation(out, source or "en", target)
     if name in ("chat", "preference"):
-        return builtin_chat.build_chat(out, target, preference=name == "preference")
+        return builtin_chat.build_chat(out, target, name == "preference", reply, examples, skip)
     if name == "code":
         return build_code(out)
     if name == "qa":

@@ -11,7 +11,10 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from bigmodel.config import GenerateConfig
+from bigmodel.data.tokenizer import stop_ids
 from bigmodel.errors import BigModelError
+from bigmodel.infer.seq2seq import decode, length_batches
+from bigmodel.model.formats import tokenizer_config
 from bigmodel.model.transformer import Transformer
 
 Messages = list[dict[str, str]]  # {"role": ..., "content": ...}, oldest first
@@ -93,19 +96,19 @@ def training_template(tokenizer_config: dict, model: str, override: str, eos: st
 
 
 @torch.no_grad()
-def replies(model: Transformer, tok: Tokenizer, prompts: list[str], cfg: GenerateConfig, stops: frozenset[int],
-            batch_size: int = 16, progress: bool = False) -> list[str]:
-    """The reply to each rendered prompt, in input order, cut at the end of turn; prompts of one token
-    length decode together."""
-    from bigmodel.infer.seq2seq import decode, length_batches
-
-    ids = [tok.encode(prompt, add_special_tokens=False).ids for prompt in prompts]
+def replies(model: Transformer, tok: Tokenizer, folder: Path, conversations: list[Messages], cfg: GenerateConfig,
+            override: str = "", batch_size: int = 16) -> list[str]:
+    """The model's next turn in each conversation, in input order: rendered through the checkpoint's
+    template (or `override`), cut at its end of turn; prompts of similar length decode together."""
+    special = tokenizer_config(folder)
+    render, stops = chat_template(special, str(folder), override), stop_ids(tok, special)
     if not stops:
         raise BigModelError("the model names no end-of-turn token (eos_token), so a reply would never end")
+    ids = [tok.encode(render(messages), add_special_tokens=False).ids for messages in conversations]
     outputs = [""] * len(ids)
     model.eval()
-    batches = length_batches([len(row) for row in ids], batch_size, same_length=True)
-    for batch in tqdm(batches, desc="reply", unit=" batches", mininterval=1.0, disable=not progress):
+    for batch in tqdm(length_batches([len(row) for row in ids], batch_size), desc="reply", unit=" batches",
+                      mininterval=1.0):
         found = decode(model, [ids[i] for i in batch], cfg, min(stops), also_stop=stops)
         for i, reply in zip(batch, found, strict=True):
             outputs[i] = tok.decode(reply).strip()

@@ -33,8 +33,9 @@ def start_id(tok: Tokenizer) -> int:
 def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, stop_id: int,
            memory: Memory | None = None, beam: bool | None = None, also_stop: frozenset[int] = frozenset(),
            ) -> list[list[int]]:
-    """The continuation of each prefix (all of one length), cut before `stop_id` (or any of `also_stop`:
-    a chat model's end of turn).
+    """The continuation of each prefix, cut before `stop_id` (or any of `also_stop`: a chat model's end
+    of turn). Prefixes may differ in length: each fills its own cache rows, and the rows then step
+    together at their own positions, so a batch needs no padding.
 
     `beam` (default: `cfg.beams > 1`) keeps the `cfg.beams` most likely continuations of
     each prefix by summed log-probability; a finished one stays in the running with its score
@@ -44,14 +45,17 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
     B, K = len(prefixes), cfg.beams if beam else 1
     device = next(model.parameters()).device
     rows = torch.arange(B, device=device).repeat_interleave(K)
-    prefix = torch.tensor(prefixes, device=device)[rows]
-    steps = min(cfg.max_new_tokens, model.config.block_size - prefix.size(1))
+    longest = max(len(prefix) for prefix in prefixes)
+    steps = min(cfg.max_new_tokens, model.config.block_size - longest)
     if steps <= 0:
-        raise BigModelError(f"the source is {prefix.size(1)} tokens; the context holds {model.config.block_size}")
+        raise BigModelError(f"the source is {longest} tokens; the context holds {model.config.block_size}")
     if memory is not None:
         memory = memory.select(rows)
-    decoder = Decoder(model, B * K, prefix.size(1) + steps, memory)
-    logits = decoder.prefill(prefix).float()
+    decoder = Decoder(model, B * K, longest + steps, memory)
+    if len({len(prefix) for prefix in prefixes}) == 1:
+        logits = decoder.prefill(torch.tensor(prefixes, device=device)[rows]).float()
+    else:  # decoder-only prompts: each runs into its own rows (an encoder-decoder's all start alike)
+        logits = torch.cat([decoder.prefill([prefix] * K, row=i * K) for i, prefix in enumerate(prefixes)]).float()
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     scores = torch.zeros(B, K, device=device)
     scores[:, 1:] = float("-inf")  # all beams start as one: only the first may extend at first
@@ -84,16 +88,10 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
     return [row[:next((i for i, t in enumerate(row) if t in ends), len(row))] for row in out.tolist()]
 
 
-def length_batches(lengths: list[int], batch_size: int, same_length: bool) -> list[list[int]]:
-    """Indices in batches of similar length, shortest first; `same_length`: each batch of one length
-    (a decoder-only prompt is a prefix, and a prefix batch is not padded)."""
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar length, shortest first."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    for i in order:
-        if not batches or len(batches[-1]) == batch_size or (same_length and lengths[i] != lengths[batches[-1][0]]):
-            batches.append([])
-        batches[-1].append(i)
-    return batches
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()
@@ -104,9 +102,9 @@ def generate_targets(model: Transformer, tok: Tokenizer, sources: list[str], cfg
     seq2seq = model.config.encoder_layers > 0
     limit = min(max_source_length, model.config.block_size - (0 if seq2seq else 1))
     ids = encode(tok, sources, limit)
-    if not seq2seq:  # the prompt is the source and the start token, so batches hold one length
+    if not seq2seq:  # the prompt is the source and the start token
         ids = [row + [stop] for row in ids]
-    batches = length_batches([len(row) for row in ids], batch_size, same_length=not seq2seq)
+    batches = length_batches([len(row) for row in ids], batch_size)
     outputs: list[str] = [""] * len(ids)
     pad = pad_id(tok)
     model.eval()

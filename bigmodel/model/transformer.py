@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from bigmodel.config import ModelConfig
 from bigmodel.errors import BigModelError
@@ -234,6 +235,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    activation_checkpointing = False  # training keeps each block's input alone and recomputes the rest backward
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -308,7 +311,7 @@ class Transformer(nn.Module):
                 padding_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
                 source: torch.Tensor | None = None, source_mask: torch.Tensor | None = None,
                 memory: Memory | None = None, label_smoothing: float = 0.0, segments: torch.Tensor | None = None,
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                logits_at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for `idx` (B, T) and, with `targets`, the mean cross-entropy (-1 is ignored).
 
         With a `cache`, `idx` holds only the new tokens and positions continue after the
@@ -316,7 +319,9 @@ class Transformer(nn.Module):
         `padding_mask` (B, T) is True for real tokens; `token_types` are segment ids. An
         encoder-decoder reads the `source` ids (and their `source_mask`), or a `memory`
         encoded before. `segments` (B, T) numbers the sequences packed into each row (see
-        `hidden_states`).
+        `hidden_states`). `logits_at` (B, T), True where logits are needed, runs the head there
+        alone and returns them as (N, V): a chat row's loss falls on its answer, a fraction of its
+        tokens, and logits over the whole vocabulary are most of a training step's memory.
         """
         if self.config.frontend != "tokens":
             raise BigModelError(f"a {self.config.frontend} model has no language-model head; it needs a task head")
@@ -325,10 +330,12 @@ class Transformer(nn.Module):
         x = self.hidden_states(idx, cache, padding_mask, token_types, memory, segments)
         if last_only:
             x = x[:, -1:, :]
+        if logits_at is not None:
+            x, targets = x[logits_at], None if targets is None else targets[logits_at]
         logits = self.lm_head(x)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1),
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                                    ignore_index=-1, label_smoothing=label_smoothing)
         return logits, loss
 
@@ -395,7 +402,10 @@ class Transformer(nn.Module):
         else:
             x, rope = self.embed(idx, step.positions, step.end, token_types)
         for block in self.blocks:
-            x = block(x, rope, step, padding_mask, memory)
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, rope, step, padding_mask, memory, use_reentrant=False)
+            else:
+                x = block(x, rope, step, padding_mask, memory)
         if cache is not None:
             cache.lengths += idx.size(1)
         return self.norm_f(x)

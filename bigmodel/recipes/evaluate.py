@@ -153,22 +153,18 @@ def evaluate_seq2seq(args: EvaluateConfig) -> None:
 def evaluate_chat(args: EvaluateConfig) -> None:
     """Each conversation's last assistant turn generated from the turns before it (through the model's
     template) and scored against it: exact match and chrF, over all and per `task` field."""
-    from bigmodel.data.tokenizer import stop_ids
     from bigmodel.evaluate.seq2seq import reply_scores
-    from bigmodel.infer.chat import chat_template, replies
-    from bigmodel.model.formats import tokenizer_config
+    from bigmodel.infer.chat import replies
     from bigmodel.tasks.chat import read_conversations
 
     model, tok, folder = load(args, decoding=True)
-    special = tokenizer_config(folder)
-    render = chat_template(special, str(folder), args.chat_template)
     conversations = read_conversations(args.data, preference=False)[:args.max_examples or None]
     for c in conversations:
         if c.messages[-1]["role"] != "assistant":
             raise BigModelError(f"{args.data}: line {c.line}: the last turn must be the assistant's (the reference)")
-    prompts = [render(c.messages[:-1]) for c in conversations]
     references = [c.messages[-1]["content"] for c in conversations]
-    hypotheses = replies(model, tok, prompts, resolve(GenerateConfig, args), stop_ids(tok, special), progress=True)
+    hypotheses = replies(model, tok, folder, [c.messages[:-1] for c in conversations], resolve(GenerateConfig, args),
+                         args.chat_template)
     scores = reply_scores(hypotheses, references, [c.task for c in conversations])
     figures = {**scores.pop("all"), "tasks": scores, "model": str(folder)}
     out = write_results(args, figures, [{"line": c.line, "task": c.task, "reference": r, "output": h}

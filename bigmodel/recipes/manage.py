@@ -16,6 +16,7 @@ from bigmodel.config import (
     DataConfig,
     DeviceConfig,
     LabelColumnsConfig,
+    PrecisionConfig,
     ServeConfig,
     StorageConfig,
 )
@@ -24,16 +25,24 @@ from bigmodel.recipes.common import keep_figures, load, storage
 
 
 @dataclass
-class DatasetConfig(Checked):
-    """`bigmodel dataset NAME`: a dataset from what every machine has."""
+class DatasetConfig(PrecisionConfig, DeviceConfig, StorageConfig):
+    """`bigmodel dataset NAME`: a dataset from what every machine has (the device, number format and storage
+    flags are for `preference --rejected-from`, whose model replies)."""
 
     name: Literal["code", "qa", "pinyin", "translation", "chat", "preference", "digits", "keywords", "speech"] = "code"
     out: str = ""  # folder to write
     positional: ClassVar[str] = "name"
     source: str = ""  # translation: its language (en); pinyin: ChnSentiCorp's all.csv; speech: SST-2's train.tsv
     target: str = "zh_CN"  # translation, chat, preference: the language translated into (a /usr/share/locale name)
-    examples: int = 0  # keywords, speech: training clips (default 4000, 5000; val a tenth, test a quarter)
+    examples: int = 0  # keywords, speech: training clips (4000, 5000); preference --rejected-from: prompts (800)
+    rejected_from: str = ""  # preference: this checkpoint's own wrong replies are the rejected answers
+    skip: int = 0  # preference --rejected-from: training prompts passed over first (those it was tuned on)
     required: ClassVar[tuple[str, ...]] = ("out",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rejected_from and self.name != "preference":
+            raise BigModelError("--rejected-from is for `dataset preference`")
 
 
 @dataclass
@@ -122,9 +131,18 @@ def cmd_prepare(cfg: DataConfig) -> None:
 
 
 def cmd_dataset(args: DatasetConfig) -> None:
+    from bigmodel.config import GenerateConfig
     from bigmodel.data.builtin_tasks import build
+    from bigmodel.infer.chat import replies
 
-    counts = build(args.name, args.out, args.source, args.examples, args.target)
+    reply = None
+    if args.rejected_from:  # greedy, as `evaluate --task chat` scores it: the answer the model would give
+        model, tok, folder = load(args, ckpt=args.rejected_from, decoding=True)
+        config = GenerateConfig(temperature=0.0, max_new_tokens=64)
+
+        def reply(conversations: list[list[dict]]) -> list[str]:
+            return replies(model, tok, folder, conversations, config)
+    counts = build(args.name, args.out, args.source, args.examples, args.target, reply, args.skip)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
 
 

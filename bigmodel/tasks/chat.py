@@ -8,6 +8,8 @@ attending only to itself, so short conversations waste no padding.
 `dpo` (Rafailov et al., 2023): per prompt a chosen and a rejected answer, and the loss
 -log σ(β·[(log π(chosen) - log π_ref(chosen)) - (log π(rejected) - log π_ref(rejected))]), which raises
 the chosen answer's likelihood relative to the rejected one's, measured against the frozen starting model.
+DPO alone may lower both, the chosen one less; `--rpo-alpha` adds the chosen answer's own loss per token
+(Pang et al., 2024), so the preferred answer is also learned.
 With LoRA that reference is the same weights with the adapters switched off, so no second copy is held;
 its log-probabilities are computed once per example and kept.
 
@@ -199,7 +201,7 @@ class ChatTask(Task):
         packing = self.cfg.packing
         inputs = packed_batch(self.pack(items), self.pad, device) if packing else batch(items, self.pad, device)
         with autocast(self.cfg.dtype, device):
-            _, loss = model(**inputs)
+            _, loss = model(**inputs, logits_at=inputs["targets"] != -1)
         return loss * self.units(items)
 
     def pack(self, items: list[Row]) -> list[list[Row]]:
@@ -229,10 +231,11 @@ def sequence_logps(model: torch.nn.Module, rows: list[Row], pad: int, device: to
     """Summed log-probability of each row's loss-carrying tokens."""
     inputs = batch(rows, pad, device)
     targets = inputs.pop("targets")
+    scored = targets != -1
     with autocast(dtype, device):
-        logits, _ = model(**inputs)
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1, reduction="none")
-    return -nll.view(targets.shape).sum(-1)
+        logits, _ = model(**inputs, logits_at=scored)
+    nll = F.cross_entropy(logits.float(), targets[scored], reduction="none")
+    return -torch.zeros(len(rows), device=device).index_add(0, scored.nonzero()[:, 0], nll)
 
 
 class DPOTask(ChatTask):
@@ -276,22 +279,28 @@ class DPOTask(ChatTask):
                 self.reference_logps[item] = (pair[0], pair[1])
         return torch.tensor([self.reference_logps[item] for item in items], device=device)
 
-    def rewards(self, model: torch.nn.Module, items: list[tuple[Row, Row]], device: torch.device) -> torch.Tensor:
-        """(pairs, 2) implicit rewards β·(log π - log π_ref) of chosen and rejected."""
+    def rewards(self, model: torch.nn.Module, items: list[tuple[Row, Row]], device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pairs, 2) implicit rewards β·(log π - log π_ref) of chosen and rejected, and log π itself."""
         reference = self.references(model, items, device)
-        policy = sequence_logps(model, [row for item in items for row in item], self.pad, device, self.cfg.dtype)
-        return self.cfg.beta * (policy.view(-1, 2) - reference)
+        policy = sequence_logps(model, [row for item in items for row in item], self.pad, device,
+                                self.cfg.dtype).view(-1, 2)
+        return self.cfg.beta * (policy - reference), policy
 
     def loss(self, model: torch.nn.Module, items: list[tuple[Row, Row]], device: torch.device) -> torch.Tensor:
-        rewards = self.rewards(model, items, device)
-        return -F.logsigmoid(rewards[:, 0] - rewards[:, 1]).sum()
+        rewards, policy = self.rewards(model, items, device)
+        loss = -F.logsigmoid(rewards[:, 0] - rewards[:, 1])
+        if self.cfg.rpo_alpha:  # plus the chosen answer's own loss per token, so it is learned, not just preferred
+            tokens = torch.tensor([units_of([chosen]) for chosen, _ in items], device=device)
+            loss = loss - self.cfg.rpo_alpha * policy[:, 0] / tokens
+        return loss.sum()
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device
         found = []
         with evaluating(model):
             for start in range(0, len(self.val_items), EVAL_BATCH):
-                found.append(self.rewards(model, self.val_items[start:start + EVAL_BATCH], device))
+                found.append(self.rewards(model, self.val_items[start:start + EVAL_BATCH], device)[0])
         rewards = torch.cat(found)
         margin = rewards[:, 0] - rewards[:, 1]
         return {"val_loss": float(-F.logsigmoid(margin).mean()), "reward_margin": float(margin.mean()),

@@ -155,6 +155,7 @@ class FineTuner(Loop):
                                          speak=dist.is_main and not start)
         self.cfg = self.task.cfg = cfg
         self.runner = apply_method(model, cfg).to(dist.device)
+        backbone_of(model).activation_checkpointing = cfg.activation_checkpointing
         self.anchor: list[torch.Tensor] = []  # FedProx: the round's starting point, which `proximal_mu` pulls towards
         self.proximal_mu = 0.0
         examples = self.task.examples
@@ -163,7 +164,8 @@ class FineTuner(Loop):
                 f"--task {cfg.task} yet": not self.task.private_ok,
                 "--grad-accum above 1 yet": cfg.grad_accum > 1, "--resume yet": cfg.resume,
                 "several processes (torchrun) yet": dist.world_size > 1,
-                "--dtype fp16 (its loss scaling) yet": cfg.dtype == "fp16"})
+                "--dtype fp16 (its loss scaling) yet": cfg.dtype == "fp16",
+                "--activation-checkpointing (each block would run twice) yet": cfg.activation_checkpointing})
             privacy.freeze_embeddings(model)
         if cfg.task == "retrieval" and dist.world_size > 1:
             raise BigModelError("--task retrieval runs in one process (its negatives are the batch's own documents)")
