@@ -102,7 +102,7 @@ def ours(kind: str, data: Path, out: Path, steps_per_log: int, dtype: str, *flag
     with (out / "metrics.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     steps = [0, *(int(r["step"]) for r in rows)]  # each window's examples over its rate: training time alone
-    seconds = sum((b - a) * 8 / float(r["examples_per_s"]) for a, b, r in zip(steps, steps[1:], rows, strict=True))
+    seconds = sum((b - a) * 8 / float(r["examples_per_s"]) for a, b, r in zip(steps[:-1], steps[1:], rows, strict=True))
     return {"examples_per_s": steps[-1] * 8 / seconds, "losses": [float(r["train_loss"]) for r in rows],
             "val": {k: float(v) for k, v in rows[-1].items() if k.startswith(("val", "reward", "preference"))},
             "peak_rss_mb": peak}
