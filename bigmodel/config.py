@@ -296,7 +296,7 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig,
     grad_clip: float = 1.0  # 0 disables clipping
     head_dropout: float = 0.1  # before the classification/regression layer
     dtype: Dtype = "auto"  # autocast; fp16 with loss scaling
-    activation_checkpointing: bool = False  # recompute each block's activations backward: less memory, ~30% slower
+    activation_checkpointing: bool = False  # recompute each block's activations backward: less memory, slower
     eval_every: int = 0  # steps between evaluations (and saves of last/); 0 means once per epoch
     patience: int = 3  # evaluations without improvement before stopping
     max_train: int = 0  # use only the first N training rows; 0 means all
