@@ -169,11 +169,18 @@ def test_sft_teaches_the_answers_and_dpo_raises_chosen_over_rejected(tmp_path, s
     saved = json.loads((tmp_path / "sft" / "best" / "tokenizer_config.json").read_text())
     assert saved["chat_template"] == CHATML  # the default it trained with is the one it will chat with
     after = run_cli("evaluate", "--ckpt", str(tmp_path / "sft" / "best"), "--task", "chat", "--data", str(val),
-                    "--out", str(tmp_path / "after"), "--max-new-tokens", "4")
+                    "--out", str(tmp_path / "after"), "--max-new-tokens", "4", "--baseline", str(tmp_path / "before"))
     assert after.returncode == 0, after.stderr
     scores = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("before", "after")]
     assert scores[0]["exact_match"] == 0 and scores[1]["exact_match"] >= 75, scores
     assert scores[1]["tasks"]["recall"]["examples"] == len(WORDS)
+    versus, gained = scores[1]["versus"], round(scores[1]["exact_match"] * len(WORDS) / 100)
+    assert versus["exact_gained"] == gained and versus["exact_lost"] == 0 and versus["chrf_change"] > 0, versus
+    assert versus["exact_p"] == pytest.approx(2 * 0.5 ** gained) and "McNemar" in after.stdout  # two-sided, exact
+    other = run_cli("evaluate", "--ckpt", str(tmp_path / "sft" / "best"), "--task", "chat", "--data", str(val),
+                    "--max-examples", "2", "--max-new-tokens", "4", "--baseline", str(tmp_path / "before"),
+                    "--out", str(tmp_path / "other"))
+    assert other.returncode == 1 and "references are not the 2 of --data" in error_line(other), other.stderr
 
     # prompts of different lengths decode together as each would alone; its own wrong replies become pairs
     model, tok, sft = load_checkpoint(str(tmp_path / "sft" / "best"))[:3]

@@ -6,7 +6,7 @@ reference: `bigmodel dataset translation|chat|preference --out DIR`.
 - `chat`: conversations in the OpenAI/TRL `messages` format, two kinds of task: translate a UI string
   (the pairs above) and summarise a standard-library Python function in one line (its docstring's first
   line, the docstring cut out; `code` dataset, split by module). Rows are shuffled with a fixed seed, so
-  `--max-train N` takes a mix; val and test hold at most `HELD_OUT` rows each.
+  `--max-train N` takes a mix; val holds at most `HELD_OUT` rows and test `TEST_CONVERSATIONS`.
 - `preference`: the same prompts with `chosen` (the reference) and `rejected`, a near miss: the answer to
   the neighbouring prompt of the same catalog or module (sorted by source text, so it often shares words:
   "Failed to open %s" → the translation of "Failed to open file %s"). Or, given a model's `reply`, its own
@@ -25,7 +25,8 @@ from pathlib import Path
 from bigmodel.data.builtin_tasks import SPLITS, functions, split_of, stdlib_files, write_jsonl
 from bigmodel.data.catalogs import catalog_pairs, language_name
 
-HELD_OUT = 200  # rows of val and of test in chat/preference: each is scored by generating
+HELD_OUT = 200  # rows of val, and of test in preference: each is generated (for pairs) or scored every evaluation
+TEST_CONVERSATIONS = 500  # chat's test, what `evaluate --task chat` scores: at 200 one right answer is 0.5 points
 MAX_FUNCTION_CHARS = 600  # a summarised function's source, so a prompt stays a few hundred tokens
 SEED = 1337
 
@@ -107,7 +108,10 @@ def build_chat(out: Path, target: str, preference: bool, reply: Callable[[list[l
     splits = tasks(target)
     counts, left_out = {}, Counter()
     for name, rows in splits.items():
-        keep = slice(skip, skip + examples) if name == "train" and reply else slice(None if name == "train" else HELD_OUT)
+        if name == "train":
+            keep = slice(skip, skip + examples) if reply else slice(None)
+        else:
+            keep = slice(TEST_CONVERSATIONS if name == "test" and not preference else HELD_OUT)
         if not preference:
             written = [{"messages": [{"role": "user", "content": row["prompt"]},
                                      {"role": "assistant", "content": row["answer"]}],

@@ -99,3 +99,23 @@ def reply_scores(hypotheses: list[str], references: list[str], tasks: list[str])
         scores[name] = {"exact_match": 100 * sum(h.strip() == r.strip() for h, r in zip(hyps, refs, strict=True))
                         / len(rows), "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score, "examples": len(rows)}
     return scores
+
+
+def compare_replies(hypotheses: list[str], baseline: list[str], references: list[str]) -> dict[str, float]:
+    """These replies against a baseline's to the same references, and how often chance alone would give such
+    a difference: chrF by paired bootstrap resampling (sacrebleu, 1,000 resamples of the conversations),
+    exact match by McNemar's exact test (a binomial test on the conversations only one of the two gets right)."""
+    require("sacrebleu", "seq2seq", "chat scores")
+    from sacrebleu.metrics import CHRF
+    from sacrebleu.significance import PairedTest
+    from scipy.stats import binomtest
+
+    _, scores = PairedTest([("baseline", baseline), ("model", hypotheses)], {"chrF": CHRF()}, [references],
+                           test_type="bs")()
+    before, after = next(results for name, results in scores.items() if name != "System")
+    right = [(h.strip() == r.strip(), b.strip() == r.strip()) for h, b, r in zip(hypotheses, baseline, references,
+                                                                                 strict=True)]
+    gained, lost = sum(h and not b for h, b in right), sum(b and not h for h, b in right)
+    return {"chrf_change": after.score - before.score, "chrf_p": float(after.p_value),
+            "exact_change": 100 * (gained - lost) / len(references), "exact_gained": gained, "exact_lost": lost,
+            "exact_p": float(binomtest(gained, gained + lost).pvalue) if gained + lost else 1.0}

@@ -40,6 +40,7 @@ class EvaluateConfig(PrecisionConfig, CkptConfig, LabelColumnsConfig, PairColumn
     max_new_tokens: int = 64  # seq2seq: tokens of each target at most
     temperature: float = 0.0  # seq2seq, chat: 0 is greedy, a target's most likely form
     chat_template: str = ""  # chat: a Jinja file instead of the model's own template
+    baseline: str = ""  # chat: an earlier --out on the same --data; prints the change and its p-value
     required: ClassVar[tuple[str, ...]] = ("data",)
 
 
@@ -153,7 +154,7 @@ def evaluate_seq2seq(args: EvaluateConfig) -> None:
 def evaluate_chat(args: EvaluateConfig) -> None:
     """Each conversation's last assistant turn generated from the turns before it (through the model's
     template) and scored against it: exact match and chrF, over all and per `task` field."""
-    from bigmodel.evaluate.seq2seq import reply_scores
+    from bigmodel.evaluate.seq2seq import compare_replies, reply_scores
     from bigmodel.infer.chat import replies
     from bigmodel.tasks.chat import read_conversations
 
@@ -163,15 +164,37 @@ def evaluate_chat(args: EvaluateConfig) -> None:
         if c.messages[-1]["role"] != "assistant":
             raise BigModelError(f"{args.data}: line {c.line}: the last turn must be the assistant's (the reference)")
     references = [c.messages[-1]["content"] for c in conversations]
+    baseline = baseline_replies(args.baseline, references) if args.baseline else None  # before minutes of decoding
     hypotheses = replies(model, tok, folder, [c.messages[:-1] for c in conversations], resolve(GenerateConfig, args),
                          args.chat_template)
     scores = reply_scores(hypotheses, references, [c.task for c in conversations])
     figures = {**scores.pop("all"), "tasks": scores, "model": str(folder)}
+    if baseline:
+        figures["versus"] = {"baseline": args.baseline, **compare_replies(hypotheses, baseline, references)}
     out = write_results(args, figures, [{"line": c.line, "task": c.task, "reference": r, "output": h}
                                         for c, r, h in zip(conversations, references, hypotheses, strict=True)])
     per_task = "".join(f" | {name}: exact {s['exact_match']:.1f}%, chrF {s['chrf']:.2f}" for name, s in scores.items())
     print(f"exact {figures['exact_match']:.1f}% | chrF {figures['chrf']:.2f}{per_task} | {len(conversations)} "
           f"conversations | {folder} | {out / 'outputs.jsonl'}")
+    if baseline:
+        v = figures["versus"]
+        print(f"against {args.baseline}: chrF {v['chrf_change']:+.2f} (paired bootstrap p = {v['chrf_p']:.3f}) | "
+              f"exact {v['exact_change']:+.1f} points ({v['exact_gained']} more right, {v['exact_lost']} fewer; "
+              f"McNemar p = {v['exact_p']:.3f})")
+
+
+def baseline_replies(folder: str, references: list[str]) -> list[str]:
+    """The replies of an earlier `evaluate --task chat --out FOLDER`, which must answer the same references."""
+    from bigmodel.data.labelled import read_rows
+
+    path = Path(folder) / "outputs.jsonl"
+    if not path.is_file():
+        raise BigModelError(f"--baseline {folder}: no outputs.jsonl (an earlier `evaluate --task chat --out`)")
+    rows = [row for _, row in read_rows(path)]
+    if [row.get("reference") for row in rows] != references:
+        raise BigModelError(f"--baseline {path}: its {len(rows)} references are not the {len(references)} of --data "
+                            "(evaluate both on the same file and --max-examples)")
+    return [row["output"] for row in rows]
 
 
 def evaluate_qa(args: EvaluateConfig) -> None:
