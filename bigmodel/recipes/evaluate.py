@@ -169,14 +169,14 @@ def evaluate_chat(args: EvaluateConfig) -> None:
                          args.chat_template)
     scores = reply_scores(hypotheses, references, [c.task for c in conversations])
     figures = {**scores.pop("all"), "tasks": scores, "model": str(folder)}
-    if baseline:
+    if baseline is not None:
         figures["versus"] = {"baseline": args.baseline, **compare_replies(hypotheses, baseline, references)}
     out = write_results(args, figures, [{"line": c.line, "task": c.task, "reference": r, "output": h}
                                         for c, r, h in zip(conversations, references, hypotheses, strict=True)])
     per_task = "".join(f" | {name}: exact {s['exact_match']:.1f}%, chrF {s['chrf']:.2f}" for name, s in scores.items())
     print(f"exact {figures['exact_match']:.1f}% | chrF {figures['chrf']:.2f}{per_task} | {len(conversations)} "
           f"conversations | {folder} | {out / 'outputs.jsonl'}")
-    if baseline:
+    if baseline is not None:
         v = figures["versus"]
         print(f"against {args.baseline}: chrF {v['chrf_change']:+.2f} (paired bootstrap p = {v['chrf_p']:.3f}) | "
               f"exact {v['exact_change']:+.1f} points ({v['exact_gained']} more right, {v['exact_lost']} fewer; "
