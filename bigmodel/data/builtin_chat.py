@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bigmodel.data.builtin_tasks import SPLITS, functions, split_of, stdlib_files, write_jsonl
 from bigmodel.data.catalogs import catalog_pairs, language_name
+from bigmodel.evaluate.seq2seq import exact
 
 HELD_OUT = 200  # rows of val, and of test in preference: each is generated (for pairs) or scored every evaluation
 TEST_CONVERSATIONS = 500  # chat's test, what `evaluate --task chat` scores: at 200 one right answer is 0.5 points
@@ -92,7 +93,7 @@ def preference_rows(rows: list[dict], rejected: list[str]) -> tuple[list[dict], 
     is the reference itself ("right") or nothing ("empty") teach nothing and are counted instead."""
     written, left_out = [], Counter()
     for row, miss in zip(rows, rejected, strict=True):
-        if miss.strip() == row["answer"].strip() or not miss.strip():
+        if exact(miss, row["answer"]) or not miss.strip():
             left_out["right" if miss.strip() else "empty"] += 1
             continue
         written.append({"messages": [{"role": "user", "content": row["prompt"]}], "chosen": row["answer"],

@@ -84,6 +84,12 @@ def memory_translations(pairs: list[tuple[str, str]], sources: list[str], shortl
     return found
 
 
+def exact(reply: str, reference: str) -> bool:
+    """A reply counts as right when it is the reference, surrounding whitespace aside: what exact match
+    scores, and what a preference builder leaves out as nothing to learn from."""
+    return reply.strip() == reference.strip()
+
+
 def reply_scores(hypotheses: list[str], references: list[str], tasks: list[str]) -> dict[str, dict[str, float]]:
     """Exact match (after trimming) and corpus chrF of generated replies, over all and per task."""
     require("sacrebleu", "seq2seq", "chat scores")
@@ -96,7 +102,7 @@ def reply_scores(hypotheses: list[str], references: list[str], tasks: list[str])
     scores = {}
     for name, rows in groups.items():
         hyps, refs = [hypotheses[i] for i in rows], [references[i] for i in rows]
-        scores[name] = {"exact_match": 100 * sum(h.strip() == r.strip() for h, r in zip(hyps, refs, strict=True))
+        scores[name] = {"exact_match": 100 * sum(exact(h, r) for h, r in zip(hyps, refs, strict=True))
                         / len(rows), "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score, "examples": len(rows)}
     return scores
 
@@ -113,8 +119,7 @@ def compare_replies(hypotheses: list[str], baseline: list[str], references: list
     _, scores = PairedTest([("baseline", baseline), ("model", hypotheses)], {"chrF": CHRF()}, [references],
                            test_type="bs")()
     before, after = next(results for name, results in scores.items() if name != "System")
-    right = [(h.strip() == r.strip(), b.strip() == r.strip()) for h, b, r in zip(hypotheses, baseline, references,
-                                                                                 strict=True)]
+    right = [(exact(h, r), exact(b, r)) for h, b, r in zip(hypotheses, baseline, references, strict=True)]
     gained, lost = sum(h and not b for h, b in right), sum(b and not h for h, b in right)
     return {"chrf_change": after.score - before.score, "chrf_p": float(after.p_value),
             "exact_change": 100 * (gained - lost) / len(references), "exact_gained": gained, "exact_lost": lost,
