@@ -6,6 +6,7 @@ translation-memory baseline."""
 
 from __future__ import annotations
 
+from bigmodel.data.builtin_chat import exact
 from bigmodel.errors import BigModelError, require
 
 
@@ -82,12 +83,6 @@ def memory_translations(pairs: list[tuple[str, str]], sources: list[str], shortl
             best = max(near, key=lambda j: (sacrebleu.sentence_chrf(known[j], [source]).score, row[j]))
             found.append(pairs[best][1])
     return found
-
-
-def exact(reply: str, reference: str) -> bool:
-    """A reply counts as right when it is the reference, surrounding whitespace aside: what exact match
-    scores, and what a preference builder leaves out as nothing to learn from."""
-    return reply.strip() == reference.strip()
 
 
 def reply_scores(hypotheses: list[str], references: list[str], tasks: list[str]) -> dict[str, dict[str, float]]:
