@@ -250,3 +250,26 @@ def test_translation_pairs_from_the_machines_catalogs_and_a_translation_memory_b
     assert 3 < chrf < 90
     missing = run_cli("dataset", "translation", "--target", "xx_YY", "--out", str(tmp_path / "none"))
     assert missing.returncode == 1 and "no translated message catalogs" in missing.stderr.strip().splitlines()[-1]
+
+
+def test_chat_and_near_miss_preference_data_from_the_machines_catalogs_and_stdlib(tmp_path):
+    def read(folder: str, split: str) -> list[dict]:
+        lines = (tmp_path / folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines]
+
+    for name, extra in (("chat", []), ("preference", ["--skip", "30", "--examples", "40"])):
+        built = run_cli("dataset", name, "--out", str(tmp_path / name), *extra)
+        assert built.returncode == 0, built.stderr
+    chat, pairs = read("chat", "train"), read("preference", "train")
+    assert {r["task"] for r in chat} == {"translate", "summarize"} and len(read("chat", "test")) == 500
+    assert not {r["origin"] for r in chat} & {r["origin"] for r in read("chat", "test")}  # split by package/module
+    # the pairs ask the 40 training prompts after the 30 an SFT run on `--max-train 30` saw, in the same order
+    asked = [r["messages"][0]["content"] for r in chat[30:70]]
+    kept = [p["messages"][0]["content"] for p in pairs]
+    assert 35 <= len(pairs) <= 40 and kept == [a for a in asked if a in kept]
+    answers = {}
+    for r in chat:
+        answers.setdefault(r["origin"], set()).add(r["messages"][1]["content"])
+    for pair in pairs:  # chosen is the reference; rejected another answer of the same catalog or module
+        assert pair["chosen"] != pair["rejected"] and pair["rejected"] in answers[pair["origin"]], pair
+    assert len(read("preference", "val")) <= 200 and len(read("preference", "test")) <= 200

@@ -108,14 +108,14 @@ def preference_rows(rows: list[dict], rejected: list[str]) -> tuple[list[dict], 
 
 def build_chat(out: Path, target: str, preference: bool, reply: Callable[[list[list[dict]]], list[str]] | None = None,
                examples: int = 0, skip: int = 0) -> dict[str, int]:
-    """train/val/test.jsonl of conversations, or of preference pairs; with `reply` (a model's next turn in
-    each conversation), pairs of the reference and the model's own wrong reply for `examples` training
-    prompts after the first `skip` (those the model was tuned on) and for the held-out rows."""
+    """train/val/test.jsonl of conversations, or of preference pairs for `examples` training prompts after
+    the first `skip` (those the model was tuned on) and for the held-out rows: the reference over a near
+    miss, or with `reply` (a model's next turn in each conversation) over the model's own wrong reply."""
     splits = tasks(target)
     counts, left_out = {}, Counter()
     for name, rows in splits.items():
         if name == "train":
-            keep = slice(skip, skip + examples) if reply else slice(None)
+            keep = slice(skip, skip + examples) if preference else slice(None)
         else:
             keep = slice(TEST_CONVERSATIONS if name == "test" and not preference else HELD_OUT)
         if not preference:

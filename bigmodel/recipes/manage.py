@@ -34,9 +34,9 @@ class DatasetConfig(PrecisionConfig, DeviceConfig, StorageConfig):
     positional: ClassVar[str] = "name"
     source: str = ""  # translation: its language (en); pinyin: ChnSentiCorp's all.csv; speech: SST-2's train.tsv
     target: str = "zh_CN"  # translation, chat, preference: the language translated into (a /usr/share/locale name)
-    examples: int = 0  # keywords, speech: training clips (4000, 5000); preference --rejected-from: prompts (800)
+    examples: int = 0  # keywords, speech: training clips (4000, 5000); preference: training prompts (800)
     rejected_from: str = ""  # preference: this checkpoint's own wrong replies are the rejected answers
-    skip: int = 0  # preference --rejected-from: training prompts passed over first (those it was tuned on)
+    skip: int = 0  # preference: training prompts passed over first (those the model was tuned on)
     required: ClassVar[tuple[str, ...]] = ("out",)
 
     def __post_init__(self) -> None:
