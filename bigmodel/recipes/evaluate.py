@@ -180,7 +180,7 @@ def evaluate_chat(args: EvaluateConfig) -> None:
         v = figures["versus"]
         print(f"against {args.baseline}: chrF {v['chrf_change']:+.2f} (paired bootstrap p = {v['chrf_p']:.3f}) | "
               f"exact {v['exact_change']:+.1f} points ({v['exact_gained']} more right, {v['exact_lost']} fewer; "
-              f"McNemar p = {v['exact_p']:.3f})")
+              f"McNemar p = {v['exact_p']:.2g})")
 
 
 def baseline_replies(folder: str, references: list[str]) -> list[str]:
