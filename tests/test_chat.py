@@ -12,6 +12,7 @@ import transformers
 
 from bigmodel.config import FinetuneConfig, GenerateConfig
 from bigmodel.data.builtin_chat import preference_rows
+from bigmodel.evaluate.seq2seq import best_and_worst
 from bigmodel.infer.chat import CHATML, replies, training_template
 from bigmodel.model.checkpoint import Storage, load_backbone, load_checkpoint
 from bigmodel.model.formats import find_pretrained, read_tokenizer, tokenizer_config
@@ -190,10 +191,14 @@ def test_sft_teaches_the_answers_and_dpo_raises_chosen_over_rejected(tmp_path, s
     assert together == [replies(model, tok, sft, [a], greedy)[0] for a in asked]
     answers = [{"prompt": a[0]["content"], "answer": w, "task": "recall", "origin": "test"}
                for a, w in zip(asked, [*WORDS, "twelve"], strict=True)]
-    own, left_out = preference_rows(answers, together)
+    own, left_out = preference_rows(answers, [(a["answer"], t) for a, t in zip(answers, together, strict=True)])
     right = sum(t.strip() == w for t, w in zip(together, [*WORDS, "twelve"], strict=True))
     assert left_out["right"] == right >= 3 and len(own) + right + left_out["empty"] == len(asked)
     assert all(pair["rejected"] in together and pair["rejected"] != pair["chosen"] for pair in own)
+    # or a verifier ranks its own answers: the one nearest the reference over the farthest; a tie teaches nothing
+    assert best_and_worst(["sevn", "zebra", "seven"], "seven") == ("seven", "zebra")
+    ranked, left_out = preference_rows(answers[:2], [best_and_worst(["one", "uno"], "one"), ("dos", "dos")])
+    assert [(r["chosen"], r["rejected"]) for r in ranked] == [("one", "uno")] and left_out == {"tied": 1}
 
     pairs = [{"messages": r["messages"][:1], "chosen": r["messages"][1]["content"],
               "rejected": WORDS[i - 1]} for i, r in enumerate(rows)]

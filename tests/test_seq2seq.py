@@ -273,3 +273,5 @@ def test_chat_and_near_miss_preference_data_from_the_machines_catalogs_and_stdli
     for pair in pairs:  # chosen is the reference; rejected another answer of the same catalog or module
         assert pair["chosen"] != pair["rejected"] and pair["rejected"] in answers[pair["origin"]], pair
     assert len(read("preference", "val")) <= 200 and len(read("preference", "test")) <= 200
+    alone = run_cli("dataset", "preference", "--samples", "4", "--out", str(tmp_path / "alone"))
+    assert alone.returncode == 1 and "--samples needs --rejected-from" in alone.stderr.strip().splitlines()[-1]

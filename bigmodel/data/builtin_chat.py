@@ -93,24 +93,31 @@ def exact(reply: str, reference: str) -> bool:
     return reply.strip() == reference.strip()
 
 
-def preference_rows(rows: list[dict], rejected: list[str]) -> tuple[list[dict], Counter]:
-    """Each (prompt, answer) row with its rejected answer as a preference row; rows whose rejected answer
-    is the reference itself ("right") or nothing ("empty") teach nothing and are counted instead."""
+Judge = Callable[[list[list[dict]], list[str]], list[tuple[str, str]]]
+"""Given conversations and their reference answers: for each, the answer to prefer and the one to reject."""
+
+
+def preference_rows(rows: list[dict], pairs: list[tuple[str, str]]) -> tuple[list[dict], Counter]:
+    """Each (prompt, answer) row with its (chosen, rejected) answers as a preference row; pairs that teach
+    nothing are counted instead: rejected is the reference itself ("right"), nothing ("empty"), or the
+    chosen answer again ("tied": every sample scored alike)."""
     written, left_out = [], Counter()
-    for row, miss in zip(rows, rejected, strict=True):
-        if exact(miss, row["answer"]) or not miss.strip():
-            left_out["right" if miss.strip() else "empty"] += 1
+    for row, (chosen, miss) in zip(rows, pairs, strict=True):
+        why = ("right" if exact(miss, row["answer"]) else "empty" if not miss.strip()
+               else "tied" if chosen == miss else "")
+        if why:
+            left_out[why] += 1
             continue
-        written.append({"messages": [{"role": "user", "content": row["prompt"]}], "chosen": row["answer"],
+        written.append({"messages": [{"role": "user", "content": row["prompt"]}], "chosen": chosen,
                         "rejected": miss, "task": row["task"], "origin": row["origin"]})
     return written, left_out
 
 
-def build_chat(out: Path, target: str, preference: bool, reply: Callable[[list[list[dict]]], list[str]] | None = None,
-               examples: int = 0, skip: int = 0) -> dict[str, int]:
+def build_chat(out: Path, target: str, preference: bool, judge: Judge | None = None, examples: int = 0,
+               skip: int = 0) -> dict[str, int]:
     """train/val/test.jsonl of conversations, or of preference pairs for `examples` training prompts after
     the first `skip` (those the model was tuned on) and for the held-out rows: the reference over a near
-    miss, or with `reply` (a model's next turn in each conversation) over the model's own wrong reply."""
+    miss, or what `judge` prefers among a model's own replies (or over them)."""
     splits = tasks(target)
     counts, left_out = {}, Counter()
     for name, rows in splits.items():
@@ -124,14 +131,16 @@ def build_chat(out: Path, target: str, preference: bool, reply: Callable[[list[l
                         "task": row["task"], "origin": row["origin"]} for row in rows[keep]]
         else:
             asked = [[{"role": "user", "content": row["prompt"]}] for row in rows[keep]]
-            written, dropped = preference_rows(rows[keep], reply(asked) if reply else near_misses(rows, rows)[keep])
+            answers = [row["answer"] for row in rows[keep]]
+            pairs = judge(asked, answers) if judge else list(zip(answers, near_misses(rows, rows)[keep], strict=True))
+            written, dropped = preference_rows(rows[keep], pairs)
             left_out += dropped
         write_jsonl(out / f"{name}.jsonl", written)
         counts[name] = len(written)
     kinds = Counter(r["task"] for rows in splits.values() for r in rows)
     print(f"tasks: translate into {language_name(target)} {kinds['translate']:,}, "
           f"summarize a function {kinds['summarize']:,}")
-    if reply:
-        print(f"rejected: the model's own reply; left out: {left_out['right']:,} it answered right, "
-              f"{left_out['empty']:,} empty")
+    if judge:
+        print(f"left out: {left_out['right']:,} answered right, {left_out['empty']:,} empty, "
+              f"{left_out['tied']:,} with every sample alike")
     return counts

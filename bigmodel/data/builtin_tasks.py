@@ -29,11 +29,15 @@ import sys
 import sysconfig
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bigmodel.errors import BigModelError
+
+if TYPE_CHECKING:  # builtin_chat builds on this module
+    from bigmodel.data.builtin_chat import Judge
 
 SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 MAX_SOURCE_CHARS = 2000
@@ -198,9 +202,9 @@ DEFAULT_EXAMPLES = {"keywords": 4000, "speech": 5000, "preference": 800}  # clip
 
 
 def build(name: str, out: str | Path, source: str = "", examples: int = 0, target: str = "zh_CN",
-          reply: Callable[[list[list[dict]]], list[str]] | None = None, skip: int = 0) -> dict[str, int]:
-    """Build dataset `name` into `out`; how many examples each split holds. `reply`: preference pairs whose
-    rejected answer is this model's own (see `builtin_chat`)."""
+          judge: Judge | None = None, skip: int = 0) -> dict[str, int]:
+    """Build dataset `name` into `out`; how many examples each split holds. `judge`: preference pairs from
+    a model's own replies (see `builtin_chat`)."""
     from bigmodel.data import builtin_chat, builtin_media
 
     out = Path(out)
@@ -216,7 +220,7 @@ def build(name: str, out: str | Path, source: str = "", examples: int = 0, targe
     if name == "translation":
         return builtin_chat.build_translation(out, source or "en", target)
     if name in ("chat", "preference"):
-        return builtin_chat.build_chat(out, target, name == "preference", reply, examples, skip)
+        return builtin_chat.build_chat(out, target, name == "preference", judge, examples, skip)
     if name == "code":
         return build_code(out)
     if name == "qa":

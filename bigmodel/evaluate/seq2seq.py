@@ -85,6 +85,17 @@ def memory_translations(pairs: list[tuple[str, str]], sources: list[str], shortl
     return found
 
 
+def best_and_worst(candidates: list[str], reference: str) -> tuple[str, str]:
+    """The candidate closest to the reference by sentence chrF and the farthest: a verifier's preference
+    between a model's own answers (the same answer twice when all score alike)."""
+    require("sacrebleu", "seq2seq", "ranking replies")
+    import sacrebleu
+
+    scored = sorted((sacrebleu.sentence_chrf(c, [reference]).score, c) for c in candidates)
+    (low, worst), (high, best) = scored[0], scored[-1]
+    return (best, worst) if high > low else (best, best)
+
+
 def reply_scores(hypotheses: list[str], references: list[str], tasks: list[str]) -> dict[str, dict[str, float]]:
     """Exact match (after trimming) and corpus chrF of generated replies, over all and per task."""
     require("sacrebleu", "seq2seq", "chat scores")

@@ -36,6 +36,8 @@ class DatasetConfig(PrecisionConfig, DeviceConfig, StorageConfig):
     target: str = "zh_CN"  # translation, chat, preference: the language translated into (a /usr/share/locale name)
     examples: int = 0  # keywords, speech: training clips (4000, 5000); preference: training prompts (800)
     rejected_from: str = ""  # preference: this checkpoint's own wrong replies are the rejected answers
+    samples: int = 0  # preference --rejected-from: replies sampled per prompt; best by chrF chosen, worst rejected
+    temperature: float = 0.8  # preference --samples: sampling temperature
     skip: int = 0  # preference: training prompts passed over first (those the model was tuned on)
     required: ClassVar[tuple[str, ...]] = ("out",)
 
@@ -43,6 +45,8 @@ class DatasetConfig(PrecisionConfig, DeviceConfig, StorageConfig):
         super().__post_init__()
         if self.rejected_from and self.name != "preference":
             raise BigModelError("--rejected-from is for `dataset preference`")
+        if self.samples and (not self.rejected_from or self.samples < 2 or self.temperature <= 0):
+            raise BigModelError("--samples needs --rejected-from, at least 2 samples and --temperature > 0")
 
 
 @dataclass
@@ -131,18 +135,26 @@ def cmd_prepare(cfg: DataConfig) -> None:
 
 
 def cmd_dataset(args: DatasetConfig) -> None:
+    import torch
+
     from bigmodel.config import GenerateConfig
     from bigmodel.data.builtin_tasks import build
+    from bigmodel.evaluate.seq2seq import best_and_worst
     from bigmodel.infer.chat import replies
 
-    reply = None
-    if args.rejected_from:  # greedy, as `evaluate --task chat` scores it: the answer the model would give
+    judge = None
+    if args.rejected_from:
         model, tok, folder = load(args, ckpt=args.rejected_from, decoding=True)
-        config = GenerateConfig(temperature=0.0, max_new_tokens=64)
+        k = max(args.samples, 1)  # greedy, as `evaluate --task chat` scores it: the answer the model would give
+        config = GenerateConfig(temperature=args.temperature if args.samples else 0.0, max_new_tokens=64)
+        torch.manual_seed(0)
 
-        def reply(conversations: list[list[dict]]) -> list[str]:
-            return replies(model, tok, folder, conversations, config)
-    counts = build(args.name, args.out, args.source, args.examples, args.target, reply, args.skip)
+        def judge(conversations: list[list[dict]], references: list[str]) -> list[tuple[str, str]]:
+            found = replies(model, tok, folder, [c for c in conversations for _ in range(k)], config)
+            if not args.samples:
+                return list(zip(references, found, strict=True))
+            return [best_and_worst(found[i * k:(i + 1) * k], ref) for i, ref in enumerate(references)]
+    counts = build(args.name, args.out, args.source, args.examples, args.target, judge, args.skip)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
 
 
