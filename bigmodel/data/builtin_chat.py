@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from bigmodel.data.builtin_tasks import SPLITS, functions, split_of, stdlib_files, write_jsonl
+from bigmodel.data.builtin_tasks import SPLITS, Judge, functions, split_of, stdlib_files, write_jsonl
 from bigmodel.data.catalogs import catalog_pairs, language_name
 
 HELD_OUT = 200  # rows of val, and of test in preference: each is generated (for pairs) or scored every evaluation
@@ -91,10 +91,6 @@ def exact(reply: str, reference: str) -> bool:
     """A reply counts as right when it is the reference, surrounding whitespace aside: what exact match
     scores, and what a preference builder leaves out as nothing to learn from."""
     return reply.strip() == reference.strip()
-
-
-Judge = Callable[[list[list[dict]], list[str]], list[tuple[str, str]]]
-"""Given conversations and their reference answers: for each, the answer to prefer and the one to reject."""
 
 
 def preference_rows(rows: list[dict], pairs: list[tuple[str, str]]) -> tuple[list[dict], Counter]:

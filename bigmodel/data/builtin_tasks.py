@@ -29,18 +29,16 @@ import sys
 import sysconfig
 import textwrap
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bigmodel.errors import BigModelError
 
-if TYPE_CHECKING:  # builtin_chat builds on this module
-    from bigmodel.data.builtin_chat import Judge
-
 SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 MAX_SOURCE_CHARS = 2000
+Judge = Callable[[list[list[dict]], list[str]], list[tuple[str, str]]]
+"""Given conversations and their reference answers: for each, the answer to prefer and the one to reject."""
 
 
 @dataclass
