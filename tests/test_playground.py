@@ -69,7 +69,7 @@ def test_a_wrong_key_shows_401_and_a_prompt_streams_tokens(browser, trained_run,
                 .observe(document.getElementById('output'), {childList: true, characterData: true, subtree: true});
         }""")
         page.fill("#prompt", "ROMEO:")
-        page.fill("#max_tokens", "48")
+        page.fill("#max_tokens", "400")  # long enough to span many network reads
         page.fill("#seed", "7")
         page.click("#generate")
         sync_api.expect(status).to_have_text("Done", timeout=60000)
@@ -78,8 +78,8 @@ def test_a_wrong_key_shows_401_and_a_prompt_streams_tokens(browser, trained_run,
         chunks = int(page.get_attribute("#output", "data-chunks"))
         arrivals = page.evaluate("window.arrivals")
         assert text.strip() and chunks > 1
-        assert max(arrivals) - min(arrivals) > 0 and len(set(arrivals)) > 1  # pieces came at different times
-        assert "48 generated tokens" in page.inner_text("#usage")
+        assert len(set(arrivals)) > 1  # pieces were shown at different times, not all at the end
+        assert "400 generated tokens" in page.inner_text("#usage")
 
         page.click("#tabs button:has-text('Embeddings')")
         page.fill("#embed-input", "to be or not to be\nto be, or not to be\nxyz 123")
