@@ -9,9 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from sacrebleu import sentence_chrf as chrf
 
 from bigmodel.config import FinetuneConfig, GenerateConfig
 from bigmodel.data.builtin_chat import preference_rows
+from bigmodel.data.builtin_chat import tasks as chat_tasks
 from bigmodel.evaluate.seq2seq import best_and_worst
 from bigmodel.infer.chat import CHATML, replies, training_template
 from bigmodel.model.checkpoint import Storage, load_backbone, load_checkpoint
@@ -199,6 +201,20 @@ def test_sft_teaches_the_answers_and_dpo_raises_chosen_over_rejected(tmp_path, s
     assert best_and_worst(["sevn", "zebra", "seven"], "seven") == ("seven", "zebra")
     ranked, left_out = preference_rows(answers[:2], [best_and_worst(["one", "uno"], "one"), ("dos", "dos")])
     assert [(r["chosen"], r["rejected"]) for r in ranked] == [("one", "uno")] and left_out == {"tied": 1}
+    # the whole verb: sampled replies to the machine's catalog prompts, ranked by chrF against the reference
+    built = run_cli("dataset", "preference", "--rejected-from", str(tmp_path / "sft" / "best"), "--samples", "2",
+                    "--examples", "6", "--dtype", "fp32", "--out", str(tmp_path / "ranked"))
+    assert built.returncode == 0 and "with every sample alike" in built.stdout, built.stderr
+    splits = chat_tasks("zh_CN")
+    checked = 0
+    for split in ("train", "val", "test"):  # the tiny model's samples differ on some held-out prompts only
+        reference = {r["prompt"]: r["answer"] for r in splits[split]}
+        for line in (tmp_path / "ranked" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+            pair = json.loads(line)  # sampled, not the reference: chosen is strictly nearer it than rejected
+            target = reference[pair["messages"][0]["content"]]
+            assert chrf(pair["chosen"], [target]).score > chrf(pair["rejected"], [target]).score, pair
+            checked += 1
+    assert checked > 0, built.stdout
 
     pairs = [{"messages": r["messages"][:1], "chosen": r["messages"][1]["content"],
               "rejected": WORDS[i - 1]} for i, r in enumerate(rows)]

@@ -35,7 +35,7 @@ class DatasetConfig(PrecisionConfig, DeviceConfig, StorageConfig):
     source: str = ""  # translation: its language (en); pinyin: ChnSentiCorp's all.csv; speech: SST-2's train.tsv
     target: str = "zh_CN"  # translation, chat, preference: the language translated into (a /usr/share/locale name)
     examples: int = 0  # keywords, speech: training clips (4000, 5000); preference: training prompts (800)
-    rejected_from: str = ""  # preference: this checkpoint's own wrong replies are the rejected answers
+    rejected_from: str = ""  # preference: this checkpoint's wrong replies are rejected (--samples: its best chosen)
     samples: int = 0  # preference --rejected-from: replies sampled per prompt; best by chrF chosen, worst rejected
     temperature: float = 0.8  # preference --samples: sampling temperature
     skip: int = 0  # preference: training prompts passed over first (those the model was tuned on)
@@ -145,7 +145,8 @@ def cmd_dataset(args: DatasetConfig) -> None:
     judge = None
     if args.rejected_from:
         model, tok, folder = load(args, ckpt=args.rejected_from, decoding=True)
-        k = max(args.samples, 1)  # greedy, as `evaluate --task chat` scores it: the answer the model would give
+        k = max(args.samples, 1)
+        # without --samples one greedy reply, the answer `evaluate --task chat` scores; with it, k sampled ones
         config = GenerateConfig(temperature=args.temperature if args.samples else 0.0, max_new_tokens=64)
         torch.manual_seed(0)
 
