@@ -257,11 +257,11 @@ def test_chat_and_near_miss_preference_data_from_the_machines_catalogs_and_stdli
         lines = (tmp_path / folder / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines]
 
-    for name, extra in (("chat", []), ("preference", ["--skip", "30", "--examples", "40"])):
+    for name, extra in (("chat", ["--test-rows", "520"]), ("preference", ["--skip", "30", "--examples", "40"])):
         built = run_cli("dataset", name, "--out", str(tmp_path / name), *extra)
         assert built.returncode == 0, built.stderr
     chat, pairs = read("chat", "train"), read("preference", "train")
-    assert {r["task"] for r in chat} == {"translate", "summarize"} and len(read("chat", "test")) == 500
+    assert {r["task"] for r in chat} == {"translate", "summarize"} and len(read("chat", "test")) == 520
     assert not {r["origin"] for r in chat} & {r["origin"] for r in read("chat", "test")}  # split by package/module
     # the pairs ask the 40 training prompts after the 30 an SFT run on `--max-train 30` saw, in the same order
     asked = [r["messages"][0]["content"] for r in chat[30:70]]
@@ -273,5 +273,9 @@ def test_chat_and_near_miss_preference_data_from_the_machines_catalogs_and_stdli
     for pair in pairs:  # chosen is the reference; rejected another answer of the same catalog or module
         assert pair["chosen"] != pair["rejected"] and pair["rejected"] in answers[pair["origin"]], pair
     assert len(read("preference", "val")) <= 200 and len(read("preference", "test")) <= 200
+    # every build shuffles a split alike, so test's first rows stay put whatever --test-rows keeps
+    first = [r["messages"][0]["content"] for r in read("chat", "test")[:200]]
+    held = [p["messages"][0]["content"] for p in read("preference", "test")]
+    assert len(held) >= 150 and held == [f for f in first if f in held]
     alone = run_cli("dataset", "preference", "--samples", "4", "--out", str(tmp_path / "alone"))
     assert alone.returncode == 1 and "--samples needs --rejected-from" in alone.stderr.strip().splitlines()[-1]

@@ -6,7 +6,8 @@ reference: `bigmodel dataset translation|chat|preference --out DIR`.
 - `chat`: conversations in the OpenAI/TRL `messages` format, two kinds of task: translate a UI string
   (the pairs above) and summarise a standard-library Python function in one line (its docstring's first
   line, the docstring cut out; `code` dataset, split by module). Rows are shuffled with a fixed seed, so
-  `--max-train N` takes a mix; val holds at most `HELD_OUT` rows and test `TEST_CONVERSATIONS`.
+  `--max-train N` takes a mix; val holds at most `HELD_OUT` rows and test
+  `test_rows` (500 by default: at 200 one right answer is 0.5 points).
 - `preference`: the same prompts with `chosen` (the reference) and `rejected`, a near miss: the answer to
   the neighbouring prompt of the same catalog or module (sorted by source text, so it often shares words:
   "Failed to open %s" → the translation of "Failed to open file %s"). Or, given a model's `reply`, its own
@@ -25,7 +26,6 @@ from bigmodel.data.builtin_tasks import SPLITS, Judge, functions, split_of, stdl
 from bigmodel.data.catalogs import catalog_pairs, language_name
 
 HELD_OUT = 200  # rows of val, and of test in preference: each is generated (for pairs) or scored every evaluation
-TEST_CONVERSATIONS = 500  # chat's test, what `evaluate --task chat` scores: at 200 one right answer is 0.5 points
 MAX_FUNCTION_CHARS = 600  # a summarised function's source, so a prompt stays a few hundred tokens
 SEED = 1337
 
@@ -109,17 +109,18 @@ def preference_rows(rows: list[dict], pairs: list[tuple[str, str]]) -> tuple[lis
 
 
 def build_chat(out: Path, target: str, preference: bool, judge: Judge | None = None, examples: int = 0,
-               skip: int = 0) -> dict[str, int]:
+               skip: int = 0, test_rows: int = 500) -> dict[str, int]:
     """train/val/test.jsonl of conversations, or of preference pairs for `examples` training prompts after
     the first `skip` (those the model was tuned on) and for the held-out rows: the reference over a near
-    miss, or what `judge` prefers among a model's own replies (or over them)."""
+    miss, or what `judge` prefers among a model's own replies (or over them). Chat's test keeps its first
+    `test_rows` (0: all), so a larger build's rows past the first 500 are a second, untouched test set."""
     splits = tasks(target)
     counts, left_out = {}, Counter()
     for name, rows in splits.items():
         if name == "train":
             keep = slice(skip, skip + examples) if preference else slice(None)
         else:
-            keep = slice(TEST_CONVERSATIONS if name == "test" and not preference else HELD_OUT)
+            keep = slice((test_rows or None) if name == "test" and not preference else HELD_OUT)
         if not preference:
             written = [{"messages": [{"role": "user", "content": row["prompt"]},
                                      {"role": "assistant", "content": row["answer"]}],

@@ -200,7 +200,7 @@ DEFAULT_EXAMPLES = {"keywords": 4000, "speech": 5000, "preference": 800}  # clip
 
 
 def build(name: str, out: str | Path, source: str = "", examples: int = 0, target: str = "zh_CN",
-          judge: Judge | None = None, skip: int = 0) -> dict[str, int]:
+          judge: Judge | None = None, skip: int = 0, test_rows: int = 500) -> dict[str, int]:
     """Build dataset `name` into `out`; how many examples each split holds. `judge`: preference pairs from
     a model's own replies (see `builtin_chat`)."""
     from bigmodel.data import builtin_chat, builtin_media
@@ -218,7 +218,7 @@ def build(name: str, out: str | Path, source: str = "", examples: int = 0, targe
     if name == "translation":
         return builtin_chat.build_translation(out, source or "en", target)
     if name in ("chat", "preference"):
-        return builtin_chat.build_chat(out, target, name == "preference", judge, examples, skip)
+        return builtin_chat.build_chat(out, target, name == "preference", judge, examples, skip, test_rows)
     if name == "code":
         return build_code(out)
     if name == "qa":

@@ -39,6 +39,7 @@ class DatasetConfig(PrecisionConfig, DeviceConfig, StorageConfig):
     samples: int = 0  # preference --rejected-from: replies sampled per prompt; best by chrF chosen, worst rejected
     temperature: float = 0.8  # preference --samples: sampling temperature
     skip: int = 0  # preference: training prompts passed over first (those the model was tuned on)
+    test_rows: int = 500  # chat: conversations test keeps, the first N of its fixed shuffle (0: all)
     required: ClassVar[tuple[str, ...]] = ("out",)
 
     def __post_init__(self) -> None:
@@ -47,6 +48,8 @@ class DatasetConfig(PrecisionConfig, DeviceConfig, StorageConfig):
             raise BigModelError("--rejected-from is for `dataset preference`")
         if self.samples and (not self.rejected_from or self.samples < 2 or self.temperature <= 0):
             raise BigModelError("--samples needs --rejected-from, at least 2 samples and --temperature > 0")
+        if self.test_rows < 0:
+            raise BigModelError(f"--test-rows {self.test_rows}: must be 0 (all) or more")
 
 
 @dataclass
@@ -155,7 +158,8 @@ def cmd_dataset(args: DatasetConfig) -> None:
             if not args.samples:
                 return list(zip(references, found, strict=True))
             return [best_and_worst(found[i * k:(i + 1) * k], ref) for i, ref in enumerate(references)]
-    counts = build(args.name, args.out, args.source, args.examples, args.target, judge, args.skip)
+    counts = build(args.name, args.out, args.source, args.examples, args.target, judge, args.skip,
+                   args.test_rows)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n:,}" for split, n in counts.items()))
 
 
