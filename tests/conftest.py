@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import signal
 import socket
 import subprocess
@@ -11,10 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bigmodel.config import DataConfig, ModelConfig, TrainConfig
 from bigmodel.data.prepare import prepare
 from bigmodel.train.trainer import pretrain
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One pytest-xdist worker per core: each, and every command it runs, keeps to one thread, so two
+    # workers share two cores instead of four threads contending for them.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
