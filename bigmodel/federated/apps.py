@@ -9,6 +9,7 @@ a client reads only `data` (its labelled file) from its node config.
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -59,8 +60,10 @@ def run_server(grid: Grid, context: Context) -> None:
 @client.train()
 def train(msg: Message, context: Context) -> Message:
     data = str(context.node_config["data"])
+    client_id = int(context.node_config.get("client", context.node_id % 1_000_000))
     config = dict(msg.content["config"])
-    seed = int(config.get("server-round", 0)) * 1_000 + zlib.crc32(data.encode()) % 1_000
+    # the client and its file's name fix the seed, not the folder a run happens to sit in
+    seed = int(config.get("server-round", 0)) * 1_000 + zlib.crc32(f"{client_id}:{Path(data).name}".encode()) % 1_000
     weights, metrics = local_round(config, msg.content["arrays"].to_torch_state_dict(), data, seed)
-    metrics["client"] = int(context.node_config.get("client", context.node_id % 1_000_000))
+    metrics["client"] = client_id
     return Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics)}), reply_to=msg)
