@@ -6,9 +6,12 @@ recipe and a command line speak the same names. Precedence: defaults < preset < 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import re
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -427,8 +430,20 @@ class ServeConfig(PrecisionConfig, CkptConfig):
         return key
 
 
+class Section(dict):
+    """A mapping read from a YAML file, which remembers where it came from for the errors that name it."""
+
+    def __init__(self, values: dict, where: str) -> None:
+        super().__init__(values)
+        self.where = where
+
+
+yaml.SafeDumper.add_representer(Section, yaml.SafeDumper.represent_dict)  # written back as the plain mapping
+
+
 def load_yaml(path: str | None) -> dict:
-    """The YAML recipe as a dict ({} without one); errors name the file."""
+    """The YAML recipe as a dict ({} without one); errors name the file. Each section (a mapping under a
+    top-level key) is a `Section` naming the file and key, so `resolve` can name them when a value is wrong."""
     if not path:
         return {}
     p = Path(path)
@@ -440,21 +455,66 @@ def load_yaml(path: str | None) -> dict:
         raise BigModelError(f"config file {path}: not valid YAML ({e})".splitlines()[0]) from None
     if not isinstance(values, dict):
         raise BigModelError(f"config file {path}: expected a mapping at the top level")
-    return values
+    return Section({k: Section(v, f"config file {path}, {k}:") if isinstance(v, dict) else v
+                    for k, v in values.items()}, f"config file {path}:")
+
+
+def coerce(value: Any, kind: Any, where: str) -> Any:
+    """`value` as the annotation `kind` wants it, or one line naming `where` (file and key), the value and the
+    type. YAML reads `5e-5` as a string and `1` as an int: a float field takes both, as numbers."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, option, where)
+            except BigModelError:
+                continue
+    elif origin is Literal:
+        return value if value in args else str(value) if str(value) in map(str, args) else value  # Checked says no
+    elif origin in (list, tuple) and isinstance(value, (list, tuple)):
+        return origin(coerce(v, args[0], where) for v in value)
+    elif origin is dict and isinstance(value, dict) or kind is Any:
+        return value
+    elif kind is bool and isinstance(value, bool):
+        return value
+    elif kind is float and not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        with contextlib.suppress(ValueError):
+            return float(value)
+    elif kind is int and not isinstance(value, bool):
+        if isinstance(value, int) or isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+", value.strip()):
+            return int(value)
+    elif kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+    raise BigModelError(f"{where} {value!r} is not {'an' if name[0] in 'aeiou' else 'a'} {name}")
+
+
+@functools.cache
+def annotations_of(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def resolve(cls: type, *layers: dict | object | None) -> Any:
-    """Build `cls` from layered values (mappings, or parsed flags); later layers win, None values are skipped."""
+    """Build `cls` from layered values (mappings, or parsed flags); later layers win, None values are skipped.
+    A mapping's values are checked against the fields' types (`coerce`), so a wrong one is named where it was
+    written, not found later inside the code that uses it."""
     known = {f.name for f in fields(cls)}
+    hints = annotations_of(cls)
     values: dict[str, Any] = {}
     for layer in layers:
         if layer is None:
             continue
         items = layer if isinstance(layer, dict) else vars(layer)
         if isinstance(layer, dict):
+            where = getattr(layer, "where", f"{cls.__name__}:")
             unknown = sorted(set(items) - known)
             if unknown:
-                raise BigModelError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+                raise BigModelError(f"{where} unknown field(s) {', '.join(unknown)}")
+            items = {k: coerce(v, hints[k], f"{where} {k}:") for k, v in items.items() if v is not None}
         values.update({k: v for k, v in items.items() if k in known and v is not None})
     try:
         return cls(**values)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bigmodel import disk
 from bigmodel.config import DTYPES
 from bigmodel.errors import BigModelError
 
@@ -145,7 +146,7 @@ def bf16_speedup(shape: str, width: int, make_step: Callable[[], Step]) -> float
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(cache, indent=1))
-            tmp.replace(path)
+            disk.replace(tmp, path)
         except OSError:  # a read-only home only costs a re-measure next time
             pass
     return cache[key]
@@ -182,7 +183,7 @@ def choose_precision(requested: str, device: torch.device, shape: str, width: in
     if device.type == "cuda":
         if requested != "auto":
             return Precision(requested, "asked for")
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.is_bf16_supported(including_emulation=False):  # a T4 or V100 only emulates it: slow
             return Precision("bf16", "this GPU supports it")
         return Precision("fp16", "this GPU has no bf16 (loss scaling on)")
     if requested in ("fp32", "fp16"):

@@ -13,8 +13,6 @@ import typing
 from dataclasses import fields
 from typing import Any
 
-from bigmodel.config import DTYPES, StorageConfig
-
 
 @functools.cache
 def field_comments(cls: type) -> dict[str, str]:
@@ -64,26 +62,3 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] 
                                help=help_text)
         else:
             group.add_argument(_flag(f.name), dest=f.name, type=tp, default=None, help=help_text)
-
-
-def add_ckpt(parser: argparse.ArgumentParser, help: str = "checkpoint folder, or a run folder (uses best/)",
-             required: bool = True, dtype: bool = False) -> None:
-    """`--ckpt`, the `--device` to run it on and how it is stored, as every verb that loads a model takes them;
-    `dtype`: also `--dtype` (verbs whose figures stay comparable across formats keep the checkpoint's)."""
-    parser.add_argument("--ckpt", required=required, help=f"{help}; or a Hugging Face folder, or `minilm`")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
-    if dtype:
-        parser.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 where this device runs "
-                            "it faster than fp32 (a short probe, cached), else fp32; a bf16 checkpoint stays bf16")
-    add_flags(parser, StorageConfig)
-
-
-def add_lexicon_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lexicon", help="speech recognizers: decode against the words of these transcripts (a "
-                        ".txt of lines, or a CSV/TSV/JSONL and --lexicon-column), with a word bigram model of them")
-    parser.add_argument("--lexicon-column", default="text", help="the transcripts' column (default: text)")
-    parser.add_argument("--beam-width", type=int, default=128, help="lexicon decoding's beam (default 128)")
-    parser.add_argument("--lm-weight", type=float, default=0.8, help="weight of the word bigram log-probability")
-    parser.add_argument("--word-bonus", type=float, default=2.5, help="score added per word (longer transcripts)")
-
-

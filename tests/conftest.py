@@ -117,3 +117,29 @@ def trained_run(shakespeare_char, tmp_path_factory) -> Path:
                         warmup_iters=10, eval_interval=50, eval_iters=5)
     pretrain(model, train, {"model": model, "train": train})
     return out
+
+
+CUDA_NOTE = ("cuda tests deselected: no CUDA device here; on a GPU machine run `python -m pytest -m cuda` "
+             "(tests/test_cuda.py)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: the smallest case of a verb on cuda:0 (python -m pytest -m cuda)")
+
+
+def selects_cuda(config: pytest.Config) -> bool:
+    """CUDA tests run where a GPU is, or where `-m` asks for them (and fail loudly without one)."""
+    return torch.cuda.is_available() or "cuda" in (config.getoption("-m") or "")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return None if selects_cuda(config) else CUDA_NOTE
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if selects_cuda(config):
+        return
+    cuda = [item for item in items if item.get_closest_marker("cuda")]
+    if cuda:
+        items[:] = [item for item in items if not item.get_closest_marker("cuda")]
+        config.hook.pytest_deselected(items=cuda)

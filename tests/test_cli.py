@@ -106,6 +106,26 @@ def test_serve_settings_come_from_yaml_and_flags_win(tmp_path):
         resolve(ServeConfig, load_yaml(str(recipe))["serve"])
 
 
+def test_yaml_values_are_checked_against_each_fields_type_naming_file_key_value_and_type(tmp_path):
+    """PyYAML reads `5e-5` as a string: a float field takes it as the number it means; a value of the
+    wrong type is one line naming the file, key, value and type, not an error deep inside AdamW."""
+    from bigmodel.config import FinetuneConfig, load_yaml, resolve, yaml_text
+    from bigmodel.errors import BigModelError
+
+    recipe = tmp_path / "ft.yaml"
+    recipe.write_text("finetune:\n  lr: 5e-5\n  epochs: 3.0\n  max_length: '128'\n  init: 7\n", encoding="utf-8")
+    cfg = resolve(FinetuneConfig, load_yaml(str(recipe))["finetune"])
+    assert (cfg.lr, cfg.epochs, cfg.max_length, cfg.init) == (5e-5, 3, 128, "7")
+    assert type(cfg.lr) is float and type(cfg.epochs) is int
+    assert "lr: 5.0e-05" in yaml_text({"finetune": load_yaml(str(recipe))["finetune"] | {"lr": 5e-5}})
+    for line, message in (("epochs: two", "epochs: 'two' is not an int"), ("lr: [1, 2]", "lr: [1, 2] is not a float"),
+                          ("resume: 'yes'", "resume: 'yes' is not a bool"), ("epochs: 2.5", "epochs: 2.5 is not an int")):
+        recipe.write_text(f"finetune:\n  {line}\n", encoding="utf-8")
+        with pytest.raises(BigModelError) as caught:
+            resolve(FinetuneConfig, load_yaml(str(recipe))["finetune"])
+        assert str(caught.value) == f"config file {recipe}, finetune: {message}"
+
+
 @pytest.mark.parametrize("verb,module", [("serve", "bigmodel.serve.app"), ("explain", "bigmodel.infer.explain")])
 def test_a_broken_import_is_not_reported_as_a_missing_extra(verb, module, trained_run, monkeypatch):
     """FastAPI and Captum are installed here: an ImportError inside bigmodel's own chain is a bug and keeps

@@ -59,18 +59,22 @@ def test_a_full_engine_refuses_and_a_cancelled_sequence_leaves():
     engine.close()
 
 
-def test_a_failing_step_ends_every_sequence_exactly_once():
-    """One prompt the model cannot run (an id past its vocabulary) fails the step: the sequence that had
-    already joined and the ones still joining each get one end, with the error."""
+def test_a_prompt_that_cannot_run_fails_alone_and_every_sequence_ends_exactly_once():
+    """One prompt the model cannot run (an id past its vocabulary) fails its own sequence; the two joining
+    beside it finish as they would alone. Each gets exactly one end."""
+    torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=50, n_layer=1, n_head=2, n_embd=16, block_size=8)).eval()
+    prompts = ([1, 2], [99], [3])
+    cfg = GenerateConfig(temperature=0.0, max_new_tokens=5)
+    alone = [[int(t[0]) for t in generate_ids(model, list(prompts[i]), cfg)] for i in (0, 2)]
     engine = Engine(model, max_batch=3, max_queue=0, stop_ids=frozenset())
     ends: list[list[None]] = [[], [], []]
+    tokens: list[list[int]] = [[], [], []]
     sequences = []
-    for i, prompt in enumerate(([1, 2], [99], [3])):
+    for i, prompt in enumerate(prompts):
         def emit(token, i=i):
-            if token is None:
-                ends[i].append(None)
-        sequences.append(Sequence(prompt, GenerateConfig(temperature=0.0, max_new_tokens=5), emit))
+            (ends[i].append(None) if token is None else tokens[i].append(token.id))
+        sequences.append(Sequence(list(prompt), cfg, emit))
     engine.submit(sequences)
     deadline = time.time() + 10
     while time.time() < deadline and not all(ends):
@@ -78,7 +82,9 @@ def test_a_failing_step_ends_every_sequence_exactly_once():
     time.sleep(0.2)  # a second end would arrive now
     engine.close()
     assert ends == [[None], [None], [None]]
-    assert all(s.error and "generation failed" in s.error for s in sequences)
+    assert "generation failed" in sequences[1].error and not tokens[1]
+    assert sequences[0].error is None and sequences[2].error is None
+    assert [tokens[0], tokens[2]] == alone
 
 
 def test_prompts_sharing_a_prefix_reuse_its_blocks_and_decode_exactly_as_without():

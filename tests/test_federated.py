@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,7 +72,9 @@ def test_a_client_killed_mid_round_does_not_stop_training(trained_run, tmp_path)
                "--val", str(val), "--out", str(tmp_path / "fed"), "--clients", "3", "--min-clients", "2",
                "--rounds", "1", "--epochs", "30", "--lr", "3e-3", "--batch-size", "16", "--max-length", "32",
                "--round-timeout", "600"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    marker = f"bigmodel-test-{os.getpid()}-{time.time_ns()}"  # inherited by every process the command starts
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "BIGMODEL_TEST_MARK": marker})
     victim_log = tmp_path / "fed" / "flower" / "logs" / "supernode-2.log"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and "train" not in (victim_log.read_text() if victim_log.exists() else ""):
@@ -86,6 +89,23 @@ def test_a_client_killed_mid_round_does_not_stop_training(trained_run, tmp_path)
     rows = metric_rows(tmp_path / "fed")
     assert [int(r["round"]) for r in rows] == [0, 1]
     assert rows[1]["clients"] == 2  # the round closed with the two clients left
+    deadline = time.monotonic() + 10  # SIGKILL has been sent to every group: give the kernel a moment
+    while (left := carrying(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"Flower processes outlived the command: {left}"
+
+
+def carrying(marker: str) -> list[str]:
+    """The command lines of live processes whose environment holds `marker`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes() and \
+                    "Z" not in (proc / "stat").read_text().split(")")[-1].split()[:1]:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 @pytest.mark.parametrize("flags,fragment", [

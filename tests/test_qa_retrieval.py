@@ -25,7 +25,7 @@ def test_squad_scores_follow_the_official_normalisation():
 
 
 def test_question_features_point_at_their_answers(tmp_path):
-    from bigmodel.data.builtin_tasks import build
+    from bigmodel.data.datasets import build
     from bigmodel.data.squad import read_squad
     from bigmodel.infer import qa
     from bigmodel.model.formats import find_pretrained

@@ -191,7 +191,7 @@ def test_name_baseline_scores_a_column_and_bad_seq2seq_input_is_one_line(tmp_pat
 
 
 def test_builtin_code_dataset_splits_by_module(tmp_path):
-    from bigmodel.data.builtin_tasks import build
+    from bigmodel.data.datasets import build
 
     counts = build("code", tmp_path)
     assert counts["train"] > 3000 and counts["test"] > 200
@@ -203,7 +203,7 @@ def test_builtin_code_dataset_splits_by_module(tmp_path):
 
 
 def test_pinyin_dataset_reads_each_character_and_keeps_a_lookup_baseline(tmp_path):
-    from bigmodel.data.builtin_tasks import build
+    from bigmodel.data.datasets import build
 
     reviews = ["房间很大，银行就在旁边。", "服务很好，还会再来。", "不太干净，行李也没人帮忙。"] * 40
     source = write_rows(tmp_path / "all.csv", [(1, r + str(i)) for i, r in enumerate(reviews)],

@@ -7,7 +7,7 @@ from pathlib import Path
 import bigmodel
 
 LAYERS = [  # lowest first; a package imports from itself and from the layers before its own, not from a neighbour
-    {"errors"},
+    {"errors", "disk"},
     {"config"},
     {"device", "flags"},
     {"data"},
@@ -25,11 +25,15 @@ ROOT = Path(bigmodel.__file__).parent
 
 
 def imports_of(path: Path) -> list[str]:
-    """Every `bigmodel.X` module a file imports, at the top or inside a function."""
+    """Every `bigmodel.X` module a file imports, at the top or inside a function; `from bigmodel.data import
+    labelled` imports the module `bigmodel.data.labelled`, not the package."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bigmodel."):
-            found.append(node.module)
+        if isinstance(node, ast.ImportFrom) and node.module and (node.module + ".").startswith("bigmodel."):
+            package = ROOT.parent.joinpath(*node.module.split("."))
+            modules = [f"{node.module}.{a.name}" for a in node.names
+                       if (package / f"{a.name}.py").is_file() or (package / a.name / "__init__.py").is_file()]
+            found += modules or [node.module]
         elif isinstance(node, ast.Import):
             found += [a.name for a in node.names if a.name.startswith("bigmodel.")]
     return found

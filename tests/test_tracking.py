@@ -18,7 +18,7 @@ from .test_vision import VIT
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
     """A small ViT fine-tuned on digits with `--track mlflow` into its own store."""
-    from bigmodel.data.builtin_tasks import build
+    from bigmodel.data.datasets import build
 
     root = tmp_path_factory.mktemp("tracked")
     build("digits", root / "digits")

@@ -166,3 +166,13 @@ def test_pretrain_init_continues_a_checkpoint_and_refuses_another_tokenizers_cor
                    "--vocab-size", "300").returncode == 0
     line = error_line(run_cli(*args[:3], "--data", str(other), *args[5:], "--out", str(tmp_path / "y")))
     assert "was prepared with another tokenizer than --init" in line
+
+
+def test_a_nan_evaluation_is_never_kept_as_the_best():
+    """A first evaluation that is not a number must not become `best/`, nor block the first real one."""
+    from bigmodel.train.optim import KeepBest
+
+    best = KeepBest(minimize=True)
+    assert not best.improved(float("nan"))
+    assert best.improved(2.0) and not best.improved(float("nan")) and not best.improved(3.0) and best.improved(1.0)
+    assert best.best == 1.0 and best.stale == 0

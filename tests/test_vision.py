@@ -21,7 +21,7 @@ VIT = {"frontend": "patches", "image_size": 8, "patch_size": 2, "channels": 1, "
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
-    from bigmodel.data.builtin_tasks import build
+    from bigmodel.data.datasets import build
 
     out = tmp_path_factory.mktemp("digits")
     assert build("digits", out) == {"train": 1293, "val": 144, "test": 360}

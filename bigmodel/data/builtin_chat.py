@@ -22,8 +22,9 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from bigmodel.data.builtin_tasks import SPLITS, Judge, functions, split_of, stdlib_files, write_jsonl
+from bigmodel.data.builtin_tasks import SPLITS, functions, split_of, stdlib_files, write_jsonl
 from bigmodel.data.catalogs import catalog_pairs, language_name
+from bigmodel.data.judge import Judge, exact
 
 HELD_OUT = 200  # rows of val, and of test in preference: each is generated (for pairs) or scored every evaluation
 MAX_FUNCTION_CHARS = 600  # a summarised function's source, so a prompt stays a few hundred tokens
@@ -84,12 +85,6 @@ def near_misses(rows: list[dict], pool: list[dict]) -> list[str]:
         neighbours = [group[j]["answer"] for j in (i + 1, i - 1, i + 2, i - 2) if 0 <= j < len(group)]
         misses.append(next((a for a in neighbours if a != row["answer"]), ""))
     return misses
-
-
-def exact(reply: str, reference: str) -> bool:
-    """A reply counts as right when it is the reference, surrounding whitespace aside: what exact match
-    scores, and what a preference builder leaves out as nothing to learn from."""
-    return reply.strip() == reference.strip()
 
 
 def preference_rows(rows: list[dict], pairs: list[tuple[str, str]]) -> tuple[list[dict], Counter]:

@@ -29,7 +29,7 @@ import sys
 import sysconfig
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,10 +37,6 @@ from bigmodel.errors import BigModelError
 
 SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
 MAX_SOURCE_CHARS = 2000
-Judge = Callable[[list[list[dict]], list[str]], list[tuple[str, str]]]
-"""Given conversations and their reference answers: for each, the answer to prefer and the one to reject."""
-
-
 @dataclass
 class Function:
     module: str
@@ -194,36 +190,3 @@ def build_pinyin(out: Path, source: Path) -> dict[str, int]:
     (out / "corpus.txt").write_text("\n".join(f"{r['source']}\t{r['target']}" for r in splits["train"]),
                                     encoding="utf-8")
     return {name: len(rows) for name, rows in splits.items()}
-
-
-DEFAULT_EXAMPLES = {"keywords": 4000, "speech": 5000, "preference": 800}  # clips synthesized; prompts answered
-
-
-def build(name: str, out: str | Path, source: str = "", examples: int = 0, target: str = "zh_CN",
-          judge: Judge | None = None, skip: int = 0, test_rows: int = 500) -> dict[str, int]:
-    """Build dataset `name` into `out`; how many examples each split holds. `judge`: preference pairs from
-    a model's own replies (see `builtin_chat`)."""
-    from bigmodel.data import builtin_chat, builtin_media
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    shared = Path(__file__).resolve().parents[3] / "shared" / "data"
-    examples = examples or DEFAULT_EXAMPLES.get(name, 0)
-    if name == "digits":
-        return builtin_media.build_digits(out)
-    if name == "keywords":
-        return builtin_media.build_keywords(out, examples)
-    if name == "speech":
-        return builtin_media.build_speech(out, examples, Path(source) if source else shared / "sst2" / "train.tsv")
-    if name == "translation":
-        return builtin_chat.build_translation(out, source or "en", target)
-    if name in ("chat", "preference"):
-        return builtin_chat.build_chat(out, target, name == "preference", judge, examples, skip, test_rows)
-    if name == "code":
-        return build_code(out)
-    if name == "qa":
-        return build_qa(out)
-    if name == "pinyin":
-        return build_pinyin(out, Path(source) if source else shared / "chnsenticorp" / "all.csv")
-    raise BigModelError(f"unknown dataset {name!r}; choose code, qa, pinyin, translation, chat, "
-                        "preference, digits, keywords or speech")

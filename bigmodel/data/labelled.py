@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bigmodel.data.readers import decoded_lines
 from bigmodel.errors import BigModelError
 
 
@@ -25,18 +26,15 @@ def read_labelled(path: str | Path, text_column: str, label_column: str) -> list
 
 
 def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) of a JSONL, CSV or TSV file; errors name the file and line."""
+    """(line number, row) of a JSONL, CSV or TSV file, by the json and csv modules' own record rules
+    (a quoted CSV field may hold newlines; a JSON string may hold U+2028); errors name the file and line."""
     path = Path(path)
     if not path.is_file():
         raise BigModelError(f"{path}: no such file")
-    try:
-        content = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[:e.start].count(b"\n") + 1
-        raise BigModelError(f"{path}: line {line} is not valid UTF-8") from None
+    lines = decoded_lines(path)
+    rows = []
     if path.suffix.lower() == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(content.splitlines(), start=1):
+        for lineno, line in enumerate(lines, start=1):
             if line.strip():
                 try:
                     rows.append((lineno, json.loads(line)))
@@ -44,8 +42,14 @@ def read_rows(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
                     raise BigModelError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
     else:
         csv.field_size_limit(sys.maxsize)
-        reader = csv.DictReader(content.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        rows = [(lineno, row) for lineno, row in enumerate(reader, start=2)]
+        reader = csv.DictReader(lines, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        try:
+            start = 2
+            for row in reader:  # a record may span lines: it is named by the line it starts on
+                rows.append((start, row))
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise BigModelError(f"{path}: line {reader.line_num}: {e}") from None
     if not rows:
         raise BigModelError(f"{path}: holds no examples")
     return rows

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from bigmodel import disk
 from bigmodel.config import DataConfig
 from bigmodel.data.clean import Cleaner
 from bigmodel.data.readers import CorpusReader
@@ -100,7 +101,8 @@ def _split_tail(all_bin: Path, train_bin: Path, val_bin: Path, dtype: np.dtype, 
             tokens[start:min(start + (1 << 24), n_tokens)].tofile(fh)
     del tokens
     os.truncate(all_bin, n_train * dtype.itemsize)
-    os.replace(all_bin, train_bin)
+    disk.sync(val_bin)
+    disk.replace(all_bin, train_bin)
     return n_train, n_val
 
 

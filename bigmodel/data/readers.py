@@ -1,19 +1,25 @@
-"""Stream documents out of .txt, .jsonl and .csv/.tsv files (or folders of them).
+"""Stream documents out of .txt, .jsonl and .csv/.tsv files (or folders of them), and the lines of a
+command's `--input`.
 
-Nothing is read whole: files are decoded line by line, so a corpus larger than memory
-works. Each file's sha256 is computed on the way through, for `meta.json`.
+Nothing is read whole: files are decoded line by line (split at "\n" alone, so a JSON string holding
+U+2028 or a form feed stays one record, and a quoted CSV field keeps its newlines), so a corpus larger
+than memory works. Each file's sha256 is computed on the way through, for `meta.json`. The same
+decoding serves corpora (`CorpusReader`), labelled records (`labelled.py`) and command inputs
+(`input_lines`), which may also be standard input or a pipe.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import hashlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from bigmodel.errors import BigModelError
 
@@ -73,7 +79,7 @@ class CorpusReader:
             info = SourceInfo(str(path))
             self.sources.append(info)
             suffix = path.suffix.lower()
-            lines = _decoded_lines(path, info)
+            lines = decoded_lines(path, info)
             if suffix in PARAGRAPH_SUFFIXES:
                 docs = _paragraphs(lines, str(path))
             elif suffix in WHOLE_FILE_SUFFIXES:
@@ -87,11 +93,13 @@ class CorpusReader:
                 yield doc
 
 
-def _decoded_lines(path: Path, info: SourceInfo) -> Iterator[str]:
-    """UTF-8 lines (ends kept); hashes the raw bytes; a bad byte names the file and line."""
+def decoded_lines(path: Path, info: SourceInfo | None = None, stream: BinaryIO | None = None) -> Iterator[str]:
+    """UTF-8 lines (ends kept) of `path`, or of `stream` (named `path` in errors), split at "\n" only;
+    hashes the raw bytes into `info`; a bad byte names the file and line."""
+    info = info or SourceInfo(str(path))
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")()
-    with path.open("rb") as fh:
+    with path.open("rb") if stream is None else contextlib.nullcontext(stream) as fh:
         for lineno, raw in enumerate(fh, start=1):
             digest.update(raw)
             info.bytes += len(raw)
@@ -162,14 +170,35 @@ def _table(lines: Iterator[str], source: str, column: str, delimiter: str) -> It
             yield Document(value, source)
 
 
-def read_lines(name: str, what: str = "input") -> list[str]:
-    """The non-blank lines of a UTF-8 file, or of standard input for `-`."""
+def input_lines(name: str, what: str = "input") -> Iterator[str]:
+    """Each line of a UTF-8 file, a pipe (`--input <(cmd)`) or standard input (`-`), without its end,
+    blank lines included, as it is read: output row i answers line i, and can be written before the
+    last line arrives."""
     if name == "-":
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        return (_unended(line) for line in decoded_lines(Path("<stdin>"), stream=sys.stdin.buffer))
     path = Path(name)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # a FIFO exists but is no regular file
         raise BigModelError(f"{path}: no such {what} file")
-    try:
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise BigModelError(f"{path}: not valid UTF-8") from None
+    return (_unended(line) for line in decoded_lines(path))
+
+
+def _unended(line: str) -> str:
+    return line[:-1].removesuffix("\r") if line.endswith("\n") else line
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last may be shorter), taken as they come."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def read_lines(name: str, what: str = "input") -> list[str]:
+    """The non-blank lines of a UTF-8 file, pipe or standard input (`-`): lists of prompts, queries or
+    lexicon words, where a blank line stands for nothing. Inputs answered row by row use `input_lines`."""
+    return [line for line in input_lines(name, what) if line.strip()]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bigmodel import disk
 from bigmodel.errors import BigModelError
 
 EVALUATIONS = "evaluations.json"
@@ -32,7 +32,7 @@ def record(folder: Path, kind: str, figures: dict[str, Any]) -> None:
     known[kind] = {**figures, "measured": time.strftime("%Y-%m-%d %H:%M")}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(known, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    disk.replace(tmp, path)
 
 
 @dataclass

@@ -6,7 +6,7 @@ translation-memory baseline."""
 
 from __future__ import annotations
 
-from bigmodel.data.builtin_chat import exact
+from bigmodel.data.judge import exact
 from bigmodel.errors import BigModelError, require
 
 

@@ -9,6 +9,7 @@ data owners' SuperNodes were started on their own machines (see the README).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -16,7 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bigmodel.config import FederatedConfig, FinetuneConfig, yaml_text
@@ -26,6 +29,7 @@ from bigmodel.federated.partition import partition, write_partitions
 from bigmodel.federated.rounds import RECIPE
 from bigmodel.model.checkpoint import locate
 
+SUBMIT_MARGIN = 600.0  # seconds `flwr run` may take beyond its rounds' timeouts (start-up, the last save)
 APP_TOML = """[build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
@@ -49,9 +53,25 @@ recipe = "{recipe}"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port reserved for a server about to start: bound, connected to once and closed, it waits in
+    TIME_WAIT, so for a minute the kernel hands it to no other program asking for any free port, while a
+    server binding it with SO_REUSEADDR (gRPC and uvicorn do, so Flower's processes do) still can. Closing
+    a plain bound socket instead frees it for the next comer at once."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = server.accept()
+            accepted.close()  # the accepting side closes first: the TIME_WAIT is on this port
+    return port
+
+
+def signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal the process group `proc` leads (its own and its children); one that has already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, log: Path, seconds: float = 60) -> None:
@@ -144,15 +164,25 @@ class LocalFederation:
                                                    start_new_session=True, env=env))
 
     def stop(self) -> None:
+        """End every process of the federation, and the apps they started (each leads a process group):
+        SIGTERM, 20 s to finish, then SIGKILL for whatever is left. Every group is signalled, also where its
+        leader has exited: the apps it started may still be running."""
         for proc in self.processes:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+            signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + 20
         for proc in self.processes:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in self.processes:
+            signal_group(proc, signal.SIGKILL)
+            proc.wait()
+
+    def failed(self) -> str | None:
+        """Why the run cannot go on: the SuperLink has exited (a SuperNode may go: the round closes without it)."""
+        superlink = self.processes[0] if self.processes else None
+        if superlink is not None and superlink.poll() is not None:
+            return f"the SuperLink exited with status {superlink.returncode} (log: {self.folder / 'logs'})"
+        return None
 
 
 def run_federated(fed: FederatedConfig, local: FinetuneConfig) -> Path:
@@ -176,16 +206,60 @@ def run_federated(fed: FederatedConfig, local: FinetuneConfig) -> Path:
         federation = LocalFederation(out / "flower", files, fed.port_base)
     app = write_app(fed, local, out)
     env = {**os.environ, "FLWR_HOME": str(out / "flower" / "home")}
+    with exit_on_sigterm():
+        run_rounds(fed, app, env, federation, out)
+    return out
+
+
+@contextlib.contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """A SIGTERM to `bigmodel federated` unwinds it like Ctrl-C, so the federation it started is stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(sig: int, _: object) -> None:
+        raise SystemExit(128 + sig)
+
+    previous = signal.signal(signal.SIGTERM, leave)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_rounds(fed: FederatedConfig, app: Path, env: dict[str, str], federation: LocalFederation | None,
+               out: Path) -> None:
+    """Start the local federation (if any), submit the app, and stop everything whatever happens."""
     try:
         if federation:
             federation.start()
         address = fed.superlink or federation.control
         connection(Path(env["FLWR_HOME"]), address, fed.superlink_insecure or federation is not None,
                    fed.root_certificates)
-        result = subprocess.run([flower("flwr"), "run", str(app), "bigmodel", "--stream"], env=env)
-        if result.returncode != 0:
-            raise BigModelError(f"flwr run exited with status {result.returncode}; logs in {out / 'flower'}")
+        submit = subprocess.Popen([flower("flwr"), "run", str(app), "bigmodel", "--stream"], env=env,
+                                  start_new_session=True)
+        try:
+            code = watch(submit, fed.rounds * fed.round_timeout + SUBMIT_MARGIN, federation, out)
+        finally:
+            signal_group(submit, signal.SIGKILL)
+            submit.wait()
+        if code != 0:
+            raise BigModelError(f"flwr run exited with status {code}; logs in {out / 'flower'}")
     finally:
         if federation:
             federation.stop()
-    return out
+
+
+def watch(submit: subprocess.Popen, seconds: float, federation: LocalFederation | None, out: Path) -> int:
+    """`flwr run`'s exit status, once it exits; an error if the local SuperLink dies first or it takes
+    longer than every round's timeout together (a hung submission must not hold the command forever)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return submit.wait(timeout=1)
+        if federation is not None and (reason := federation.failed()):
+            raise BigModelError(f"federated run stopped: {reason}")
+        if time.monotonic() > deadline:
+            raise BigModelError(f"flwr run did not finish within {seconds:.0f} s (--rounds × --round-timeout, plus "
+                                f"{SUBMIT_MARGIN:.0f} s); stopped it; logs in {out / 'flower'}")

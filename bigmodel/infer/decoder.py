@@ -10,7 +10,6 @@ recent half of its history and goes on: the one context-full policy, here.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ import torch
 from bigmodel.config import DecodingConfig
 from bigmodel.model.cache import KVCache
 from bigmodel.model.decoding import decoding_threads, uses_blas
-from bigmodel.model.lora import Adapter, AdapterRows
+from bigmodel.model.lora import Adapter
 from bigmodel.model.transformer import Memory, Transformer
 
 
@@ -79,17 +78,16 @@ class Penalties:
 
 class Decoder:
     """`rows` sequences decoding through one KV cache; an encoder-decoder's rows read `memory` (one row
-    of it per cache row). With `adapters` (the switch of a model with LoRA layers attached), each call
-    may say which adapter each of its rows runs with.
+    of it per cache row). Each call may say which LoRA adapter each of its rows runs with (`adapters`).
 
     The cache starts at `max_len` positions (default 256) and doubles when a row needs more, up to
     the model's context: a server that admits any request never sets aside its whole context per
     row (8,192 positions × 30 layers for SmolLM2) for prompts of a few hundred tokens."""
 
     def __init__(self, model: Transformer, rows: int, max_len: int | None = None,
-                 memory: Memory | None = None, adapters: AdapterRows | None = None) -> None:
+                 memory: Memory | None = None) -> None:
         param = next(model.parameters())
-        self.model, self.memory, self.device, self.adapters = model, memory, param.device, adapters
+        self.model, self.memory, self.device = model, memory, param.device
         self.capacity = model.config.block_size  # where a row's context is full
         self.blas = uses_blas(model)  # the thread policy of one-row steps, decided once
         self.cache = KVCache.allocate(model.config, rows, min(max_len or 256, self.capacity), param.dtype,
@@ -100,9 +98,6 @@ class Decoder:
         if length > self.cache.max_len:
             self.cache.grow(min(max(length, 2 * self.cache.max_len), self.capacity))
 
-    def _using(self, per_row: Sequence[Adapter | None]) -> contextlib.AbstractContextManager:
-        return self.adapters.use(per_row) if self.adapters is not None and any(per_row) else contextlib.nullcontext()
-
     def prefill(self, ids: torch.Tensor | Sequence[Sequence[int]], row: int = 0, every: bool = False,
                 start: int = 0, adapters: Sequence[Adapter | None] = ()) -> torch.Tensor:
         """Run token ids (B, T) into rows row..row+B-1, whose first `start` positions already hold the
@@ -112,8 +107,7 @@ class Decoder:
         self.reserve(ids.size(1))
         rows = self.cache.rows(row, row + ids.size(0))
         rows.lengths[:] = start
-        with self._using(adapters):
-            logits, _ = self.model(ids[:, start:], cache=rows, memory=self.memory, last_only=not every)
+        logits, _ = self.model(ids[:, start:], cache=rows, memory=self.memory, last_only=not every, adapters=adapters)
         return logits if every else logits[:, -1]
 
     def step(self, tokens: torch.Tensor, histories: Sequence[Sequence[int]] | torch.Tensor | None = None,
@@ -128,9 +122,9 @@ class Decoder:
             self.prefill([recent.tolist() if torch.is_tensor(recent) else list(recent)], int(row),
                          adapters=adapters[row:row + 1])
         self.reserve(int(self.cache.lengths[:n].max()) + 1)
-        with decoding_threads(self.blas, n), self._using(adapters):
+        with decoding_threads(self.blas, n):
             logits, _ = self.model(tokens.view(n, 1), cache=self.cache.rows(0, n), memory=self.memory,
-                                   last_only=True)
+                                   last_only=True, adapters=adapters)
         return logits[:, -1]
 
     def extend(self, tokens: torch.Tensor, adapters: Sequence[Adapter | None] = ()) -> torch.Tensor:
@@ -139,6 +133,5 @@ class Decoder:
         sets each row's length back to what it accepts (`cache.lengths`)."""
         n, width = tokens.shape
         self.reserve(int(self.cache.lengths[:n].max()) + width)
-        with self._using(adapters):
-            logits, _ = self.model(tokens, cache=self.cache.rows(0, n), memory=self.memory)
+        logits, _ = self.model(tokens, cache=self.cache.rows(0, n), memory=self.memory, adapters=adapters)
         return logits

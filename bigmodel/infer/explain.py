@@ -68,30 +68,24 @@ class Explanation:
 
 
 def attention_maps(model: Transformer, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Every layer's attention probabilities for one sequence: (layers, heads, T, T)."""
+    """Every layer's attention probabilities for one sequence: (layers, heads, T, T), read block by block
+    as the forward pass goes (no hooks: a served model may be running other requests between two calls)."""
     maps: list[torch.Tensor] = []
-
-    def keep(module: torch.nn.Module, args: tuple, _: torch.Tensor) -> None:
-        x, rope, _, padding_mask = args
-        maps.append(module.weights(x, rope, padding_mask)[0])
-
-    hooks = [block.attn.register_forward_hook(keep) for block in model.blocks]
-    try:
-        with torch.no_grad():
-            model.hidden_states(ids, padding_mask=mask)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with torch.no_grad():
+        x, rope = model.embed(ids)
+        for block in model.blocks:
+            maps.append(block.attn.weights(block.norm1(x) if block.norm_first else x, rope, mask)[0])
+            x = block(x, rope, None, mask)
     return torch.stack(maps).float()
 
 
 def attention_rollout(maps: torch.Tensor) -> torch.Tensor:
     """Abnar & Zuidema's rollout: per layer the heads' mean plus the identity (the residual stream),
     rows renormalised, multiplied from the first layer up."""
-    size = maps.size(-1)
-    rolled = torch.eye(size)
+    identity = torch.eye(maps.size(-1), device=maps.device)
+    rolled = identity
     for layer in maps:
-        mixed = 0.5 * layer.mean(0) + 0.5 * torch.eye(size)
+        mixed = 0.5 * layer.mean(0) + 0.5 * identity
         rolled = (mixed / mixed.sum(-1, keepdim=True)) @ rolled
     return rolled
 
@@ -127,7 +121,6 @@ def attribute(forward: Callable[..., torch.Tensor], embeddings: torch.nn.Module,
     if method == "occlusion":
         values = FeatureAblation(forward).attribute(ids, baselines=base, additional_forward_args=args, target=index)
         return values[0].float().tolist(), None
-    torch.manual_seed(seed)  # the subsets they sample
     if method == "lime":
         from captum._utils.models.linear_model import SkLearnRidge
 
@@ -137,9 +130,12 @@ def attribute(forward: Callable[..., torch.Tensor], embeddings: torch.nn.Module,
         sampler = KernelShap(forward)
     else:
         raise BigModelError(f"no attribution method {method!r}; there are {', '.join(METHODS.values())}")
-    values = sampler.attribute(ids, baselines=base, additional_forward_args=args, target=index,
-                               feature_mask=torch.arange(ids.size(1), device=ids.device)[None], n_samples=samples,
-                               perturbations_per_eval=min(samples, 64))
+    # the subsets they sample come from the global RNG: seeded here, and given back as it was found
+    with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        values = sampler.attribute(ids, baselines=base, additional_forward_args=args, target=index,
+                                   feature_mask=torch.arange(ids.size(1), device=ids.device)[None],
+                                   n_samples=samples, perturbations_per_eval=min(samples, 64))
     return values[0].float().tolist(), None
 
 

@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from tokenizers import Tokenizer
 
+from bigmodel import disk
 from bigmodel.config import ModelConfig, StorageConfig, yaml_text
 from bigmodel.data.tokenizer import plain_tokenizer, tokenizer_from_json
 from bigmodel.errors import BigModelError
@@ -212,7 +213,7 @@ def save_checkpoint(path: Path, model: Transformer | SequenceModel, tokenizer: T
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
-    os.replace(tmp, path)
+    disk.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -11,7 +11,6 @@ them back. Qwen2 and Qwen3 files are written without that reordering.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +19,7 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 
+from bigmodel import disk
 from bigmodel.errors import BigModelError, require
 from bigmodel.model.llama import llama_config, llama_model, llama_state
 from bigmodel.model.transformer import LLAMA3_ROPE, Transformer, llama3_frequencies, rope_frequencies
@@ -214,7 +214,7 @@ def write_gguf(model: Transformer, tok: Tokenizer, tokenizer_config: dict, path:
         writer.write_tensors_to_file()
     finally:
         writer.close()
-    os.replace(tmp, path)
+    disk.replace(tmp, path)
 
 
 def add_tokenizer(writer: Any, tok: Tokenizer, tokenizer_config: dict, vocab_size: int, path: Path) -> None:

@@ -5,18 +5,17 @@ for each adapted linear layer its two low-rank factors A (r, in) and B (out, r),
 (alpha / r). A layer then computes base(x) + scaling · (x Aᵀ) Bᵀ, which is what the merged weight
 W + scaling · B A computes, without changing W.
 
-`attach` wraps the model's adaptable layers once; `AdapterRows.use` then says, for one forward
-pass, which adapter each batch row runs with (None: the base alone). Rows are grouped by adapter,
-so a batch that mixes three adapters costs three small extra products per layer, and a batch with
-none costs nothing but the check.
+Which adapter each batch row runs with is an argument of the forward pass (`Transformer.forward(
+adapters=...)`, turned into `RowAdapters` there), never state on the model: two callers can share one
+module without either seeing the other's choice. Rows are grouped by adapter, so a batch that mixes
+three adapters costs three small extra products per layer, and a batch with none costs nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import torch.nn as nn
 from safetensors.torch import save as safetensors_bytes
 
 from bigmodel.errors import BigModelError
-from bigmodel.model.checkpoint import Storage
 from bigmodel.model.folders import resolve_checkpoint
 
 ADAPTER = "adapter.safetensors"
@@ -35,13 +33,14 @@ _serial = itertools.count(1)
 
 @dataclass(eq=False)
 class Adapter:
-    """One LoRA adapter: per layer name its factors (A, B), and the scaling they are applied with.
+    """One LoRA adapter: per layer its factors (A, B), and the scaling they are applied with.
     `key` tells apart two adapters loaded under one name (cached keys and values must not mix)."""
 
     name: str
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # by the layer's name in the model
     scaling: float
     base: str = ""  # the checkpoint it was trained on, as the fine-tune named it
+    layers: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # the same, by module
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -80,63 +79,45 @@ def read_adapter(name: str, tensors: dict[str, torch.Tensor], metadata: dict[str
         factors[layer] = (a.to(param.device, param.dtype), b.to(param.device, param.dtype))
     if not factors:
         raise BigModelError(f"{source}: no LoRA factors in it")
-    return Adapter(name, factors, float(json.loads(metadata["scaling"])), metadata.get("base", ""))
+    return Adapter(name, factors, float(json.loads(metadata["scaling"])), metadata.get("base", ""),
+                   {layers[layer]: pair for layer, pair in factors.items()})
 
 
-class AdapterRows:
-    """Which adapter each row of the next forward passes runs with, as groups of rows (set by `use`)."""
+class RowAdapters:
+    """The adapters of one forward pass's rows, grouped: each adapter with the rows (an index on the
+    activations' device, or None for every row) that run with it."""
 
-    def __init__(self) -> None:
-        self.groups: list[tuple[Adapter, slice | torch.Tensor]] = []
-
-    @contextlib.contextmanager
-    def use(self, per_row: Sequence[Adapter | None]) -> Iterator[None]:
-        adapters = {a.key: a for a in per_row if a is not None}
-        if len(adapters) == 1 and all(per_row):
-            self.groups = [(per_row[0], slice(None))]  # every row the same adapter: no gathering
+    def __init__(self, per_row: Sequence[Adapter | None], device: torch.device) -> None:
+        chosen = {a.key: a for a in per_row if a is not None}
+        if len(chosen) == 1 and all(per_row):
+            self.groups: list[tuple[Adapter, torch.Tensor | None]] = [(per_row[0], None)]
         else:
-            self.groups = [(a, torch.tensor([r for r, x in enumerate(per_row) if x is a])) for a in adapters.values()]
-        try:
-            yield
-        finally:
-            self.groups = []
+            self.groups = [(a, torch.tensor([r for r, x in enumerate(per_row) if x is a], device=device))
+                           for a in chosen.values()]
 
+    @staticmethod
+    def of(per_row: Sequence[Adapter | None] | None, device: torch.device) -> RowAdapters | None:
+        """None when no row asks for an adapter: the plain forward pass."""
+        return RowAdapters(per_row, device) if per_row and any(per_row) else None
 
-class AdaptedLinear(nn.Module):
-    """A linear layer (plain, or int8) plus the low-rank update of each row's adapter."""
-
-    def __init__(self, base: nn.Module, name: str, rows: AdapterRows) -> None:
-        super().__init__()
-        self.base, self.name, self.rows = base, name, rows
-        self.in_features, self.out_features = base.in_features, base.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        for adapter, rows in self.rows.groups:
-            pair = adapter.factors.get(self.name)
+    def linear(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`layer(x)` plus the low-rank update of each row's adapter (rows are x's first dimension)."""
+        y = layer(x)
+        for adapter, rows in self.groups:
+            pair = adapter.layers.get(layer)
             if pair is None:
                 continue
             a, b = pair
-            if isinstance(rows, slice):  # every row: no gathering
-                y.add_(x @ a.T @ b.T, alpha=adapter.scaling)
+            if rows is None:  # every row: no gathering
+                y = y + (x @ a.T @ b.T) * adapter.scaling
             else:
-                y.index_add_(0, rows, x.index_select(0, rows) @ a.T @ b.T, alpha=adapter.scaling)
+                y = y.index_add(0, rows, x.index_select(0, rows) @ a.T @ b.T, alpha=adapter.scaling)
         return y
 
 
-def attach(model: nn.Module) -> AdapterRows:
-    """Wrap every adaptable linear layer of `model` (in place); the switch that picks adapters per row."""
-    rows = AdapterRows()
-    for prefix, module in list(model.named_modules()):
-        for name, child in list(module.named_children()):
-            if name in TARGETS and not isinstance(child, AdaptedLinear) and hasattr(child, "in_features"):
-                setattr(module, name, AdaptedLinear(child, f"{prefix}.{name}" if prefix else name, rows))
-    return rows
-
-
-def load_adapter(name: str, path: str | Path, model: nn.Module, storage: Storage) -> Adapter:
-    """The adapter a LoRA fine-tune left in `path` (a checkpoint, or a run folder: its best/), for `model`."""
+def adapter_folder(path: str | Path) -> Path:
+    """The folder holding the adapter a LoRA fine-tune left in `path` (a checkpoint, or a run folder: its best/)."""
     folder = resolve_checkpoint(path)
     if not (folder / ADAPTER).is_file():
         raise BigModelError(f"{folder}: no {ADAPTER}; adapters come from `finetune --method lora` of a causal LM")
-    return read_adapter(name, *storage.tensors(folder, ADAPTER), folder / ADAPTER, model)
+    return folder

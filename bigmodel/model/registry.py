@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bigmodel import disk
 from bigmodel.errors import BigModelError
 from bigmodel.model.folders import WEIGHTS, resolve_checkpoint
 
@@ -152,5 +153,5 @@ def fetch(model_uri: str, uri: str = "") -> Path:
             checkpoint = next(f.parent for f in Path(got, "artifacts").rglob(WEIGHTS))  # the logged folder
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir()
-            os.replace(checkpoint, folder)
+            disk.replace(checkpoint, folder)
     return folder

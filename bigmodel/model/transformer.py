@@ -16,6 +16,7 @@ take a faster path for decoding steps on the CPU (`decoding.py`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -28,6 +29,12 @@ from bigmodel.errors import BigModelError
 from bigmodel.model.cache import CacheStep, KVCache
 from bigmodel.model.decoding import Linear
 from bigmodel.model.frontends import make_frontend
+from bigmodel.model.lora import Adapter, RowAdapters
+
+
+def linear(layer: nn.Module, x: torch.Tensor, lora: RowAdapters | None) -> torch.Tensor:
+    """A linear layer, plus its LoRA update for the rows whose adapter adapts it."""
+    return layer(x) if lora is None else lora.linear(layer, x)
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -86,13 +93,13 @@ class SelfAttention(nn.Module):
             self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps)
             self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps)
 
-    def heads(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    def heads(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, lora: RowAdapters | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries (B, n_head, T, head_dim), keys and values (B, n_kv_head, T, head_dim), rotated for RoPE."""
         cfg = self.config
         B, T, C = x.shape
         kv_width = cfg.n_kv_head * cfg.head_dim
-        q, k, v = self.qkv(x).split((C, kv_width, kv_width), dim=2)
+        q, k, v = linear(self.qkv, x, lora).split((C, kv_width, kv_width), dim=2)
         q = q.view(B, T, cfg.n_head, cfg.head_dim).transpose(1, 2)
         k = k.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
         v = v.view(B, T, cfg.n_kv_head, cfg.head_dim).transpose(1, 2)
@@ -120,16 +127,15 @@ class SelfAttention(nn.Module):
         return scores.softmax(-1)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                step: CacheStep | None, padding_mask: torch.Tensor | None) -> torch.Tensor:
+                step: CacheStep | None, padding_mask: torch.Tensor | None, lora: RowAdapters | None = None
+                ) -> torch.Tensor:
         cfg = self.config
         B, T, C = x.shape
-        q, k, v = self.heads(x, rope)
+        q, k, v = self.heads(x, rope, lora)
         past = 0
         if step is not None:
             past = step.start
             k, v = step.update(self.layer, k, v)
-        if cfg.n_kv_head != cfg.n_head:
-            k, v = self.shared(k), self.shared(v)
         mask = None if step is None else step.mask  # ragged rows: each sees its own past
         if mask is None and cfg.causal and T > 1 and (past or padding_mask is not None):
             # new tokens see all of the past and the causal part of themselves
@@ -139,10 +145,10 @@ class SelfAttention(nn.Module):
             mask = keys if mask is None else mask & keys
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=cfg.causal and T > 1 and mask is None,
-            dropout_p=cfg.dropout if self.training else 0.0,
-        )
+            dropout_p=cfg.dropout if self.training else 0.0, enable_gqa=cfg.n_kv_head != cfg.n_head,
+        )  # grouped-query attention without copying the cache's keys and values per query head
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
+        return self.resid_dropout(linear(self.proj, y, lora))
 
 
 @dataclass
@@ -176,12 +182,12 @@ class CrossAttention(nn.Module):
         k, v = self.kv(states).view(B, S, 2, self.config.n_head, self.config.head_dim).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def forward(self, x: torch.Tensor, memory: Memory, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: Memory, layer: int, lora: RowAdapters | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q = self.q(x).view(B, T, self.config.n_head, self.config.head_dim).transpose(1, 2)
+        q = linear(self.q, x, lora).view(B, T, self.config.n_head, self.config.head_dim).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, memory.keys[layer], memory.values[layer], attn_mask=memory.mask,
                                            dropout_p=self.config.dropout if self.training else 0.0)
-        return self.resid_dropout(self.proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+        return self.resid_dropout(linear(self.proj, y.transpose(1, 2).contiguous().view(B, T, C), lora))
 
 
 class MLP(nn.Module):
@@ -199,9 +205,10 @@ class MLP(nn.Module):
         self.down = Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.silu(self.gate(x)) * self.up(x) if self.swiglu else F.gelu(self.up(x), approximate=self.approximate)
-        return self.dropout(self.down(h))
+    def forward(self, x: torch.Tensor, lora: RowAdapters | None = None) -> torch.Tensor:
+        up = linear(self.up, x, lora)
+        h = F.silu(linear(self.gate, x, lora)) * up if self.swiglu else F.gelu(up, approximate=self.approximate)
+        return self.dropout(linear(self.down, h, lora))
 
 
 class Block(nn.Module):
@@ -222,16 +229,16 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 step: CacheStep | None, padding_mask: torch.Tensor | None, memory: Memory | None = None,
-                ) -> torch.Tensor:
+                lora: RowAdapters | None = None) -> torch.Tensor:
         if self.norm_first:
-            x = x + self.attn(self.norm1(x), rope, step, padding_mask)
+            x = x + self.attn(self.norm1(x), rope, step, padding_mask, lora)
             if memory is not None:
-                x = x + self.cross(self.norm_cross(x), memory, self.layer)
-            return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, rope, step, padding_mask))
+                x = x + self.cross(self.norm_cross(x), memory, self.layer, lora)
+            return x + self.mlp(self.norm2(x), lora)
+        x = self.norm1(x + self.attn(x, rope, step, padding_mask, lora))
         if memory is not None:
-            x = self.norm_cross(x + self.cross(x, memory, self.layer))
-        return self.norm2(x + self.mlp(x))
+            x = self.norm_cross(x + self.cross(x, memory, self.layer, lora))
+        return self.norm2(x + self.mlp(x, lora))
 
 
 class Transformer(nn.Module):
@@ -311,7 +318,8 @@ class Transformer(nn.Module):
                 padding_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
                 source: torch.Tensor | None = None, source_mask: torch.Tensor | None = None,
                 memory: Memory | None = None, label_smoothing: float = 0.0, segments: torch.Tensor | None = None,
-                logits_at: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                logits_at: torch.Tensor | None = None, adapters: Sequence[Adapter | None] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits for `idx` (B, T) and, with `targets`, the mean cross-entropy (-1 is ignored).
 
         With a `cache`, `idx` holds only the new tokens and positions continue after the
@@ -322,12 +330,13 @@ class Transformer(nn.Module):
         `hidden_states`). `logits_at` (B, T), True where logits are needed, runs the head there
         alone and returns them as (N, V): a chat row's loss falls on its answer, a fraction of its
         tokens, and logits over the whole vocabulary are most of a training step's memory.
+        `adapters` names each row's LoRA adapter (None: the base alone) for this call only.
         """
         if self.config.frontend != "tokens":
             raise BigModelError(f"a {self.config.frontend} model has no language-model head; it needs a task head")
         if source is not None:
             memory = self.encode(source, source_mask)
-        x = self.hidden_states(idx, cache, padding_mask, token_types, memory, segments)
+        x = self.hidden_states(idx, cache, padding_mask, token_types, memory, segments, adapters)
         if last_only:
             x = x[:, -1:, :]
         if logits_at is not None:
@@ -381,7 +390,8 @@ class Transformer(nn.Module):
 
     def hidden_states(self, idx: torch.Tensor, cache: KVCache | None = None,
                       padding_mask: torch.Tensor | None = None, token_types: torch.Tensor | None = None,
-                      memory: Memory | None = None, segments: torch.Tensor | None = None) -> torch.Tensor:
+                      memory: Memory | None = None, segments: torch.Tensor | None = None,
+                      adapters: Sequence[Adapter | None] | None = None) -> torch.Tensor:
         """The last layer's output (B, T, n_embd), before the language-model head.
 
         With `segments`, each row holds several sequences (numbered 1, 2, ...; 0 pads): positions
@@ -389,6 +399,7 @@ class Transformer(nn.Module):
         if (memory is None) != (self.config.encoder_layers == 0):
             raise BigModelError("an encoder-decoder needs a source to attend to; other models take none")
         step = None if cache is None else cache.begin(idx.size(1))
+        lora = RowAdapters.of(adapters, idx.device)
         if segments is not None:
             T = idx.size(1)
             steps = torch.arange(T, device=idx.device).expand_as(segments)
@@ -403,9 +414,9 @@ class Transformer(nn.Module):
             x, rope = self.embed(idx, step.positions, step.end, token_types)
         for block in self.blocks:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, rope, step, padding_mask, memory, use_reentrant=False)
+                x = checkpoint(block, x, rope, step, padding_mask, memory, lora, use_reentrant=False)
             else:
-                x = block(x, rope, step, padding_mask, memory)
+                x = block(x, rope, step, padding_mask, memory, lora)
         if cache is not None:
             cache.lengths += idx.size(1)
         return self.norm_f(x)

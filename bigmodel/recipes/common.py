@@ -3,7 +3,10 @@ it was tuned at, and where figures are written."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ from bigmodel.config import (
     StorageConfig,
     resolve,
 )
-from bigmodel.data.readers import read_lines
+from bigmodel.data.readers import batched, input_lines, read_lines
 from bigmodel.errors import BigModelError
 
 
@@ -22,6 +25,26 @@ def storage(args: StorageConfig | Any):
     from bigmodel.model.checkpoint import Storage
 
     return Storage.of(resolve(StorageConfig, None, args))
+
+
+def input_batches(name: str, tok: Any, size: int = 64) -> Iterator[list[str]]:
+    """The lines of `--input` in batches as they are read, blank ones kept, so output row i answers line i;
+    a blank line the model reads no token in (a tokenizer without special tokens) is an error naming it."""
+    for first, lines in enumerate(batched(input_lines(name), size)):
+        for lineno, line in enumerate(lines, start=first * size + 1):
+            if not line.strip() and tok is not None and not tok.encode(line).ids:
+                raise BigModelError(f"{name}: line {lineno} is blank, and this model reads no token in a blank "
+                                    "text; remove the line or give it text")
+        yield lines
+
+
+def write_jsonl(path: str, batches: Iterable[list[dict]]) -> None:
+    """Records as JSON lines to `path` (standard output when empty), flushed batch by batch: a reader at
+    the other end of a pipe sees each batch as soon as it is computed."""
+    with open(path, "w", encoding="utf-8") if path else contextlib.nullcontext(sys.stdout) as out:
+        for batch in batches:
+            out.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in batch)
+            out.flush()
 
 
 def load(args: CkptConfig, with_head: bool = False, ckpt: str | None = None, decoding: bool = False):

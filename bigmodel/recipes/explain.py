@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from bigmodel.config import CkptConfig, LabelColumnsConfig
-from bigmodel.data.readers import read_lines
+from bigmodel.data.readers import input_lines
 from bigmodel.errors import BigModelError, require
 from bigmodel.recipes.common import keep_figures, load
 
@@ -76,16 +77,21 @@ def cmd_explain(args: ExplainConfig) -> None:
                   + (f"{row['seconds']:>9.3f}" if "seconds" in row else f"{'':>9}"))
         print(f"figures: {out / 'faithfulness.json'}")
         return
-    texts = [args.text] if args.text else read_lines(args.input) if args.input else []
-    if not texts:
+    if not (args.text or args.input):
         raise BigModelError("explain needs --text TEXT, --input FILE (or - for stdin), or --evaluate --data FILE")
-    for i, text in enumerate(texts, start=1):
+    lines = iter([args.text] if args.text else input_lines(args.input))
+    first = list(itertools.islice(lines, 2))  # a report folder per line when there are several
+    if not first:
+        raise BigModelError(f"{args.input}: holds no lines to explain")
+    for i, text in enumerate(itertools.chain(first, lines), start=1):
+        if not text.strip():
+            raise BigModelError(f"{args.input}: line {i} is blank; there is nothing in it to explain")
         if classifier:
             explanation = explain_classifier(model, tok, text, args.target or None, args.baseline, args.steps,
                                              methods, args.samples)
         else:
             explanation = explain_next_token(model, tok, text, args.baseline, args.steps, methods, args.samples)
-        paths = write_report(explanation, out / str(i) if len(texts) > 1 else out)
+        paths = write_report(explanation, out / str(i) if len(first) > 1 else out)
         print(terminal_view(explanation))
         sums = ", ".join(f"{m} sum {sum(v):+.4f}" for m, v in explanation.attributions.items())
         delta = explanation.convergence_delta

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from bigmodel import disk
 from bigmodel.config import (
     CkptConfig,
     DecodingConfig,
@@ -16,9 +18,9 @@ from bigmodel.config import (
     TextColumnConfig,
     resolve,
 )
-from bigmodel.data.readers import read_lines
+from bigmodel.data.readers import input_lines, read_lines
 from bigmodel.errors import BigModelError
-from bigmodel.recipes.common import load
+from bigmodel.recipes.common import input_batches, load, write_jsonl
 
 
 @dataclass
@@ -44,7 +46,7 @@ class ChatConfig(PrecisionConfig, CkptConfig, DecodingConfig):
 class EmbedConfig(CkptConfig):
     """`bigmodel embed`: one mean-pooled, L2-normalised vector per input line, as .npy."""
 
-    input: str = ""  # UTF-8 text file, one text per line
+    input: str = ""  # UTF-8 text file, one text per line (a row each, blank ones too), - for stdin, or a pipe
     out: str = ""  # .npy file to write
     batch_size: int = 32
     max_length: int = 256  # tokens kept per line
@@ -57,7 +59,7 @@ class ZeroshotConfig(CkptConfig):
 
     labels: str = ""  # VALUE[=DESCRIPTION],... e.g. positive,negative
     template: str = "{}"  # how a label is phrased, e.g. "This review is {}."
-    input: str = ""  # UTF-8 text file, one text per line, or - for stdin
+    input: str = ""  # UTF-8 text file, one text per line (a row each, blank ones too), - for stdin, or a pipe
     out: str = ""  # JSONL file to write (default: stdout)
     multi_label: bool = False  # every label whose cosine reaches --threshold
     threshold: float = 0.1  # with --multi-label: the cosine a label needs
@@ -180,17 +182,41 @@ def _prompts(args: PromptsConfig) -> list[str]:
 
 
 def cmd_embed(args: EmbedConfig) -> None:
-    import numpy as np
-
+    """A vector per input line (blank ones too), computed block by block as the lines arrive."""
     from bigmodel.infer.embed import embed_texts
 
-    texts = read_lines(args.input)
-    if not texts:
-        raise BigModelError(f"{args.input}: holds no lines to embed")
     model, tok, _ = load(args)
-    vectors = embed_texts(model, tok, texts, args.batch_size, args.max_length)
-    np.save(args.out, vectors)
-    print(f"wrote {args.out}: {vectors.shape[0]} vectors of {vectors.shape[1]} dimensions")
+    out = Path(args.out if args.out.endswith(".npy") else f"{args.out}.npy")
+    blocks = (embed_texts(model, tok, texts, args.batch_size, args.max_length)
+              for texts in input_batches(args.input, tok, 4096))
+    rows = write_npy(out, blocks, model.config.n_embd, f"{args.input}: holds no lines to embed")
+    print(f"wrote {out}: {rows} vectors of {model.config.n_embd} dimensions")
+
+
+def write_npy(path: Path, blocks: Iterable, width: int, if_empty: str) -> int:
+    """Float32 rows of `width` into a .npy file as they come, so memory holds one block: raw rows first
+    (the header needs the count), then the file, renamed into place once whole. The count of rows."""
+    import numpy as np
+
+    part, tmp = path.with_name(path.name + ".part"), path.with_name(path.name + ".tmp")
+    rows = 0
+    try:
+        with part.open("wb") as fh:
+            for block in blocks:
+                np.asarray(block, dtype="<f4").tofile(fh)
+                rows += len(block)
+        if not rows:
+            raise BigModelError(if_empty)
+        raw = np.memmap(part, dtype="<f4", mode="r", shape=(rows, width))
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype="<f4", shape=(rows, width))
+        for start in range(0, rows, 1 << 16):
+            array[start:start + (1 << 16)] = raw[start:start + (1 << 16)]
+        array.flush()
+        del array, raw
+        disk.replace(tmp, path)
+    finally:
+        part.unlink(missing_ok=True)
+    return rows
 
 
 def cmd_zeroshot(args: ZeroshotConfig) -> None:
@@ -198,19 +224,21 @@ def cmd_zeroshot(args: ZeroshotConfig) -> None:
     from bigmodel.infer.zeroshot import label_similarities, parse_labels
 
     values, descriptions = parse_labels(args.labels)
-    texts = read_lines(args.input)
     model, tok, _ = load(args)
-    sims = label_similarities(model, tok, texts, descriptions, args.template, args.max_length) if texts else []
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    for text, row in zip(texts, sims, strict=True):
-        record = {"text": text, "scores": {v: round(float(x), 4) for v, x in zip(values, row, strict=True)}}
+
+    def record(text: str, row) -> dict:
+        found = {"text": text, "scores": {v: round(float(x), 4) for v, x in zip(values, row, strict=True)}}
         if args.multi_label:
-            record["labels"] = [v for v, x in zip(values, row, strict=True) if x >= args.threshold]
+            found["labels"] = [v for v, x in zip(values, row, strict=True) if x >= args.threshold]
         else:
-            record["label"] = values[int(row.argmax())]
-        out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    if args.out:
-        out.close()
+            found["label"] = values[int(row.argmax())]
+        return found
+
+    def records(texts: list[str]) -> list[dict]:
+        sims = label_similarities(model, tok, texts, descriptions, args.template, args.max_length)
+        return [record(t, row) for t, row in zip(texts, sims, strict=True)]
+
+    write_jsonl(args.out, map(records, input_batches(args.input, tok, 1024)))
 
 
 def cmd_index(args: IndexConfig) -> None:
@@ -219,7 +247,7 @@ def cmd_index(args: IndexConfig) -> None:
 
     suffix = Path(args.input).suffix.lower()
     docs = [r[0] for r in read_columns(args.input, [args.text_column])] if suffix in (".jsonl", ".csv", ".tsv") \
-        else read_lines(args.input)
+        else list(input_lines(args.input))  # a blank line is a document too: hit ids are line numbers
     model, tok, _ = load(args)
     out = build_index(model, tok, docs, args.out, args.ckpt, args.max_length)
     print(f"wrote {out}: {len(docs)} documents embedded by {args.ckpt}")

@@ -141,7 +141,7 @@ def cmd_dataset(args: DatasetConfig) -> None:
     import torch
 
     from bigmodel.config import GenerateConfig
-    from bigmodel.data.builtin_tasks import build
+    from bigmodel.data.datasets import build
     from bigmodel.evaluate.seq2seq import best_and_worst
     from bigmodel.infer.chat import replies
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -15,9 +14,8 @@ from bigmodel.config import (
     PrecisionConfig,
     resolve,
 )
-from bigmodel.data.readers import read_lines
 from bigmodel.errors import BigModelError
-from bigmodel.recipes.common import input_length, lexicon_settings, load
+from bigmodel.recipes.common import input_batches, input_length, lexicon_settings, load, write_jsonl
 
 
 @dataclass
@@ -43,24 +41,18 @@ def cmd_predict(args: PredictConfig) -> None:
     if not headed and args.task != "seq2seq" and not model.config.encoder_layers:
         raise BigModelError(f"{args.ckpt}: no fine-tuned head to predict with (for a decoder-only seq2seq model, "
                             "pass --task seq2seq)")
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    try:
-        if not headed:
-            records = predict_seq2seq(model, tok, args, input_length(args, model, folder))
-        elif model.head_config.task == "qa":
-            records = predict_answers(model, tok, args, input_length(args, model, folder))
-        elif model.config.frontend != "tokens":
-            records = predict_media(model, args)
-        else:
-            from bigmodel.infer.classify import label_records
+    if not headed:
+        batches = predict_seq2seq(model, tok, args, input_length(args, model, folder))
+    elif model.head_config.task == "qa":
+        batches = iter([predict_answers(model, tok, args, input_length(args, model, folder))])
+    elif model.config.frontend != "tokens":
+        batches = iter([predict_media(model, args)])
+    else:
+        from bigmodel.infer.classify import label_records
 
-            texts = read_lines(args.input)
-            records = [{"text": t, **r} for t, r in zip(texts, label_records(model, tok, texts), strict=True)]
-        for record in records:
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    finally:
-        if args.out:
-            out.close()
+        batches = ([{"text": t, **r} for t, r in zip(texts, label_records(model, tok, texts), strict=True)]
+                   for texts in input_batches(args.input, tok))
+    write_jsonl(args.out, batches)
 
 
 def predict_media(model, args: PredictConfig) -> list[dict]:
@@ -77,13 +69,14 @@ def predict_media(model, args: PredictConfig) -> list[dict]:
     return [{"input": f, **r} for f, r in zip(files, label_records(model, None, files), strict=True)]
 
 
-def predict_seq2seq(model, tok, args: PredictConfig, max_length: int) -> list[dict]:
+def predict_seq2seq(model, tok, args: PredictConfig, max_length: int) -> Iterator[list[dict]]:
+    """A target per input line, batch by batch as the lines are read."""
     from bigmodel.infer.seq2seq import generate_targets
 
-    sources = read_lines(args.input)
     cfg = resolve(GenerateConfig, args)
-    outputs = generate_targets(model, tok, sources, cfg, max_length)
-    return [{"source": s, "output": o} for s, o in zip(sources, outputs, strict=True)]
+    for sources in input_batches(args.input, tok):
+        outputs = generate_targets(model, tok, sources, cfg, max_length)
+        yield [{"source": s, "output": o} for s, o in zip(sources, outputs, strict=True)]
 
 
 def read_questions(path: str) -> list:

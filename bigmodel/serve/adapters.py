@@ -10,9 +10,8 @@ from pydantic import BaseModel, Field
 
 from bigmodel.errors import BigModelError
 from bigmodel.model.checkpoint import Storage
-from bigmodel.model.lora import load_adapter
 from bigmodel.serve.schema import ERRORS, ApiError
-from bigmodel.serve.service import Service, service
+from bigmodel.serve.service import Service, load_adapter, service
 
 router = APIRouter()
 

@@ -157,8 +157,8 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         threading.Thread(target=svc.load, name="bigmodel-load", daemon=True).start()
         yield
         svc.draining = True
-        if svc.loaded and svc.loaded.engine:
-            await asyncio.to_thread(svc.loaded.engine.close)
+        if svc.loaded:
+            await asyncio.to_thread(svc.loaded.owner.close)
 
     app = FastAPI(title="bigmodel", version="0.1.0", lifespan=lifespan)
     app.state.service = svc

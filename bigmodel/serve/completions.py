@@ -135,8 +135,8 @@ def penalties_of(svc: Service, req: Sampling) -> Penalties:
     return Penalties(req.presence_penalty, req.frequency_penalty, req.repetition_penalty, tuple(bias))
 
 
-def start(svc: Service, prompts: list[list[int]], req: Sampling, ask: Ask) -> list[Choice]:
-    """Queue every (prompt, sample) as one sequence on the engine."""
+async def start(svc: Service, prompts: list[list[int]], req: Sampling, ask: Ask) -> list[Choice]:
+    """Queue every (prompt, sample) as one sequence on the engine (a grammar compiles off the event loop)."""
     engine = svc.generator()
     limit = svc.cfg.max_new_tokens_limit
     if req.max_tokens is not None and req.max_tokens > limit:
@@ -144,7 +144,7 @@ def start(svc: Service, prompts: list[list[int]], req: Sampling, ask: Ask) -> li
     if ask.alternatives is not None and ask.alternatives > svc.cfg.max_logprobs:
         raise ApiError(400, f"{ask.param}: at most {svc.cfg.max_logprobs} on this server", "invalid_request_error",
                        ask.param)
-    penalties, (grammar, ask.grammar_param) = penalties_of(svc, req), svc.grammar_of(req)
+    penalties, (grammar, ask.grammar_param) = penalties_of(svc, req), await asyncio.to_thread(svc.grammar_of, req)
     adapter = svc.adapter_of(req)
     loop = asyncio.get_running_loop()
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
@@ -195,7 +195,7 @@ def choice_logprobs(tok: Tokenizer, choice: Choice, tokens: list[Token], offset:
 
 async def complete(svc: Service, prompts: list[list[int]], texts: list[str | None], req: Sampling, ask: Ask,
                    kind: str) -> dict:
-    choices = start(svc, prompts, req, ask)
+    choices = await start(svc, prompts, req, ask)
     s, chat = svc.served, kind == "chat.completion"
     echoed = prompt_texts(svc, prompts, texts, ask)
 
@@ -231,10 +231,10 @@ def served_as(svc: Service, choices: list[Choice]) -> str:
     return f"{svc.served.model_id}:{adapter.name}" if adapter else svc.served.model_id
 
 
-def stream(svc: Service, prompts: list[list[int]], texts: list[str | None], req: Sampling, ask: Ask,
-           kind: str) -> StreamingResponse:
+async def stream(svc: Service, prompts: list[list[int]], texts: list[str | None], req: Sampling, ask: Ask,
+                 kind: str) -> StreamingResponse:
     """Server-sent events, one choice after another (index = prompt × n + sample); all generate at once."""
-    choices = start(svc, prompts, req, ask)
+    choices = await start(svc, prompts, req, ask)
     s, chat = svc.served, kind == "chat.completion.chunk"
     ident, created, model = completion_id(kind), int(time.time()), served_as(svc, choices)
     echoed = prompt_texts(svc, prompts, texts, ask)
@@ -285,19 +285,19 @@ def completion_id(kind: str) -> str:
 async def completions(req: CompletionRequest, request: Request):
     svc = service(request)
     texts = req.prompts()
-    prompts = [svc.tokens_of(p, "prompt") for p in texts]
+    prompts = await asyncio.to_thread(lambda: [svc.tokens_of(p, "prompt") for p in texts])  # long prompts: a worker
     ask = Ask(req.logprobs, "logprobs", req.echo)
     strings = [p if isinstance(p, str) else None for p in texts]
     if req.stream:
-        return stream(svc, prompts, strings, req, ask, "text_completion")
+        return await stream(svc, prompts, strings, req, ask, "text_completion")
     return await complete(svc, prompts, strings, req, ask, "text_completion")
 
 
 @router.post("/v1/chat/completions", responses=STREAMED)
 async def chat(req: ChatRequest, request: Request):
     svc = service(request)
-    prompt = [svc.tokens_of(svc.prompt_of(req.messages), "messages")]
+    prompt = [await asyncio.to_thread(lambda: svc.tokens_of(svc.prompt_of(req.messages), "messages"))]
     ask = Ask((req.top_logprobs or 0) if req.logprobs else None, "top_logprobs")
     if req.stream:
-        return stream(svc, prompt, [None], req, ask, "chat.completion.chunk")
+        return await stream(svc, prompt, [None], req, ask, "chat.completion.chunk")
     return await complete(svc, prompt, [None], req, ask, "chat.completion")

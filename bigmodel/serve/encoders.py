@@ -1,8 +1,10 @@
 """The routes of encoders and fine-tuned heads: `/v1/embeddings`, `/v1/classify` (labels, values or
-transcripts; images and audio as base64) and `/v1/explain`."""
+transcripts; images and audio as base64) and `/v1/explain`. Each reads its input on a worker thread and
+runs the model on the model's owner (`owner.py`), between the engine's decoding steps."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import importlib.util
@@ -22,12 +24,12 @@ router = APIRouter()
 
 
 @router.post("/v1/embeddings", responses=ERRORS)
-def embeddings(req: EmbeddingRequest, request: Request) -> dict:
+async def embeddings(req: EmbeddingRequest, request: Request) -> dict:
     """Mean-pooled, unit-length vectors of the last hidden states (as sentence-transformers)."""
     svc = service(request)
     s = svc.served
-    ids, tokens = svc.inputs_of(req)
-    vectors = embed_ids(s.model, ids, pad_id(s.tok))
+    ids, tokens = await asyncio.to_thread(svc.inputs_of, req)
+    vectors = await s.owner.run(embed_ids, s.model, ids, pad_id(s.tok))
     return {"object": "list", "model": s.model_id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "data": [{"object": "embedding", "index": i,
                       "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()
@@ -51,7 +53,7 @@ def media_items(inputs_b64: list[str], inputs: Inputs) -> list:
 
 
 @router.post("/v1/classify", responses=ERRORS)
-def classify(req: TextsRequest, request: Request) -> dict:
+async def classify(req: TextsRequest, request: Request) -> dict:
     """Label and probabilities per text (a regression head gives its value). Image and audio classifiers
     take base64-encoded files; a speech recognizer (CTC) answers with transcripts."""
     svc = service(request)
@@ -59,22 +61,22 @@ def classify(req: TextsRequest, request: Request) -> dict:
     classifier = svc.classifier()
     head = classifier.head_config
     if classifier.config.frontend == "tokens":
-        ids, tokens = svc.inputs_of(req)
+        ids, tokens = await asyncio.to_thread(svc.inputs_of, req)
         inputs = TextInputs(s.tok, classifier.config.block_size)
     else:
         inputs = inputs_for(classifier.config, None)
-        ids, tokens = media_items(req.texts(), inputs), 0
+        ids, tokens = await asyncio.to_thread(media_items, req.texts(), inputs), 0
     if head.task == "ctc":
-        rows = [{"transcript": t} for t in transcribe(classifier, ids, inputs)]
+        rows = [{"transcript": t} for t in await s.owner.run(transcribe, classifier, ids, inputs)]
         return {"object": "list", "model": s.model_id, "data": [{"object": "transcription", "index": i, **row}
                                                                for i, row in enumerate(rows)]}
-    rows = score_records(head, predict_scores(classifier, ids, inputs, head.n_outputs))
+    rows = score_records(head, await s.owner.run(predict_scores, classifier, ids, inputs, head.n_outputs))
     return {"object": "list", "model": s.model_id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "data": [{"object": "classification", "index": i, **row} for i, row in enumerate(rows)]}
 
 
 @router.post("/v1/explain", responses=ERRORS)
-def explain(req: ExplainRequest, request: Request) -> dict:
+async def explain(req: ExplainRequest, request: Request) -> dict:
     """Why the classifier decided: what `bigmodel explain` writes to explanation.json."""
     svc = service(request)
     s = svc.served
@@ -83,7 +85,7 @@ def explain(req: ExplainRequest, request: Request) -> dict:
     if req.target is not None and req.target not in labels:
         raise ApiError(400, f"target: not a label of this model ({', '.join(labels)})", "invalid_request_error",
                        "target")
-    tokens = len(svc.tokens_of(req.input, "input", special=True))
+    tokens = len(await asyncio.to_thread(svc.tokens_of, req.input, "input", True))
     if tokens > MAX_EXPLAIN_TOKENS:
         raise ApiError(413, f"input is {tokens} tokens; explanations take at most {MAX_EXPLAIN_TOKENS}",
                        "invalid_request_error", "input")
@@ -93,5 +95,6 @@ def explain(req: ExplainRequest, request: Request) -> dict:
     svc.metrics.count_tokens("prompt", tokens)
     from bigmodel.infer.explain import explain_classifier  # Captum, an optional extra
 
-    explanation = explain_classifier(classifier, s.tok, req.input, req.target, steps=req.steps)
+    explanation = await s.owner.run(lambda: explain_classifier(classifier, s.tok, req.input, req.target,
+                                                               steps=req.steps))
     return {"object": "explanation", "model": s.model_id, **explanation.to_dict()}

@@ -1,6 +1,7 @@
 """Continuous batching: requests join and leave one running batch of decode steps.
 
-One thread owns the model. Each step it admits waiting sequences into free rows of a
+The engine is the served model's `Owner` (`owner.py`): its thread runs the calls other routes queue,
+then a step of decoding, and nothing else touches the model. Each step it admits waiting sequences into free rows of a
 shared `KVCache` (running each prompt once), then runs a single forward pass that gives
 every active row its next token at that row's own position, and samples each row with
 its own settings. A finished or abandoned sequence leaves at once: the last active row
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -33,11 +33,12 @@ import torch
 
 from bigmodel.config import GenerateConfig
 from bigmodel.infer.decoder import Decoder, Penalties, sample_next
-from bigmodel.model.lora import Adapter, AdapterRows
+from bigmodel.model.lora import Adapter
 from bigmodel.model.transformer import Transformer
 from bigmodel.serve.drafts import DraftModel, PromptLookup
 from bigmodel.serve.grammar import DeadEnd, Matcher
 from bigmodel.serve.metrics import Metrics
+from bigmodel.serve.owner import Owner, ShuttingDown
 from bigmodel.serve.prefix import PrefixCache
 
 log = logging.getLogger("bigmodel.serve")
@@ -49,10 +50,6 @@ class QueueFull(Exception):
 
 class TooLarge(Exception):
     """More sequences in one request than the batch and the queue could ever hold."""
-
-
-class ShuttingDown(Exception):
-    """The engine takes no new work; it is finishing what it has."""
 
 
 class Token(NamedTuple):
@@ -92,6 +89,7 @@ class Sequence:
     error: str | None = None
     dead_end: bool = False  # the error is the request's grammar, which the vocabulary cannot follow
     done: bool = False  # finished, or given up by its consumer
+    ended: bool = False  # its end (None) has been emitted: it happens once
     history: list[int] = field(init=False)  # the prompt, then every token produced
 
     def __post_init__(self) -> None:
@@ -107,24 +105,30 @@ class Sequence:
         """Give up the row (the client left, or a stop string was met); safe from any thread."""
         self.done = True
 
+    def end(self, error: str | None = None) -> None:
+        """Tell the consumer it is over (with why, when it failed), once whatever happens after."""
+        if self.ended:
+            return
+        self.ended, self.done = True, True
+        if error is not None and self.error is None:
+            self.error = error
+        self.emit(None)
 
-class Engine:
+
+class Engine(Owner):
     def __init__(self, model: Transformer, max_batch: int, max_queue: int, stop_ids: frozenset[int],
                  prefix_cache_mb: float = 0, metrics: Metrics | None = None, speculate: int = 0,
-                 adapters: AdapterRows | None = None, draft: Transformer | None = None) -> None:
+                 draft: Transformer | None = None) -> None:
         """`draft`: a small model with the same vocabulary that drafts for `speculate` (else prompt lookup)."""
         self.model, self.max_batch, self.max_queue, self.stop_ids = model, max_batch, max_queue, stop_ids
         self.speculate = speculate
-        self.decoder = Decoder(model, max_batch, adapters=adapters)
+        self.decoder = Decoder(model, max_batch)
         self.drafter = (DraftModel(draft, max_batch) if draft is not None else PromptLookup()) if speculate else None
         self.prefixes = PrefixCache(int(prefix_cache_mb * 2**20)) if prefix_cache_mb > 0 else None
         self.metrics = metrics or Metrics()
         self.active: list[Sequence] = []  # row i of the cache belongs to active[i]
         self.waiting: collections.deque[Sequence] = collections.deque()
-        self.wake = threading.Condition()
-        self.closing = False
-        self.thread = threading.Thread(target=self._run, name="bigmodel-engine", daemon=True)
-        self.thread.start()
+        super().__init__("bigmodel-engine")
 
     @property
     def depth(self) -> int:
@@ -148,40 +152,39 @@ class Engine:
             self.waiting.extend(sequences)
             self.wake.notify()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Take no more work, finish every sequence already in, then stop the thread."""
-        with self.wake:
-            self.closing = True
-            self.wake.notify()
-        self.thread.join(timeout)
+    def _has_work(self) -> bool:
+        return bool(self.calls or self.active or self.waiting)
 
-    def _run(self) -> None:
-        while True:
-            with self.wake:
-                while not (self.active or self.waiting or self.closing):
-                    self.wake.wait()
-                if self.closing and not (self.active or self.waiting):
-                    return
-                joining = [self.waiting.popleft() for _ in range(min(len(self.waiting),
-                                                                     self.max_batch - len(self.active)))]
+    def _take(self) -> list[Sequence]:
+        return [self.waiting.popleft() for _ in range(min(len(self.waiting), self.max_batch - len(self.active)))]
+
+    def _turn(self, joining: list[Sequence]) -> None:
+        with torch.inference_mode():
+            for seq in joining:
+                self._admit(seq)
             try:
-                with torch.inference_mode():
-                    for seq in joining:
-                        self._join(seq)
-                    self._step()
-            except Exception as e:  # a broken step fails its sequences, never the server
+                self._step()
+            except Exception as e:  # a broken step fails the sequences in it, never the server
                 log.exception("generation step failed")
-                for seq in dict.fromkeys([*self.active, *joining]):  # joined ones are in both: end each once
-                    seq.error = f"generation failed: {e}"
-                    seq.emit(None)
+                for seq in self.active:
+                    seq.end(f"generation failed: {e}")
                 self.active.clear()
 
-    def _join(self, seq: Sequence) -> None:
-        """Run the prompt into a fresh row and emit the first token."""
+    def _admit(self, seq: Sequence) -> None:
+        """Join one sequence; if its prompt cannot run, it fails alone and its row is given back."""
         if seq.done:  # its client left while it waited
-            seq.emit(None)
+            seq.end()
             return
         row = len(self.active)
+        try:
+            self._join(seq, row)
+        except Exception as e:
+            log.exception("a prompt failed to join")
+            self.active.pop(row)
+            seq.end(f"generation failed: {e}")
+
+    def _join(self, seq: Sequence, row: int) -> None:
+        """Run the prompt into a fresh row and emit the first token."""
         self.active.append(seq)
         if seq.grammar is not None:
             seq.matcher = Matcher(seq.grammar, self.model.config.vocab_size)
@@ -192,7 +195,7 @@ class Engine:
             start = self.prefixes.load(seq.prompt, self.decoder.cache, row, salt)
             self.metrics.prefix.labels("looked_up").inc(len(seq.prompt))
             self.metrics.prefix.labels("hit").inc(start)
-        logits = self.decoder.prefill([seq.prompt], row, every=scoring, start=start, adapters=[seq.adapter])[0]
+        logits = self.decoder.prefill([seq.prompt], row, every=scoring, start=start, adapters=[seq.adapter])[0].cpu()
         if self.prefixes is not None:
             self.prefixes.store(seq.prompt, self.decoder.cache, row, salt)
         if self.drafter is not None:
@@ -215,7 +218,7 @@ class Engine:
         else:
             tokens = torch.tensor([seq.history[-1] for seq in self.active], device=self.decoder.device)
             logits = self.decoder.step(tokens, [seq.history for seq in self.active],
-                                       [seq.adapter for seq in self.active])
+                                       [seq.adapter for seq in self.active]).cpu()  # one transfer a step
             for row in range(n):
                 self._accept(row, logits[row])
         self._leave_finished()
@@ -236,7 +239,7 @@ class Engine:
         rows = [[seq.history[-1], *draft, *[seq.history[-1]] * (width - 1 - len(draft))]
                 for seq, draft in zip(self.active, drafts, strict=True)]
         logits = self.decoder.extend(torch.tensor(rows, device=self.decoder.device),
-                                     [seq.adapter for seq in self.active])
+                                     [seq.adapter for seq in self.active]).cpu()
         for row, (seq, draft) in enumerate(zip(self.active, drafts, strict=True)):
             start = int(self.decoder.cache.lengths[row]) - width  # where the row's last token went
             kept = 0
@@ -250,10 +253,17 @@ class Engine:
             self.metrics.drafted.labels("accepted").inc(kept)
 
     def _accept(self, row: int, logits: torch.Tensor) -> None:
+        """Choose row `row`'s next token from its logits (on the host); a row whose choice fails ends alone."""
         seq = self.active[row]
         if seq.done:
             return
-        logits = logits.cpu()
+        try:
+            self._choose(seq, logits)
+        except Exception as e:
+            log.exception("choosing a token failed")
+            seq.error, seq.done = f"generation failed: {e}", True
+
+    def _choose(self, seq: Sequence, logits: torch.Tensor) -> None:
         steered = seq.penalties.apply(logits, seq.history, len(seq.prompt)) if seq.penalties else logits
         if seq.matcher is not None:
             try:
@@ -275,7 +285,7 @@ class Engine:
             if not seq.done:
                 row += 1
                 continue
-            seq.emit(None)
+            seq.end()
             last = len(self.active) - 1
             if row != last:
                 self.decoder.cache.move_row(last, row)

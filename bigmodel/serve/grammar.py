@@ -2,7 +2,7 @@
 out parses, whatever the model was trained on.
 
 xgrammar does the work: it compiles JSON schemas, regular expressions and EBNF against the vocabulary
-once (cached), deciding most tokens at compile time, so the per-step mask is cheap on a CPU: on
+once (cached by schema), deciding most tokens at compile time, so the per-step mask is cheap on a CPU: on
 SmolLM2 decoding keeps 97% of its tokens/s with a JSON schema (`bench/structured_output.py`). It
 ships CPU wheels and is the default of vLLM and SGLang; llguidance and outlines do the same job and
 were not measured beside it. A request asks with OpenAI's `response_format` (`json_object`, or
@@ -12,8 +12,10 @@ free whitespace between tokens, so an untrained model cannot wander off in blank
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import threading
 
 import torch
 from tokenizers import Tokenizer
@@ -45,10 +47,20 @@ class Grammars:
             raise BigModelError("structured output needs xgrammar: pip install 'bigmodel[serve]'") from None
         vocab = [tok.id_to_token(i) or "" for i in range(min(tok.get_vocab_size(), vocab_size))]
         info = xgr.TokenizerInfo(vocab, vocab_type(tok), vocab_size=vocab_size, stop_token_ids=sorted(stop_ids))
-        self.compiler = xgr.GrammarCompiler(info, max_threads=1)  # compiles run on the event loop, one at a time
+        self.compiler = xgr.GrammarCompiler(info, max_threads=1)
+        self.lock = threading.Lock()  # requests compile on worker threads, off the event loop: one at a time
+        self.cached = functools.lru_cache(maxsize=256)(self._compile)
 
     def compile(self, kind: str, spec: object) -> object:
-        """A compiled grammar for `kind` (json_object, json_schema, regex, choice); ValueError if it is invalid."""
+        """A compiled grammar for `kind` (json_object, json_schema, regex, choice); ValueError if it is invalid.
+        The same schema again reuses the first compile (keys keep their order: it is the order of the output)."""
+        return self.cached(kind, json.dumps(spec))
+
+    def _compile(self, kind: str, text: str) -> object:
+        with self.lock:
+            return self._compile_now(kind, json.loads(text))
+
+    def _compile_now(self, kind: str, spec: object) -> object:
         if kind == "json_object":
             return self.compiler.compile_builtin_json_grammar()
         if kind == "json_schema":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from fastapi import Request
@@ -20,12 +21,13 @@ from bigmodel.infer.chat import chat_template
 from bigmodel.model.checkpoint import Storage, in_precision, load_checkpoint, locate
 from bigmodel.model.formats import tokenizer_config
 from bigmodel.model.heads import HEAD_FILE, SequenceModel
-from bigmodel.model.lora import Adapter, AdapterRows, attach, load_adapter
+from bigmodel.model.lora import ADAPTER, Adapter, adapter_folder, read_adapter
 from bigmodel.model.quantize import is_int8, to_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.serve.engine import Engine
 from bigmodel.serve.grammar import Grammars, Matcher
 from bigmodel.serve.metrics import Metrics
+from bigmodel.serve.owner import Owner
 from bigmodel.serve.schema import ApiError, Message, Sampling, TextsRequest
 
 
@@ -37,12 +39,13 @@ class Served:
     tok: Tokenizer | None  # None for image and audio models
     model_id: str
     engine: Engine | None  # decoders only
+    owner: Owner  # runs every forward pass over the model: the engine, or a thread of its own for encoders
     chat: Callable[[list[dict]], str] | None  # messages to prompt, for models with a chat template
     chat_missing: str  # why there is no chat, when there is none
     classifier: SequenceModel | None = None  # a fine-tuned checkpoint's model with its head
     special: dict = field(default_factory=dict)  # its tokenizer_config.json: special tokens, chat template
     grammars: Grammars | None = None  # made at the first request for structured output
-    adapter_rows: AdapterRows | None = None  # set when the server serves LoRA adapters: its layers carry them
+    serves_adapters: bool = False  # started with --lora-modules or --runtime-lora: names it answers to are known
     adapters: dict[str, Adapter] = field(default_factory=dict)  # by name
 
     def capabilities(self) -> list[str]:
@@ -66,6 +69,12 @@ def load_draft(cfg: ServeConfig, model: Transformer, tok: Tokenizer | None, devi
     return draft
 
 
+def load_adapter(name: str, path: str | Path, model: Transformer, storage: Storage) -> Adapter:
+    """The adapter a LoRA fine-tune left in `path` (a checkpoint, or a run folder: its best/), for `model`."""
+    folder = adapter_folder(path)
+    return read_adapter(name, *storage.tensors(folder, ADAPTER), folder / ADAPTER, model)
+
+
 def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
     folder, is_hf = locate(cfg.ckpt)
     device = pick_device(cfg.device)
@@ -80,13 +89,12 @@ def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
     else:  # in place: a classifier's backbone is the generator's model
         in_precision(classifier or model, cfg.dtype, device, decoding=model.config.causal)
     special = tokenizer_config(folder)
-    rows = attach(model) if model.config.causal and (cfg.lora_modules or cfg.runtime_lora) else None
     adapters = {name: load_adapter(name, path, model, storage) for name, path in cfg.adapters().items()}
-    if adapters and not rows:
+    if adapters and not model.config.causal:
         raise BigModelError(f"--lora-modules: {cfg.ckpt} is an encoder; adapters serve causal language models")
     draft = load_draft(cfg, model, tok, device, storage) if cfg.draft_model else None
     engine = Engine(model, cfg.max_batch, cfg.max_queue, stop_ids(tok, special), cfg.prefix_cache_mb,
-                    metrics, cfg.speculate, rows, draft) if model.config.causal else None
+                    metrics, cfg.speculate, draft) if model.config.causal else None
     model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
     chat, missing = None, ""
     try:
@@ -95,8 +103,9 @@ def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
         if cfg.chat_template:  # a template the server was told to use must work
             raise
         missing = str(e)
-    return Served(model, tok, model_id, engine, chat, missing, classifier, special, adapter_rows=rows,
-                  adapters=adapters)
+    serves_adapters = model.config.causal and bool(cfg.lora_modules or cfg.runtime_lora)
+    return Served(model, tok, model_id, engine, engine or Owner(), chat, missing, classifier, special,
+                  serves_adapters=serves_adapters, adapters=adapters)
 
 
 
@@ -194,7 +203,7 @@ class Service:
             name = tail
         if name in s.adapters:
             return s.adapters[name]
-        if param == "adapter" or colon or s.adapter_rows is not None:
+        if param == "adapter" or colon or s.serves_adapters:
             served = ", ".join([s.model_id, *(f"{s.model_id}:{a}" for a in s.adapters)])
             raise ApiError(400, f"{param}: no adapter {name!r} here (serving {served})", "invalid_request_error",
                            param)

@@ -42,9 +42,20 @@ class Dist:
         """The average of `value` over every process."""
         return self.sum(value)[0] / self.world_size
 
-    def rng_states(self) -> torch.Tensor:
-        """Every process's torch RNG state, one row per rank: what an exact resume restores."""
-        rng = torch.get_rng_state()
+    def rng_states(self) -> dict[str, torch.Tensor]:
+        """Every process's RNG states, one row per rank: the host's, and its GPU's (dropout there draws from it),
+        what an exact resume restores (`restore_rng`)."""
+        states = {"torch_rng": self._gathered(torch.get_rng_state())}
+        if self.device.type == "cuda":
+            states["cuda_rng"] = self._gathered(torch.cuda.get_rng_state(self.device))
+        return states
+
+    def restore_rng(self, state: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["torch_rng"][self.rank])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"][self.rank], self.device)
+
+    def _gathered(self, rng: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:
             return rng.unsqueeze(0)
         gathered: list[torch.Tensor] = [torch.empty_like(rng) for _ in range(self.world_size)]

@@ -102,10 +102,15 @@ def adapter_of(runner: torch.nn.Module, cfg: FinetuneConfig) -> dict[str, bytes]
 
 
 def plain_model(runner: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module:
-    """What a checkpoint holds: for LoRA, a copy with the adapters merged, so training goes on."""
+    """What a checkpoint holds: for LoRA, a copy with the adapters merged, so training goes on. The copy
+    is made on the host, tensor by tensor: a second copy of the model on a GPU at every evaluation could
+    run it out of memory."""
     if cfg.method != "lora":
         return runner
-    merged = copy.deepcopy(runner).merge_and_unload()
+    host: dict[int, torch.Tensor] = {id(p): torch.nn.Parameter(p.detach().cpu().clone(), p.requires_grad)
+                                     for p in runner.parameters()}
+    host.update({id(b): b.detach().cpu().clone() for b in runner.buffers()})
+    merged = copy.deepcopy(runner, memo=host).merge_and_unload()
     backbone = backbone_of(merged)
     if backbone.config.tie_embeddings:  # the copy unties them; the checkpoint format expects them shared
         backbone.lm_head.weight = backbone.tok_emb.weight
@@ -266,9 +271,10 @@ class FineTuner(Loop):
                 loss = self.task.loss(self.model, mine, dist.device)
                 self.scaler.scale(loss * dist.world_size / units).backward()
             summed, counted, examples = summed + loss.item(), counted + self.task.units(mine), examples + len(mine)
-        if self.proximal_mu:  # FedProx: the gradient of mu/2 * ||w - w_round_start||^2
+        if self.proximal_mu:  # FedProx: the gradient of mu/2 * ||w - w_round_start||^2, scaled as the loss's
+            scale = self.scaler.get_scale()  # fp16's loss scale (1 otherwise): the step unscales both together
             for p, start in zip(self._trainable(), self.anchor, strict=True):
-                p.grad.add_(p.detach() - start, alpha=self.proximal_mu)
+                p.grad.add_(p.detach() - start, alpha=self.proximal_mu * scale)
         optimizer_step(self.optimizer, linear_lr(step, cfg.lr, self.warmup, self.total_steps), cfg.grad_clip,
                        self.scaler)
         return summed, counted, examples

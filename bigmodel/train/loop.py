@@ -85,7 +85,7 @@ class Loop:
     def state(self, step: int) -> dict[str, Any]:
         """What every resumable run keeps in `last/`; runs add their own (optimizer, sampler, adapters)."""
         spent = {**self.spent, "seconds": self._seconds()}
-        state = {"step": step, "best": self.best.state(), "torch_rng": self.dist.rng_states(), "spent": spent}
+        state = {"step": step, "best": self.best.state(), "spent": spent, **self.dist.rng_states()}
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         return state
@@ -96,7 +96,7 @@ class Loop:
         self.best.restore(state["best"])
         if self.scaler.is_enabled() and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"][self.dist.rank])
+        self.dist.restore_rng(state)
 
     def fit(self) -> dict[str, float]:
         """Train to `total_steps` (or until patience runs out)."""

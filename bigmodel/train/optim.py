@@ -87,8 +87,10 @@ class KeepBest:
     stale: int = 0
 
     def improved(self, value: float) -> bool:
-        """Record one evaluation; True when it is the best yet."""
-        better = math.isnan(self.best) or (value < self.best if self.minimize else value > self.best)
+        """Record one evaluation; True when it is the best yet. A figure that is not a number (a NaN evaluation)
+        is never the best: it would otherwise be kept, and win against nothing until a real one came."""
+        better = math.isfinite(value) and (math.isnan(self.best) or (value < self.best if self.minimize
+                                                                       else value > self.best))
         if better:
             self.best, self.stale = value, 0
         else:

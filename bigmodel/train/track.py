@@ -9,6 +9,7 @@ listeners (MLflow, a sweep's pruner) are `Sink`s: they see each evaluation row a
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +33,15 @@ def plot_losses(rows: list[dict[str, float]], out: Path, title: str, x: str = "i
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    try:
+        draw(ax, rows, title, x)
+        fig.tight_layout()
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
+
+
+def draw(ax: Any, rows: list[dict[str, float]], title: str, x: str) -> None:
     xs = [r[x] for r in rows]
     ax.plot(xs, [r["train_loss"] for r in rows], marker="o", ms=3, label="train")
     ax.plot(xs, [r["val_loss"] for r in rows], marker="o", ms=3, label="val")
@@ -41,9 +51,6 @@ def plot_losses(rows: list[dict[str, float]], out: Path, title: str, x: str = "i
     ax.set(xlabel=x, ylabel="loss", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
 
 
 def shown(name: str, value: float) -> str:
@@ -138,15 +145,20 @@ class Tracker:
             self.writer.flush()
 
     def close(self, error: BaseException | None = None) -> None:
+        """Close the bar, TensorBoard's writer and every sink (MLflow's run) whatever else fails; the plot is
+        drawn first, and a plot that cannot be drawn is said in one line (metrics.csv holds the figures)."""
         self.bar.close()
-        if self.enabled:
-            rows = read_metrics(self.csv_path)
-            if rows:
+        try:
+            if self.enabled and (rows := read_metrics(self.csv_path)):
                 plot_losses(rows, self.png_path, self.title, self.x)
-        if self.writer is not None:
-            self.writer.close()
-        for sink in self.sinks:
-            sink.close(error)
+        except Exception as e:  # a plotting library's failure costs the picture, not the run's handles
+            print(f"warning: could not draw {self.png_path} ({type(e).__name__}: {e}); the figures are in "
+                  f"{self.csv_path}", file=sys.stderr)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+            for sink in self.sinks:
+                sink.close(error)
 
     def __enter__(self) -> Tracker:
         return self

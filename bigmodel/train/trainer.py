@@ -220,7 +220,7 @@ class Trainer(Loop):
         if self.masking is not None:
             inputs, y = self.masking(x, masking)
         device = self.dist.device
-        return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}, y.to(device, non_blocking=True)
+        return {k: v.to(device) for k, v in inputs.items()}, y.to(device)  # unpinned: an async copy gains nothing
 
     def train_step(self, step: int) -> tuple[float, int, int]:
         """One optimizer step over `grad_accum` micro-batches: (mean loss, 1, tokens), or no units for an
@@ -232,8 +232,9 @@ class Trainer(Loop):
         for micro in range(self.cfg.grad_accum):
             x, y = self._inputs(self.train_batches)
             last = micro == self.cfg.grad_accum - 1
-            with distributed.gradient_sync(self.model, last), autocast(self.cfg.dtype, self.dist.device):
-                _, loss = self.model(**x, targets=y)
+            with distributed.gradient_sync(self.model, last):
+                with autocast(self.cfg.dtype, self.dist.device):  # the forward pass only: backward runs in the
+                    _, loss = self.model(**x, targets=y)  # formats autocast chose for each op's forward
                 self.scaler.scale(loss / self.cfg.grad_accum).backward()
             total += loss.item()
         optimizer_step(self.optimizer, lr_at(step, self.cfg), self.cfg.grad_clip, self.scaler)
