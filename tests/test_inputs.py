@@ -28,7 +28,7 @@ def test_a_jsonl_string_holding_a_unicode_line_break_stays_one_record(tmp_path, 
 
 def test_a_quoted_csv_field_keeps_its_newlines_and_rows_are_named_by_their_first_line(tmp_path):
     path = tmp_path / "rows.csv"
-    path.write_bytes('text,label\n"one\nline two\r\nthree",a\nplain,b\n'.encode())
+    path.write_bytes(b'text,label\n"one\nline two\r\nthree",a\nplain,b\n')
     assert read_rows(path) == [(2, {"text": "one\nline two\r\nthree", "label": "a"}),
                                (5, {"text": "plain", "label": "b"})]
 
@@ -101,6 +101,6 @@ def test_embed_gives_a_blank_line_its_row_or_names_it_when_the_model_reads_nothi
     assert vectors.shape == (3, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     refused = run_cli("embed", "--ckpt", str(trained_run), "--input", str(texts), "--out", str(tmp_path / "w.npy"))
     assert refused.returncode == 1
-    assert error_line(refused) == (f"bigmodel embed: error: {texts}: line 2 is blank, and this model reads no token in a blank "
-                                   "text; remove the line or give it text")
+    assert error_line(refused) == (f"bigmodel embed: error: {texts}: line 2 is blank, and this model reads no "
+                                   "token in a blank text; remove the line or give it text")
     assert not (tmp_path / "w.npy").exists() and not (tmp_path / "w.npy.part").exists()
