@@ -23,6 +23,7 @@ from bigmodel.config import (
     TrainConfig,
     load_yaml,
     resolve,
+    tuning_table,
 )
 from bigmodel.errors import BigModelError
 from bigmodel.flags import add_flags
@@ -36,6 +37,7 @@ class Verb:
     help: str
     section: str = ""  # the recipe section it reads (default: the verb's name); for `layered` verbs, which ones
     layered: bool = False  # its recipe has several sections, which `run` layers itself (see recipes/train.py)
+    epilog: str = ""  # printed after the flags by --help
 
 
 VERBS: dict[str, Verb] = {
@@ -53,7 +55,7 @@ VERBS: dict[str, Verb] = {
                    "write a Llama, GPT-2, BERT or BART-shaped folder that transformers loads, or a GGUF file"),
     "finetune": Verb((FinetuneConfig,), train.cmd_finetune, "train a pretrained model (or a new one from a "
                      "recipe's model: section): classify, regress, seq2seq, qa, retrieval, ctc",
-                     section="finetune: (and model:)", layered=True),
+                     section="finetune: (and model:)", layered=True, epilog=tuning_table()),
     "predict": Verb((predict.PredictConfig,), predict.cmd_predict,
                     "label and probabilities, an answer span, or a target text, as JSONL"),
     "zeroshot": Verb((infer.ZeroshotConfig,), infer.cmd_zeroshot,
@@ -61,7 +63,7 @@ VERBS: dict[str, Verb] = {
     "index": Verb((infer.IndexConfig,), infer.cmd_index, "embed documents into a search index folder"),
     "search": Verb((infer.SearchConfig,), infer.cmd_search, "the documents of an index nearest to a query"),
     "dataset": Verb((manage.DatasetConfig,), manage.cmd_dataset, "build a dataset from what every machine has (code, "
-                    "qa, pinyin, translation, chat, preference; digits; espeak-ng speech: keywords, speech)"),
+                    "qa, pinyin, translation, chat, preference, rule; digits; espeak-ng speech: keywords, speech)"),
     "embed": Verb((infer.EmbedConfig,), infer.cmd_embed, "one mean-pooled, L2-normalised vector per input line"),
     "quantize": Verb((compress.QuantizeConfig,), compress.cmd_quantize,
                      "int8 linear layers or bf16 weights; prints size and perplexity change"),
@@ -91,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bigmodel", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for name, verb in VERBS.items():
-        p = subparsers.add_parser(name, help=verb.help, description=verb.help)
+        p = subparsers.add_parser(name, help=verb.help, description=verb.help, epilog=verb.epilog,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         sections = verb.section if verb.layered else f"{verb.section or name}:"
         p.add_argument("--config", help=f"YAML recipe: its {sections} section sets these flags")
         positional = verb.configs[0].positional  # a field given without a flag

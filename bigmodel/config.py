@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import re
+import textwrap
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -269,6 +271,61 @@ class TrainConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig):
                 raise BigModelError(f"--{name.replace('_', '-')} must be positive")
 
 
+Method = Literal["full", "freeze", "lora"]
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What a fine-tune of one task by one method starts from when neither a flag nor the recipe says."""
+
+    lr: float
+    epochs: int = 3
+    warmup: float = 0.1  # fraction of the steps
+    batch_size: int = 32
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+
+
+_LABEL = {"full": Tuning(5e-5), "freeze": Tuning(1e-4), "lora": Tuning(1e-3)}
+_GENERATIVE = {"full": Tuning(2e-5, epochs=2, batch_size=8), "freeze": Tuning(1e-4, epochs=2, batch_size=8),
+               "lora": Tuning(1e-3, epochs=2, batch_size=8)}
+TUNINGS: dict[tuple[str, str], Tuning] = {
+    **{(task, method): t for task in ("classify", "regress", "qa") for method, t in _LABEL.items()},
+    **{("retrieval", method): t for method, t in {**_LABEL, "full": Tuning(2e-5)}.items()},
+    **{("ctc", method): t for method, t in {**_LABEL, "full": Tuning(1e-4)}.items()},
+    **{("seq2seq", method): t for method, t in _LABEL.items()},
+    **{("chat", method): t for method, t in _GENERATIVE.items()},
+    **{("dpo", method): t for method, t in {"full": Tuning(5e-7, epochs=1, batch_size=8),
+                                            "freeze": Tuning(5e-6, epochs=1, batch_size=8),
+                                            "lora": Tuning(5e-4, epochs=1, batch_size=8)}.items()},
+}
+"""Fine-tuning's defaults by (task, method), the one place they live; `docs` and `finetune --help` print
+it with where each figure comes from (`TUNING_SOURCES`). A flag or a recipe's value always wins."""
+
+TUNING_SOURCES = {
+    "full": "classify/regress/qa 5e-5: BERT's fine-tuning range (2e-5 to 5e-5) and transformers' Trainer "
+            "default; retrieval 2e-5: sentence-transformers' default; chat 2e-5: TRL's SFTConfig and torchtune's "
+            "full recipes; dpo 5e-7: the alignment handbook's DPO recipe; seq2seq and ctc: this project's runs",
+    "freeze": "half-way between full and LoRA: only the head and the top blocks move",
+    "lora": "1e-3: swept with `bench/defaults.py` (SmolLM2 chat exact match 0% at 5e-5, 74% at 1e-3; SST-2 "
+            "MiniLM); torchtune's LoRA recipes use 3e-4 at rank 64; dpo 5e-4 at rank 8, alpha 16: torchtune's "
+            "LoRA-DPO recipe and this project's DPO runs",
+}
+
+
+def tuning_table() -> str:
+    """The defaults each (task, method) gets, as `finetune --help` shows them."""
+    lines = ["defaults by task and method (a flag or the recipe wins):",
+             f"  {'task':<10}{'method':<8}{'lr':>8}{'epochs':>8}{'batch':>7}{'warmup':>8}   lora r/alpha/dropout"]
+    for (task, method), t in TUNINGS.items():
+        lora = f"{t.lora_r}/{t.lora_alpha:g}/{t.lora_dropout:g}" if method == "lora" else ""
+        lines.append(f"  {task:<10}{method:<8}{t.lr:>8.0e}{t.epochs:>8}{t.batch_size:>7}{t.warmup:>8.2f}   {lora}")
+    lines += ["where they come from:", *(textwrap.fill(f"{m}: {why}", 100, initial_indent="  ",
+                                                       subsequent_indent="    ") for m, why in TUNING_SOURCES.items())]
+    return "\n".join(lines)
+
+
 @dataclass
 class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig, LabelColumnsConfig,
                      PairColumnsConfig):
@@ -284,17 +341,20 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig,
     packing: bool = False  # chat: several conversations per row, each attending only to itself
     beta: float = 0.1  # dpo: strength of the pull towards the reference model (higher stays closer)
     rpo_alpha: float = 0.0  # dpo: weight of the chosen answers' own loss per token, added to DPO's (RPO)
-    method: Literal["full", "freeze", "lora"] = "full"
+    method: Method = "full"
     freeze_layers: int = 2  # with freeze: how many top blocks still train
-    lora_r: int = 8
-    epochs: int = 3
-    lr: float = 5e-5
+    lora_r: int | None = None  # LoRA's rank (default: by task and method, see below)
+    lora_alpha: float | None = None  # LoRA's scale is alpha / r (default: by task and method)
+    lora_dropout: float | None = None  # on LoRA's input (default: by task and method)
+    lora_targets: list[str] = field(default_factory=list)  # layers LoRA adapts, by last name (default: every one)
+    epochs: int | None = None  # default: by task and method, see below
+    lr: float | None = None  # peak learning rate (default: by task and method, see below)
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.999
-    warmup: float = 0.1  # fraction of the steps
+    warmup: float | None = None  # fraction of the steps (default: by task and method)
     max_length: int = 128
-    batch_size: int = 32  # examples per micro-batch per process
+    batch_size: int | None = None  # examples per micro-batch per process (default: by task and method)
     grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: float = 1.0  # 0 disables clipping
     head_dropout: float = 0.1  # before the classification/regression layer
@@ -311,9 +371,16 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig,
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("epochs", "batch_size", "grad_accum", "max_length"):
+        for name, value in asdict(TUNINGS[self.task, self.method]).items():  # what neither flag nor recipe set
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name in ("epochs", "batch_size", "grad_accum", "max_length", "lora_r"):
             if getattr(self, name) <= 0:
                 raise BigModelError(f"--{name.replace('_', '-')} must be positive")
+        if not (self.lr > 0 and math.isfinite(self.lr)):  # NaN fails every comparison: refused too
+            raise BigModelError(f"--lr must be a positive number, not {self.lr}")
+        if not 0 <= self.lora_dropout < 1 or not 0 <= self.warmup < 1:
+            raise BigModelError("--lora-dropout and --warmup must be fractions in [0, 1)")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import random
 import subprocess
 from pathlib import Path
@@ -127,6 +128,24 @@ def test_bad_fine_tuning_input_is_one_clear_line(trained_run, tmp_path, case, fr
     _one_line_error(result, fragment)
 
 
+@pytest.mark.parametrize("flags,fragment", [
+    (["--lr", "0"], "--lr must be a positive number, not 0.0"),
+    (["--lr=-1e-3"], "--lr must be a positive number, not -0.001"),
+    (["--lr", "nan"], "--lr must be a positive number, not nan"),
+    (["--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["--method", "lora", "--lora-r", "64"], "--lora-r 64 is larger than layer blocks.0.attn.qkv allows (32"),
+    (["--method", "lora", "--lora-targets", "qkv", "q_proj"], "--lora-targets q_proj: no such layer in this model"),
+])
+def test_bad_fine_tuning_settings_are_one_clear_line(trained_run, tmp_path, flags, fragment):
+    good = write_rows(tmp_path / "good.csv", [("a b", "yes"), ("c d", "no")])
+    result = run_cli("finetune", "--init", str(trained_run), "--train", str(good), "--val", str(good),
+                     "--out", str(tmp_path / "o"), "--epochs", "1", *flags)
+    if "invalid float" in fragment:  # argparse's own usage error: status 2, its usage line then the error
+        assert result.returncode == 2 and fragment in result.stderr
+        return
+    _one_line_error(result, fragment)
+
+
 def _accuracy_from_cli(ckpt, data, out):
     result = run_cli("evaluate", "--task", "classify", "--ckpt", str(ckpt), "--data", str(data), "--out", str(out),
                      "--json", str(out) + ".json")
@@ -193,10 +212,13 @@ def test_fine_tuning_logs_like_pretraining(trained_run, tmp_path):
     best = finetune(FinetuneConfig(init=str(trained_run), train=str(train), val=str(val), out=str(tmp_path / "ft"),
                                    epochs=2, lr=3e-3, batch_size=8, grad_accum=2, eval_every=5, patience=0,
                                    tensorboard=True))
-    logged = metric_rows(tmp_path / "ft")
+    start, *logged = metric_rows(tmp_path / "ft")
+    assert start["step"] == 0 and math.isnan(start["train_loss"])  # the starting model, measured before step 1
     assert [r["step"] for r in logged] == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]  # 25 steps of 16 per epoch
-    assert logged[-1]["val_loss"] < logged[0]["val_loss"] and logged[-1]["train_loss"] < logged[0]["train_loss"]
+    assert logged[-1]["val_loss"] < logged[0]["val_loss"] < start["val_loss"]
+    assert logged[-1]["train_loss"] < logged[0]["train_loss"]
     assert best["accuracy"] == max(r["accuracy"] for r in logged) and logged[-1]["epoch"] == 2
+    assert best["start_accuracy"] == start["accuracy"] < best["accuracy"]
     assert all(r["examples_per_s"] > 0 for r in logged)
     assert (tmp_path / "ft" / "loss.png").stat().st_size > 10_000
     assert list((tmp_path / "ft" / "tensorboard").glob("events.out.tfevents.*"))

@@ -135,3 +135,32 @@ def build_chat(out: Path, target: str, preference: bool, judge: Judge | None = N
         print(f"left out: {left_out['right']:,} answered right, {left_out['empty']:,} empty, "
               f"{left_out['tied']:,} with every sample alike")
     return counts
+
+
+def tag_rule(word: str) -> str:
+    """The `rule` dataset's answer: the word in capitals, in brackets."""
+    return f"[{word.upper()}]"
+
+
+def build_rule(out: Path) -> dict[str, int]:
+    """A rule a chat model cannot follow out of the box and learns in a few dozen steps: "Tag the word W." is
+    answered `[W]` in capitals, one exact answer per prompt, over words no split shares (the standard
+    library's module names). Each split three ways: conversations (`finetune --task chat`, `evaluate --task
+    chat`), preference pairs whose rejected answer is the near miss `[w]` (`--task dpo`), and source/target
+    rows (`--task seq2seq`)."""
+    import csv
+    import sys
+
+    words = sorted(w for w in sys.stdlib_module_names if w.isalpha() and w.islower() and 4 <= len(w) <= 9)
+    random.Random(1).shuffle(words)
+    splits = {"train": words[:96], "val": words[96:120], "test": words[120:]}
+    for name, chosen in splits.items():
+        asked = [[{"role": "user", "content": f"Tag the word {w}."}] for w in chosen]
+        write_jsonl(out / f"{name}.jsonl", [{"messages": [*a, {"role": "assistant", "content": tag_rule(w)}],
+                                             "task": "tag"} for a, w in zip(asked, chosen, strict=True)])
+        write_jsonl(out / f"{name}_pairs.jsonl", [{"messages": a, "chosen": tag_rule(w), "rejected": f"[{w}]"}
+                                                  for a, w in zip(asked, chosen, strict=True)])
+        with (out / f"{name}.csv").open("w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows([("source", "target"), *((w, tag_rule(w)) for w in chosen)])
+    return {name: len(chosen) for name, chosen in splits.items()}
+

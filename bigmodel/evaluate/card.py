@@ -96,7 +96,7 @@ def build(folder: Path, sections: dict[str, Any], params: int, head: Any | None)
     figures: dict[str, float] = {"params": float(params)}
     parts = [model_section(shape, params, head, sections), data_section(sections, run),
              compute_section(sections.get("compute"), params, figures),
-             metrics_section(sections.get("val") or {}, measured.get("evaluation"), figures),
+             metrics_section(sections.get("val") or {}, measured.get("evaluation"), figures, sections.get("start")),
              privacy_section(sections.get("privacy"), measured.get("membership"), folder, figures),
              explanation_section(measured.get("faithfulness"), folder, figures),
              fairness_section(measured.get("fairness"), folder, figures)]
@@ -205,15 +205,23 @@ def compute_section(compute: dict | None, params: int, figures: dict[str, float]
     return s
 
 
-def metrics_section(val: dict, evaluation: dict | None, figures: dict[str, float]) -> Section:
+def metrics_section(val: dict, evaluation: dict | None, figures: dict[str, float], start: dict | None = None
+                    ) -> Section:
+    """The validation figures of the kept checkpoint, beside the starting model's (a fine-tune measures it at
+    step 0), so "better than where it began" can be read; then the held-out evaluation the gates read."""
     s = Section("Evaluation")
-    shown = {k: v for k, v in val.items() if isinstance(v, int | float)
-             and k not in ("step", "epoch", "lr", "examples_per_s", "elapsed_s", "train_loss")}
+    skipped = ("step", "epoch", "lr", "examples_per_s", "elapsed_s", "train_loss")
+    shown = {k: v for k, v in val.items() if isinstance(v, int | float) and k not in skipped}
     figures.update({f"val_{k}" if not k.startswith("val_") else k: float(v) for k, v in shown.items()})
     figures.update({k: float(v) for k, v in shown.items() if not k.startswith("val_")})
     if val:
         s.paragraphs.append(f"On the validation file at the kept checkpoint (step {val.get('step')}): "
                             + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) + ".")
+    began = {k: v for k, v in (start or {}).items() if isinstance(v, int | float) and k not in skipped}
+    if began:
+        s.paragraphs.append("Before fine-tuning, the starting model scored " + ", ".join(
+            f"{k} {v:.4f}" for k, v in began.items()) + (" (the kept checkpoint is that model: no evaluation beat it)"
+                                                       if val.get("step") == 0 else "") + ".")
     if evaluation:
         numbers = {k: v for k, v in evaluation.items() if isinstance(v, int | float)}
         figures.update({k: float(v) for k, v in numbers.items() if k != "examples"})

@@ -29,7 +29,8 @@ class DatasetConfig(PrecisionConfig, DeviceConfig, StorageConfig):
     """`bigmodel dataset NAME`: a dataset from what every machine has (the device, number format and storage
     flags are for `preference --rejected-from`, whose model replies)."""
 
-    name: Literal["code", "qa", "pinyin", "translation", "chat", "preference", "digits", "keywords", "speech"] = "code"
+    name: Literal["code", "qa", "pinyin", "translation", "chat", "preference", "rule", "digits", "keywords",
+                  "speech"] = "code"
     out: str = ""  # folder to write
     positional: ClassVar[str] = "name"
     source: str = ""  # translation: its language (en); pinyin: ChnSentiCorp's all.csv; speech: SST-2's train.tsv

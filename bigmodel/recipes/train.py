@@ -80,7 +80,13 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         figures = ("accuracy", "macro_f1", "mse", "val_loss", "token_accuracy", "exact_match", "f1", "recall_at_1",
                    "cer", "wer")
         shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k in figures)
-        print(f"best: {shown} at step {int(best['step'])}; checkpoint in {cfg.out}/best")
+        start = next(((k.removeprefix("start_"), v) for k, v in best.items() if k.startswith("start_")), None)
+        if start and int(best["step"]) == 0:
+            print(f"no evaluation beat the starting model ({start[0]} {start[1]:.4f}): {cfg.out}/best holds it "
+                  "unchanged")
+        else:
+            began = f" (before training: {start[0]} {start[1]:.4f})" if start else ""
+            print(f"best: {shown} at step {int(best['step'])}{began}; checkpoint in {cfg.out}/best")
     if cfg.dp_epsilon is not None:
         print(privacy.summary(Path(cfg.out), Storage.of(cfg)))
 

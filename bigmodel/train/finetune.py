@@ -25,7 +25,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bigmodel.config import FinetuneConfig, ModelConfig, resolve
+from bigmodel.config import TUNINGS, FinetuneConfig, ModelConfig, resolve
 from bigmodel.errors import BigModelError
 from bigmodel.model import lora
 from bigmodel.model.checkpoint import (
@@ -48,6 +48,9 @@ from bigmodel.train import distributed, privacy
 from bigmodel.train.loop import Loop
 from bigmodel.train.optim import KeepBest, linear_lr, make_optimizer, optimizer_step, run_precision
 from bigmodel.train.track import Sink, Tracker, tracking_sinks
+
+LEARNING = 0.01  # the first evaluation must beat the start by this share of it, or the run says it is not learning
+DIVERGING = 0.1  # ... and when its validation loss rose by more than this share, the step was too large
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -82,11 +85,30 @@ def apply_method(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.nn.Module
         except ImportError:
             raise BigModelError("--method lora needs the peft library: pip install 'bigmodel[lora]'") from None
 
-        targets = sorted({name.rsplit(".", 1)[-1] for name, _ in backbone.named_modules()} & set(lora.TARGETS))
-        config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.05, target_modules=targets,
+        targets = lora_targets(backbone, cfg)
+        config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                            target_modules=targets,
                             modules_to_save=["classifier"] if isinstance(model, SequenceModel) else None)
         return get_peft_model(model, config)
     return model
+
+
+def lora_targets(backbone: torch.nn.Module, cfg: FinetuneConfig) -> list[str]:
+    """The layers LoRA adapts (`--lora-targets`, by last name; default every adaptable one), checked: each
+    name must match a layer, and the rank must fit the smallest of them."""
+    layers = {name: m for name, m in backbone.named_modules() if hasattr(m, "in_features")}
+    adaptable = sorted({name.rsplit(".", 1)[-1] for name in layers} & set(lora.TARGETS))
+    targets = cfg.lora_targets or adaptable
+    unknown = [t for t in targets if t not in adaptable]
+    if unknown:
+        raise BigModelError(f"--lora-targets {' '.join(unknown)}: no such layer in this model (its adaptable "
+                            f"layers: {', '.join(adaptable)})")
+    name, smallest = min(((n, min(m.in_features, m.out_features)) for n, m in layers.items()
+                          if n.rsplit(".", 1)[-1] in targets), key=lambda pair: pair[1])
+    if cfg.lora_r > smallest:
+        raise BigModelError(f"--lora-r {cfg.lora_r} is larger than layer {name} allows ({smallest}: a rank above a "
+                            "layer's smaller side adds nothing but parameters)")
+    return targets
 
 
 def adapter_of(runner: torch.nn.Module, cfg: FinetuneConfig) -> dict[str, bytes]:
@@ -193,6 +215,9 @@ class FineTuner(Loop):
         self.eval_every = self.save_every = cfg.eval_every or self.steps_per_epoch
         self.best, self.metric = KeepBest(minimize=self.task.minimize, patience=cfg.patience), self.task.metric
         self.best_figures: dict[str, float] = {}
+        self.start_figures: dict[str, float] = {}  # the starting model's evaluation (step 0)
+        self.checked = False  # whether the first evaluation has been compared with the start
+        self.evaluate_first = not cfg.resume and not start
         self.epoch: tuple[int, list[Any], list[list[int]]] | None = None  # the epoch being run, its items, batches
         torch.manual_seed(cfg.seed + dist.rank)  # dropout differs per rank; the initial weights did not
         if cfg.resume:
@@ -203,7 +228,8 @@ class FineTuner(Loop):
     # --- state -------------------------------------------------------------------------
 
     def state(self, step: int) -> dict[str, Any]:
-        state = {**super().state(step), "best_figures": self.best_figures, "optimizer": self.optimizer.state_dict()}
+        state = {**super().state(step), "best_figures": self.best_figures, "start_figures": self.start_figures,
+                 "optimizer": self.optimizer.state_dict()}
         if self.cfg.method == "lora":  # merged weights cannot be un-merged: keep the adapters themselves
             state["adapters"] = {k: v.detach().cpu() for k, v in self.runner.named_parameters() if v.requires_grad}
         return state
@@ -218,10 +244,12 @@ class FineTuner(Loop):
         self.optimizer.load_state_dict(state["optimizer"])
         self.restore_state(state)
         self.best_figures = dict(state["best_figures"])
+        self.start_figures, self.checked = dict(state.get("start_figures", {})), True
 
     def save(self, name: str, step: int, figures: dict[str, float]) -> None:
         state = self.state(step) if name == "last" else None  # every rank joins the RNG gather
-        sections = {"finetune": self.saved_cfg, "val": figures, "compute": self.compute(step),
+        sections = {"finetune": self.saved_cfg, "val": figures, "start": self.start_figures,
+                    "compute": self.compute(step),
                     **({"model": self.scratch} if self.scratch else {})}
         if self.private:
             sections["privacy"] = self.private.record()
@@ -320,11 +348,35 @@ class FineTuner(Loop):
         return linear_lr(step, self.cfg.lr, self.warmup, self.total_steps)
 
     def figures(self, step: int, train_loss: float, rate: float, elapsed: float) -> dict[str, float]:
-        return {"step": step, "epoch": step / self.steps_per_epoch, "train_loss": train_loss,
-                "lr": self.learning_rate(step - 1), "examples_per_s": rate, "elapsed_s": elapsed, **self.evaluate()}
+        """The evaluation row; step 0's is the starting model's, which has trained on nothing yet."""
+        return {"step": step, "epoch": step / self.steps_per_epoch, "train_loss": train_loss if step else math.nan,
+                "lr": self.learning_rate(max(step - 1, 0)), "examples_per_s": rate, "elapsed_s": elapsed,
+                **self.evaluate()}
+
+    def on_evaluation(self, step: int, figures: dict[str, float]) -> None:
+        """Remember where the run began; at the first evaluation after it, say so if the figure best/ is kept
+        by has not moved from there, naming the knob that most often explains it."""
+        if step == 0:
+            self.start_figures = dict(figures)
+            return
+        if self.checked or not self.start_figures or not self.dist.is_main:
+            return
+        self.checked = True
+        start, now = self.start_figures[self.metric], figures[self.metric]
+        gain = (start - now if self.task.minimize else now - start) / max(abs(start), 1e-12)
+        if gain >= LEARNING:
+            return
+        default = TUNINGS[self.cfg.task, self.cfg.method].lr
+        loss_rose = figures.get("val_loss", 0.0) > (1 + DIVERGING) * self.start_figures.get("val_loss", math.inf)
+        knob = (f"Lower --lr (this run: {self.cfg.lr:g}): the validation loss rose" if loss_rose else
+                f"Raise --lr (this run: {self.cfg.lr:g}; the default for --method {self.cfg.method} is {default:g}) "
+                f"or train longer (--epochs {self.cfg.epochs}: {self.total_steps} steps)")
+        self._tracker.say(f"warning: after {step} steps val {self.metric} is {now:.4g}, against {start:.4g} before "
+                          f"training: {'worse' if gain < 0 else 'hardly better'}; the model is not learning. {knob}")
 
     def on_best(self) -> None:
-        self.best_figures = {**self.last, "trainable_params": self.trainable, "total_params": self.total}
+        self.best_figures = {**self.last, "trainable_params": self.trainable, "total_params": self.total,
+                             **{f"start_{k}": v for k, v in self.start_figures.items() if k == self.metric}}
         if self.dist.is_main:
             self.task.plot_best(self.out)
 

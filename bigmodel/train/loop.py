@@ -63,6 +63,9 @@ class Loop:
     def on_best(self) -> None:
         """In every process, after a new best checkpoint: what the run keeps of it (nothing by default)."""
 
+    def on_evaluation(self, step: int, figures: dict[str, float]) -> None:
+        """In every process, after each evaluation (step 0: the starting point): what the run makes of it."""
+
     def result(self, last: dict[str, float]) -> dict[str, float]:
         """What `fit` returns, from the last evaluation (default: that evaluation)."""
         return last
@@ -107,7 +110,7 @@ class Loop:
         shown = math.nan
         with self.tracker() as self._tracker:
             step = self.start_step
-            if self.evaluate_first:
+            if self.evaluate_first and step == 0:  # the starting point, measured (and kept) before any step
                 self._checkpoints(step, window, 0.0, 0.0)
             while step < self.total_steps:
                 loss, units, counted = self.train_step(step)
@@ -131,6 +134,7 @@ class Loop:
             loss_sum, units = self.dist.sum(window[0], window[1])
             self.last = self.figures(step, loss_sum / max(units, 1), rate, elapsed)
             self._tracker.evaluation(self.last)
+            self.on_evaluation(step, self.last)
             if self.best.improved(self.last[self.metric]):
                 self.save("best", step, self.last)
                 self.on_best()

@@ -133,6 +133,10 @@ class Tracker:
         for sink in self.sinks:  # last: a sweep's pruner may stop the run here
             sink.evaluation(row)
 
+    def say(self, text: str) -> None:
+        """A line for the person watching, printed above the progress bar."""
+        self.bar.write(text)
+
     def _record(self, row: dict[str, float]) -> None:
         figures = " | ".join(shown(k, row[k]) for k in self.fields[1:] if k in row)
         self.bar.write(f"{self.x} {int(row[self.x]):>6} | {figures}")

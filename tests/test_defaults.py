@@ -1,0 +1,103 @@
+"""The first run learns: each (task, method) fine-tuned with its defaults alone (no --lr, no --epochs) beats the
+model it started from on held-out data, by a stated margin. Real models and real data: MiniLM on SST-2, and
+SmolLM2-135M-Instruct on a rule it cannot follow out of the box (one exact answer per prompt)."""
+
+import csv
+import json
+import random
+
+import pytest
+
+from .conftest import SHARED, metric_rows, run_cli, shared_file
+from .test_finetune import write_rows
+
+
+def ok(*args):
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def sst2(tmp_path):
+    """512 training sentences, and two held-out sets from SST-2's dev split: val (keep-best) and test."""
+    train = list(csv.DictReader(shared_file(SHARED / "sst2" / "train.tsv").open(encoding="utf-8"), delimiter="\t"))
+    dev = list(csv.DictReader(shared_file(SHARED / "sst2" / "dev.tsv").open(encoding="utf-8"), delimiter="\t"))
+    random.Random(0).shuffle(train)
+    return [write_rows(tmp_path / f"{name}.csv", [(r["sentence"], r["label"]) for r in rows])
+            for name, rows in (("train", train[:512]), ("val", dev[:200]), ("test", dev[200:500]))]
+
+
+def accuracy(ckpt, data, out):
+    ok("evaluate", "--task", "classify", "--ckpt", str(ckpt), "--data", str(data), "--out", str(out))
+    return json.loads((out / "metrics.json").read_text())["accuracy"]
+
+
+@pytest.mark.parametrize("method,margin", [("full", 0.2), ("lora", 0.15)])
+def test_minilm_classifies_sst2_with_default_settings(tmp_path, method, margin):
+    """The starting model (MiniLM with a new head) is a coin toss; its defaults take either method well past it."""
+    train, val, test = sst2(tmp_path)
+    done = ok("finetune", "--init", "minilm", "--train", str(train), "--val", str(val), "--method", method,
+              "--out", str(tmp_path / "run"))
+    start = metric_rows(tmp_path / "run")[0]
+    assert start["step"] == 0 and "before training: accuracy" in done.stdout and "not learning" not in done.stdout
+    assert accuracy(tmp_path / "run", test, tmp_path / "test") >= start["accuracy"] + margin
+
+
+@pytest.fixture(scope="module")
+def rule_data(tmp_path_factory):
+    """`bigmodel dataset rule`: "Tag the word W." answered [W] in capitals; the test words never appear in training."""
+    folder = tmp_path_factory.mktemp("rule")
+    ok("dataset", "rule", "--out", str(folder))
+    return folder
+
+
+def exact(ckpt, data, out):
+    ok("evaluate", "--task", "chat", "--ckpt", str(ckpt), "--data", str(data), "--max-new-tokens", "8",
+       "--out", str(out))
+    return json.loads((out / "metrics.json").read_text())["exact_match"]
+
+
+@pytest.fixture(scope="module")
+def sft(rule_data, tmp_path_factory):
+    """SmolLM2 after chat SFT with LoRA and every default: the run folder, and exact match before and after."""
+    out = tmp_path_factory.mktemp("sft")
+    ok("finetune", "--init", "smollm2", "--task", "chat", "--method", "lora", "--train",
+       str(rule_data / "train.jsonl"), "--val", str(rule_data / "val.jsonl"), "--out", str(out / "run"))
+    return out / "run", exact("smollm2", rule_data / "test.jsonl", out / "before"), \
+        exact(out / "run", rule_data / "test.jsonl", out / "after")
+
+
+def test_smollm2_chat_lora_learns_a_rule_with_default_settings(sft):
+    run, before, after = sft
+    assert before == 0 and after >= 50, (before, after)
+    rows = metric_rows(run)
+    assert rows[0]["step"] == 0 and min(r["val_loss"] for r in rows[1:]) < 0.5 * rows[0]["val_loss"]
+
+
+def test_dpo_lora_after_that_sft_prefers_the_rule_and_keeps_its_answers(sft, rule_data, tmp_path):
+    run, _, after_sft = sft
+    ok("finetune", "--init", str(run), "--task", "dpo", "--method", "lora", "--train",
+       str(rule_data / "train_pairs.jsonl"), "--val", str(rule_data / "val_pairs.jsonl"),
+       "--out", str(tmp_path / "dpo"))
+    rows = metric_rows(tmp_path / "dpo")
+    assert max(r["preference_accuracy"] for r in rows[1:]) > rows[0]["preference_accuracy"], rows
+    assert exact(tmp_path / "dpo", rule_data / "test.jsonl", tmp_path / "after") >= after_sft
+
+
+def test_smollm2_seq2seq_lora_learns_the_rule_with_default_settings(rule_data, tmp_path):
+    ok("finetune", "--init", "smollm2", "--task", "seq2seq", "--method", "lora",
+       "--train", str(rule_data / "train.csv"), "--val", str(rule_data / "val.csv"), "--out", str(tmp_path / "run"))
+    scores = []
+    for name, ckpt in (("before", "smollm2"), ("after", tmp_path / "run")):
+        ok("evaluate", "--task", "seq2seq", "--ckpt", str(ckpt), "--data", str(rule_data / "test.csv"),
+           "--max-new-tokens", "8", "--out", str(tmp_path / name))
+        scores.append(json.loads((tmp_path / name / "metrics.json").read_text())["exact_match"])
+    assert scores[0] == 0 and scores[1] >= 50, scores
+
+
+def test_minilm_qa_full_finds_answers_with_default_settings(tmp_path):
+    ok("dataset", "qa", "--out", str(tmp_path / "qa"))
+    ok("finetune", "--init", "minilm", "--task", "qa", "--train", str(tmp_path / "qa" / "train.json"),
+       "--val", str(tmp_path / "qa" / "val.json"), "--max-train", "600", "--out", str(tmp_path / "run"))
+    rows = metric_rows(tmp_path / "run")
+    assert rows[0]["step"] == 0 and max(r["f1"] for r in rows[1:]) >= rows[0]["f1"] + 20, rows
