@@ -283,8 +283,9 @@ class Tuning:
     warmup: float = 0.1  # fraction of the steps
     batch_size: int = 32
     lora_r: int = 8
-    lora_alpha: float = 16.0
+    lora_alpha: float | None = None  # None: twice the rank, whatever rank a run asks for
     lora_dropout: float = 0.05
+    rpo_alpha: float = 0.0  # dpo: weight of the chosen answers' own loss (RPO)
 
 
 _LABEL = {"full": Tuning(5e-5), "freeze": Tuning(1e-4), "lora": Tuning(1e-3)}
@@ -294,11 +295,11 @@ TUNINGS: dict[tuple[str, str], Tuning] = {
     **{(task, method): t for task in ("classify", "regress", "qa") for method, t in _LABEL.items()},
     **{("retrieval", method): t for method, t in {**_LABEL, "full": Tuning(2e-5)}.items()},
     **{("ctc", method): t for method, t in {**_LABEL, "full": Tuning(1e-4)}.items()},
-    **{("seq2seq", method): t for method, t in _LABEL.items()},
+    **{("seq2seq", method): t for method, t in {**_LABEL, "lora": Tuning(1e-3, batch_size=8)}.items()},
     **{("chat", method): t for method, t in _GENERATIVE.items()},
     **{("dpo", method): t for method, t in {"full": Tuning(5e-7, epochs=1, batch_size=8),
                                             "freeze": Tuning(5e-6, epochs=1, batch_size=8),
-                                            "lora": Tuning(5e-4, epochs=1, batch_size=8)}.items()},
+                                            "lora": Tuning(5e-4, epochs=1, batch_size=8, rpo_alpha=1.0)}.items()},
 }
 """Fine-tuning's defaults by (task, method), the one place they live; `docs` and `finetune --help` print
 it with where each figure comes from (`TUNING_SOURCES`). A flag or a recipe's value always wins."""
@@ -308,9 +309,9 @@ TUNING_SOURCES = {
             "default; retrieval 2e-5: sentence-transformers' default; chat 2e-5: TRL's SFTConfig and torchtune's "
             "full recipes; dpo 5e-7: the alignment handbook's DPO recipe; seq2seq and ctc: this project's runs",
     "freeze": "half-way between full and LoRA: only the head and the top blocks move",
-    "lora": "1e-3: swept with `bench/defaults.py` (SmolLM2 chat exact match 0% at 5e-5, 74% at 1e-3; SST-2 "
-            "MiniLM); torchtune's LoRA recipes use 3e-4 at rank 64; dpo 5e-4 at rank 8, alpha 16: torchtune's "
-            "LoRA-DPO recipe and this project's DPO runs",
+    "lora": "1e-3, alpha twice the rank: SmolLM2 chat exact match 0% at 5e-5, 74% at 1e-3 (issue 45's run); "
+            "torchtune's LoRA recipes use 3e-4 at rank 64; dpo 5e-4 at rank 8 with RPO's chosen-answer loss (alpha "
+            "1): torchtune's LoRA-DPO recipe and this project's DPO runs (README, Chat fine-tuning)",
 }
 
 
@@ -319,7 +320,8 @@ def tuning_table() -> str:
     lines = ["defaults by task and method (a flag or the recipe wins):",
              f"  {'task':<10}{'method':<8}{'lr':>8}{'epochs':>8}{'batch':>7}{'warmup':>8}   lora r/alpha/dropout"]
     for (task, method), t in TUNINGS.items():
-        lora = f"{t.lora_r}/{t.lora_alpha:g}/{t.lora_dropout:g}" if method == "lora" else ""
+        lora = f"{t.lora_r}/{t.lora_alpha or 2 * t.lora_r:g}/{t.lora_dropout:g}" if method == "lora" else ""
+        lora += f"   rpo_alpha {t.rpo_alpha:g}" if t.rpo_alpha else ""
         lines.append(f"  {task:<10}{method:<8}{t.lr:>8.0e}{t.epochs:>8}{t.batch_size:>7}{t.warmup:>8.2f}   {lora}")
     lines += ["where they come from:", *(textwrap.fill(f"{m}: {why}", 100, initial_indent="  ",
                                                        subsequent_indent="    ") for m, why in TUNING_SOURCES.items())]
@@ -340,7 +342,7 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig,
     chat_template: str = ""  # chat, dpo: a Jinja file instead of the model's own (ChatML when it has none)
     packing: bool = False  # chat: several conversations per row, each attending only to itself
     beta: float = 0.1  # dpo: strength of the pull towards the reference model (higher stays closer)
-    rpo_alpha: float = 0.0  # dpo: weight of the chosen answers' own loss per token, added to DPO's (RPO)
+    rpo_alpha: float | None = None  # dpo: weight of the chosen answers' own loss per token, added to DPO's (RPO)
     method: Method = "full"
     freeze_layers: int = 2  # with freeze: how many top blocks still train
     lora_r: int | None = None  # LoRA's rank (default: by task and method, see below)
@@ -374,6 +376,8 @@ class FinetuneConfig(TrackingConfig, PrivacyConfig, StorageConfig, DeviceConfig,
         for name, value in asdict(TUNINGS[self.task, self.method]).items():  # what neither flag nor recipe set
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.lora_alpha is None:
+            self.lora_alpha = 2.0 * self.lora_r
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "lora_r"):
             if getattr(self, name) <= 0:
                 raise BigModelError(f"--{name.replace('_', '-')} must be positive")
@@ -556,7 +560,8 @@ def coerce(value: Any, kind: Any, where: str) -> Any:
             return int(value)
     elif kind is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    name = getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
+    options = [a for a in args if a is not type(None)] if origin in (typing.Union, types.UnionType) else [kind]
+    name = " or ".join(getattr(k, "__name__", None) or str(k).replace("typing.", "") for k in options)
     raise BigModelError(f"{where} {value!r} is not {'an' if name[0] in 'aeiou' else 'a'} {name}")
 
 

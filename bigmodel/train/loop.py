@@ -110,7 +110,7 @@ class Loop:
         shown = math.nan
         with self.tracker() as self._tracker:
             step = self.start_step
-            if self.evaluate_first and step == 0:  # the starting point, measured (and kept) before any step
+            if self.evaluate_first:  # the starting point (a resumed run: where it resumes), measured and kept
                 self._checkpoints(step, window, 0.0, 0.0)
             while step < self.total_steps:
                 loss, units, counted = self.train_step(step)
