@@ -13,10 +13,20 @@ from pathlib import Path
 
 
 def sync(path: Path) -> None:
-    """Flush a file, or every file below a folder and the folders themselves, to the disk."""
+    """Flush a file, or every file below a folder and the folders themselves, to the disk. Links and special
+    files (a FIFO would block the open) are left alone: they hold no data of the write."""
+    if path.is_symlink():
+        return
     if path.is_dir():
         for child in path.iterdir():
             sync(child)
+    elif not path.is_file():
+        return
+    flush(path)
+
+
+def flush(path: Path) -> None:
+    """fsync one file or one folder's own entries (not what is inside its sub-folders)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -25,7 +35,7 @@ def sync(path: Path) -> None:
 
 
 def replace(tmp: Path, path: Path) -> None:
-    """Move `tmp` (a file or folder, fully written) to `path`, durably: synced before, the folder after."""
+    """Move `tmp` (a file or folder, fully written) to `path`, durably: synced before, its folder's entry after."""
     sync(tmp)
     os.replace(tmp, path)
-    sync(path.parent)
+    flush(path.parent)

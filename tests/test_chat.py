@@ -221,7 +221,7 @@ def test_sft_teaches_the_answers_and_dpo_raises_chosen_over_rejected(tmp_path, s
     pairs = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     done = run_cli("finetune", "--init", str(folder), "--task", "dpo", "--method", "lora", "--train", str(pairs),
                    "--val", str(pairs), "--epochs", "20", "--batch-size", "4", "--lr", "1e-2", "--eval-every", "10",
-                   "--beta", "0.1", "--out", str(tmp_path / "dpo"), *common)
+                   "--beta", "0.1", "--rpo-alpha", "0", "--out", str(tmp_path / "dpo"), *common)  # the paper's DPO
     assert done.returncode == 0, done.stderr
     dpo = metric_rows(tmp_path / "dpo")
     assert dpo[-1]["reward_margin"] > dpo[0]["reward_margin"] and dpo[-1]["reward_margin"] > 0, dpo

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from bigmodel.data.labelled import read_rows
-from bigmodel.data.readers import batched, input_lines
+from bigmodel.data.readers import input_lines
+from bigmodel.data.tokenizer import batched
 from bigmodel.errors import BigModelError
 
 from .conftest import error_line, run_cli

@@ -16,7 +16,7 @@ import csv
 import hashlib
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -184,18 +184,6 @@ def input_lines(name: str, what: str = "input") -> Iterator[str]:
 
 def _unended(line: str) -> str:
     return line[:-1].removesuffix("\r") if line.endswith("\n") else line
-
-
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of `size` items (the last may be shorter), taken as they come."""
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def read_lines(name: str, what: str = "input") -> list[str]:

@@ -157,6 +157,7 @@ class StopText:
 
 
 def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Consecutive lists of `size` items (the last may be shorter), taken as they come."""
     batch: list[str] = []
     for item in items:
         batch.append(item)

@@ -16,7 +16,8 @@ from bigmodel.config import (
     StorageConfig,
     resolve,
 )
-from bigmodel.data.readers import batched, input_lines, read_lines
+from bigmodel.data.readers import input_lines, read_lines
+from bigmodel.data.tokenizer import batched
 from bigmodel.errors import BigModelError
 
 
