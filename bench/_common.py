@@ -103,11 +103,14 @@ def matmul_peak_flops(dtype: torch.dtype = torch.float32, n: int = 2048) -> floa
 
 
 def save(name: str, figures: dict) -> Path:
-    """Write the figures, with the machine they were measured on, to bench/results/NAME[.CAPABILITY].json,
-    and print that machine: a figure means little without it. Runs on an imitated AVX2 CPU
+    """Write the figures, with the machine, date and command they were measured with, to
+    bench/results/NAME[.CAPABILITY].json, and print that machine: a figure means little without it. Runs on an
+    imitated AVX2 CPU
     (`ATEN_CPU_CAPABILITY=avx2`) get their own file beside the native one."""
     RESULTS.mkdir(exist_ok=True)
-    figures = {"machine": {**machine(), "platform": platform.platform()}, **figures}
+    command = " ".join(["python", str(Path(sys.argv[0]).resolve().relative_to(ROOT)), *sys.argv[1:]])
+    figures = {"machine": {**machine(), "platform": platform.platform()},
+               "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command, **figures}
     suffix = "" if "ATEN_CPU_CAPABILITY" not in os.environ else f".{torch.backends.cpu.get_cpu_capability().lower()}"
     path = RESULTS / f"{name}{suffix}.json"
     path.write_text(json.dumps(figures, indent=2))

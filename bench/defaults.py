@@ -7,7 +7,7 @@ held-out data the runs never trained or selected on:
   classify full / lora   MiniLM on 512 SST-2 sentences, accuracy on 300 held-out dev sentences
   chat lora              SmolLM2-135M-Instruct on `bigmodel dataset rule`, exact match on its test prompts
   dpo lora               the default chat run, then DPO on the rule's near-miss pairs: exact match on test
-  seq2seq lora           SmolLM2 on the rule as source/target rows, exact match on test
+  seq2seq lora           SmolLM2 on the rule as source/target rows, chrF on test
   qa full                MiniLM on 600 questions of `bigmodel dataset qa`, F1 on its test split
 
 Prints the table and the machine, writes bench/results/defaults.json, and ends with `ratio: X.XX`: the
@@ -32,9 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import ROOT, save
+from _common import RESULTS, ROOT, save
 
 from bigmodel.config import TUNINGS
+from bigmodel.device import machine
 
 SHARED = ROOT.parent / "shared" / "data"
 AROUND = (1 / 3, 3)  # the sweep: the default learning rate, and a half-decade below and above it
@@ -104,8 +105,8 @@ PAIRS = {
                       "exact match %", init="smollm2"),
     "dpo-lora": Pair("dpo", "lora", rule("_pairs.jsonl"), evaluated("chat", "exact_match", "--max-new-tokens", "8"),
                      "exact match %", init="chat-lora"),
-    "seq2seq-lora": Pair("seq2seq", "lora", rule(".csv"), evaluated("seq2seq", "exact_match", "--max-new-tokens",
-                                                                     "8"), "exact match %", init="smollm2"),
+    "seq2seq-lora": Pair("seq2seq", "lora", rule(".csv"), evaluated("seq2seq", "chrf", "--max-new-tokens", "8"),
+                         "chrF", init="smollm2"),  # exact match stays 0 at every rate tried: chrF tells them apart
     "qa-full": Pair("qa", "full", qa, evaluated("qa", "f1"), "F1", extra=("--max-train", "600")),
 }
 
@@ -154,9 +155,11 @@ def main() -> None:
     for name, r in results.items():
         runs = ", ".join(f"{lr}: {v['figure']:.2f}" for lr, v in r["runs"].items())
         print(f"{name:<14}{r['figure']:<16}{r['default']:>9.2f}{r['best']:>9.2f}{r['ratio']:>7.2f}   {runs}")
+    earlier = RESULTS / "defaults.json"  # a run of some pairs updates those, and keeps the others' last figures
+    if earlier.is_file() and json.loads(earlier.read_text())["machine"]["cpu"] == machine()["cpu"]:
+        results = {**json.loads(earlier.read_text())["pairs"], **results}
     ratio = min(r["ratio"] for r in results.values())
-    save("defaults", {"pairs": results, "around_the_default": AROUND, "ratio": ratio,
-                      "command": "python bench/defaults.py --pairs " + ",".join(names)})
+    save("defaults", {"pairs": results, "around_the_default": AROUND, "ratio": ratio})
     print(f"ratio: {ratio:.2f}")
 
 

@@ -1,4 +1,4 @@
-"""Does a 12-trial Optuna sweep beat the README's SST-2 recipe on the same budget?
+"""Does a 12-trial Optuna sweep beat the fine-tuning guide's SST-2 recipe on the same budget?
 
     python bench/sweep_sst2.py [--trials 12] [--work DIR]
 

@@ -311,7 +311,7 @@ TUNING_SOURCES = {
     "freeze": "half-way between full and LoRA: only the head and the top blocks move",
     "lora": "1e-3, alpha twice the rank: SmolLM2 chat exact match 0% at 5e-5, 74% at 1e-3 (issue 45's run); "
             "torchtune's LoRA recipes use 3e-4 at rank 64; dpo 5e-4 at rank 8 with RPO's chosen-answer loss (alpha "
-            "1): torchtune's LoRA-DPO recipe and this project's DPO runs (README, Chat fine-tuning)",
+            "1): torchtune's LoRA-DPO recipe and this project's DPO runs (docs: Chat fine-tuning and DPO)",
 }
 
 

@@ -1,6 +1,8 @@
 """The first run learns: each (task, method) fine-tuned with its defaults alone (no --lr, no --epochs) beats the
 model it started from on held-out data, by a stated margin. Real models and real data: MiniLM on SST-2, and
-SmolLM2-135M-Instruct on a rule it cannot follow out of the box (one exact answer per prompt)."""
+SmolLM2-135M-Instruct on a rule it cannot follow out of the box (one exact answer per prompt). SmolLM2's chat
+LoRA and the DPO LoRA after it are the chat tutorial's own commands, held to the same margins in
+tests/test_docs.py, so the page and the test are one run."""
 
 import csv
 import json
@@ -49,40 +51,6 @@ def rule_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("rule")
     ok("dataset", "rule", "--out", str(folder))
     return folder
-
-
-def exact(ckpt, data, out):
-    ok("evaluate", "--task", "chat", "--ckpt", str(ckpt), "--data", str(data), "--max-new-tokens", "8",
-       "--out", str(out))
-    return json.loads((out / "metrics.json").read_text())["exact_match"]
-
-
-@pytest.fixture(scope="module")
-def sft(rule_data, tmp_path_factory):
-    """SmolLM2 after chat SFT with LoRA and every default: the run folder, and exact match before and after."""
-    out = tmp_path_factory.mktemp("sft")
-    ok("finetune", "--init", "smollm2", "--task", "chat", "--method", "lora", "--train",
-       str(rule_data / "train.jsonl"), "--val", str(rule_data / "val.jsonl"), "--out", str(out / "run"))
-    return out / "run", exact("smollm2", rule_data / "test.jsonl", out / "before"), \
-        exact(out / "run", rule_data / "test.jsonl", out / "after")
-
-
-def test_smollm2_chat_lora_learns_a_rule_with_default_settings(sft):
-    run, before, after = sft  # the brackets come at once; the capitals of unseen words are the hard part
-    assert before == 0 and after >= 25, (before, after)  # measured: 0% -> 41% (16 of 39), fp32, AVX2
-    rows = metric_rows(run)
-    assert rows[0]["step"] == 0 and min(r["val_loss"] for r in rows[1:]) < 0.5 * rows[0]["val_loss"]
-
-
-def test_dpo_lora_after_that_sft_prefers_the_rule_and_keeps_its_answers(sft, rule_data, tmp_path):
-    run, _, after_sft = sft
-    ok("finetune", "--init", str(run), "--task", "dpo", "--method", "lora", "--train",
-       str(rule_data / "train_pairs.jsonl"), "--val", str(rule_data / "val_pairs.jsonl"),
-       "--out", str(tmp_path / "dpo"))
-    rows = metric_rows(tmp_path / "dpo")
-    assert max(r["preference_accuracy"] for r in rows[1:]) >= rows[0]["preference_accuracy"] + 0.5, rows
-    # exact match may not fall by more than 2 of the 39 test prompts (measured: 41.0% -> 38.5%, one prompt)
-    assert exact(tmp_path / "dpo", rule_data / "test.jsonl", tmp_path / "after") >= after_sft - 2 * 100 / 39 - 1e-9
 
 
 def test_smollm2_seq2seq_lora_learns_the_rule_with_default_settings(rule_data, tmp_path):

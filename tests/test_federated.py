@@ -156,7 +156,7 @@ def tls_files(folder):
 
 
 def test_the_documented_multi_machine_commands_work_over_tls(trained_run, tmp_path):
-    """The README's commands for separate machines, on loopback: a TLS SuperLink, two SuperNodes that hold
+    """The federated guide's commands for separate machines, on loopback: a TLS SuperLink, two SuperNodes that hold
     their own data, and `bigmodel federated --superlink` submitting the run."""
     from bigmodel.federated.launch import flower, free_port
 

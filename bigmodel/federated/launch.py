@@ -4,7 +4,7 @@ Locally (no `--superlink`), a SuperLink and one SuperNode per client start as se
 on loopback, each SuperNode given its client's data file; then `flwr run` submits the app (a
 folder with a `pyproject.toml` naming `bigmodel.federated.apps`) and streams its log until the
 last round. With `--superlink HOST:PORT`, only the submission happens: the SuperLink and the
-data owners' SuperNodes were started on their own machines (see the README).
+data owners' SuperNodes were started on their own machines (see docs/guides/federated.md).
 """
 
 from __future__ import annotations

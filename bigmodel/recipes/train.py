@@ -27,6 +27,8 @@ from bigmodel.recipes.common import storage
 
 @dataclass
 class PresetConfig(Checked):
+    """`bigmodel pretrain --preset`: a model shape by name, which `model:` and the flags then adjust."""
+
     preset: str = ""  # a named model shape: baby | small | gpt2 | gpt2-medium
 
 

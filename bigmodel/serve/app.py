@@ -160,13 +160,20 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         if svc.loaded:
             await asyncio.to_thread(svc.loaded.owner.close)
 
-    app = FastAPI(title="bigmodel", version="0.1.0", lifespan=lifespan)
+    app = routes_app(cfg.max_new_tokens_limit, lifespan)
     app.state.service = svc
+    app.middleware("http")(authenticate_and_measure)
+    return app
+
+
+def routes_app(max_new_tokens: int = ServeConfig.max_new_tokens_limit, lifespan: Any = None) -> FastAPI:
+    """Every route, its error answers and its schema, with no model behind them: what `create_app`
+    serves, and what the documentation's HTTP reference is generated from."""
+    app = FastAPI(title="bigmodel", version="0.1.0", lifespan=lifespan)
     for routes in ROUTERS:
         app.include_router(routes)
-    app.middleware("http")(authenticate_and_measure)
     add_error_handlers(app)
-    app.openapi = lambda: openapi_schema(app, cfg.max_new_tokens_limit)
+    app.openapi = lambda: openapi_schema(app, max_new_tokens)
     return app
 
 

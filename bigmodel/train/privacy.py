@@ -92,7 +92,7 @@ def make_private(runner: torch.nn.Module, optimizer: torch.optim.Optimizer, exam
     # Opacus' backward hooks fire on the first trainable layer although its input (frozen embeddings)
     # needs no gradient; torch warns about that at every step.
     warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
-    # the noise comes from torch's generator, as Opacus does by default (the README says so)
+    # the noise comes from torch's generator, as Opacus does by default (docs: Differential privacy says so)
     warnings.filterwarnings("ignore", message="Secure RNG turned off")
     indices = DataLoader(TensorDataset(torch.arange(examples)), batch_size=batch_size)
     noise = get_noise_multiplier(target_epsilon=dp.dp_epsilon, target_delta=dp.dp_delta,
