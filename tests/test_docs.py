@@ -71,7 +71,8 @@ def script_of(page: str) -> str:
         else:
             body = re.sub(r"^(pip install [^&\n]*(&& )?)+", "", body, flags=re.MULTILINE)
             parts.append(body)
-    script = "set -euo pipefail\n" + "".join(parts)
+    script = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n" + "".join(parts)  # a failing page
+    # stops the server it started, so the test fails at once instead of waiting on the server's output
     for page_setting, small in SMALL[page]:
         assert page_setting in script, f"docs/tutorials/{page}.md no longer has {page_setting!r}: update SMALL"
         script = script.replace(page_setting, small)
@@ -112,9 +113,10 @@ def chat_defaults_learn(runs: Path) -> None:
     rule's answers on held-out pairs without losing more than 2 of the 39 test prompts."""
     exact = {name: json.loads((runs / name / "metrics.json").read_text())["exact_match"]
              for name in ("rule-before", "rule-sft/test", "rule-dpo/test")}
-    assert exact["rule-before"] == 0 and exact["rule-sft/test"] >= 25, exact  # measured: 0% -> 41% (16 of 39)
+    # measured 0% -> 56% (22 of 39); bench/defaults.py's best learning rate reaches the same 56%
+    assert exact["rule-before"] == 0 and exact["rule-sft/test"] >= 40, exact
     sft = metric_rows(runs / "rule-sft")
     assert sft[0]["step"] == 0 and min(r["val_loss"] for r in sft[1:]) < 0.5 * sft[0]["val_loss"]
     dpo = metric_rows(runs / "rule-dpo")
     assert max(r["preference_accuracy"] for r in dpo[1:]) >= dpo[0]["preference_accuracy"] + 0.5, dpo
-    assert exact["rule-dpo/test"] >= exact["rule-sft/test"] - 2 * 100 / 39 - 1e-9, exact  # measured: 41.0 -> 38.5
+    assert exact["rule-dpo/test"] >= exact["rule-sft/test"] - 2 * 100 / 39 - 1e-9, exact  # measured: 56.4 -> 56.4

@@ -19,7 +19,7 @@ from bigmodel.device import pick_device
 from bigmodel.errors import BigModelError
 from bigmodel.infer.chat import chat_template
 from bigmodel.model.checkpoint import Storage, in_precision, load_checkpoint, locate
-from bigmodel.model.formats import tokenizer_config
+from bigmodel.model.formats import PACKAGED_MODELS, tokenizer_config
 from bigmodel.model.heads import HEAD_FILE, SequenceModel
 from bigmodel.model.lora import ADAPTER, Adapter, adapter_folder, read_adapter
 from bigmodel.model.quantize import is_int8, to_int8
@@ -95,7 +95,10 @@ def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
     draft = load_draft(cfg, model, tok, device, storage) if cfg.draft_model else None
     engine = Engine(model, cfg.max_batch, cfg.max_queue, stop_ids(tok, special), cfg.prefix_cache_mb,
                     metrics, cfg.speculate, draft) if model.config.causal else None
-    model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
+    if is_hf and str(cfg.ckpt) in PACKAGED_MODELS:  # `--ckpt smollm2` answers to "smollm2", as clients will ask
+        model_id = str(cfg.ckpt)
+    else:
+        model_id = folder.parent.name if folder.name in ("best", "last") else folder.name
     chat, missing = None, ""
     try:
         chat = chat_template(special, model_id, cfg.chat_template)
