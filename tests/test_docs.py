@@ -71,8 +71,9 @@ def script_of(page: str) -> str:
         else:
             body = re.sub(r"^(pip install [^&\n]*(&& )?)+", "", body, flags=re.MULTILINE)
             parts.append(body)
-    script = "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null' EXIT\n" + "".join(parts)  # a failing page
-    # stops the server it started, so the test fails at once instead of waiting on the server's output
+    # a failing page stops the server it started, so the test fails at once instead of waiting on its output
+    stop = "trap 'status=$?; kill $(jobs -p) 2>/dev/null || true; exit $status' EXIT\n"
+    script = "set -euo pipefail\n" + stop + "".join(parts)
     for page_setting, small in SMALL[page]:
         assert page_setting in script, f"docs/tutorials/{page}.md no longer has {page_setting!r}: update SMALL"
         script = script.replace(page_setting, small)
