@@ -132,7 +132,13 @@ def run_pair(name: str, pair: Pair, work: Path, defaults: dict[str, Path]) -> di
     default = next(v["figure"] for k, v in rows.items() if k.endswith("(default)"))
     best = max(v["figure"] for v in rows.values())
     return {"figure": pair.figure, "runs": rows, "default": default, "best": best,
-            "ratio": round(default / best, 3) if best else 1.0}
+            "ratio": round(default / best, 3) if best else 1.0, "measured": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def runs(result: dict, default: bool) -> str:
+    """`lr: figure` of the default run, or of the sweep's other runs, for the docs' table."""
+    return ", ".join(f"{lr.split()[0]}: {v['figure']:.2f}" for lr, v in result["runs"].items()
+                     if lr.endswith("(default)") == default)
 
 
 def main() -> None:
@@ -153,13 +159,17 @@ def main() -> None:
         results = {name: run_pair(name, PAIRS[name], work, defaults) for name in names}
     print(f"\n{'pair':<14}{'figure':<16}{'default':>9}{'best':>9}{'ratio':>7}   runs (lr: figure)")
     for name, r in results.items():
-        runs = ", ".join(f"{lr}: {v['figure']:.2f}" for lr, v in r["runs"].items())
-        print(f"{name:<14}{r['figure']:<16}{r['default']:>9.2f}{r['best']:>9.2f}{r['ratio']:>7.2f}   {runs}")
+        sweep = ", ".join(f"{lr}: {v['figure']:.2f}" for lr, v in r["runs"].items())
+        print(f"{name:<14}{r['figure']:<16}{r['default']:>9.2f}{r['best']:>9.2f}{r['ratio']:>7.2f}   {sweep}")
     earlier = RESULTS / "defaults.json"  # a run of some pairs updates those, and keeps the others' last figures
-    if earlier.is_file() and json.loads(earlier.read_text())["machine"]["cpu"] == machine()["cpu"]:
-        results = {**json.loads(earlier.read_text())["pairs"], **results}
+    last = json.loads(earlier.read_text()) if earlier.is_file() else {}
+    if last and last["machine"]["cpu"] == machine()["cpu"]:
+        results = {**{name: {"measured": last["date"], **r} for name, r in last["pairs"].items()}, **results}
     ratio = min(r["ratio"] for r in results.values())
-    save("defaults", {"pairs": results, "around_the_default": AROUND, "ratio": ratio})
+    table = {"columns": ["pair", "held-out figure", "default lr: figure", "sweep (lr: figure)", "ratio", "measured"],
+             "rows": [[name, r["figure"], runs(r, default=True), runs(r, default=False), r["ratio"], r["measured"]]
+                      for name, r in results.items()]}
+    save("defaults", {"pairs": results, "around_the_default": AROUND, "table": table, "ratio": ratio})
     print(f"ratio: {ratio:.2f}")
 
 

@@ -150,6 +150,11 @@ def benchmark(name: str, heading: str = "") -> str:
             f"torch {m.get('torch', '?')}", f"- date: {r.get('date', 'not recorded')}",
             f"- command: `{r.get('command', f'python bench/{name}.py')}`", f"- ratio: **{r.get('ratio', 'none')}**",
             "", "| figure | value |", "| --- | --- |"]
+    if "table" in r:  # a bench that lays out its own figures: {"columns": [...], "rows": [[...], ...]}
+        columns, rows = r["table"]["columns"], r["table"]["rows"]
+        out[-2:] = ["| " + " | ".join(map(cell, columns)) + " |", "|" + " --- |" * len(columns)]
+        out += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+        return "\n".join(out)
     skip = {"machine", "date", "command", "ratio"}
     out += [f"| {cell(k)} | {cell(v)} |" for k, v in flattened({k: v for k, v in r.items() if k not in skip})]
     return "\n".join(out)
