@@ -46,7 +46,7 @@ def draw(ax: Any, rows: list[dict[str, float]], title: str, x: str) -> None:
     ax.plot(xs, [r["train_loss"] for r in rows], marker="o", ms=3, label="train")
     ax.plot(xs, [r["val_loss"] for r in rows], marker="o", ms=3, label="val")
     best = min(rows, key=lambda r: r["val_loss"])
-    ax.annotate(f"best val {best['val_loss']:.3f}", (best[x], best["val_loss"]),
+    ax.annotate(f"lowest val {best['val_loss']:.3f}", (best[x], best["val_loss"]),
                 textcoords="offset points", xytext=(-60, 18), arrowprops=dict(arrowstyle="->"))
     ax.set(xlabel=x, ylabel="loss", title=title)
     ax.grid(alpha=0.3)
