@@ -62,7 +62,7 @@ def test_smollm2_seq2seq_lora_learns_the_rule_with_default_settings(rule_data, t
            "--max-new-tokens", "8", "--out", str(tmp_path / name))
         scores.append(json.loads((tmp_path / name / "metrics.json").read_text()))
     # bare "word <|endoftext|> [WORD]" rows are harder than the chat form: the brackets come, the spelling of
-    # unseen words mostly does not yet (measured: chrF 1.0 -> 26.2, CER 231 -> 56, exact match 0 -> 7.7)
+    # unseen words mostly does not yet (measured: chrF 1.0 -> 31.7, CER 231 -> 45, exact match 0 -> 7.7)
     assert scores[1]["chrf"] >= scores[0]["chrf"] + 10 and scores[1]["cer"] <= scores[0]["cer"] - 100, scores
 
 
