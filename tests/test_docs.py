@@ -22,7 +22,7 @@ from docgen.hooks import unknown_flags  # noqa: E402 (the docs' own checker, not
 TUTORIALS = ["quickstart", "own-corpus", "finetune-sst2", "chat-smollm2", "serve-openai"]  # the site's order
 PORT = str(free_port())
 SMALL = {  # each page's settings -> the same commands at CI's size; every left side must still be on its page
-    "quickstart": [("bigmodel quickstart\n", "bigmodel quickstart --minutes 0.1\n")],
+    "quickstart": [("bigmodel quickstart\n", "bigmodel quickstart --minutes 0.1 --files 40\n")],
     "own-corpus": [("--max-iters 1000", "--max-iters 30"), ("--max-new-tokens 300", "--max-new-tokens 30")],
     "finetune-sst2": [("--max-train 4000", "--max-train 160 --epochs 1")],
     "chat-smollm2": [("--max-new-tokens 40", "--max-new-tokens 10")],  # its fine-tuning runs whole: see below
@@ -104,6 +104,9 @@ def test_the_tutorial_runs(page, workdir):
     expected = {"quickstart": "runs/quickstart/run/best/model.safetensors", "own-corpus": "runs/shakespeare_char/best",
                 "finetune-sst2": "runs/sst2/card.md", "chat-smollm2": "runs/rule-dpo/test/metrics.json"}
     assert page not in expected or (workdir / expected[page]).exists(), output[-3000:]
+    if page == "quickstart":  # it turned its time budget into steps with the step time it really trains at
+        real, planned = map(int, re.search(r"(\d+) ms per step against (\d+) planned", output).groups())
+        assert 0.5 < real / planned < 1.5, output[-3000:]
     if page == "chat-smollm2":
         chat_defaults_learn(workdir / "runs")
 

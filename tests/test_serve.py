@@ -324,7 +324,7 @@ def test_a_checkpoint_that_fails_to_load_ends_the_server_with_one_line(trained_r
     broken = tmp_path / "broken"
     shutil.copytree(resolve_checkpoint(trained_run), broken)
     (broken / "model.safetensors").write_bytes(b"\x00" * 100)
-    result = run_cli("serve", "--ckpt", str(broken), "--port", str(free_port()), timeout=60)
+    result = run_cli("serve", "--ckpt", str(broken), "--port", str(free_port()), fresh=True, timeout=60)
     errors = [line for line in result.stderr.splitlines() if "error" in line]
     assert result.returncode == 1 and len(errors) == 1 and str(broken) in errors[0]
 

@@ -122,6 +122,7 @@ class QuickstartConfig(DeviceConfig):
 
     out: str = "runs/quickstart"  # where everything goes
     minutes: float = 3.0  # training time budget
+    files: int = 0  # read only this many of the standard library's files, for a quicker first look (0: all)
 
 
 def cmd_prepare(cfg: DataConfig) -> None:
@@ -357,4 +358,4 @@ def cmd_card(args: CardConfig) -> None:
 def cmd_quickstart(args: QuickstartConfig) -> None:
     from bigmodel.recipes.quickstart import quickstart
 
-    quickstart(Path(args.out), args.minutes, args.device)
+    quickstart(Path(args.out), args.minutes, args.device, args.files)
