@@ -27,7 +27,7 @@ from bigmodel.config import (
 )
 from bigmodel.errors import BigModelError
 from bigmodel.flags import add_flags
-from bigmodel.recipes import compress, evaluate, explain, infer, manage, predict, train
+from bigmodel.recipes import compress, evaluate, explain, infer, manage, predict, speech, train
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ VERBS: dict[str, Verb] = {
                      section="finetune: (and model:)", layered=True, epilog=tuning_table()),
     "predict": Verb((predict.PredictConfig,), predict.cmd_predict,
                     "label and probabilities, an answer span, or a target text, as JSONL"),
+    "transcribe": Verb((speech.TranscribeConfig,), speech.cmd_transcribe,
+                       "speech to text with Whisper (whisper-tiny.en, whisper-base): any format and sample rate"),
     "zeroshot": Verb((infer.ZeroshotConfig,), infer.cmd_zeroshot,
                      "label texts with no training: nearest label description by embedding"),
     "index": Verb((infer.IndexConfig,), infer.cmd_index, "embed documents into a search index folder"),

@@ -83,6 +83,8 @@ class ModelConfig:
     embed_norm: bool = False  # normalise the summed embeddings, as BERT
     encoder_layers: int = 0  # > 0: an encoder-decoder (T5/BART shape); n_layer counts the decoder's blocks
     share_embeddings: bool = True  # encoder-decoder: the encoder reads the decoder's token embedding
+    source: str = "tokens"  # encoder-decoder: what the encoder reads, tokens or mel (log-mel features, as Whisper)
+    source_positions: int = 0  # source mel: the encoder's positions (Whisper: 1500, for 30 s)
     frontend: str = "tokens"  # tokens | patches (images, as ViT) | mel (audio: log-mel frames); see frontends.py
     image_size: int = 224  # patches: images are resized to this square
     patch_size: int = 16  # patches: side of each square patch
@@ -108,6 +110,9 @@ class ModelConfig:
                 self.patch_size > 0 and self.image_size % self.patch_size == 0),
             "images and audio go through an encoder (causal: false, encoder_layers: 0)": self.frontend == "tokens"
             or not (self.causal or self.encoder_layers),
+            "source must be tokens or mel": self.source in ("tokens", "mel"),
+            "a mel source needs an encoder (encoder_layers) and its positions (source_positions)": self.source
+            == "tokens" or (self.encoder_layers > 0 and self.source_positions > 0),
             "block_size, vocab_size and n_layer must be positive": min(self.block_size, self.vocab_size,
                                                                         self.n_layer) > 0,
         }

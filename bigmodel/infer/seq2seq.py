@@ -9,6 +9,8 @@ KV cache (and, for an encoder-decoder, cross-attention keys/values computed once
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
@@ -32,7 +34,7 @@ def start_id(tok: Tokenizer) -> int:
 @torch.no_grad()
 def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, stop_id: int,
            memory: Memory | None = None, beam: bool | None = None, also_stop: frozenset[int] = frozenset(),
-           ) -> list[list[int]]:
+           rules: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[list[int]]:
     """The continuation of each prefix, cut before `stop_id` (or any of `also_stop`: a chat model's end
     of turn). Prefixes may differ in length: each fills its own cache rows, and the rows then step
     together at their own positions, so a batch needs no padding.
@@ -40,7 +42,8 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
     `beam` (default: `cfg.beams > 1`) keeps the `cfg.beams` most likely continuations of
     each prefix by summed log-probability; a finished one stays in the running with its score
     frozen, and the winner maximises score / length ** `cfg.length_penalty`. Otherwise each
-    row samples (greedy at temperature 0)."""
+    row samples (greedy at temperature 0). `rules(logits, generated so far)` may forbid tokens
+    (Whisper's suppressed tokens) before each choice."""
     beam = cfg.beams > 1 if beam is None else beam
     B, K = len(prefixes), cfg.beams if beam else 1
     device = next(model.parameters()).device
@@ -64,6 +67,8 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
     lengths = torch.zeros(B * K, device=device)
     out = torch.zeros(B * K, 0, dtype=torch.long, device=device)
     for _ in range(steps):
+        if rules is not None:
+            logits = rules(logits, out)
         if beam:
             logp = logits.log_softmax(-1)
             logp[done] = float("-inf")

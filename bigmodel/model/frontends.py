@@ -35,17 +35,30 @@ class PatchEmbedding(nn.Module):
         return torch.cat((self.cls.expand(len(x), -1, -1).to(x.dtype), x), dim=1)
 
 
-class LogMelFrontend(nn.Module):
-    """(B, samples) waveform → (B, frames / 2, n_embd): log-mel features, then convolutions."""
+class MelStem(nn.Module):
+    """(B, n_mels, frames) log-mel features → (B, frames / 2, n_embd): Whisper's two GELU convolutions, the
+    second of stride 2. A Whisper encoder reads features computed outside (`infer/whisper.py` slides 30-s
+    windows over a whole recording's spectrogram); `LogMelFrontend` computes them itself."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.conv1 = nn.Conv1d(config.n_mels, config.n_embd, 3, padding=1)
+        self.conv2 = nn.Conv1d(config.n_embd, config.n_embd, 3, stride=2, padding=1)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.conv1(mel.to(self.conv1.weight.dtype)))
+        return F.gelu(self.conv2(x)).transpose(1, 2)
+
+
+class LogMelFrontend(MelStem):
+    """(B, samples) waveform → (B, frames / 2, n_embd): log-mel features, then the convolutions."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
         self.n_fft = round(WINDOW_SECONDS * config.sample_rate)
         self.hop = round(HOP_SECONDS * config.sample_rate)
         self.register_buffer("window", torch.hann_window(self.n_fft))
         self.register_buffer("filters", mel_filters(config.sample_rate, self.n_fft, config.n_mels))
-        self.conv1 = nn.Conv1d(config.n_mels, config.n_embd, 3, padding=1)
-        self.conv2 = nn.Conv1d(config.n_embd, config.n_embd, 3, stride=2, padding=1)
 
     def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, n_mels, frames), scaled to about [-1, 1] (Whisper's 8-decade floor below each clip's peak)."""
@@ -58,8 +71,7 @@ class LogMelFrontend(nn.Module):
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.dim() != 2:
             raise BigModelError(f"audio must be (batch, samples); got {tuple(wave.shape)}")
-        x = F.gelu(self.conv1(self.log_mel(wave).to(self.conv1.weight.dtype)))
-        return F.gelu(self.conv2(x)).transpose(1, 2)
+        return super().forward(self.log_mel(wave))
 
 
 def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:

@@ -61,7 +61,7 @@ def _copy(config: ModelConfig, length: int, layers: int) -> Transformer:
     """The model's shape in at most `layers` blocks, reading tokens (images and audio pass through the same
     blocks)."""
     return Transformer(replace(config, n_layer=min(layers, config.n_layer), encoder_layers=0, frontend="tokens",
-                               dropout=0.0, block_size=max(config.block_size, length)))
+                               source="tokens", dropout=0.0, block_size=max(config.block_size, length)))
 
 
 def _shape(config: ModelConfig) -> str:

