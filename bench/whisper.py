@@ -1,15 +1,16 @@
 """Whisper on real human speech: bigmodel vs faster-whisper (CTranslate2, the same weights) vs transformers
 (our export), word error rate and speed, for tiny.en and base.
 
-Every system reads the same 16-kHz waveforms (decoded and resampled once, by bigmodel) of the English rows of
-`../shared/data/speech_real`, decodes greedily without timestamps on the same number of threads: bigmodel and
-faster-whisper with Whisper's temperature fallback, transformers' `generate` on our export without it. A last
-check feeds CTranslate2 bigmodel's own features: the greedy tokens then show whether models and decoding
-rules agree, apart from how each computes features. WER is scored after Whisper's English normaliser
-(transformers' copy of OpenAI's, the same for every system), the references stripped of the aligner's markup (`<cutoff-...>`, `[laughter]`).
-Speed is the real-time factor: seconds of audio per second of wall clock, one recording at a time (batch 1)
-and, for bigmodel, the whole set in batches of 8. Last line `ratio: X.XX`: bigmodel's batch-1 real-time
-factor over faster-whisper's, both fp32, on whisper-base.
+Every system reads the same 16-kHz waveforms (decoded and resampled once, by bigmodel) of the English rows
+of `../shared/data/speech_real` and decodes greedily without timestamps on the same number of threads:
+bigmodel and faster-whisper with Whisper's temperature fallback, transformers' `generate` on our export
+without it. A last check feeds CTranslate2 bigmodel's own features: the greedy tokens then show whether
+models and decoding rules agree, apart from how each computes features. WER is scored after Whisper's
+English normaliser (transformers' copy of OpenAI's, the same for every system), the references stripped
+of the aligner's markup (`<cutoff-...>`, `[laughter]`). Speed is the real-time factor: seconds of audio
+per second of wall clock, one recording at a time (batch 1) and, for bigmodel, the whole set in batches
+of 8. Last line `ratio: X.XX`: bigmodel's batch-1 real-time factor over faster-whisper's, both fp32, on
+whisper-base.
 """
 
 from __future__ import annotations
