@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from bigmodel.config import HOP_SECONDS, WINDOW_SECONDS, GenerateConfig
-from bigmodel.data.media import opened, source_name
+from bigmodel.data.media import SILENCE, opened, source_name
 from bigmodel.errors import BigModelError
 from bigmodel.infer.seq2seq import decode
 from bigmodel.model.frontends import mel_filters
@@ -31,7 +31,6 @@ from bigmodel.model.whisper import whisper_rules_file
 SAMPLE_RATE = 16000
 WINDOW = 30 * SAMPLE_RATE  # samples the encoder reads at once
 MAX_SECONDS = 2 * 3600  # longer recordings are refused before they are decoded into memory
-SILENCE = 1e-4  # peak amplitude below which a recording holds nothing to transcribe
 TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # Whisper's fallback: each try samples hotter than the last
 
 
