@@ -118,8 +118,8 @@ def whisper_rules(folder: Path) -> dict:
 def prompt(vocab: WhisperVocab, language: str | None, task: str) -> list[int]:
     """Start of transcript, then (multilingual models) the language and the task, then no timestamps."""
     if not vocab.languages:
-        if task == "translate":
-            raise BigModelError("--task translate needs a multilingual Whisper (this one is English-only)")
+        if task == "translate" or language not in (None, "en"):
+            raise BigModelError(f"--language {language} --task {task}: this Whisper is English-only")
         return [vocab.sot, vocab.no_timestamps]
     if language not in vocab.languages:
         raise BigModelError(f"--language {language}: Whisper knows {', '.join(vocab.languages)}")

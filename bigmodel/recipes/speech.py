@@ -45,16 +45,13 @@ def audio_inputs(name: str) -> list[Path]:
 
 def cmd_transcribe(args: TranscribeConfig) -> None:
     """Recordings in batches; one that cannot be read is one line on stderr, and the others go on."""
-    from bigmodel.infer.whisper import WhisperVocab, read_speech, transcribe, whisper_rules
+    from bigmodel.infer.whisper import WhisperVocab, prompt, read_speech, transcribe, whisper_rules
 
     model, tok, folder = load(args, decoding=True)
     if model.config.source != "mel":
         raise BigModelError(f"{args.ckpt}: not a Whisper model (its encoder does not read audio)")
     vocab = WhisperVocab.of(tok, whisper_rules(folder), model.config.vocab_size)
-    if args.language and vocab.languages and args.language not in vocab.languages:
-        raise BigModelError(f"--language {args.language}: Whisper knows {', '.join(vocab.languages)}")
-    if not vocab.languages and (args.language not in ("", "en") or args.task == "translate"):
-        raise BigModelError(f"--language {args.language} --task {args.task}: {args.ckpt} is English-only")
+    prompt(vocab, args.language or ("en" if vocab.languages else None), args.task)  # refused before any reading
     paths, failed = audio_inputs(args.input), 0
     out = Path(args.out) if args.out else None
     if out:
