@@ -12,7 +12,7 @@ import torch
 import transformers
 from jiwer import wer
 
-from bigmodel.infer.whisper import WhisperVocab, read_speech, transcribe, whisper_rules, windows
+from bigmodel.infer.whisper import WhisperVocab, padded_mel, read_speech, transcribe, whisper_rules, window
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.formats import find_pretrained, to_hf
 
@@ -39,7 +39,7 @@ def tiny():
 def test_features_are_openai_s_log_mel(tiny):
     wave = read_speech(SPEECH / "61-70968-0000.flac")
     theirs = transformers.WhisperFeatureExtractor(feature_size=80)(wave, sampling_rate=16000, return_tensors="np")
-    ours = windows(wave, 80)[0].numpy()
+    ours = padded_mel(wave, 80)[:, :3000].numpy()
     assert ours.shape == theirs.input_features[0].shape == (80, 3000)
     assert np.abs(ours - theirs.input_features[0]).max() <= 1e-4
 
@@ -48,13 +48,14 @@ def test_logits_match_transformers_on_our_export(tiny, tmp_path):
     model, tok, _, folder = tiny
     to_hf(model, tmp_path / "hf", tok, folder)
     hf = transformers.WhisperForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
-    mel = windows(read_speech(SPEECH / "mfa_whatscalled.flac"), 80)
+    mel = padded_mel(read_speech(SPEECH / "mfa_whatscalled.flac"), 80)[None, :, :3000]
     ids = torch.tensor([[50257, 50362, *tok.encode(" Montreal forced", add_special_tokens=False).ids]])
     with torch.no_grad():
         ours, _ = model(ids, memory=model.encode(mel))
         theirs = hf(input_features=mel, decoder_input_ids=ids).logits
     assert (ours - theirs).abs().max() <= 1e-3
-    said = hf.generate(windows(read_speech(SPEECH / "61-70968-0000.flac"), 80))  # its own generate, as exported
+    librispeech = padded_mel(read_speech(SPEECH / "61-70968-0000.flac"), 80)[None, :, :3000]
+    said = hf.generate(librispeech)  # its own generate, as exported
     assert tok.decode(said[0].tolist()).strip().startswith("He began a confused complaint against the wizard")
 
 
@@ -64,10 +65,11 @@ def test_greedy_tokens_are_ctranslate2_s_on_the_same_features(tiny):
     model, tok, vocab, folder = tiny
     rows = [r for r in manifest() if r["language"] == "en"][:6]
     waves = [read_speech(SPEECH / r["path"]) for r in rows]
-    ours = transcribe(model, tok, vocab, waves)
+    ours = transcribe(model, tok, vocab, waves, timestamps=False)
     engine = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="float32", intra_threads=1)
-    mel = ctranslate2.StorageView.from_array(torch.cat([windows(w, 80) for w in waves]).numpy())
-    theirs = engine.generate(mel, [[vocab.sot, vocab.no_timestamps]] * len(waves), beam_size=1, max_length=224)
+    mel = torch.stack([window(padded_mel(w, 80), 0, len(w) // 160) for w in waves])
+    theirs = engine.generate(ctranslate2.StorageView.from_array(mel.numpy()), [[vocab.sot, vocab.no_timestamps]]
+                             * len(waves), beam_size=1, max_length=224)
     greedy = 0
     for mine, found in zip(ours, theirs, strict=True):
         [segment] = mine["segments"]  # each recording is shorter than 30 s
@@ -75,6 +77,24 @@ def test_greedy_tokens_are_ctranslate2_s_on_the_same_features(tiny):
             assert segment["text"] == tok.decode(found.sequences_ids[0]).strip()
             greedy += 1
     assert greedy >= 4
+
+
+def test_timed_segments_are_faster_whisper_s(tiny):
+    """With timestamps (both tools' default), a 27-s monologue: the same segments, times and scores as
+    faster-whisper on the same weights."""
+    from faster_whisper import WhisperModel
+
+    model, tok, vocab, folder = tiny
+    wave = read_speech(SPEECH / "acoustic_corpus.wav")
+    [ours] = transcribe(model, tok, vocab, [wave])
+    peer = WhisperModel(str(folder), device="cpu", compute_type="float32", cpu_threads=1)
+    theirs = list(peer.transcribe(wave, beam_size=1, condition_on_previous_text=False)[0])
+    assert len(ours["segments"]) == len(theirs) >= 4
+    for mine, seg in zip(ours["segments"], theirs, strict=True):
+        assert mine["text"] == seg.text.strip()
+        end = min(seg.end, len(wave) / 16000)  # theirs may end after the recording does
+        assert mine["start"] == pytest.approx(seg.start) and mine["end"] == pytest.approx(end, abs=1e-3)
+        assert mine["avg_logprob"] == pytest.approx(seg.avg_logprob, abs=1e-3)
 
 
 def test_real_recordings_are_transcribed_from_every_format(tmp_path):
@@ -95,21 +115,31 @@ def test_real_recordings_are_transcribed_from_every_format(tmp_path):
 
 
 def test_a_recording_longer_than_30_seconds_is_read_window_by_window(tmp_path):
-    """A monologue padded to 30 s, then the LibriSpeech sentence: two windows, each transcribed in its place."""
+    """The monologue, 1 s of silence, then the LibriSpeech sentence across the 30-s mark: the second window
+    starts where the first one's last whole segment ended (not at 30 s), so the sentence is heard whole."""
     import soundfile as sf
 
     first = read_speech(SPEECH / "acoustic_corpus.wav")
-    wave = np.concatenate([first, np.zeros(30 * 16000 - len(first), np.float32),
-                           read_speech(SPEECH / "61-70968-0000.flac")])
+    gap = np.zeros(16000, np.float32)
+    wave = np.concatenate([first, gap, read_speech(SPEECH / "61-70968-0000.flac")])
     sf.write(tmp_path / "long.flac", wave, 16000)
-    done = run_cli("transcribe", "--ckpt", "whisper-tiny.en", "--input", str(tmp_path / "long.flac"), "--format",
-                   "json", "--dtype", "fp32")
-    assert done.returncode == 0, done.stderr
-    record = json.loads(done.stdout)
+    said = {}
+    for kind in ("json", "srt", "vtt"):
+        done = run_cli("transcribe", "--ckpt", "whisper-tiny.en", "--input", str(tmp_path / "long.flac"), "--format",
+                       kind, "--dtype", "fp32")
+        assert done.returncode == 0, done.stderr
+        said[kind] = done.stdout
+    record = json.loads(said["json"])
     assert record["duration"] == pytest.approx(len(wave) / 16000, abs=1e-3)
-    assert [(s["start"], s["end"]) for s in record["segments"]] == [(0.0, 30.0), (30.0, pytest.approx(34.91, abs=0.01))]
-    assert record["segments"][1]["text"].startswith("He began a confused complaint")
-    assert record["text"].endswith(record["segments"][1]["text"])
+    last = record["segments"][-1]
+    assert last["text"].startswith("He began a confused complaint against the wizard")
+    assert last["text"].endswith("on the left.") and 0 < last["seek"] < 3000  # a seek the timestamps chose
+    assert last["start"] == pytest.approx((len(first) + len(gap)) / 16000, abs=1.0)
+    starts = [s["start"] for s in record["segments"]]
+    assert starts == sorted(starts) and record["text"].endswith(last["text"])
+    cues = said["srt"].strip().split("\n\n")
+    assert len(cues) == len(record["segments"]) and cues[0].startswith("1\n00:00:00,000 --> 00:00:0")
+    assert said["vtt"].startswith("WEBVTT\n\n00:00:00.000 --> ") and last["text"] in said["vtt"]
 
 
 def test_whisper_base_detects_spanish_and_translates_it():

@@ -107,7 +107,10 @@ class Decoder:
         self.reserve(ids.size(1))
         rows = self.cache.rows(row, row + ids.size(0))
         rows.lengths[:] = start
-        logits, _ = self.model(ids[:, start:], cache=rows, memory=self.memory, last_only=not every, adapters=adapters)
+        memory = self.memory
+        if memory is not None and (row, ids.size(0)) != (0, memory.mask.size(0)):  # these rows' own sources
+            memory = memory.select(torch.arange(row, row + ids.size(0), device=self.device))
+        logits, _ = self.model(ids[:, start:], cache=rows, memory=memory, last_only=not every, adapters=adapters)
         return logits if every else logits[:, -1]
 
     def step(self, tokens: torch.Tensor, histories: Sequence[Sequence[int]] | torch.Tensor | None = None,

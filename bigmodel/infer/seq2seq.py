@@ -34,7 +34,8 @@ def start_id(tok: Tokenizer) -> int:
 @torch.no_grad()
 def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, stop_id: int,
            memory: Memory | None = None, beam: bool | None = None, also_stop: frozenset[int] = frozenset(),
-           rules: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[list[int]]:
+           rules: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+           scored: bool = False) -> list[list[int]] | tuple[list[list[int]], list[float]]:
     """The continuation of each prefix, cut before `stop_id` (or any of `also_stop`: a chat model's end
     of turn). Prefixes may differ in length: each fills its own cache rows, and the rows then step
     together at their own positions, so a batch needs no padding.
@@ -43,7 +44,8 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
     each prefix by summed log-probability; a finished one stays in the running with its score
     frozen, and the winner maximises score / length ** `cfg.length_penalty`. Otherwise each
     row samples (greedy at temperature 0). `rules(logits, generated so far)` may forbid tokens
-    (Whisper's suppressed tokens) before each choice."""
+    (Whisper's suppressed tokens) before each choice. `scored` also returns each continuation's summed
+    log-probability (its end included) under the logits the rules left, before any temperature."""
     beam = cfg.beams > 1 if beam is None else beam
     B, K = len(prefixes), cfg.beams if beam else 1
     device = next(model.parameters()).device
@@ -57,7 +59,7 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
     decoder = Decoder(model, B * K, longest + steps, memory)
     if len({len(prefix) for prefix in prefixes}) == 1:
         logits = decoder.prefill(torch.tensor(prefixes, device=device)[rows]).float()
-    else:  # decoder-only prompts: each runs into its own rows (an encoder-decoder's all start alike)
+    else:  # each prompt runs into its own rows
         logits = torch.cat([decoder.prefill([prefix] * K, row=i * K) for i, prefix in enumerate(prefixes)]).float()
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     scores = torch.zeros(B, K, device=device)
@@ -80,6 +82,9 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
             out, done, lengths = out[parent], done[parent], lengths[parent]
         else:
             token = torch.where(done, stop_id, sample_next(logits, cfg, generator))
+            if scored:
+                taken = logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
+                scores += torch.where(done, 0.0, taken).view(B, K)
         lengths += ~done
         out = torch.cat([out, token[:, None]], dim=1)
         done |= torch.isin(token, stops)
@@ -88,9 +93,10 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
         logits = decoder.step(token).float()
     if beam:
         best = (scores / lengths.view(B, K).clamp(min=1) ** cfg.length_penalty).argmax(-1)
-        out = out[torch.arange(B, device=device) * K + best]
+        out, scores = out[torch.arange(B, device=device) * K + best], scores.gather(1, best[:, None])
     ends = set(stops.tolist())
-    return [row[:next((i for i, t in enumerate(row) if t in ends), len(row))] for row in out.tolist()]
+    found = [row[:next((i for i, t in enumerate(row) if t in ends), len(row))] for row in out.tolist()]
+    return (found, scores[:, 0].tolist()) if scored else found
 
 
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

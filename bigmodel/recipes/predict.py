@@ -20,7 +20,8 @@ from bigmodel.recipes.common import input_batches, input_length, lexicon_setting
 
 @dataclass
 class PredictConfig(PrecisionConfig, CkptConfig, LexiconConfig, DecodingConfig):
-    """`bigmodel predict`: a label and probabilities, an answer span, a transcript or a target text, as JSONL."""
+    """`bigmodel predict`: a label and probabilities, an answer span, a transcript or a target text, as JSONL
+    (a Whisper checkpoint: what `transcribe --format json` writes)."""
 
     input: str = ""  # UTF-8 text file, one text per line, or - for stdin; QA: SQuAD JSON or JSONL
     out: str = ""  # JSONL file to write (default: stdout)
@@ -41,7 +42,13 @@ def cmd_predict(args: PredictConfig) -> None:
     if not headed and args.task != "seq2seq" and not model.config.encoder_layers:
         raise BigModelError(f"{args.ckpt}: no fine-tuned head to predict with (for a decoder-only seq2seq model, "
                             "pass --task seq2seq)")
-    if not headed:
+    if model.config.source == "mel":  # Whisper: what `transcribe --format json` writes, as JSONL
+        from bigmodel.recipes.speech import SpeechConfig, audio_inputs, transcribed, whisper_of
+
+        records = transcribed(model, tok, whisper_of(model, tok, folder, args.ckpt), audio_inputs(args.input),
+                              SpeechConfig())
+        batches = ([record] for record in records)
+    elif not headed:
         batches = predict_seq2seq(model, tok, args, input_length(args, model, folder))
     elif model.head_config.task == "qa":
         batches = iter([predict_answers(model, tok, args, input_length(args, model, folder))])

@@ -1,14 +1,15 @@
-"""`bigmodel transcribe`: speech to text with a Whisper checkpoint."""
+"""`bigmodel transcribe`: speech to text with a Whisper checkpoint (`predict` on one does the same)."""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from bigmodel.config import CkptConfig, PrecisionConfig
+from bigmodel.config import Checked, CkptConfig, PrecisionConfig
 from bigmodel.errors import BigModelError
 from bigmodel.recipes.common import load
 
@@ -16,16 +17,31 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
 
 
 @dataclass
-class TranscribeConfig(PrecisionConfig, CkptConfig):
+class SpeechConfig(Checked):
+    """How Whisper decodes: what `transcribe` takes as flags and the server as request fields."""
+
+    language: str = ""  # a multilingual model's language code (en, zh, es, ...); default: detected per recording
+    task: Literal["transcribe", "translate"] = "transcribe"  # translate: speech in any language to English text
+    beams: int = 1  # > 1: beam search of this width for the first try (later tries sample)
+    timestamps: bool = True  # segment times; the next 30-s window starts where the last whole segment ended
+    initial_prompt: str = ""  # text the decoder reads first: names, spellings, a style to follow
+    condition_on_previous_text: bool = False  # each window also reads the text before it (may repeat itself)
+    batch_size: int = 8  # recordings decoded together
+
+    def options(self) -> dict:
+        """`infer.whisper.transcribe`'s keyword arguments."""
+        return {"language": self.language or None, "task": self.task, "beams": self.beams,
+                "timestamps": self.timestamps, "initial_prompt": self.initial_prompt,
+                "condition_on_previous_text": self.condition_on_previous_text, "batch_size": self.batch_size}
+
+
+@dataclass
+class TranscribeConfig(SpeechConfig, PrecisionConfig, CkptConfig):
     """`bigmodel transcribe`: the text of each recording (WAV, FLAC, MP3, Ogg/Opus; any sample rate)."""
 
     input: str = ""  # an audio file, a folder of them, a text file listing one path per line, or - (paths on stdin)
-    out: str = ""  # folder for one NAME.txt or NAME.json per recording (default: print to stdout)
-    format: Literal["txt", "json"] = "txt"  # json: path, text, language, duration and 30-s segments
-    language: str = ""  # a multilingual model's language code (en, zh, es, ...); default: detected per recording
-    task: Literal["transcribe", "translate"] = "transcribe"  # translate: speech in any language to English text
-    beams: int = 1  # > 1: beam search of this width for the first, greedy try
-    batch_size: int = 8  # recordings decoded together
+    out: str = ""  # folder for one NAME.txt (or .json, .srt, .vtt) per recording (default: print to stdout)
+    format: Literal["txt", "json", "srt", "vtt"] = "txt"  # json: path, text, language, duration, timed segments
     required: ClassVar[tuple[str, ...]] = ("ckpt", "input")
 
 
@@ -43,38 +59,62 @@ def audio_inputs(name: str) -> list[Path]:
     return [path]
 
 
+def whisper_of(model, tok, folder: Path, ckpt: str):
+    """The checkpoint's Whisper vocabulary, or one line saying it is not a Whisper model."""
+    from bigmodel.infer.whisper import WhisperVocab, whisper_rules
+
+    if model.config.source != "mel":
+        raise BigModelError(f"{ckpt}: not a Whisper model (its encoder does not read audio)")
+    return WhisperVocab.of(tok, whisper_rules(folder), model.config.vocab_size)
+
+
+def transcribed(model, tok, vocab, paths: list[Path], speech: SpeechConfig) -> Iterator[dict]:
+    """One record per recording, in order, `batch_size` recordings at a time. One that cannot be read is a
+    line on stderr and a record with its `error`; the others go on."""
+    from bigmodel.infer.whisper import prompt, read_speech, transcribe
+
+    prompt(vocab, speech.language or ("en" if vocab.languages else None), speech.task)  # refused before any reading
+    for start in range(0, len(paths), speech.batch_size):
+        records: list[dict] = []
+        waves = []
+        for path in paths[start:start + speech.batch_size]:
+            try:
+                waves.append(read_speech(path))
+                records.append({"path": str(path)})
+            except BigModelError as e:
+                print(f"bigmodel: error: {e}", file=sys.stderr)
+                records.append({"path": str(path), "error": str(e)})
+        found = iter(transcribe(model, tok, vocab, waves, **speech.options()) if waves else [])
+        for record in records:
+            yield record if "error" in record else {**record, **next(found)}
+
+
 def cmd_transcribe(args: TranscribeConfig) -> None:
-    """Recordings in batches; one that cannot be read is one line on stderr, and the others go on."""
-    from bigmodel.infer.whisper import WhisperVocab, prompt, read_speech, transcribe, whisper_rules
+    """Text, JSON, SRT or WebVTT per recording, to stdout or one file each in `--out`; exit 1 if any failed."""
+    from bigmodel.infer.whisper import subtitles
 
     model, tok, folder = load(args, decoding=True)
-    if model.config.source != "mel":
-        raise BigModelError(f"{args.ckpt}: not a Whisper model (its encoder does not read audio)")
-    vocab = WhisperVocab.of(tok, whisper_rules(folder), model.config.vocab_size)
-    prompt(vocab, args.language or ("en" if vocab.languages else None), args.task)  # refused before any reading
-    paths, failed = audio_inputs(args.input), 0
+    vocab = whisper_of(model, tok, folder, args.ckpt)
+    paths = audio_inputs(args.input)
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(paths), args.batch_size):
-        batch, waves = [], []
-        for path in paths[start:start + args.batch_size]:
-            try:
-                waves.append(read_speech(path))
-                batch.append(path)
-            except BigModelError as e:
-                print(f"bigmodel transcribe: error: {e}", file=sys.stderr)
-                failed += 1
-        if not batch:
+    failed = 0
+    for record in transcribed(model, tok, vocab, paths, args):
+        if "error" in record:
+            failed += 1
             continue
-        results = transcribe(model, tok, vocab, waves, args.language or None, args.task, args.beams,
-                             batch_size=args.batch_size)
-        for path, result in zip(batch, results, strict=True):
-            record = {"path": str(path), **result}
-            text = json.dumps(record, ensure_ascii=False) if args.format == "json" else result["text"]
-            if out:
-                (out / f"{path.stem}.{args.format}").write_text(text + "\n", encoding="utf-8")
-            else:
-                print(text if args.format == "json" or len(paths) == 1 else f"{path}\t{text}", flush=True)
+        if args.format == "json":
+            text = json.dumps(record, ensure_ascii=False)
+        elif args.format in ("srt", "vtt"):
+            text = subtitles(record["segments"], args.format)
+        else:
+            text = record["text"]
+        if out:
+            (out / f"{Path(record['path']).stem}.{args.format}").write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+        elif args.format == "txt" and len(paths) > 1:
+            print(f"{record['path']}\t{text}", flush=True)
+        else:
+            print(text, flush=True)
     if failed:
         raise BigModelError(f"{failed} of {len(paths)} recordings could not be read (above); the rest are done")
