@@ -2,11 +2,12 @@
 (our export), word error rate and speed, for tiny.en and base.
 
 Every system reads the same 16-kHz waveforms (decoded and resampled once, by bigmodel) of the English rows
-of `../shared/data/speech_real` and decodes greedily without timestamps on the same number of threads:
-bigmodel and faster-whisper with Whisper's temperature fallback, transformers' `generate` on our export
-without it. A last check feeds CTranslate2 bigmodel's own features: the greedy tokens then show whether
-models and decoding rules agree, apart from how each computes features. WER is scored after Whisper's
-English normaliser (transformers' copy of OpenAI's, the same for every system), the references stripped
+of `../shared/data/speech_real` and decodes greedily on the same number of threads: bigmodel and
+faster-whisper with their defaults (timestamps, Whisper's temperature fallback, no-speech skip), without
+conditioning on earlier text; transformers' `generate` on our export, without timestamps or fallback. A
+last check feeds CTranslate2 bigmodel's own first window (no timestamps): the greedy tokens then show
+whether models and decoding rules agree, apart from how each computes features. WER is scored after
+Whisper's English normaliser (transformers' copy of OpenAI's, the same for every system), the references stripped
 of the aligner's markup (`<cutoff-...>`, `[laughter]`). Speed is the real-time factor: seconds of audio
 per second of wall clock, one recording at a time (batch 1) and, for bigmodel, the whole set in batches
 of 8. Last line `ratio: X.XX`: bigmodel's batch-1 real-time factor over faster-whisper's, both fp32, on
@@ -37,10 +38,11 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 from bigmodel.infer.whisper import (
     WhisperVocab,
     decode_windows,
+    padded_mel,
     read_speech,
     transcribe,
     whisper_rules,
-    windows,
+    window,
 )
 from bigmodel.model.checkpoint import load_checkpoint
 from bigmodel.model.formats import to_hf
@@ -81,10 +83,10 @@ def same_greedy_tokens(name: str, waves: list[np.ndarray]) -> int:
         else [vocab.sot, vocab.no_timestamps]
     same = 0
     for wave in waves:
-        mel = windows(wave, model.config.n_mels)
+        mel = window(padded_mel(wave, model.config.n_mels), 0, min(3000, len(wave) // 160))[None]
         theirs = engine.generate(ctranslate2.StorageView.from_array(mel.numpy()), [prompt], beam_size=1,
                                  max_length=224)[0].sequences_ids[0]
-        ours = decode_windows(model, tok, vocab, mel, [prompt], beams=1, seed=0, fallback=False)[0]["text"]
+        ours = decode_windows(model, tok, vocab, mel, [prompt], temperatures=(0.0,))[0]["text"]
         same += ours == tok.decode(theirs).strip()
     return same
 
@@ -110,12 +112,11 @@ def systems(name: str, threads: int) -> dict[str, Callable]:
         hf = WhisperForConditionalGeneration.from_pretrained(hf_folder).eval()
 
     def faster(wave: np.ndarray, kind: str) -> str:
-        segments, _ = peers[kind].transcribe(wave, language=language, beam_size=1, without_timestamps=True,
-                                             condition_on_previous_text=False)
+        segments, _ = peers[kind].transcribe(wave, language=language, beam_size=1, condition_on_previous_text=False)
         return " ".join(s.text.strip() for s in segments)
 
     def transformers_(wave: np.ndarray) -> str:
-        ids = hf.generate(windows(wave, model.config.n_mels), language=language,
+        ids = hf.generate(padded_mel(wave, model.config.n_mels)[None, :, :3000], language=language,
                           task="transcribe" if language else None, do_sample=False)  # greedy, no fallback
         return tok.decode(ids[0].tolist()).strip()
 

@@ -172,3 +172,37 @@ def test_bad_recordings_are_one_line_each_and_the_rest_are_transcribed(tmp_path)
     assert "English-only" in error_line(run_cli("transcribe", "--ckpt", "whisper-tiny.en", "--input", str(listing),
                                                 "--task", "translate"))
     assert str(find_pretrained("whisper-base")).endswith("data")
+
+
+def test_our_english_normaliser_writes_what_whisper_s_does():
+    """Every English reference of speech_real and sentences full of numbers, contractions and titles: the same
+    text as transformers' copy of OpenAI's normaliser (without its British-spelling list, as ours)."""
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    from bigmodel.evaluate.asr import normalize_english
+
+    theirs = EnglishTextNormalizer({})
+    sentences = [r["text"] for r in manifest() if r["language"] == "en"] + [
+        "Mr. Smith's 1,000 cats won't eat (he says) [laughter] um, at 3.5 percent.", "one two three",
+        "nineteen ninety five", "two thousand and five", "the twenty third of them, first and second",
+        "I've got two thousand nine hundred and ninety nine problems", "five dollars", "three point five percent",
+        "one of them", "sixes and twenties", "the eleventh hour", "Café naïve façade, Dr. Who Jr.", "forty-two"]
+    for sentence in sentences:
+        assert normalize_english(sentence) == theirs(sentence), sentence
+
+
+def test_evaluate_asr_scores_a_manifest_file_by_file(tmp_path):
+    rows = {r["path"]: r for r in manifest()}
+    names = ["61-70968-0000.flac", "mfa_whatscalled.flac", "common_voice_en_22058264.mp3", "13697_11991_000000.opus"]
+    table = tmp_path / "speech.tsv"
+    lines = [f"{SPEECH / n}\t{rows[n]['language']}\t{rows[n]['text']}" for n in names] + ["gone.wav\ten\tnothing"]
+    table.write_text("path\tlanguage\ttext\n" + "\n".join(lines) + "\n")
+    done = run_cli("evaluate", "--task", "asr", "--ckpt", "whisper-tiny.en", "--data", str(table), "--dtype", "fp32",
+                   "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    assert "gone.wav: no such file" in done.stderr and "1 in other languages left out" in done.stdout
+    figures = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    per_file = [json.loads(line) for line in (tmp_path / "out" / "outputs.jsonl").read_text().splitlines()]
+    assert figures["recordings"] == len(per_file) == 3 and figures["unreadable"] == 1
+    assert per_file[0]["wer"] == 0.0 and figures["wer"] < figures["wer_raw"]  # punctuation and case no longer count
+    assert 0 < figures["wer"] < 30

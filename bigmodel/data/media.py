@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bigmodel.data.labelled import Example, read_columns
+from bigmodel.data.labelled import Example, read_columns, read_rows
 from bigmodel.errors import BigModelError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -89,3 +89,18 @@ def media_examples(path: str | Path, suffixes: tuple[str, ...], path_column: str
         return examples
     rows = read_columns(path, [path_column, label_column])
     return [Example(str(path.parent / file), label) for file, label in rows]
+
+
+def speech_rows(path: str | Path, audio_column: str, text_column: str) -> list[dict[str, str]]:
+    """(audio, text, language) rows of a speech table: `dataset speech`'s CSVs (audio, text), a manifest
+    (path, text, language), or the columns named. Audio paths are relative to the table."""
+    path = Path(path)
+    rows = read_rows(path)
+    header = set(rows[0][1])
+    audio = next((c for c in (audio_column, "audio", "path") if c in header), None)
+    text = text_column if text_column in header else "text" if "text" in header else None
+    if audio is None or text is None:
+        raise BigModelError(f"{path}: a speech table needs an audio column ({audio_column}, audio or path) and a "
+                            f"text column ({text_column} or text); it has {', '.join(sorted(header))}")
+    return [{"audio": str(path.parent / row[audio].strip()), "text": str(row[text]).strip(),
+             "language": str(row.get("language") or "").strip()} for _, row in rows]

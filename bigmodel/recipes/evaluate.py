@@ -25,15 +25,16 @@ class EvaluateConfig(PrecisionConfig, CkptConfig, LabelColumnsConfig, PairColumn
                      DecodingConfig):
     """`bigmodel evaluate`: LM perplexity; classifier, seq2seq, QA, zero-shot, retrieval or CTC figures."""
 
-    data: str = ""  # prepared folder or text (lm); labelled file or media folder; source/target rows; SQuAD JSON (qa)
-    task: Literal["lm", "classify", "seq2seq", "qa", "zeroshot", "retrieval", "ctc", "chat"] = "lm"
+    data: str = ""  # prepared folder or text (lm); labelled file or media folder; source/target rows; SQuAD JSON
+    # (qa); asr: a speech table (audio or path, text, optional language), paths relative to it
+    task: Literal["lm", "classify", "seq2seq", "qa", "zeroshot", "retrieval", "ctc", "asr", "chat"] = "lm"
     split: str = "val"  # split of a prepared folder
     json: str = ""  # also write the figures to this JSON file
     out: str = "runs/evaluate"  # where metrics.json (and outputs.jsonl, confusion.png) go
     hypothesis_column: str = ""  # seq2seq: score this column instead of a model (a baseline)
     memory: str = ""  # seq2seq: score a translation memory of this file's source/target pairs instead (a baseline)
     bleu_tokenize: str = ""  # seq2seq: sacrebleu's tokenizer (default: zh when the references are Chinese, else 13a)
-    max_examples: int = 0  # seq2seq, chat: the first N rows of --data (0: all)
+    max_examples: int = 0  # seq2seq, chat, asr: the first N rows of --data (0: all)
     labels: str = ""  # zeroshot: VALUE[=DESCRIPTION],... e.g. 0=negative,1=positive
     template: str = "{}"  # zeroshot: how a label description is phrased
     max_length: int | None = None  # tokens of input kept (default: tuning length, else 512); lm: scoring window
@@ -47,6 +48,7 @@ class EvaluateConfig(PrecisionConfig, CkptConfig, LabelColumnsConfig, PairColumn
 def cmd_evaluate(args: EvaluateConfig) -> None:
     tasks = {"classify": evaluate_classifier, "seq2seq": evaluate_seq2seq, "qa": evaluate_qa,
              "zeroshot": evaluate_zeroshot, "retrieval": evaluate_retrieval, "ctc": evaluate_transcripts,
+             "asr": evaluate_speech,
              "chat": evaluate_chat}
     if not args.ckpt and not (args.task == "seq2seq" and (args.hypothesis_column or args.memory)):
         raise BigModelError("evaluate needs --ckpt (or, for --task seq2seq, --hypothesis-column to score a column "
@@ -97,6 +99,48 @@ def evaluate_classifier(args: EvaluateConfig) -> None:
     print(report_text(y_true, y_pred, labels))
     print(f"accuracy {figures['accuracy']:.4f} | macro-F1 {figures['macro_f1']:.4f} | "
           f"{len(examples)} examples | {out / 'metrics.json'}, {out / 'confusion.png'}")
+
+
+def evaluate_speech(args: EvaluateConfig) -> None:
+    """Whisper on a speech table: WER and CER after Whisper's normaliser and raw, and each file's own. Rows
+    with a `language` decode in it; rows in a language the model cannot transcribe are left out (counted)."""
+    from bigmodel.data.media import speech_rows
+    from bigmodel.evaluate.asr import asr_figures, normalize_basic, normalize_english
+    from bigmodel.evaluate.seq2seq import error_rates
+    from bigmodel.recipes.speech import SpeechConfig, transcribed, whisper_of
+
+    model, tok, folder = load(args, decoding=True)
+    vocab = whisper_of(model, tok, folder, args.ckpt)
+    rows = speech_rows(args.data, args.source_column, args.target_column)[:args.max_examples or None]
+    known = set(vocab.languages) or {"en"}
+    kept = [r for r in rows if (r["language"] or "en") in known]
+    heard: dict[str, dict] = {}
+    for language in sorted({r["language"] for r in kept}):
+        group = [r for r in kept if r["language"] == language]
+        speech = SpeechConfig(language=language if vocab.languages else "")
+        for row, record in zip(group, transcribed(model, tok, vocab, [Path(r["audio"]) for r in group], speech),
+                               strict=True):
+            heard[row["audio"]] = record
+    scored = [r for r in kept if "error" not in heard[r["audio"]]]
+    if not scored:
+        raise BigModelError(f"{args.data}: no recording could be read")
+    languages = [r["language"] or heard[r["audio"]]["language"] for r in scored]
+    hypotheses = [heard[r["audio"]]["text"] for r in scored]
+    figures = {**asr_figures([r["text"] for r in scored], hypotheses, languages), "recordings": len(scored),
+               "unreadable": len(kept) - len(scored), "other_languages": len(rows) - len(kept),
+               "audio_seconds": round(sum(heard[r["audio"]]["duration"] for r in scored), 1)}
+    outputs = []
+    for row, hyp, language in zip(scored, hypotheses, languages, strict=True):
+        normal = normalize_english if language == "en" else normalize_basic
+        ref_n, hyp_n = normal(row["text"]), normal(hyp)
+        outputs.append({"audio": row["audio"], "language": language, "reference": row["text"], "transcript": hyp,
+                        "wer": round(error_rates([ref_n or "-"], [hyp_n])["wer"], 2) if ref_n else None})
+    out = write_results(args, figures, outputs)
+    keep_figures(folder, "asr", {"data": args.data, "recordings": len(scored), "wer": figures["wer"]})
+    print(f"WER {figures['wer']:.2f}% | CER {figures['cer']:.2f}% (Whisper's normaliser) | raw WER "
+          f"{figures['wer_raw']:.2f}% | {len(scored)} recordings, {figures['audio_seconds']} s"
+          + (f" | {figures['other_languages']} in other languages left out" if figures["other_languages"] else "")
+          + f" | {out / 'metrics.json'}, {out / 'outputs.jsonl'}")
 
 
 def evaluate_transcripts(args: EvaluateConfig) -> None:
