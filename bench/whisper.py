@@ -4,7 +4,9 @@
 Every system reads the same 16-kHz waveforms (decoded and resampled once, by bigmodel) of the English rows
 of `../shared/data/speech_real` and decodes greedily on the same number of threads: bigmodel and
 faster-whisper with their defaults (timestamps, Whisper's temperature fallback, no-speech skip), without
-conditioning on earlier text; transformers' `generate` on our export, without timestamps or fallback. A
+conditioning on earlier text, and again greedy only (no fallback: the same decoding, so the same WER is
+expected; the fallback samples, and each tool draws its own random numbers); transformers' `generate` on
+our export, without timestamps or fallback. A
 last check feeds CTranslate2 bigmodel's own first window (no timestamps): the greedy tokens then show
 whether models and decoding rules agree, apart from how each computes features. WER is scored after
 Whisper's English normaliser (transformers' copy of OpenAI's, the same for every system), the references stripped
@@ -36,6 +38,7 @@ from transformers import WhisperForConditionalGeneration
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
 from bigmodel.infer.whisper import (
+    TEMPERATURES,
     WhisperVocab,
     decode_windows,
     padded_mel,
@@ -111,8 +114,9 @@ def systems(name: str, threads: int) -> dict[str, Callable]:
         to_hf(model, hf_folder, tok, folder)
         hf = WhisperForConditionalGeneration.from_pretrained(hf_folder).eval()
 
-    def faster(wave: np.ndarray, kind: str) -> str:
-        segments, _ = peers[kind].transcribe(wave, language=language, beam_size=1, condition_on_previous_text=False)
+    def faster(wave: np.ndarray, kind: str, temperature: float | tuple[float, ...] = TEMPERATURES) -> str:
+        segments, _ = peers[kind].transcribe(wave, language=language, beam_size=1, condition_on_previous_text=False,
+                                             temperature=temperature)
         return " ".join(s.text.strip() for s in segments)
 
     def transformers_(wave: np.ndarray) -> str:
@@ -123,6 +127,9 @@ def systems(name: str, threads: int) -> dict[str, Callable]:
     return {"bigmodel fp32": lambda w: transcribe(model, tok, vocab, [w], language)[0]["text"],
             "bigmodel int8": lambda w: transcribe(quantized, tok, vocab, [w], language)[0]["text"],
             "faster-whisper fp32": lambda w: faster(w, "float32"), "faster-whisper int8": lambda w: faster(w, "int8"),
+            "bigmodel fp32 greedy only": lambda w: transcribe(model, tok, vocab, [w], language,
+                                                              temperatures=(0.0,))[0]["text"],
+            "faster-whisper fp32 greedy only": lambda w: faster(w, "float32", 0.0),
             "transformers fp32": transformers_,
             "bigmodel fp32 batch 8": lambda waves: transcribe(model, tok, vocab, waves, language, batch_size=8)}
 

@@ -162,13 +162,21 @@ def normalize_basic(text: str) -> str:
     return " ".join(without_symbols(text).split())
 
 
+def normalized(text: str, language: str) -> str:
+    """English by Whisper's English rules, other languages by its basic ones."""
+    return normalize_english(text) if language == "en" else normalize_basic(text)
+
+
+def file_wer(reference: str, hypothesis: str, language: str) -> float | None:
+    """One recording's WER in percent after normalisation (None when the reference has no words left)."""
+    reference = normalized(reference, language)
+    return round(error_rates([reference], [normalized(hypothesis, language)])["wer"], 2) if reference else None
+
+
 def asr_figures(references: list[str], hypotheses: list[str], languages: list[str]) -> dict[str, float]:
     """WER/CER after normalisation (English rows by the English rules) and raw (case and spacing folded)."""
-    def normal(text: str, language: str) -> str:
-        return normalize_english(text) if language == "en" else normalize_basic(text)
-
-    normal_refs = [normal(r, lang) for r, lang in zip(references, languages, strict=True)]
-    normal_hyps = [normal(h, lang) for h, lang in zip(hypotheses, languages, strict=True)]
+    normal_refs = [normalized(r, lang) for r, lang in zip(references, languages, strict=True)]
+    normal_hyps = [normalized(h, lang) for h, lang in zip(hypotheses, languages, strict=True)]
     raw = error_rates([" ".join(r.lower().split()) for r in references],
                       [" ".join(h.lower().split()) for h in hypotheses])
     scored = error_rates(normal_refs, normal_hyps)

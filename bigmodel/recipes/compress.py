@@ -13,7 +13,7 @@ from bigmodel.recipes.common import load, storage
 @dataclass
 class CompressConfig(CkptConfig):
     out: str = ""  # checkpoint folder to write
-    text: str = ""  # prepared folder or text file to measure perplexity on
+    text: str = ""  # prepared folder or text file to measure perplexity on; Whisper: a speech table (WER, speed)
     required: ClassVar[tuple[str, ...]] = ("ckpt", "out", "text")
 
 
@@ -31,24 +31,61 @@ class PruneConfig(CompressConfig):
     sparsity: float = 0.5  # fraction of each matrix set to zero
 
 
+@dataclass
+class Measured:
+    """What a change of weights is judged by: a language model's perplexity, or Whisper's WER with its
+    speed (seconds of audio per second) and transcripts."""
+
+    name: str
+    value: float
+    speed: float = 0.0
+    texts: tuple[str, ...] = ()
+
+
+def measure(model, tok, folder: Path, data: str) -> Measured:
+    """Perplexity on `data` (a prepared folder or text file), or for Whisper WER on a speech table."""
+    if model.config.source != "mel":
+        from bigmodel.evaluate.lm import evaluate_lm
+
+        return Measured("perplexity", evaluate_lm(model, tok, data).perplexity)
+    import time
+
+    from bigmodel.data.media import speech_rows
+    from bigmodel.evaluate.asr import asr_figures
+    from bigmodel.recipes.speech import table_transcripts, whisper_of
+
+    started = time.perf_counter()
+    pairs, _ = table_transcripts(model, tok, whisper_of(model, tok, folder, str(folder)),
+                                 speech_rows(data, "audio", "text"))
+    speed = sum(heard["duration"] for _, heard in pairs) / (time.perf_counter() - started)
+    figures = asr_figures([row["text"] for row, _ in pairs], [heard["text"] for _, heard in pairs],
+                          [row["language"] or heard["language"] for row, heard in pairs])
+    return Measured("WER %", figures["wer"], speed, tuple(heard["text"] for _, heard in pairs))
+
+
 def compress_checkpoint(args: CompressConfig, change, what: str) -> None:
     """Load, measure, `change` the model in place (or return a new one), save, measure again."""
-    from bigmodel.evaluate.lm import evaluate_lm
     from bigmodel.model.checkpoint import WEIGHTS, save_checkpoint
     from bigmodel.model.formats import tokenizer_files
 
     model, tok, folder = load(args)
-    before = evaluate_lm(model, tok, args.text)
-    fp32_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    before = measure(model, tok, folder, args.text)
+    unique = {t.data_ptr(): t for t in model.state_dict().values()}  # a tied embedding counts once
+    fp32_bytes = sum(t.numel() * t.element_size() for t in unique.values())
     model = change(model) or model
     save_checkpoint(Path(args.out), model, tok, {"compressed_from": str(folder.resolve()), "compression": what},
                     storage=storage(args), plain=tokenizer_files(folder))
-    after = evaluate_lm(load(args, ckpt=args.out)[0], tok, args.text)
+    after = measure(load(args, ckpt=args.out)[0], tok, Path(args.out), args.text)
     size_before = (folder / WEIGHTS).stat().st_size if (folder / WEIGHTS).is_file() else fp32_bytes  # imported
     size_after = (Path(args.out) / WEIGHTS).stat().st_size
-    change_pct = 100 * (after.perplexity / before.perplexity - 1)
-    print(f"{what}: weights {size_before / 1e6:.2f} MB -> {size_after / 1e6:.2f} MB; perplexity on {args.text} "
-          f"{before.perplexity:.4f} -> {after.perplexity:.4f} ({change_pct:+.2f}%)")
+    change_pct = 100 * (after.value / before.value - 1) if before.value else 0.0
+    line = (f"{what}: weights {size_before / 1e6:.2f} MB -> {size_after / 1e6:.2f} MB; {before.name} on {args.text} "
+            f"{before.value:.4f} -> {after.value:.4f} ({change_pct:+.2f}%)")
+    if before.texts:
+        same = sum(a == b for a, b in zip(before.texts, after.texts, strict=True))
+        line += (f"; {before.speed:.1f}x -> {after.speed:.1f}x real time; the same transcript for {same} of "
+                 f"{len(before.texts)} recordings")
+    print(line)
 
 
 def cmd_quantize(args: QuantizeConfig) -> None:

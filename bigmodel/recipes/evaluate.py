@@ -105,41 +105,26 @@ def evaluate_speech(args: EvaluateConfig) -> None:
     """Whisper on a speech table: WER and CER after Whisper's normaliser and raw, and each file's own. Rows
     with a `language` decode in it; rows in a language the model cannot transcribe are left out (counted)."""
     from bigmodel.data.media import speech_rows
-    from bigmodel.evaluate.asr import asr_figures, normalize_basic, normalize_english
-    from bigmodel.evaluate.seq2seq import error_rates
-    from bigmodel.recipes.speech import SpeechConfig, transcribed, whisper_of
+    from bigmodel.evaluate.asr import asr_figures, file_wer
+    from bigmodel.recipes.speech import table_transcripts, whisper_of
 
     model, tok, folder = load(args, decoding=True)
     vocab = whisper_of(model, tok, folder, args.ckpt)
     rows = speech_rows(args.data, args.source_column, args.target_column)[:args.max_examples or None]
-    known = set(vocab.languages) or {"en"}
-    kept = [r for r in rows if (r["language"] or "en") in known]
-    heard: dict[str, dict] = {}
-    for language in sorted({r["language"] for r in kept}):
-        group = [r for r in kept if r["language"] == language]
-        speech = SpeechConfig(language=language if vocab.languages else "")
-        for row, record in zip(group, transcribed(model, tok, vocab, [Path(r["audio"]) for r in group], speech),
-                               strict=True):
-            heard[row["audio"]] = record
-    scored = [r for r in kept if "error" not in heard[r["audio"]]]
-    if not scored:
-        raise BigModelError(f"{args.data}: no recording could be read")
-    languages = [r["language"] or heard[r["audio"]]["language"] for r in scored]
-    hypotheses = [heard[r["audio"]]["text"] for r in scored]
-    figures = {**asr_figures([r["text"] for r in scored], hypotheses, languages), "recordings": len(scored),
-               "unreadable": len(kept) - len(scored), "other_languages": len(rows) - len(kept),
-               "audio_seconds": round(sum(heard[r["audio"]]["duration"] for r in scored), 1)}
-    outputs = []
-    for row, hyp, language in zip(scored, hypotheses, languages, strict=True):
-        normal = normalize_english if language == "en" else normalize_basic
-        ref_n, hyp_n = normal(row["text"]), normal(hyp)
-        outputs.append({"audio": row["audio"], "language": language, "reference": row["text"], "transcript": hyp,
-                        "wer": round(error_rates([ref_n or "-"], [hyp_n])["wer"], 2) if ref_n else None})
+    pairs, other = table_transcripts(model, tok, vocab, rows)
+    languages = [row["language"] or heard["language"] for row, heard in pairs]
+    references, hypotheses = [row["text"] for row, _ in pairs], [heard["text"] for _, heard in pairs]
+    figures = {**asr_figures(references, hypotheses, languages), "recordings": len(pairs),
+               "unreadable": len(rows) - other - len(pairs), "other_languages": other,
+               "audio_seconds": round(sum(heard["duration"] for _, heard in pairs), 1)}
+    outputs = [{"audio": row["audio"], "language": language, "reference": row["text"], "transcript": heard["text"],
+                "wer": file_wer(row["text"], heard["text"], language)}
+               for (row, heard), language in zip(pairs, languages, strict=True)]
     out = write_results(args, figures, outputs)
-    keep_figures(folder, "asr", {"data": args.data, "recordings": len(scored), "wer": figures["wer"]})
+    keep_figures(folder, "asr", {"data": args.data, "recordings": len(pairs), "wer": figures["wer"]})
     print(f"WER {figures['wer']:.2f}% | CER {figures['cer']:.2f}% (Whisper's normaliser) | raw WER "
-          f"{figures['wer_raw']:.2f}% | {len(scored)} recordings, {figures['audio_seconds']} s"
-          + (f" | {figures['other_languages']} in other languages left out" if figures["other_languages"] else "")
+          f"{figures['wer_raw']:.2f}% | {len(pairs)} recordings, {figures['audio_seconds']} s"
+          + (f" | {other} in other languages left out" if other else "")
           + f" | {out / 'metrics.json'}, {out / 'outputs.jsonl'}")
 
 

@@ -89,6 +89,23 @@ def transcribed(model, tok, vocab, paths: list[Path], speech: SpeechConfig) -> I
             yield record if "error" in record else {**record, **next(found)}
 
 
+def table_transcripts(model, tok, vocab, rows: list[dict[str, str]]) -> tuple[list[tuple[dict, dict]], int]:
+    """The record of each readable row of a speech table (`data.media.speech_rows`), each decoded in its
+    row's language when it names one, and how many rows are in languages the model cannot transcribe."""
+    known = set(vocab.languages) or {"en"}
+    kept = [r for r in rows if (r["language"] or "en") in known]
+    heard: dict[int, dict] = {}
+    for language in sorted({r["language"] for r in kept}):
+        group = [i for i, r in enumerate(kept) if r["language"] == language]
+        speech = SpeechConfig(language=language if vocab.languages else "")
+        records = transcribed(model, tok, vocab, [Path(kept[i]["audio"]) for i in group], speech)
+        heard.update(zip(group, records, strict=True))
+    pairs = [(row, heard[i]) for i, row in enumerate(kept) if "error" not in heard[i]]
+    if not pairs:
+        raise BigModelError("no recording of the table could be read")
+    return pairs, len(rows) - len(kept)
+
+
 def cmd_transcribe(args: TranscribeConfig) -> None:
     """Text, JSON, SRT or WebVTT per recording, to stdout or one file each in `--out`; exit 1 if any failed."""
     from bigmodel.infer.whisper import subtitles
