@@ -206,3 +206,18 @@ def test_evaluate_asr_scores_a_manifest_file_by_file(tmp_path):
     assert figures["recordings"] == len(per_file) == 3 and figures["unreadable"] == 1
     assert per_file[0]["wer"] == 0.0 and figures["wer"] < figures["wer_raw"]  # punctuation and case no longer count
     assert 0 < figures["wer"] < 30
+
+
+def test_int8_whisper_is_smaller_and_still_hears(tmp_path):
+    """int8 linear layers (the token embedding, half of tiny.en, stays fp32): the same words."""
+    names = ["61-70968-0000.flac", "mfa_whatscalled.flac", "common_voice_en_22058264.mp3"]
+    rows = {r["path"]: r["text"] for r in manifest()}
+    table = tmp_path / "speech.csv"
+    table.write_text("audio,text\n" + "".join(f"{SPEECH / n},{rows[n]}\n" for n in names))
+    done = run_cli("quantize", "--ckpt", "whisper-tiny.en", "--out", str(tmp_path / "int8"), "--text", str(table))
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    sizes = [float(x) for x in line.split("weights ")[1].split(";")[0].replace("MB", "").split("->")]
+    assert sizes[1] < 0.85 * sizes[0] and "WER % on" in line and "x real time" in line, line  # the embedding stays
+    heard = run_cli("transcribe", "--ckpt", str(tmp_path / "int8"), "--input", str(SPEECH / names[0]))
+    assert heard.stdout.startswith("He began a confused complaint against the wizard"), heard.stdout
