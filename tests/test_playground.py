@@ -123,3 +123,25 @@ def test_classify_and_explain_in_the_page(browser, word_classifier, shoot):  # n
         page.close()
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_recording_is_transcribed_in_the_page(browser, shoot):
+    """Whisper served: the page offers only Transcribe, uploads a FLAC and shows its timed segments."""
+    from .test_whisper import SPEECH
+
+    proc, page = open_page(browser, "whisper-tiny.en")
+    try:
+        page.fill("#key", "s3cret")
+        page.click("#connect")
+        sync_api.expect(page.locator("#status")).to_contain_text("Connected to whisper-tiny.en")
+        assert page.locator("#tabs button").all_inner_texts() == ["Transcribe"]
+        page.set_input_files("#audio-file", str(SPEECH / "61-70968-0000.flac"))
+        page.click("#transcribe")
+        sync_api.expect(page.locator("#status")).to_contain_text("Transcribed 4.9 s (en)", timeout=60000)
+        cells = page.locator("#transcribe-result tr td").all_inner_texts()
+        assert cells[0].startswith("00:00:00.00 → ") and cells[1].startswith("He began a confused complaint")
+        shoot(page, "transcribe")
+    finally:
+        page.close()
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -19,6 +19,7 @@ from bigmodel.model.formats import find_pretrained, to_hf
 from .conftest import SHARED, error_line, run_cli, shared_file
 
 SPEECH = SHARED / "speech_real"
+TEMPERATURES_GREEDY = (0.0,)  # no sampled fallback: the same text whatever else decodes beside it
 
 
 def manifest() -> list[dict]:

@@ -309,8 +309,13 @@ def decode_windows(model: Transformer, tok: Tokenizer, vocab: WhisperVocab, mels
     for temperature in temperatures:
         cfg = GenerateConfig(temperature=temperature, beams=beams if temperature == 0 else 1, seed=seed,
                              max_new_tokens=N_CTX // 2)
-        found, sums = decode(model, [prompts[i] for i in todo], cfg, vocab.eot, memory.select(torch.tensor(todo)),
-                             rules=rules, scored=True)
+        if temperature == 0:
+            found, sums = decode(model, [prompts[i] for i in todo], cfg, vocab.eot,
+                                 memory.select(torch.tensor(todo)), rules=rules, scored=True)
+        else:  # each window samples alone, from its own seed: what it says does not depend on its batch
+            alone = [decode(model, [prompts[i]], cfg, vocab.eot, memory.select(torch.tensor([i])), rules=rules,
+                            scored=True) for i in todo]
+            found, sums = [tokens[0] for tokens, _ in alone], [total[0] for _, total in alone]
         retry = []
         for i, tokens, total in zip(todo, found, sums, strict=True):
             text = tok.decode([t for t in tokens if t < vocab.eot]).strip()

@@ -4,7 +4,8 @@ Routes: `POST /v1/completions`, `POST /v1/chat/completions` (both with `stream`;
 `POST /v1/embeddings`, `POST /v1/classify`, `POST /v1/explain` (`encoders.py`), `POST /tokenize`,
 `POST /detokenize`, `GET /tokenizer_info` (`tokens.py`), `POST /v1/load_lora_adapter` and
 `/v1/unload_lora_adapter` (`adapters.py`), `GET /v1/models` (the base, then its adapters),
-`GET /health`, `GET /metrics` and the playground (here). This file holds what every route shares:
+`POST /v1/audio/transcriptions` and `/v1/audio/translations` (`speech.py`), `GET /health`,
+`GET /metrics` and the playground (here). This file holds what every route shares:
 the key check and metrics middleware, OpenAI-shaped errors (`schema.py`), the OpenAPI schema and the
 server's lifecycle: the model loads in the background after the port opens (503 until then), and
 SIGTERM lets every admitted request finish before the process exits.
@@ -34,7 +35,7 @@ from starlette.routing import Match
 from bigmodel.config import ServeConfig
 from bigmodel.device import pick_device
 from bigmodel.model.checkpoint import locate
-from bigmodel.serve import adapters, completions, encoders, tokens
+from bigmodel.serve import adapters, completions, encoders, speech, tokens
 from bigmodel.serve.schema import ERRORS, ApiError, error_body
 from bigmodel.serve.service import Service, service
 
@@ -73,7 +74,7 @@ def models(request: Request) -> dict:
 
 
 
-ROUTERS = (router, completions.router, encoders.router, tokens.router, adapters.router)
+ROUTERS = (router, completions.router, encoders.router, speech.router, tokens.router, adapters.router)
 GUARDED = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")  # what the key protects
 
 

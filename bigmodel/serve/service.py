@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from fastapi import Request
@@ -30,6 +31,9 @@ from bigmodel.serve.metrics import Metrics
 from bigmodel.serve.owner import Owner
 from bigmodel.serve.schema import ApiError, Message, Sampling, TextsRequest
 
+if TYPE_CHECKING:
+    from bigmodel.serve.speech import SpeechQueue
+
 
 @dataclass
 class Served:
@@ -47,13 +51,16 @@ class Served:
     grammars: Grammars | None = None  # made at the first request for structured output
     serves_adapters: bool = False  # started with --lora-modules or --runtime-lora: names it answers to are known
     adapters: dict[str, Adapter] = field(default_factory=dict)  # by name
+    speech: SpeechQueue | None = None  # Whisper: recordings waiting for the owner (serve/speech.py)
 
     def capabilities(self) -> list[str]:
         """What this model answers, as `/v1/models` tells clients such as the playground."""
         text = self.tok is not None
         head = self.classifier.head_config.task if self.classifier else None
         return [name for name, able in (("generate", self.engine is not None), ("classify", head is not None),
-                                        ("explain", text and head == "classify"), ("embeddings", text)) if able]
+                                        ("explain", text and head == "classify"),
+                                        ("embeddings", text and self.speech is None),
+                                        ("transcribe", self.speech is not None)) if able]
 
 def load_draft(cfg: ServeConfig, model: Transformer, tok: Tokenizer | None, device: torch.device,
                storage: Storage) -> Transformer:
@@ -94,7 +101,7 @@ def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
         raise BigModelError(f"--lora-modules: {cfg.ckpt} is an encoder; adapters serve causal language models")
     draft = load_draft(cfg, model, tok, device, storage) if cfg.draft_model else None
     engine = Engine(model, cfg.max_batch, cfg.max_queue, stop_ids(tok, special), cfg.prefix_cache_mb,
-                    metrics, cfg.speculate, draft) if model.config.causal else None
+                    metrics, cfg.speculate, draft) if model.config.causal and model.config.source != "mel" else None
     if is_hf and str(cfg.ckpt) in PACKAGED_MODELS:  # `--ckpt smollm2` answers to "smollm2", as clients will ask
         model_id = str(cfg.ckpt)
     else:
@@ -107,8 +114,15 @@ def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
             raise
         missing = str(e)
     serves_adapters = model.config.causal and bool(cfg.lora_modules or cfg.runtime_lora)
+    speech = None
+    if model.config.source == "mel":
+        from bigmodel.infer.whisper import WhisperVocab, whisper_rules
+        from bigmodel.serve.speech import SpeechQueue
+
+        speech = SpeechQueue(model, tok, WhisperVocab.of(tok, whisper_rules(folder), model.config.vocab_size),
+                             cfg.max_batch)
     return Served(model, tok, model_id, engine, engine or Owner(), chat, missing, classifier, special,
-                  serves_adapters=serves_adapters, adapters=adapters)
+                  serves_adapters=serves_adapters, adapters=adapters, speech=speech)
 
 
 
@@ -145,6 +159,9 @@ class Service:
 
     def generator(self) -> Engine:
         s = self.served
+        if s.speech is not None:
+            raise ApiError(400, f"model {s.model_id} is Whisper; it serves /v1/audio/transcriptions and "
+                           "/v1/audio/translations", "invalid_request_error", "model")
         if s.engine is None:
             raise ApiError(400, f"model {s.model_id} is an encoder; it serves /v1/embeddings"
                            + (" and /v1/classify" if s.classifier else ""), "invalid_request_error", "model")
