@@ -13,7 +13,7 @@ import soundfile as sf
 
 from bigmodel.infer.whisper import WhisperVocab, read_speech, transcribe, whisper_rules
 from bigmodel.model.checkpoint import load_checkpoint
-from bigmodel.serve.speech import Job, Options, SpeechQueue
+from bigmodel.serve.transcriber import Job, Options, SpeechQueue
 
 from .test_serve import start_server
 from .test_whisper import SPEECH, TEMPERATURES_GREEDY
@@ -71,7 +71,7 @@ def test_waiting_recordings_decode_in_one_batch():
     vocab = WhisperVocab.of(tok, whisper_rules(folder), model.config.vocab_size)
     queue = SpeechQueue(model, tok, vocab, max_batch=8)
     waves = [read_speech(SPEECH / name) for name in NAMES[:3]]
-    jobs = [Job(wave, Options(None, "transcribe", "", TEMPERATURES_GREEDY, True)) for wave in waves]
+    jobs = [Job(wave, Options(None, "transcribe", "", TEMPERATURES_GREEDY)) for wave in waves]
     for job in jobs:
         queue.add(job)
     queue.run()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,6 +59,15 @@ def audio_inputs(name: str) -> list[Path]:
         lines = sys.stdin.read().splitlines() if name == "-" else path.read_text(encoding="utf-8").splitlines()
         return [Path(line.strip()) for line in lines if line.strip()]
     return [path]
+
+
+def output_names(paths: list[Path]) -> dict[str, str]:
+    """Each recording's file name in `--out`: its stem, or where stems repeat (`a/3.ogg`, `b/3.ogg`) its path
+    below the inputs' common folder (`a_3`, `b_3`)."""
+    stems = collections.Counter(p.stem for p in paths)
+    common = Path(os.path.commonpath([p.resolve().parent for p in paths])) if paths else Path()
+    return {str(p): p.stem if stems[p.stem] == 1 else
+            "_".join(p.resolve().relative_to(common).with_suffix("").parts) for p in paths}
 
 
 def whisper_of(model, tok, folder: Path, ckpt: str):
@@ -116,7 +127,7 @@ def cmd_transcribe(args: TranscribeConfig) -> None:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    failed = 0
+    names, failed = output_names(paths), 0
     for record in transcribed(model, tok, vocab, paths, args):
         if "error" in record:
             failed += 1
@@ -128,7 +139,7 @@ def cmd_transcribe(args: TranscribeConfig) -> None:
         else:
             text = record["text"]
         if out:
-            (out / f"{Path(record['path']).stem}.{args.format}").write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+            (out / f"{names[record['path']]}.{args.format}").write_text(text.rstrip("\n") + "\n", encoding="utf-8")
         elif args.format == "txt" and len(paths) > 1:
             print(f"{record['path']}\t{text}", flush=True)
         else:

@@ -8,7 +8,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from fastapi import Request
@@ -30,9 +29,7 @@ from bigmodel.serve.grammar import Grammars, Matcher
 from bigmodel.serve.metrics import Metrics
 from bigmodel.serve.owner import Owner
 from bigmodel.serve.schema import ApiError, Message, Sampling, TextsRequest
-
-if TYPE_CHECKING:
-    from bigmodel.serve.speech import SpeechQueue
+from bigmodel.serve.transcriber import SpeechQueue
 
 
 @dataclass
@@ -51,7 +48,7 @@ class Served:
     grammars: Grammars | None = None  # made at the first request for structured output
     serves_adapters: bool = False  # started with --lora-modules or --runtime-lora: names it answers to are known
     adapters: dict[str, Adapter] = field(default_factory=dict)  # by name
-    speech: SpeechQueue | None = None  # Whisper: recordings waiting for the owner (serve/speech.py)
+    speech: SpeechQueue | None = None  # Whisper: recordings waiting for the owner (transcriber.py)
 
     def capabilities(self) -> list[str]:
         """What this model answers, as `/v1/models` tells clients such as the playground."""
@@ -117,7 +114,6 @@ def load_served(cfg: ServeConfig, metrics: Metrics) -> Served:
     speech = None
     if model.config.source == "mel":
         from bigmodel.infer.whisper import WhisperVocab, whisper_rules
-        from bigmodel.serve.speech import SpeechQueue
 
         speech = SpeechQueue(model, tok, WhisperVocab.of(tok, whisper_rules(folder), model.config.vocab_size),
                              cfg.max_batch)
