@@ -12,7 +12,8 @@ whether models and decoding rules agree, apart from how each computes features. 
 Whisper's English normaliser (transformers' copy of OpenAI's, the same for every system), the references stripped
 of the aligner's markup (`<cutoff-...>`, `[laughter]`). Speed is the real-time factor: seconds of audio
 per second of wall clock, one recording at a time (batch 1) and, for bigmodel, the whole set in batches
-of 8. Last line `ratio: X.XX`: bigmodel's batch-1 real-time factor over faster-whisper's, both fp32, on
+of 8. `--dtype auto` (what `transcribe` runs by default: bf16 where this CPU has it) gets its own row. Last
+line `ratio: X.XX`: bigmodel's batch-1 real-time factor over faster-whisper's, both fp32, on
 whisper-base.
 """
 
@@ -47,7 +48,7 @@ from bigmodel.infer.whisper import (
     whisper_rules,
     window,
 )
-from bigmodel.model.checkpoint import load_checkpoint
+from bigmodel.model.checkpoint import in_precision, load_checkpoint
 from bigmodel.model.formats import to_hf
 from bigmodel.model.quantize import to_int8
 from bigmodel.model.whisper import weight_files
@@ -107,6 +108,8 @@ def systems(name: str, threads: int) -> dict[str, Callable]:
     vocab = WhisperVocab.of(tok, whisper_rules(folder), model.config.vocab_size)
     language = "en" if vocab.languages else None
     quantized = to_int8(load_checkpoint(name)[0])
+    auto = in_precision(load_checkpoint(name)[0], "auto", torch.device("cpu"), decoding=True)  # transcribe's default
+    auto_name = f"bigmodel {'bf16' if next(auto.parameters()).dtype == torch.bfloat16 else 'fp32'} (--dtype auto)"
     whole = ct2_folder(folder)
     peers = {kind: WhisperModel(str(whole), device="cpu", compute_type=kind, cpu_threads=threads)
              for kind in ("float32", "int8")}
@@ -126,6 +129,7 @@ def systems(name: str, threads: int) -> dict[str, Callable]:
 
     return {"bigmodel fp32": lambda w: transcribe(model, tok, vocab, [w], language)[0]["text"],
             "bigmodel int8": lambda w: transcribe(quantized, tok, vocab, [w], language)[0]["text"],
+            auto_name: lambda w: transcribe(auto, tok, vocab, [w], language)[0]["text"],
             "faster-whisper fp32": lambda w: faster(w, "float32"), "faster-whisper int8": lambda w: faster(w, "int8"),
             "bigmodel fp32 greedy only": lambda w: transcribe(model, tok, vocab, [w], language,
                                                               temperatures=(0.0,))[0]["text"],

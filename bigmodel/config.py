@@ -25,7 +25,7 @@ from bigmodel.errors import BigModelError
 
 WINDOW_SECONDS = 0.025  # audio: 25 ms analysis windows ...
 HOP_SECONDS = 0.010  # ... every 10 ms, speech recognition's usual frames
-TaskName = Literal["classify", "regress", "seq2seq", "qa", "retrieval", "ctc", "chat", "dpo"]  # finetune --task
+TaskName = Literal["classify", "regress", "seq2seq", "qa", "retrieval", "ctc", "asr", "chat", "dpo"]  # finetune --task
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]  # auto: what this device runs fastest (see device.choose_precision)
 DTYPES = typing.get_args(Dtype)
 
@@ -302,6 +302,8 @@ TUNINGS: dict[tuple[str, str], Tuning] = {
     **{("retrieval", method): t for method, t in {**_LABEL, "full": Tuning(2e-5)}.items()},
     **{("ctc", method): t for method, t in {**_LABEL, "full": Tuning(1e-4)}.items()},
     **{("seq2seq", method): t for method, t in {**_LABEL, "lora": Tuning(9e-3, batch_size=8)}.items()},
+    **{("asr", method): t for method, t in {"full": Tuning(1e-5, batch_size=8), "freeze": Tuning(1e-4, batch_size=8),
+                                            "lora": Tuning(1e-3, batch_size=8)}.items()},
     **{("chat", method): t for method, t in _GENERATIVE.items()},
     **{("dpo", method): t for method, t in {"full": Tuning(5e-7, epochs=1, batch_size=8),
                                             "freeze": Tuning(5e-6, epochs=1, batch_size=8),
@@ -315,12 +317,14 @@ TUNING_SOURCES = {
             "default; qa 1.5e-4: a new span head on a small encoder wants more (bench/defaults.py, MiniLM on 600 "
             "questions of `dataset qa`: F1 20.3 at 1.7e-5, 36.5 at 5e-5, 78.9 at 1.5e-4); retrieval 2e-5: "
             "sentence-transformers' default; chat 2e-5: TRL's SFTConfig and torchtune's "
-            "full recipes; dpo 5e-7: the alignment handbook's DPO recipe; seq2seq and ctc: this project's runs",
+            "full recipes; dpo 5e-7: the alignment handbook's DPO recipe; asr 1e-5: Hugging Face's Whisper "
+            "fine-tuning guide; seq2seq and ctc: this project's runs",
     "freeze": "half-way between full and LoRA: only the head and the top blocks move",
     "lora": "1e-3, alpha twice the rank: SmolLM2 chat exact match 0% at 5e-5, 74% at 1e-3 (issue 45's run); chat "
             "3e-3, seq2seq 9e-3: bench/defaults.py on `dataset rule` scored chat 28% exact at 3.3e-4, 41% at 1e-3, "
             "56% at 3e-3, 33% at 9e-3, and seq2seq chrF 1.6, 21.8, 26.2, 31.7 at 3.3e-4, 1e-3, 3e-3, 9e-3; "
-            "torchtune's LoRA recipes use 3e-4 at rank 64; dpo 5e-4 at rank 8 with RPO's chosen-answer loss (alpha "
+            "asr 1e-3: bench/whisper_finetune.py (Whisper tiny.en on espeak-ng's voice); "
+              "torchtune's LoRA recipes use 3e-4 at rank 64; dpo 5e-4 at rank 8 with RPO's chosen-answer loss (alpha "
             "1): torchtune's LoRA-DPO recipe and this project's DPO runs (docs: Chat fine-tuning and DPO)",
 }
 

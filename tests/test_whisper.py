@@ -4,6 +4,8 @@ and real human recordings (FLAC, WAV, MP3, Opus at 16 to 48 kHz) transcribed fro
 
 import csv
 import json
+import re
+from pathlib import Path
 
 import ctranslate2
 import numpy as np
@@ -222,3 +224,40 @@ def test_int8_whisper_is_smaller_and_still_hears(tmp_path):
     assert sizes[1] < 0.85 * sizes[0] and "WER % on" in line and "x real time" in line, line  # the embedding stays
     heard = run_cli("transcribe", "--ckpt", str(tmp_path / "int8"), "--input", str(SPEECH / names[0]))
     assert heard.stdout.startswith("He began a confused complaint against the wizard"), heard.stdout
+
+
+def test_finetune_asr_learns_a_voice_whisper_mishears_and_keeps_real_speech(tmp_path):
+    """LoRA with its defaults, one epoch on 48 clips of espeak-ng's voice: the held-out clips' WER falls,
+    and the real LibriSpeech sentence is still heard right."""
+    assert run_cli("dataset", "speech", "--out", str(tmp_path / "data"), "--examples", "48", "--source",
+                   str(shared_file(SHARED / "sst2" / "train.tsv"))).returncode == 0
+    done = run_cli("finetune", "--task", "asr", "--init", "whisper-tiny.en", "--method", "lora", "--epochs", "1",
+                   "--train", str(tmp_path / "data" / "train.csv"), "--val", str(tmp_path / "data" / "test.csv"),
+                   "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    best = next(line for line in done.stdout.splitlines() if line.startswith("best:"))
+    after, before = (float(x) for x in re.findall(r"\bwer ([0-9.]+)", best))
+    assert after < before - 10, best
+    heard = run_cli("transcribe", "--ckpt", str(tmp_path / "run" / "best"), "--input",
+                    str(SPEECH / "61-70968-0000.flac"))
+    assert heard.stdout.startswith("He began a confused complaint against the wizard"), heard.stdout
+
+
+def test_mandarin_syllables_come_out_as_chinese_characters(tmp_path):
+    """whisper-base with --language zh on eight of gcin-voice's recorded syllables (Debian's package): Chinese
+    characters, read back through pypinyin as bench/whisper_chinese.py scores them."""
+    from pypinyin import Style, pinyin
+
+    voice = Path("/usr/share/gcin-voice/ogg")
+    if not voice.is_dir():
+        pytest.fail(f"{voice} is missing: apt-get install gcin-voice (the README's test command does)")
+    files = sorted(voice.glob("*/*.ogg"))[::300]
+    listing = tmp_path / "syllables.txt"
+    listing.write_text("".join(f"{f}\n" for f in files))
+    done = run_cli("transcribe", "--ckpt", "whisper-base", "--input", str(listing), "--language", "zh", "--format",
+                   "json", "--out", str(tmp_path / "out"), "--no-timestamps")
+    assert done.returncode == 0, done.stderr
+    heard = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*.json"))]
+    han = [[c for c in said["text"] if "\u4e00" <= c <= "\u9fff"] for said in heard]
+    assert all(said["language"] == "zh" for said in heard) and sum(map(bool, han)) >= 6, heard
+    assert all(pinyin(chars[0], style=Style.BOPOMOFO)[0][0] for chars in han if chars)
