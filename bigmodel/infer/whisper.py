@@ -302,8 +302,10 @@ def decode_windows(model: Transformer, tok: Tokenizer, vocab: WhisperVocab, mels
     starts = [p.index(vocab.sot) for p in prompts]
     width = max(map(len, prompts))
     ids = torch.tensor([p + [vocab.eot] * (width - len(p)) for p in prompts])
-    logits, _ = model(ids, memory=memory)
-    no_speech = [logits[row, at].float().softmax(-1)[vocab.no_speech].item() for row, at in enumerate(starts)]
+    at_start = torch.zeros(ids.shape, dtype=torch.bool)
+    at_start[torch.arange(len(prompts)), torch.tensor(starts)] = True
+    after_start, _ = model(ids, memory=memory, logits_at=at_start)  # (B, V): the logits after each <|sot|>
+    no_speech = after_start.float().softmax(-1)[:, vocab.no_speech].tolist()
     tries: list[list[dict]] = [[] for _ in prompts]
     todo = list(range(len(prompts)))
     for temperature in temperatures:

@@ -161,7 +161,9 @@ class Memory:
     mask: torch.Tensor  # (B, 1, 1, S): True for the source's real tokens
 
     def select(self, index: torch.Tensor) -> Memory:
-        """The memory of rows `index` (a row per beam, or a subset of the batch)."""
+        """The memory of rows `index` (a row per beam, or a subset of the batch); itself when that is all of it."""
+        if len(index) == self.mask.size(0) and bool((index == torch.arange(len(index), device=index.device)).all()):
+            return self
         return Memory([k[index] for k in self.keys], [v[index] for v in self.values], self.mask[index])
 
 
