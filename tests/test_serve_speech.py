@@ -18,7 +18,7 @@ from bigmodel.serve.transcriber import Job, Options, SpeechQueue
 from .test_serve import start_server
 from .test_whisper import SPEECH, TEMPERATURES_GREEDY
 
-NAMES = ["61-70968-0000.flac", "mfa_whatscalled.flac", "common_voice_en_22058264.mp3", "acoustic_corpus.wav"]
+NAMES = ["61-70968-0000.flac", "mfa_whatscalled.flac", "common_voice_en_22058264.mp3"]
 
 
 @pytest.fixture(scope="module")
