@@ -42,6 +42,16 @@ BLOCK_NAMES = {  # ours → CTranslate2's, inside a layer
     "cross.proj": "attention/linear_2", "norm2": "ffn/layer_norm", "mlp.up": "ffn/linear_0", "mlp.down": "ffn/linear_1"}
 
 
+HF_NAMES = {  # ours → Hugging Face's, outside the layers (whose names `hf.bart_layer_to_hf` maps)
+    "tok_emb.weight": "model.decoder.embed_tokens.weight", "pos_emb.weight": "model.decoder.embed_positions.weight",
+    "src_pos.weight": "model.encoder.embed_positions.weight",
+    **{f"src_stem.{conv}.{part}": f"model.encoder.{conv}.{part}" for conv in ("conv1", "conv2")
+       for part in ("weight", "bias")},
+    **{f"{ours}.{part}": f"model.{side}.layer_norm.{part}" for side, ours in (("encoder", "encoder_norm"),
+                                                                             ("decoder", "norm_f"))
+       for part in ("weight", "bias")}}
+
+
 def whisper_rules_file(folder: Path) -> str | None:
     """The suppressed tokens, languages and alignment heads of a Whisper folder as `whisper.json` keeps them
     beside a checkpoint (a CTranslate2 folder has them in its `config.json`, a Hugging Face one in its
@@ -180,17 +190,9 @@ def whisper_from_hf(folder: Path) -> Transformer:
         n_head=hf_config["decoder_attention_heads"], n_embd=hf_config["d_model"], bias=True,
         mlp_hidden=hf_config["decoder_ffn_dim"], source="mel", n_mels=hf_config["num_mel_bins"],
         source_positions=hf_config["max_source_positions"], tie_embeddings=True)
-    state = {"tok_emb.weight": hf["model.decoder.embed_tokens.weight"],
-             "pos_emb.weight": hf["model.decoder.embed_positions.weight"],
-             "src_pos.weight": hf["model.encoder.embed_positions.weight"]}
-    for conv in ("conv1", "conv2"):
-        for part in ("weight", "bias"):
-            state[f"src_stem.{conv}.{part}"] = hf[f"model.encoder.{conv}.{part}"]
-    for side, blocks, layers, final in (("encoder", "encoder", config.encoder_layers, "encoder_norm"),
-                                        ("decoder", "blocks", config.n_layer, "norm_f")):
-        for part in ("weight", "bias"):
-            state[f"{final}.{part}"] = hf[f"model.{side}.layer_norm.{part}"]
-        for i in range(layers):
+    state = {ours: hf[theirs] for ours, theirs in HF_NAMES.items()}
+    for side, blocks in (("encoder", "encoder"), ("decoder", "blocks")):
+        for i in range(config.encoder_layers if side == "encoder" else config.n_layer):
             state.update(bart_layer_from_hf(hf, side, f"{blocks}.{i}.", i))
     state["lm_head.weight"] = state["tok_emb.weight"]
     return load_state(Transformer.empty(config, "meta"), {k: v.float() for k, v in state.items()}, folder)
@@ -214,17 +216,9 @@ def whisper_to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer, 
     generation config its `generate` needs (languages, tasks, suppressed tokens)."""
     cfg = model.config
     sd = model.state_dict()
-    out = {"model.decoder.embed_tokens.weight": sd["tok_emb.weight"],
-           "model.decoder.embed_positions.weight": sd["pos_emb.weight"],
-           "model.encoder.embed_positions.weight": sd["src_pos.weight"]}
-    for conv in ("conv1", "conv2"):
-        for part in ("weight", "bias"):
-            out[f"model.encoder.{conv}.{part}"] = sd[f"src_stem.{conv}.{part}"]
-    for side, blocks, layers, final in (("encoder", "encoder", cfg.encoder_layers, "encoder_norm"),
-                                        ("decoder", "blocks", cfg.n_layer, "norm_f")):
-        for part in ("weight", "bias"):
-            out[f"model.{side}.layer_norm.{part}"] = sd[f"{final}.{part}"]
-        for i in range(layers):
+    out = {theirs: sd[ours] for ours, theirs in HF_NAMES.items()}
+    for side, blocks in (("encoder", "encoder"), ("decoder", "blocks")):
+        for i in range(cfg.encoder_layers if side == "encoder" else cfg.n_layer):
             bart_layer_to_hf(sd, out, side, f"{blocks}.{i}.", i, key_bias=False)
     special = {name: tokenizer.token_to_id(token) for name, token in
                (("eos", "<|endoftext|>"), ("sot", "<|startoftranscript|>"), ("none", "<|notimestamps|>"),
