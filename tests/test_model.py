@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bigmodel.config import ModelConfig, preset
 from bigmodel.errors import BigModelError
@@ -80,6 +81,19 @@ def test_too_long_input_and_bad_config_are_clear_errors():
         model(torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(BigModelError, match="divisible"):
         ModelConfig(n_embd=10, n_head=3)
+
+
+def test_the_linear_layers_fast_paths_give_f_linear_s_result():
+    """One row (OpenBLAS), a few (W @ x.T) and many (oneDNN) give what `F.linear` gives, under autograd too."""
+    from bigmodel.model.decoding import Linear
+
+    layer = Linear(48, 40)
+    for rows in (1, 3, 50):
+        x = torch.randn(2, rows, 48)
+        with torch.no_grad():
+            fast = layer(x)
+        assert torch.allclose(fast, F.linear(x, layer.weight, layer.bias), atol=1e-5), rows
+        assert layer(x).requires_grad  # training takes torch's own path
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
-"""Decoding steps on the CPU: the fast path of the model's linear layers, and the thread policy the
-callers that decode (generate, seq2seq, the serving engine) set around a step."""
+"""Inference on the CPU: the fast paths of the model's linear layers, and the thread policy the callers
+that decode (generate, seq2seq, the serving engine) set around a step."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-FEW_ROWS = 32  # up to this many rows, a decoding step rather than a training batch
+FEW_ROWS = 4  # up to this many rows, W @ x.T; beyond, oneDNN
+ONEDNN = torch.backends.mkldnn.is_available()
 
 
-def rows_on_cpu(x: torch.Tensor, weight: torch.Tensor, most: int) -> bool:
-    """True for at most `most` fp32 rows on the CPU outside autograd: a decoding step."""
-    return (x.numel() <= most * x.size(-1) and x.device.type == "cpu" and weight.dtype == torch.float32
-            and not torch.is_grad_enabled())
+def fp32_inference_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
 
 
 @contextlib.contextmanager
@@ -31,19 +31,26 @@ def one_torch_thread() -> Iterator[None]:
 
 
 class Linear(nn.Linear):
-    """nn.Linear with fast paths for decoding steps on the CPU, outside autograd.
+    """nn.Linear with fast fp32 paths on the CPU, outside autograd (measured in bench/linear.py).
 
     Batch-1 decoding is bound by how fast the weights stream from memory. PyTorch's CPU
     build multiplies one row through a matrix-vector kernel that uses one core; numpy's
     OpenBLAS uses them all and streams about twice as fast here, so one row goes that way.
-    For a few rows (a serving batch), the CPU build's BLAS computes W @ x.T about twice
-    as fast as the x @ W.T of `F.linear`, with the same result.
+    For a few rows (a serving batch), the CPU build's BLAS computes W @ x.T faster than
+    the x @ W.T of `F.linear`. More rows (a prompt, an audio window, a batch) go through
+    oneDNN's matmul on the weight as it is: twice the speed of the CPU build's MKL on the
+    AMD EPYC machines this was measured on (MKL does not take its fastest code there).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not rows_on_cpu(x, self.weight, FEW_ROWS):
+        if not fp32_inference_on_cpu(x, self.weight):
             return super().forward(x)
         rows = x.detach().reshape(-1, x.size(-1))
+        if len(rows) > FEW_ROWS:
+            if not ONEDNN:
+                return super().forward(x)
+            y = torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")
+            return y.view(*x.shape[:-1], -1)
         if len(rows) == 1:
             y = torch.from_numpy(np.dot(rows.numpy(), self.weight.detach().numpy().T))
         else:
