@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+import whisper
 from jiwer import wer
 
 from bigmodel.infer.whisper import WhisperVocab, padded_mel, read_speech, transcribe, whisper_rules, window
@@ -45,6 +46,8 @@ def test_features_are_openai_s_log_mel(tiny):
     ours = padded_mel(wave, 80)[:, :3000].numpy()
     assert ours.shape == theirs.input_features[0].shape == (80, 3000)
     assert np.abs(ours - theirs.input_features[0]).max() <= 1e-4
+    openai = whisper.log_mel_spectrogram(torch.from_numpy(wave), padding=whisper.audio.N_SAMPLES)[:, :3000]
+    assert np.abs(ours - openai.numpy()).max() <= 1e-4  # as OpenAI's transcribe computes them
 
 
 def test_logits_match_transformers_on_our_export(tiny, tmp_path):
@@ -66,6 +69,32 @@ def test_logits_match_transformers_on_our_export(tiny, tmp_path):
     vocab = WhisperVocab.of(back_tok, whisper_rules(back_folder), back.config.vocab_size)
     [heard] = transcribe(back, back_tok, vocab, [read_speech(SPEECH / "61-70968-0000.flac")])
     assert heard["text"].startswith("He began a confused complaint against the wizard")
+
+
+def test_an_openai_checkpoint_imports_to_openai_s_own_logits(tmp_path):
+    """A `.pt` as OpenAI ships them (dims and fp16 weights, written by openai-whisper's own model class) gives
+    that model's logits; the tokenizer and rules come from the packaged Whisper of the same vocabulary."""
+    from whisper.model import ModelDimensions
+    from whisper.model import Whisper as OpenAIWhisper
+
+    torch.manual_seed(0)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
+                           n_vocab=51864, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
+    reference = OpenAIWhisper(dims).eval()
+    weights = {name: tensor.half() for name, tensor in reference.state_dict().items()}
+    weights["decoder.positional_embedding"] = torch.randn(448, 64).half()  # the reference leaves it unset
+    reference.load_state_dict({name: tensor.float() for name, tensor in weights.items()})
+    torch.save({"dims": vars(dims), "model_state_dict": weights}, tmp_path / "tiny.pt")
+    model, tok, folder = load_checkpoint(tmp_path / "tiny.pt")
+    mel = padded_mel(read_speech(SPEECH / "mfa_whatscalled.flac"), 80)[None, :, :3000]
+    ids = torch.tensor([[50257, 50362, *tok.encode(" Montreal forced", add_special_tokens=False).ids]])
+    with torch.no_grad():
+        ours, _ = model(ids, memory=model.encode(mel))
+        assert (ours - reference(mel, ids)).abs().max() <= 1e-3
+    assert whisper_rules(folder)["suppress_ids"] == whisper_rules(find_pretrained("whisper-tiny.en"))["suppress_ids"]
+    torch.save({"dims": vars(dims)}, tmp_path / "bad.pt")
+    assert "not an OpenAI Whisper checkpoint" in error_line(run_cli("transcribe", "--ckpt", str(tmp_path / "bad.pt"),
+                                                                     "--input", str(SPEECH / "falsetto.flac")))
 
 
 def test_greedy_tokens_are_ctranslate2_s_on_the_same_features(tiny):

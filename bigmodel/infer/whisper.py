@@ -24,9 +24,9 @@ from bigmodel.config import HOP_SECONDS, WINDOW_SECONDS, GenerateConfig
 from bigmodel.data.media import SILENCE, opened, source_name
 from bigmodel.errors import BigModelError
 from bigmodel.infer.seq2seq import decode
+from bigmodel.model.formats import tokenizer_files
 from bigmodel.model.frontends import mel_filters
 from bigmodel.model.transformer import Memory, Transformer
-from bigmodel.model.whisper import whisper_rules_file
 
 SAMPLE_RATE = 16000
 WINDOW = 30 * SAMPLE_RATE  # samples the encoder reads at once
@@ -125,8 +125,9 @@ def window(mel: torch.Tensor, seek: int, frames: int) -> torch.Tensor:
 
 
 def whisper_rules(folder: Path) -> dict:
-    """The logit rules of a Whisper checkpoint (`whisper.json`) or CTranslate2 folder (`config.json`)."""
-    text = whisper_rules_file(folder)
+    """The logit rules of a Whisper checkpoint (`whisper.json`), CTranslate2 or Hugging Face folder, or the
+    packaged model an OpenAI `.pt` borrows them from."""
+    text = tokenizer_files(folder).get("whisper.json")
     if text is None:
         raise BigModelError(f"{folder}: no whisper.json; not a Whisper checkpoint")
     return json.loads(text)

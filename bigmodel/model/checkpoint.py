@@ -56,6 +56,7 @@ from bigmodel.model.registry import fetch
 from bigmodel.model.sealed import Key, Plaintext, digest, is_sealed, unseal
 from bigmodel.model.sealed import seal as seal_bytes
 from bigmodel.model.transformer import Transformer
+from bigmodel.model.whisper import is_openai_checkpoint
 
 RESUMED = "the model this run builds (resume with the settings it was started with)"
 
@@ -225,7 +226,8 @@ def locate(path: str | Path) -> tuple[Path, bool]:
     try:
         return resolve_checkpoint(path), False
     except BigModelError as not_ours:
-        if Path(path).exists() and not ((Path(path) / "config.json").is_file() or is_gguf(path)):
+        if Path(path).exists() and not ((Path(path) / "config.json").is_file() or is_gguf(path)
+                                       or is_openai_checkpoint(Path(path))):
             raise
         try:
             return find_pretrained(path), True

@@ -22,9 +22,12 @@ from bigmodel.model.llama import LLAMA_TYPES, llama_from_hf, llama_to_hf
 from bigmodel.model.quantize import is_int8
 from bigmodel.model.transformer import Transformer
 from bigmodel.model.whisper import (
+    is_openai_checkpoint,
     is_whisper_folder,
+    openai_companion,
     whisper_from_ct2,
     whisper_from_hf,
+    whisper_from_openai,
     whisper_rules_file,
     whisper_to_hf,
 )
@@ -39,9 +42,9 @@ TOKENIZER_FILES = ("tokenizer_config.json", "chat_template.jinja")  # where `ser
 
 
 def find_pretrained(name: str | Path) -> Path:
-    """A folder or GGUF file path, or the short name of a model a pip package ships."""
+    """A folder, GGUF file or OpenAI Whisper `.pt` path, or the short name of a model a pip package ships."""
     path = Path(name)
-    if path.is_dir() or (path.is_file() and is_gguf(path)):
+    if path.is_dir() or (path.is_file() and (is_gguf(path) or is_openai_checkpoint(path))):
         return path
     if str(name) in PACKAGED_MODELS:
         package, inside = PACKAGED_MODELS[str(name)]
@@ -56,10 +59,12 @@ def find_pretrained(name: str | Path) -> Path:
 
 
 def from_pretrained(path: str | Path) -> Transformer:
-    """Import a Hugging Face folder, chosen by its `model_type`, or a GGUF file."""
+    """Import a Hugging Face folder, chosen by its `model_type`, a GGUF file or an OpenAI Whisper `.pt`."""
     path = Path(path)
     if is_gguf(path):
         return GGUFFile(path).model()
+    if is_openai_checkpoint(path):
+        return whisper_from_openai(path)
     if is_whisper_folder(path):
         return whisper_from_ct2(path)
     model_type = read_hf_config(path).get("model_type")
@@ -73,6 +78,8 @@ def from_pretrained(path: str | Path) -> Transformer:
 
 
 def read_tokenizer(path: str | Path) -> Tokenizer:
+    if is_openai_checkpoint(Path(path)):
+        return read_folder_tokenizer(find_pretrained(openai_companion(Path(path))))
     return GGUFFile(path).tokenizer() if is_gguf(path) else read_folder_tokenizer(Path(path))
 
 
@@ -95,6 +102,8 @@ def tokenizer_files(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if is_gguf(path):
         return {"tokenizer_config.json": json.dumps(GGUFFile(path).tokenizer_config(), indent=2, ensure_ascii=False)}
+    if is_openai_checkpoint(path):
+        return tokenizer_files(find_pretrained(openai_companion(path)))
     files = {name: (path / name).read_text(encoding="utf-8") for name in TOKENIZER_FILES if (path / name).is_file()}
     if (rules := whisper_rules_file(path)) is not None:
         files["whisper.json"] = rules
@@ -109,7 +118,7 @@ def to_hf(model: Transformer, folder: str | Path, tokenizer: Tokenizer | None = 
         raise BigModelError("an int8 model cannot be exported; export the checkpoint it was quantized from")
     cfg = model.config
     if cfg.source == "mel":
-        rules = whisper_rules_file(Path(source)) if source else None
+        rules = tokenizer_files(source).get("whisper.json") if source else None
         if tokenizer is None or rules is None:
             raise BigModelError(f"{source or 'this model'}: a Whisper export needs its tokenizer and whisper.json")
         return whisper_to_hf(model, folder, tokenizer, json.loads(rules))

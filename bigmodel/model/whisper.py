@@ -52,6 +52,20 @@ HF_NAMES = {  # ours → Hugging Face's, outside the layers (whose names `hf.bar
        for part in ("weight", "bias")}}
 
 
+OPENAI_NAMES = {  # ours → OpenAI's, inside a layer; the fused projections (attn.qkv, cross.kv) are joined by hand
+    "norm1": "attn_ln", "attn.proj": "attn.out", "norm_cross": "cross_attn_ln", "cross.q": "cross_attn.query",
+    "cross.proj": "cross_attn.out", "norm2": "mlp_ln", "mlp.up": "mlp.0", "mlp.down": "mlp.2"}
+OPENAI_OUTSIDE = {"tok_emb.weight": "decoder.token_embedding.weight", "pos_emb.weight": "decoder.positional_embedding",
+                  "src_pos.weight": "encoder.positional_embedding",
+                  **{f"{ours}.{part}": f"{theirs}.{part}" for ours, theirs in (("encoder_norm", "encoder.ln_post"),
+                                                                              ("norm_f", "decoder.ln"))
+                     for part in ("weight", "bias")},
+                  **{f"src_stem.{conv}.{part}": f"encoder.{conv}.{part}" for conv in ("conv1", "conv2")
+                     for part in ("weight", "bias")}}
+# OpenAI's checkpoints hold no tokenizer: a packaged Whisper of the same vocabulary lends its own and its rules
+OPENAI_VOCABULARIES = {51864: "whisper-tiny.en", 51865: "whisper-base"}
+
+
 def whisper_rules_file(folder: Path) -> str | None:
     """The suppressed tokens, languages and alignment heads of a Whisper folder as `whisper.json` keeps them
     beside a checkpoint (a CTranslate2 folder has them in its `config.json`, a Hugging Face one in its
@@ -179,6 +193,61 @@ def whisper_from_ct2(folder: Path) -> Transformer:
         raise BigModelError(f"{folder}: weights do not match Whisper's layout (missing {missing}, extra {unexpected})")
     model.lm_head.weight = model.tok_emb.weight
     return model.eval()
+
+
+def is_openai_checkpoint(path: Path) -> bool:
+    return path.is_file() and path.suffix == ".pt"
+
+
+def read_openai_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The dimensions and weights of an OpenAI `.pt`, read without unpickling code (`weights_only`)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return checkpoint["dims"], checkpoint["model_state_dict"]
+    except Exception as e:  # not a zip of tensors, or not Whisper's two keys
+        raise BigModelError(f"{path}: not an OpenAI Whisper checkpoint ({str(e).splitlines()[0][:120]})") from None
+
+
+def openai_companion(path: Path) -> str:
+    """The packaged Whisper whose tokenizer and decoding rules an OpenAI `.pt` of this vocabulary uses."""
+    vocab = read_openai_checkpoint(path)[0]["n_vocab"]
+    if vocab not in OPENAI_VOCABULARIES:
+        raise BigModelError(f"{path}: a vocabulary of {vocab} tokens; bigmodel has tokenizers for "
+                            f"{', '.join(map(str, OPENAI_VOCABULARIES))} (convert the model with transformers instead)")
+    return OPENAI_VOCABULARIES[vocab]
+
+
+def whisper_from_openai(path: Path) -> Transformer:
+    """A `Transformer` holding the weights of an OpenAI Whisper checkpoint (`tiny.en.pt`, fp16) in fp32."""
+    dims, theirs = read_openai_checkpoint(path)
+    try:
+        return openai_to_ours(dims, theirs, path)
+    except KeyError as e:
+        raise BigModelError(f"{path}: an OpenAI Whisper checkpoint without {e}") from None
+
+
+def openai_to_ours(dims: dict, theirs: dict[str, torch.Tensor], path: Path) -> Transformer:
+    config = ModelConfig(
+        vocab_size=dims["n_vocab"], block_size=dims["n_text_ctx"], n_layer=dims["n_text_layer"],
+        encoder_layers=dims["n_audio_layer"], n_head=dims["n_text_head"], n_embd=dims["n_text_state"], bias=True,
+        source="mel", n_mels=dims["n_mels"], source_positions=dims["n_audio_ctx"], tie_embeddings=True)
+    state = {ours: theirs[name] for ours, name in OPENAI_OUTSIDE.items()}
+    for side, blocks, layers in (("encoder", "encoder", config.encoder_layers), ("decoder", "blocks", config.n_layer)):
+        for i in range(layers):
+            ours, block = f"{blocks}.{i}.", f"{side}.blocks.{i}."
+            for mine, name in OPENAI_NAMES.items():
+                for part in ("weight", "bias"):
+                    if f"{block}{name}.{part}" in theirs:
+                        state[f"{ours}{mine}.{part}"] = theirs[f"{block}{name}.{part}"]
+            for fused, attn, heads in (("attn.qkv", "attn", "qkv"), ("cross.kv", "cross_attn", "kv")):
+                if f"{block}{attn}.key.weight" not in theirs:
+                    continue
+                names = [f"{block}{attn}.{dict(q='query', k='key', v='value')[h]}" for h in heads]
+                state[f"{ours}{fused}.weight"] = torch.cat([theirs[f"{n}.weight"] for n in names])
+                state[f"{ours}{fused}.bias"] = torch.cat([theirs.get(f"{n}.bias", torch.zeros(config.n_embd))
+                                                         for n in names])  # Whisper's keys have no bias
+    state["lm_head.weight"] = state["tok_emb.weight"]
+    return load_state(Transformer.empty(config, "meta"), {k: v.float() for k, v in state.items()}, path)
 
 
 def whisper_from_hf(folder: Path) -> Transformer:

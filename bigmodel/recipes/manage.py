@@ -55,9 +55,10 @@ class DatasetConfig(PrecisionConfig, DeviceConfig, StorageConfig):
 
 @dataclass
 class ConvertConfig(StorageConfig):
-    """`bigmodel convert`: a Hugging Face folder or a GGUF file as a bigmodel checkpoint."""
+    """`bigmodel convert`: a Hugging Face or CTranslate2 folder, a GGUF file or an OpenAI Whisper `.pt` as a
+    bigmodel checkpoint."""
 
-    from_hf: str = ""  # a Hugging Face folder or a GGUF file; or a packaged short name: minilm, smollm2
+    from_hf: str = ""  # a folder, GGUF file or OpenAI .pt; or a packaged short name: minilm, smollm2, whisper-base
     out: str = ""  # checkpoint folder to write
     required: ClassVar[tuple[str, ...]] = ("from_hf", "out")
 
