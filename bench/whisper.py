@@ -12,7 +12,10 @@ whether models and decoding rules agree, apart from how each computes features. 
 Whisper's English normaliser (transformers' copy of OpenAI's, the same for every system), the references stripped
 of the aligner's markup (`<cutoff-...>`, `[laughter]`). Speed is the real-time factor: seconds of audio
 per second of wall clock, one recording at a time (batch 1) and, for bigmodel, the whole set in batches
-of 8. `--dtype auto` (what `transcribe` runs by default: bf16 where this CPU has it) gets its own row. Last
+of 8. `--dtype auto` (what `transcribe` runs by default: bf16 where a probe finds it faster) gets its own row.
+Peak memory is each system's own: a fresh process loads that system alone and transcribes the first 8
+recordings (its weights, runtime and working memory, as a user's process holds them; every such process
+imports all three tools, a baseline printed beside). Last
 line `ratio: X.XX`: bigmodel's batch-1 real-time factor over faster-whisper's, both fp32, on
 whisper-base.
 """
@@ -22,8 +25,9 @@ from __future__ import annotations
 import argparse
 import csv
 import re
-import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,7 +53,7 @@ from bigmodel.infer.whisper import (
     window,
 )
 from bigmodel.model.checkpoint import in_precision, load_checkpoint
-from bigmodel.model.formats import to_hf
+from bigmodel.model.formats import find_pretrained, to_hf
 from bigmodel.model.quantize import to_int8
 from bigmodel.model.whisper import weight_files
 
@@ -102,40 +106,86 @@ def timed(run, waves: list[np.ndarray]) -> tuple[list[str], float]:
     return texts, time.perf_counter() - start
 
 
-def systems(name: str, threads: int) -> dict[str, Callable]:
-    """Each system's text of one recording, every one on `name`'s weights."""
-    model, tok, folder = load_checkpoint(name)
-    vocab = WhisperVocab.of(tok, whisper_rules(folder), model.config.vocab_size)
-    language = "en" if vocab.languages else None
-    quantized = to_int8(load_checkpoint(name)[0])
-    auto = in_precision(load_checkpoint(name)[0], "auto", torch.device("cpu"), decoding=True)  # transcribe's default
-    auto_name = f"bigmodel {'bf16' if next(auto.parameters()).dtype == torch.bfloat16 else 'fp32'} (--dtype auto)"
-    whole = ct2_folder(folder)
-    peers = {kind: WhisperModel(str(whole), device="cpu", compute_type=kind, cpu_threads=threads)
-             for kind in ("float32", "int8")}
-    with tempfile.TemporaryDirectory() as hf_folder:
-        to_hf(model, hf_folder, tok, folder)
-        hf = WhisperForConditionalGeneration.from_pretrained(hf_folder).eval()
+def systems(name: str, threads: int) -> dict[str, Callable[[], Callable]]:
+    """Each system's loader, on `name`'s weights: it loads what that system needs (and nothing else, so its
+    process's peak memory is its own) and returns its transcriber of one recording (batch 8: of a list)."""
+    folder = find_pretrained(name)
+    language = None if name.endswith(".en") else "en"  # OpenAI's names: the English-only models end in .en
 
-    def faster(wave: np.ndarray, kind: str, temperature: float | tuple[float, ...] = TEMPERATURES) -> str:
-        segments, _ = peers[kind].transcribe(wave, language=language, beam_size=1, condition_on_previous_text=False,
-                                             temperature=temperature)
-        return " ".join(s.text.strip() for s in segments)
+    def ours(make: Callable = lambda model: model, **options) -> Callable[[], Callable]:
+        def load() -> Callable:
+            model, tok, _ = load_checkpoint(name)
+            vocab = WhisperVocab.of(tok, whisper_rules(folder), model.config.vocab_size)
+            model = make(model)
+            return lambda w: transcribe(model, tok, vocab, [w], language, **options)[0]["text"]
+        return load
 
-    def transformers_(wave: np.ndarray) -> str:
-        ids = hf.generate(padded_mel(wave, model.config.n_mels)[None, :, :3000], language=language,
-                          task="transcribe" if language else None, do_sample=False)  # greedy, no fallback
-        return tok.decode(ids[0].tolist()).strip()
+    def batched() -> Callable:
+        model, tok, _ = load_checkpoint(name)
+        vocab = WhisperVocab.of(tok, whisper_rules(folder), model.config.vocab_size)
+        return lambda waves: transcribe(model, tok, vocab, waves, language, batch_size=8)
 
-    return {"bigmodel fp32": lambda w: transcribe(model, tok, vocab, [w], language)[0]["text"],
-            "bigmodel int8": lambda w: transcribe(quantized, tok, vocab, [w], language)[0]["text"],
-            auto_name: lambda w: transcribe(auto, tok, vocab, [w], language)[0]["text"],
-            "faster-whisper fp32": lambda w: faster(w, "float32"), "faster-whisper int8": lambda w: faster(w, "int8"),
-            "bigmodel fp32 greedy only": lambda w: transcribe(model, tok, vocab, [w], language,
-                                                              temperatures=(0.0,))[0]["text"],
-            "faster-whisper fp32 greedy only": lambda w: faster(w, "float32", 0.0),
-            "transformers fp32": transformers_,
-            "bigmodel fp32 batch 8": lambda waves: transcribe(model, tok, vocab, waves, language, batch_size=8)}
+    def faster(kind: str, temperature: float | tuple[float, ...] = TEMPERATURES) -> Callable[[], Callable]:
+        def load() -> Callable:
+            peer = WhisperModel(str(ct2_folder(folder)), device="cpu", compute_type=kind, cpu_threads=threads)
+
+            def run(wave: np.ndarray) -> str:
+                segments, _ = peer.transcribe(wave, language=language, beam_size=1, temperature=temperature,
+                                              condition_on_previous_text=False)
+                return " ".join(s.text.strip() for s in segments)
+            return run
+        return load
+
+    def transformers_() -> Callable:
+        model, tok, _ = load_checkpoint(name)
+        with tempfile.TemporaryDirectory() as hf_folder:
+            to_hf(model, hf_folder, tok, folder)
+            hf = WhisperForConditionalGeneration.from_pretrained(hf_folder).eval()
+        del model
+
+        def run(wave: np.ndarray) -> str:
+            ids = hf.generate(padded_mel(wave, hf.config.num_mel_bins)[None, :, :3000], language=language,
+                              task="transcribe" if language else None, do_sample=False)  # greedy, no fallback
+            return tok.decode(ids[0].tolist()).strip()
+        return run
+
+    def auto(model: torch.nn.Module) -> torch.nn.Module:
+        return in_precision(model, "auto", torch.device("cpu"), decoding=True)  # what transcribe runs by default
+
+    return {"bigmodel fp32": ours(), "bigmodel int8": ours(to_int8), "bigmodel --dtype auto": ours(auto),
+            "faster-whisper fp32": faster("float32"), "faster-whisper int8": faster("int8"),
+            "bigmodel fp32 greedy only": ours(temperatures=(0.0,)),
+            "faster-whisper fp32 greedy only": faster("float32", 0.0),
+            "transformers fp32": transformers_, "bigmodel fp32 batch 8": batched}
+
+
+def peak_memory(name: str, system: str, threads: int, recordings: int) -> int:
+    """The peak resident memory (MB) of a fresh process that loads `system` alone and transcribes the first
+    `recordings` recordings: its weights, its runtime and its working memory, as a user's process would hold."""
+    done = subprocess.run([sys.executable, __file__, "--models", name, "--threads", str(threads), "--limit",
+                           str(recordings), "--peak-of", system], capture_output=True, text=True, check=True)
+    return int(done.stdout.split("peak_mb:")[-1].split()[0])
+
+
+def own_peak_mb() -> int:
+    """This process's peak resident memory since it started its program (VmHWM; `ru_maxrss` would also count
+    the parent's memory it was forked with)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) // 1024
+
+
+def own_peak(name: str, system: str, threads: int, waves: list[np.ndarray]) -> None:
+    """The child's side of `peak_memory` (`imports only`: what every child holds before it loads a system)."""
+    if system == "imports only":
+        return print(f"peak_mb: {own_peak_mb()}")
+    run = systems(name, threads)[system]()
+    with torch.inference_mode():
+        if system.endswith("batch 8"):
+            run(waves)
+        else:
+            for wave in waves:
+                run(wave)
+    print(f"peak_mb: {own_peak_mb()}")
 
 
 def main() -> None:
@@ -143,33 +193,39 @@ def main() -> None:
     parser.add_argument("--models", default="whisper-tiny.en,whisper-base")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, default=0, help="only the first N recordings (a quick look)")
+    parser.add_argument("--memory-recordings", type=int, default=8, help="recordings each peak-memory process runs")
+    parser.add_argument("--peak-of", default="", help=argparse.SUPPRESS)  # the child of peak_memory
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = english_rows()[:args.limit or None]
     names, waves = [path for path, _, _ in rows], [wave for _, wave, _ in rows]
+    if args.peak_of:
+        return own_peak(args.models, args.peak_of, args.threads, waves)
     audio_seconds = sum(len(w) for w in waves) / 16000
     normalise = EnglishTextNormalizer({})
     references = [normalise(text) for _, _, text in rows]
     print(f"{len(rows)} English recordings, {audio_seconds:.0f} s of audio, {args.threads} threads", flush=True)
     results: dict[str, dict] = {}
     for name in args.models.split(","):
-        runs = systems(name, args.threads)
-        batched = runs.pop("bigmodel fp32 batch 8")
-        figures: dict = {}
-        with torch.inference_mode():
-            for system, run in runs.items():
-                run(waves[0])  # warm-up
-                texts, seconds = timed(run, waves)
-                figures[system] = {"wer": round(100 * wer(references, [normalise(t) for t in texts]), 2),
-                                   "rtf": round(audio_seconds / seconds, 2), "seconds": round(seconds, 2),
-                                   "texts": dict(zip(names, texts, strict=True))}
-                print(f"{name:>16} {system:>21}: WER {figures[system]['wer']:5.2f}  "
-                      f"{figures[system]['rtf']:6.2f}x real time", flush=True)
-            start = time.perf_counter()
-            batched(waves)
-            figures["bigmodel fp32 batch 8"] = {"rtf": round(audio_seconds / (time.perf_counter() - start), 2)}
-        print(f"{name:>16} {'bigmodel fp32 batch 8':>21}:             "
-              f"{figures['bigmodel fp32 batch 8']['rtf']:6.2f}x real time")
+        figures: dict = {"peak_mb_of_the_imports_alone": peak_memory(name, "imports only", args.threads, 1)}
+        for system, load in systems(name, args.threads).items():
+            run = load()
+            with torch.inference_mode():
+                if system.endswith("batch 8"):
+                    start = time.perf_counter()
+                    run(waves)
+                    figures[system] = {"rtf": round(audio_seconds / (time.perf_counter() - start), 2)}
+                else:
+                    run(waves[0])  # warm-up
+                    texts, seconds = timed(run, waves)
+                    figures[system] = {"wer": round(100 * wer(references, [normalise(t) for t in texts]), 2),
+                                       "rtf": round(audio_seconds / seconds, 2), "seconds": round(seconds, 2),
+                                       "texts": dict(zip(names, texts, strict=True))}
+            del run
+            figures[system]["peak_mb"] = peak_memory(name, system, args.threads, args.memory_recordings)
+            wer_shown = f"WER {figures[system]['wer']:5.2f}" if "wer" in figures[system] else " " * 9
+            print(f"{name:>16} {system:>31}: {wer_shown}  {figures[system]['rtf']:6.2f}x real time  "
+                  f"peak {figures[system]['peak_mb']:5d} MB", flush=True)
         same = sum(a == b for a, b in zip(figures["bigmodel fp32"]["texts"].values(),
                                           figures["faster-whisper fp32"]["texts"].values(), strict=True))
         figures["same_text_as_faster_whisper_fp32"] = f"{same} of {len(rows)}"
@@ -180,14 +236,13 @@ def main() -> None:
         results[name] = figures
     last = results[args.models.split(",")[-1]]
     ratio = last["bigmodel fp32"]["rtf"] / last["faster-whisper fp32"]["rtf"]
-    table = {"columns": ["model", "system", "WER %", "real-time factor"],
-             "rows": [[name, system, f.get("wer", ""), f["rtf"]] for name, figs in results.items()
+    table = {"columns": ["model", "system", "WER %", "real-time factor", "peak MB"],
+             "rows": [[name, system, f.get("wer", ""), f["rtf"], f["peak_mb"]] for name, figs in results.items()
                       for system, f in figs.items() if isinstance(f, dict)]}
     gaps = {n: round(f["bigmodel fp32"]["wer"] - f["faster-whisper fp32"]["wer"], 2) for n, f in results.items()}
     path = save("whisper", {"recordings": len(rows), "audio_seconds": round(audio_seconds, 1), "threads": args.threads,
-                            "results": results, "wer_gap_vs_faster_whisper": gaps,
-                            "peak_rss_mb_all_systems": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-                            "table": table, "ratio": ratio})
+                            "memory_recordings": args.memory_recordings, "results": results,
+                            "wer_gap_vs_faster_whisper": gaps, "table": table, "ratio": ratio})
     print(f"WER bigmodel minus faster-whisper (fp32): {gaps}")
     print(f"figures: {path}")
     print(f"ratio: {ratio:.2f}")

@@ -44,6 +44,7 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FAST_ENOUGH = 1.2  # bf16 must beat fp32 by this much on a real step: less is noise, not worth the lost precision
 TOO_SLOW = 0.5  # an explicit bf16 that runs at less than this fraction of fp32's speed gets a warning
+PROBE_REVISION = 2  # raised when what a probe times changes: answers cached before no longer apply
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def measure_bf16_speedup(width: int, make_step: Callable[[], Step], repeats: int
 
 def bf16_speedup(shape: str, width: int, make_step: Callable[[], Step]) -> float:
     """`measure_bf16_speedup`, measured once per machine, torch version and job `shape`, then cached."""
-    key = "|".join(str(v) for v in (*machine().values(), shape))
+    key = "|".join(str(v) for v in (*machine().values(), PROBE_REVISION, shape))
     path = _probe_file()
     try:
         cache = json.loads(path.read_text())

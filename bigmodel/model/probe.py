@@ -50,11 +50,16 @@ def training_step(config: ModelConfig, batch: int, length: int) -> Step:
 
 
 def inference_step(config: ModelConfig, batch: int, length: int) -> Step:
-    """A forward pass of the copy in fp32, and of a copy of it in bf16."""
+    """A forward pass of the copy in fp32, and of a copy of it in bf16, outside autograd as inference runs them."""
     models = {"fp32": _copy(config, length, DECODE_LAYERS if length == 1 else 2).eval()}
     models["bf16"] = copy.deepcopy(models["fp32"]).to(torch.bfloat16)
     x = torch.randint(config.vocab_size, (batch, length))
-    return lambda name: models[name](x, last_only=length == 1)
+
+    def step(name: str) -> None:
+        with torch.no_grad():
+            models[name](x, last_only=length == 1)
+
+    return step
 
 
 def _copy(config: ModelConfig, length: int, layers: int) -> Transformer:
