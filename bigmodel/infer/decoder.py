@@ -18,6 +18,7 @@ import torch
 
 from bigmodel.config import DecodingConfig
 from bigmodel.model.cache import KVCache
+from bigmodel.model.decoding import decoding_threads, uses_blas
 from bigmodel.model.lora import Adapter
 from bigmodel.model.transformer import Memory, Transformer
 
@@ -88,6 +89,7 @@ class Decoder:
         param = next(model.parameters())
         self.model, self.memory, self.device = model, memory, param.device
         self.capacity = model.config.block_size  # where a row's context is full
+        self.blas = uses_blas(model)  # the thread policy of one-row steps, decided once
         self.cache = KVCache.allocate(model.config, rows, min(max_len or 256, self.capacity), param.dtype,
                                       param.device)
 
@@ -123,8 +125,9 @@ class Decoder:
             self.prefill([recent.tolist() if torch.is_tensor(recent) else list(recent)], int(row),
                          adapters=adapters[row:row + 1])
         self.reserve(int(self.cache.lengths[:n].max()) + 1)
-        logits, _ = self.model(tokens.view(n, 1), cache=self.cache.rows(0, n), memory=self.memory, last_only=True,
-                               adapters=adapters)
+        with decoding_threads(self.blas, n):
+            logits, _ = self.model(tokens.view(n, 1), cache=self.cache.rows(0, n), memory=self.memory,
+                                   last_only=True, adapters=adapters)
         return logits[:, -1]
 
     def extend(self, tokens: torch.Tensor, adapters: Sequence[Adapter | None] = ()) -> torch.Tensor:

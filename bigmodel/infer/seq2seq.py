@@ -20,6 +20,7 @@ from bigmodel.data.collate import collate, encode, pad_id
 from bigmodel.data.tokenizer import EOT, special_id
 from bigmodel.errors import BigModelError
 from bigmodel.infer.decoder import Decoder, sample_next
+from bigmodel.model.decoding import decoding_threads
 from bigmodel.model.transformer import Memory, Transformer
 
 
@@ -69,25 +70,26 @@ def decode(model: Transformer, prefixes: list[list[int]], cfg: GenerateConfig, s
     lengths = torch.zeros(B * K, device=device)
     out = torch.zeros(B * K, 0, dtype=torch.long, device=device)
     for _ in range(steps):
-        if rules is not None:
-            logits = rules(logits, out)
-        if beam:
-            logp = logits.log_softmax(-1)
-            logp[done] = float("-inf")
-            logp[done, stop_id] = 0.0  # a finished beam continues only by ending again, at no cost
-            top = (scores.view(-1, 1) + logp).view(B, -1).topk(K, dim=-1)
-            scores, token = top.values, (top.indices % logp.size(-1)).view(-1)
-            parent = (torch.arange(B, device=device)[:, None] * K + top.indices // logp.size(-1)).view(-1)
-            decoder.cache.select(parent)
-            out, done, lengths = out[parent], done[parent], lengths[parent]
-        else:
-            token = torch.where(done, stop_id, sample_next(logits, cfg, generator))
-            if scored:
-                taken = logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
-                scores += torch.where(done, 0.0, taken).view(B, K)
-        lengths += ~done
-        out = torch.cat([out, token[:, None]], dim=1)
-        done |= torch.isin(token, stops)
+        with decoding_threads(decoder.blas, B * K):  # a step's policy: no torch threads fighting OpenBLAS's
+            if rules is not None:
+                logits = rules(logits, out)
+            if beam:
+                logp = logits.log_softmax(-1)
+                logp[done] = float("-inf")
+                logp[done, stop_id] = 0.0  # a finished beam continues only by ending again, at no cost
+                top = (scores.view(-1, 1) + logp).view(B, -1).topk(K, dim=-1)
+                scores, token = top.values, (top.indices % logp.size(-1)).view(-1)
+                parent = (torch.arange(B, device=device)[:, None] * K + top.indices // logp.size(-1)).view(-1)
+                decoder.cache.select(parent)
+                out, done, lengths = out[parent], done[parent], lengths[parent]
+            else:
+                token = torch.where(done, stop_id, sample_next(logits, cfg, generator))
+                if scored:
+                    taken = logits.log_softmax(-1).gather(-1, token[:, None])[:, 0]
+                    scores += torch.where(done, 0.0, taken).view(B, K)
+            lengths += ~done
+            out = torch.cat([out, token[:, None]], dim=1)
+            done |= torch.isin(token, stops)
         if bool(done.all()):
             break
         logits = decoder.step(token).float()

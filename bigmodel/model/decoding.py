@@ -1,11 +1,18 @@
-"""Inference on the CPU: the fast paths of the model's linear layers (measured in bench/linear.py)."""
+"""Inference on the CPU: the fast paths of the model's linear layers, and the thread policy the callers
+that decode (generate, seq2seq, the serving engine) set around a step."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
 import torch
 import torch.nn as nn
 
-FEW_ROWS = 4  # up to this many rows (decoding steps), the product streams the weight; beyond, it computes
+FEW_ROWS = 4  # up to this many rows, W @ x.T; beyond, oneDNN
+# oneDNN builds a kernel for each new shape (about 1.5 ms): smaller products, which would not win it back, stay
+SMALL_PRODUCT = 2**27  # multiply-adds
 ONEDNN = torch.backends.mkldnn.is_available()
 
 
@@ -14,33 +21,58 @@ def fp32_inference_on_cpu(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
-class Linear(nn.Linear):
-    """nn.Linear with fast fp32 paths on the CPU, outside autograd, through oneDNN.
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Leave the cores to OpenBLAS: spinning torch threads would fight it for them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
-    PyTorch's CPU build multiplies through MKL, which does not take its fastest code on AMD CPUs, and
-    multiplies one row on one core; oneDNN (also in the build) does neither. A matrix product (a prompt,
-    an audio window, a batch) goes through oneDNN on the weight as it is, about twice MKL's speed. A
-    decoding step's few rows are bound by streaming the weight from memory, which oneDNN does on every
-    core from a copy of the weight in its own layout: made at the first such step, remade when the weight
-    changes, never saved or copied. It doubles an fp32 model's memory while it decodes (int8 models,
-    4 times faster at decoding, take another path).
+
+class Linear(nn.Linear):
+    """nn.Linear with fast fp32 paths on the CPU, outside autograd (measured in bench/linear.py).
+
+    Batch-1 decoding is bound by how fast the weights stream from memory. PyTorch's CPU
+    build multiplies one row through a matrix-vector kernel that uses one core; numpy's
+    OpenBLAS uses them all and streams about twice as fast here, so one row goes that way.
+    For a few rows (a serving batch), the CPU build's BLAS computes W @ x.T faster than
+    the x @ W.T of `F.linear`. Large products (a long prompt, an audio window, a batch) go
+    through oneDNN's matmul on the weight as it is: twice the speed of the CPU build's MKL on
+    the AMD EPYC machines this was measured on (MKL does not take its fastest code there).
     """
 
-    packed: tuple[tuple[int, int], torch.Tensor] | None = None  # (the weight's address and version, its copy)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (ONEDNN and fp32_inference_on_cpu(x, self.weight)):
+        if not fp32_inference_on_cpu(x, self.weight):
             return super().forward(x)
-        rows = x.reshape(-1, x.size(-1))
-        weight = self.onednn_weight() if len(rows) <= FEW_ROWS else self.weight
-        y = torch.ops.mkldnn._linear_pointwise(rows, weight, self.bias, "none", [], "")
-        return y.reshape(*x.shape[:-1], -1)
+        rows = x.detach().reshape(-1, x.size(-1))
+        if len(rows) > FEW_ROWS:
+            if not ONEDNN or len(rows) * self.weight.numel() < SMALL_PRODUCT:
+                return super().forward(x)
+            y = torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")
+            return y.view(*x.shape[:-1], -1)
+        if len(rows) == 1:
+            y = torch.from_numpy(np.dot(rows.numpy(), self.weight.detach().numpy().T))
+        else:
+            y = (self.weight @ rows.T).T.contiguous()
+        if self.bias is not None:
+            y += self.bias
+        return y.view(*x.shape[:-1], -1)
 
-    def __getstate__(self) -> dict:  # copies (deepcopy, pickle) remake their own: oneDNN's layout cannot be copied
-        return {name: value for name, value in super().__getstate__().items() if name != "packed"}
 
-    def onednn_weight(self) -> torch.Tensor:
-        key = (self.weight.data_ptr(), self.weight._version)
-        if self.packed is None or self.packed[0] != key:
-            self.packed = key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
-        return self.packed[1]
+def uses_blas(model: nn.Module) -> bool:
+    """Whether one decoding row goes through any of our own Linear layers' OpenBLAS path: all of an fp32
+    model's on the CPU, none of an int8 model's."""
+    return any(isinstance(m, Linear) and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
+               for m in model.modules())
+
+
+def decoding_threads(blas: bool, rows: int) -> contextlib.AbstractContextManager[None]:
+    """The threads a decoding step of `rows` new tokens should run on: when one row goes through OpenBLAS
+    (`uses_blas`), it wants the cores to itself, and torch's int8 kernels run on one thread beside it rather
+    than fight it."""
+    if blas and rows == 1 and not torch.is_grad_enabled():
+        return one_torch_thread()
+    return contextlib.nullcontext()

@@ -12,6 +12,7 @@ import torch
 
 from bigmodel.config import ModelConfig
 from bigmodel.device import Precision, Step, autocast, choose_precision
+from bigmodel.model.decoding import decoding_threads, uses_blas
 from bigmodel.model.transformer import Transformer
 
 TOKENS = 4096  # at most this many tokens per probe step: enough to show the kernels' speed, quick to run
@@ -50,13 +51,14 @@ def training_step(config: ModelConfig, batch: int, length: int) -> Step:
 
 
 def inference_step(config: ModelConfig, batch: int, length: int) -> Step:
-    """A forward pass of the copy in fp32, and of a copy of it in bf16, outside autograd as inference runs them."""
+    """A forward pass of the copy in fp32, and of a copy of it in bf16, as inference runs them: outside
+    autograd, on the threads a decoding step is given (`decoding_threads`)."""
     models = {"fp32": _copy(config, length, DECODE_LAYERS if length == 1 else 2).eval()}
     models["bf16"] = copy.deepcopy(models["fp32"]).to(torch.bfloat16)
     x = torch.randint(config.vocab_size, (batch, length))
 
     def step(name: str) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), decoding_threads(uses_blas(models[name]), batch * length):
             models[name](x, last_only=length == 1)
 
     return step
